@@ -1,0 +1,5 @@
+//! carebridge: a clinic's message router.
+//!
+//! # Layout
+//! - [`policy`]: the privacy engine, pure.
+pub mod policy;
