@@ -1,0 +1,120 @@
+//! TLS for both directions: one rustls client config (Mozilla's web roots plus an optional
+//! `ca_file`) for IMAP, and the matching lettre parameters for SMTP. Certificates are always
+//! verified: there is no "accept invalid certificates" switch.
+
+use carebridge_contract::AdapterError;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Makes ring the process-wide rustls provider, once. Other crates (reqwest, teloxide) may have
+/// installed it already; that is fine. Without a default, `ClientConfig::builder()` panics when
+/// two providers are compiled in.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means "already installed": nothing to do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Reads the PEM certificates of a `ca_file`. The error names the path (not PHI), never the
+/// contents.
+pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, AdapterError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        AdapterError::Config(format!(
+            "cannot read ca_file `{}`: {}",
+            path.display(),
+            e.kind()
+        ))
+    })?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut bytes.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            AdapterError::Config(format!("ca_file `{}` is not valid PEM", path.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(AdapterError::Config(format!(
+            "ca_file `{}` holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The rustls client config for IMAP: web roots plus the extra CAs.
+pub(crate) fn client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, AdapterError> {
+    install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .map_err(|e| AdapterError::Config(format!("ca_file certificate rejected: {e}")))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| AdapterError::Config(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The name the server's certificate must match: `tls_name` if set, else the host.
+pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, AdapterError> {
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(bare.to_string())
+        .map_err(|_| AdapterError::Config(format!("`{name}` is not a valid TLS server name")))
+}
+
+/// lettre's TLS parameters for SMTP, with the same trust as IMAP.
+pub(crate) fn smtp_parameters(
+    name: &str,
+    ca_pem: Option<&[u8]>,
+) -> Result<lettre::transport::smtp::client::TlsParameters, AdapterError> {
+    use lettre::transport::smtp::client::{Certificate, TlsParameters};
+    install_crypto_provider();
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let mut builder = TlsParameters::builder(bare.to_string());
+    if let Some(pem) = ca_pem {
+        let cert = Certificate::from_pem(pem)
+            .map_err(|_| AdapterError::Config("smtp ca_file is not valid PEM".into()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build_rustls()
+        .map_err(|e| AdapterError::Config(format!("SMTP TLS setup: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ips_are_server_names() {
+        assert!(server_name("imap.clinic.test").is_ok());
+        assert!(matches!(
+            server_name("127.0.0.1"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
+        assert!(server_name("bad name").is_err());
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_a_config_error_naming_the_path() {
+        let err = read_ca_file(Path::new("/nonexistent/ca.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let dir = std::env::temp_dir().join(format!("cb-email-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("empty.pem"), "no certificates here\n").unwrap();
+        assert!(read_ca_file(&dir.join("empty.pem")).is_err());
+        assert!(client_config(&[]).is_ok());
+    }
+}
