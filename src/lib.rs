@@ -1,5 +1,25 @@
-//! carebridge: a clinic's message router.
+//! carebridge: a clinic's message router. Adapters for email, Telegram and webhooks feed one
+//! router that normalises each message, checks it against the privacy rules, records it in the
+//! patient's file **before** forwarding it, and forwards it with retries.
 //!
 //! # Layout
-//! - [`policy`]: the privacy engine, pure.
+//! - [`config`]: the one TOML file; parsing and pure validation that reports every problem.
+//! - [`accounts`]: the closed set of adapters, glued to the daemon.
+//! - [`policy`]: the privacy engine; pure, never fails.
+//! - [`router`]: the router task: identify, thread, decide, record (group commit).
+//! - [`record`]: the record store over sled (the only module that touches sled) and the flusher.
+//! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
+//! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.
+//! - [`daemon`]: builds and runs everything; owns the shutdown order.
+//! - [`telemetry`]: logging (never PHI).
+//! - [`cli`]: the command-line interface behind `main.rs`.
+pub mod accounts;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod outbox;
 pub mod policy;
+pub mod record;
+pub mod router;
+pub mod telemetry;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `carebridge` binary: a thin entry point over [`carebridge::cli`].
+
+fn main() -> std::process::ExitCode {
+    carebridge::cli::main()
+}

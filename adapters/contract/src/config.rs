@@ -88,11 +88,7 @@ pub fn load_secret(
                     Ok(Some(Redacted::new(v)))
                 }
             }
-            Err(e) => Err(AdapterError::Config(format!(
-                "cannot read secret file `{}`: {}",
-                path.display(),
-                e.kind()
-            ))),
+            Err(e) => Err(AdapterError::Config(format!("cannot read secret file `{}`: {}", path.display(), e.kind()))),
         };
     }
     Ok(None)
@@ -114,9 +110,8 @@ mod tests {
 
     #[test]
     fn loading_names_the_source_not_the_value() {
-        let err = load_secret(&Some("CAREBRIDGE_TEST_SURELY_UNSET".into()), &None, Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let err =
+            load_secret(&Some("CAREBRIDGE_TEST_SURELY_UNSET".into()), &None, Path::new(".")).unwrap_err().to_string();
         assert!(err.contains("CAREBRIDGE_TEST_SURELY_UNSET"));
         let dir = std::env::temp_dir().join(format!("cb-secret-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

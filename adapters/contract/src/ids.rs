@@ -65,9 +65,7 @@ impl AccountId {
     pub fn new(kind: ChannelKind, name: &str) -> Result<Self, AccountIdError> {
         let ok = !name.is_empty()
             && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !ok {
             return Err(AccountIdError::Name(name.to_string()));
         }

@@ -24,7 +24,7 @@ pub mod redacted;
 
 pub use envelope::{Address, AddressKind, Attachment, Envelope};
 pub use ids::{AccountId, AccountIdError, ChannelKind, DeliveryId, RecordId, SourceKey};
-pub use inbound::{Inbound, InboundContext, Receipt, SubmitRequest, Submission, Submitter, Task};
+pub use inbound::{Inbound, InboundContext, Receipt, Submission, SubmitRequest, Submitter, Task};
 pub use outbound::{Delivery, DeliveryKind, Outbound, SendError, Sent};
 pub use redacted::Redacted;
 

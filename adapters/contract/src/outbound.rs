@@ -1,7 +1,7 @@
 //! The outbound half of the contract: the router's outbox hands an adapter one [`Delivery`] at a
 //! time and learns from the result what to do next ([`SendError`] says *retry* or *give up*).
 
-use crate::{AccountId, Address, AdapterError, Attachment, DeliveryId, RecordId, Redacted};
+use crate::{AccountId, AdapterError, Address, Attachment, DeliveryId, RecordId, Redacted};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -1,0 +1,73 @@
+//! The glue between the daemon and the adapter crates: one closed enum over the channel kinds
+//! (no `typetag`), so adding a channel is a variant plus a match arm in each function here.
+
+use carebridge_contract::config::{BuildContext, Problem};
+use carebridge_contract::{AdapterError, ChannelKind, Inbound, Outbound};
+use std::sync::Arc;
+
+/// One account's config section, parsed into its adapter's type.
+#[derive(Clone, Debug)]
+pub enum AccountConfig {
+    /// `[email.<name>]`.
+    Email(toml::Table),
+    /// `[telegram.<name>]`.
+    Telegram(toml::Table),
+    /// `[webhook.<name>]`.
+    Webhook(carebridge_webhook::Config),
+}
+
+impl AccountConfig {
+    /// Parses an account table into its adapter's config type (unknown keys rejected there).
+    pub fn parse(kind: ChannelKind, table: toml::Table) -> Result<Self, String> {
+        let value = toml::Value::Table(table);
+        let r = match kind {
+            ChannelKind::Email => value.try_into().map(AccountConfig::Email),
+            ChannelKind::Telegram => value.try_into().map(AccountConfig::Telegram),
+            ChannelKind::Webhook => value.try_into().map(AccountConfig::Webhook),
+        };
+        r.map_err(|e: toml::de::Error| crate::config::toml_message(&e, ""))
+    }
+
+    /// The adapter's own pure validation; `path` is the account's TOML path.
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        match self {
+            AccountConfig::Email(_) => vec![Problem::new(path, "email adapter not built yet")],
+            AccountConfig::Telegram(_) => vec![Problem::new(path, "telegram adapter not built yet")],
+            AccountConfig::Webhook(c) => c.validate(path),
+        }
+    }
+
+    /// Whether the account has an inbound side (may appear in a route's `from`).
+    pub fn receives(&self) -> bool {
+        match self {
+            AccountConfig::Email(c) => c.contains_key("imap"),
+            AccountConfig::Telegram(_) => true,
+            AccountConfig::Webhook(c) => c.listen.is_some(),
+        }
+    }
+
+    /// Whether the account has an outbound side (may appear in a route's `to`).
+    pub fn sends(&self) -> bool {
+        match self {
+            AccountConfig::Email(c) => c.contains_key("smtp"),
+            AccountConfig::Telegram(_) => true,
+            AccountConfig::Webhook(c) => c.url.is_some(),
+        }
+    }
+
+    /// Builds the inbound task, if the account receives.
+    pub fn build_inbound(&self, cx: &BuildContext) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
+        match self {
+            AccountConfig::Email(_) | AccountConfig::Telegram(_) => Err(AdapterError::Config("not built yet".into())),
+            AccountConfig::Webhook(c) => carebridge_webhook::build_inbound(c, cx),
+        }
+    }
+
+    /// Builds the sender, if the account sends.
+    pub fn build_outbound(&self, cx: &BuildContext) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {
+        match self {
+            AccountConfig::Email(_) | AccountConfig::Telegram(_) => Err(AdapterError::Config("not built yet".into())),
+            AccountConfig::Webhook(c) => carebridge_webhook::build_outbound(c, cx),
+        }
+    }
+}

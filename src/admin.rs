@@ -1,0 +1,302 @@
+//! The admin API: a small loopback HTTP interface the CLI uses while the daemon runs (the
+//! daemon holds the store's lock). Bearer-token protected; every change is flushed before the
+//! answer and appended to the affected record.
+//!
+//! Routes: `GET /admin/status`, `GET /admin/review`, `GET /admin/review/{delivery}`,
+//! `POST /admin/review/{delivery}/approve|reject`, `POST /admin/link-codes`,
+//! `POST /admin/consents`.
+
+use crate::config::Config;
+use crate::outbox::Wakers;
+use crate::policy::ConsentGrant;
+use crate::record::schema::{LinkCodeV1, ReviewItemV1};
+use crate::record::{Flusher, OutboxKey, Store, StoreError, now_ms};
+use crate::router::plan::{LINK_CODE_TTL_MS, link_code_hash};
+use axum::extract::{Path, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use carebridge_contract::{AccountId, DeliveryId, Redacted};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::info;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct State {
+    /// The store.
+    pub store: Store,
+    /// For durability before answering.
+    pub flusher: Flusher,
+    /// To wake outbox workers after approving.
+    pub wakers: Wakers,
+    /// Pending count shared with the router.
+    pub pending: Arc<AtomicU64>,
+    /// Bearer token.
+    pub token: Redacted<String>,
+    /// The config (to check account ids).
+    pub config: Arc<Config>,
+}
+
+/// One held delivery, as listed (no PHI: ids, account, rules, time).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeldSummary {
+    /// Delivery id.
+    pub delivery: String,
+    /// Record id.
+    pub record: String,
+    /// Destination account.
+    pub account: String,
+    /// Rules that held it.
+    pub rules: Vec<String>,
+    /// Unix milliseconds held.
+    pub held_at_ms: u64,
+}
+
+/// Lists held deliveries.
+pub fn review_list(store: &Store) -> Result<Vec<HeldSummary>, StoreError> {
+    Ok(store
+        .held()?
+        .into_iter()
+        .map(|h| HeldSummary {
+            delivery: h.item.delivery.id.to_string(),
+            record: h.item.delivery.record_id.to_string(),
+            account: h.item.delivery.account.to_string(),
+            rules: h.rules,
+            held_at_ms: h.at_ms,
+        })
+        .collect())
+}
+
+/// One held delivery in full (for the clinician deciding; contains PHI).
+pub fn review_show(store: &Store, id: DeliveryId) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(store.held()?.into_iter().find(|h| h.item.delivery.id == id).map(|h: ReviewItemV1| {
+        json!({
+            "delivery": h.item.delivery.id.to_string(),
+            "record": h.item.delivery.record_id.to_string(),
+            "account": h.item.delivery.account.to_string(),
+            "kind": h.item.delivery.kind,
+            "rules": h.rules,
+            "text": h.item.delivery.body.expose(),
+            "attachments": h.item.delivery.attachments.len(),
+        })
+    }))
+}
+
+/// Creates a one-time link code for a patient on an account. Only the code's hash is stored.
+pub fn create_link_code(
+    store: &Store,
+    patient_id: &str,
+    account: &AccountId,
+    purpose: &str,
+) -> Result<String, StoreError> {
+    // 10 characters from an alphabet without look-alikes: ~50 bits, single use, expires.
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let code: String = (0..10).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
+    store.put_link_code(
+        &link_code_hash(&code),
+        &LinkCodeV1 {
+            v: 1,
+            patient_id: patient_id.to_string(),
+            account: account.to_string(),
+            purpose: purpose.to_string(),
+            expires_at_ms: now_ms() + LINK_CODE_TTL_MS,
+        },
+    )?;
+    Ok(code)
+}
+
+/// Request body of `POST /admin/link-codes`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct LinkRequest {
+    /// Directory id.
+    pub patient_id: String,
+    /// Account id (`telegram.front_desk`).
+    pub account: String,
+    /// Consent purpose the link grants.
+    #[serde(default = "default_purpose")]
+    pub purpose: String,
+}
+
+/// Request body of `POST /admin/consents`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ConsentRequest {
+    /// Directory id.
+    pub patient_id: String,
+    /// Account id.
+    pub account: String,
+    /// Purpose.
+    #[serde(default = "default_purpose")]
+    pub purpose: String,
+    /// Grant (true) or withdraw (false).
+    pub grant: bool,
+    /// Where the consent came from (`paper-form`, `phone`), for the record.
+    #[serde(default = "default_source")]
+    pub source: String,
+}
+
+/// Request body of review decisions.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct ReviewRequest {
+    /// Who decided (staff id).
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+fn default_purpose() -> String {
+    "clinical".into()
+}
+fn default_source() -> String {
+    "admin".into()
+}
+
+/// Applies a consent request.
+pub fn apply_consent(store: &Store, r: &ConsentRequest) -> Result<(), StoreError> {
+    if r.grant {
+        store.grant_consent(
+            &r.patient_id,
+            ConsentGrant {
+                account: r.account.clone(),
+                purpose: r.purpose.clone(),
+                source: r.source.clone(),
+                granted_at: now_ms() / 1000,
+            },
+        )
+    } else {
+        store.withdraw_consent(&r.patient_id, &r.account).map(|_| ())
+    }
+}
+
+/// The axum router.
+pub fn router(state: State) -> Router {
+    Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/review", get(list))
+        .route("/admin/review/{delivery}", get(show))
+        .route("/admin/review/{delivery}/{verdict}", post(decide))
+        .route("/admin/link-codes", post(link))
+        .route("/admin/consents", post(consent))
+        .with_state(state)
+}
+
+fn authorised(state: &State, headers: &HeaderMap) -> bool {
+    let want = format!("Bearer {}", state.token.expose());
+    let got = headers.get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+    // Constant-time compare of equal-length strings.
+    got.len() == want.len() && got.iter().zip(want.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn store_err(e: StoreError) -> Response {
+    err(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+async fn status(AxState(s): AxState<State>, h: HeaderMap) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let st = s.store.stats();
+    Json(json!({
+        "records": st.records, "outbox_pending": st.outbox_pending, "dead_letters": st.dead,
+        "quarantined": st.quarantined, "held_for_review": st.held,
+    }))
+    .into_response()
+}
+
+async fn list(AxState(s): AxState<State>, h: HeaderMap) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    match review_list(&s.store) {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn show(AxState(s): AxState<State>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Ok(id) = id.parse::<DeliveryId>() else { return err(StatusCode::BAD_REQUEST, "not a delivery id") };
+    match review_show(&s.store, id) {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such held delivery"),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn decide(
+    AxState(s): AxState<State>,
+    h: HeaderMap,
+    Path((id, verdict)): Path<(String, String)>,
+    body: Option<Json<ReviewRequest>>,
+) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Ok(id) = id.parse::<DeliveryId>() else { return err(StatusCode::BAD_REQUEST, "not a delivery id") };
+    let approve = match verdict.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return err(StatusCode::NOT_FOUND, "use approve or reject"),
+    };
+    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "admin-api".into());
+    match s.store.resolve_review(id, approve, &by) {
+        Ok(Some(keys)) => {
+            info!(delivery_id = %id, verdict = if approve { "approved" } else { "rejected" }, "Held delivery reviewed.");
+            durable_then_wake(&s, keys).await;
+            Json(json!({ "delivery": id.to_string(), "verdict": if approve { "approved" } else { "rejected" } }))
+                .into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such held delivery"),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn link(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<LinkRequest>) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Ok(account) = r.account.parse::<AccountId>() else { return err(StatusCode::BAD_REQUEST, "not an account id") };
+    if !s.config.accounts.contains_key(&account) {
+        return err(StatusCode::BAD_REQUEST, "unknown account");
+    }
+    if !s.config.directory.patient.iter().any(|p| p.id == r.patient_id) {
+        return err(StatusCode::BAD_REQUEST, "unknown patient id (add the patient to the directory first)");
+    }
+    match create_link_code(&s.store, &r.patient_id, &account, &r.purpose) {
+        Ok(code) => {
+            s.flusher.flush().await;
+            info!(account = %account, patient = %s.store.patient_ref(&r.patient_id), "Link code issued.");
+            Json(json!({ "code": code, "expires_in_secs": LINK_CODE_TTL_MS / 1000 })).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+async fn consent(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<ConsentRequest>) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    match apply_consent(&s.store, &r) {
+        Ok(()) => {
+            s.flusher.flush().await;
+            info!(account = %r.account, patient = %s.store.patient_ref(&r.patient_id), granted = r.grant, "Consent updated.");
+            Json(json!({ "ok": true })).into_response()
+        }
+        Err(e) => store_err(e),
+    }
+}
+
+async fn durable_then_wake(s: &State, keys: Vec<OutboxKey>) {
+    if s.flusher.flush().await {
+        s.pending.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        s.wakers.wake(keys);
+    }
+}

@@ -1,0 +1,422 @@
+//! The command line: `run`, `check-config`, `print-default-config`, `policy explain`, `review`,
+//! `link`, `consent`, `export`. Errors are reported with context here, at the edge (`anyhow`).
+
+use crate::config::{Config, ConfigErrors, DEFAULT_TOML};
+use crate::policy::{Audience, CheckInput, Class, Direction, Policy};
+use crate::record::Store;
+use anyhow::{Context, Result, anyhow, bail};
+use carebridge_contract::{AccountId, DeliveryId};
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// carebridge: bridges patients' email, Telegram and web messages to the clinic, privacy-checked
+/// and recorded in the patient's file before anything is forwarded.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (until SIGTERM/SIGINT). Without --config, runs the embedded default.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and print every problem; exits non-zero if there is any.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+        /// Skip environment checks (secrets present, remote services reachable).
+        #[arg(long)]
+        no_environment: bool,
+    },
+    /// Print the embedded default config.
+    PrintDefaultConfig,
+    /// Privacy policy tools.
+    Policy {
+        /// What to do.
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The review queue of held messages.
+    Review {
+        /// The TOML config file (for the admin API address or the store).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
+    /// Issue a one-time code that links a patient's chat (Telegram: `/start CODE`).
+    Link {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The patient's directory id.
+        #[arg(long)]
+        patient: String,
+        /// The account the code is for (`telegram.front_desk`).
+        #[arg(long)]
+        account: String,
+        /// Consent purpose granted by linking.
+        #[arg(long, default_value = "clinical")]
+        purpose: String,
+    },
+    /// Record or withdraw a patient's consent for a channel.
+    Consent {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// `grant` or `withdraw`.
+        action: String,
+        /// The patient's directory id.
+        #[arg(long)]
+        patient: String,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// Purpose.
+        #[arg(long, default_value = "clinical")]
+        purpose: String,
+        /// Where the consent came from (`paper-form`, `phone`).
+        #[arg(long, default_value = "cli")]
+        source: String,
+    },
+    /// Print the record store as JSON lines (records with their events, quarantine, dead letters)
+    /// for the privacy officer. The daemon must be stopped. Output contains PHI.
+    Export {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run the policy on a message from stdin and print the decision as JSON.
+    Explain {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The account the message arrives on (in) or leaves by (out).
+        #[arg(long)]
+        channel: String,
+        /// The patient (consents in force are read from the store if the daemon is stopped;
+        /// otherwise none are assumed).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Direction of travel.
+        #[arg(long, default_value = "out")]
+        direction: String,
+        /// Who reads it (out only): patient or staff.
+        #[arg(long, default_value = "patient")]
+        audience: String,
+    },
+}
+
+/// `review` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// List held deliveries (ids and rules only).
+    List,
+    /// Show one held delivery, with its text.
+    Show {
+        /// Delivery id (`dlv-…`).
+        id: String,
+    },
+    /// Approve: the delivery is sent.
+    Approve {
+        /// Delivery id.
+        id: String,
+        /// Who approves.
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
+    /// Reject: the author is notified per the rule.
+    Reject {
+        /// Delivery id.
+        id: String,
+        /// Who rejects.
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
+}
+
+/// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<ConfigErrors>() {
+                eprintln!("carebridge: {c}");
+                return ExitCode::from(2);
+            }
+            eprintln!("carebridge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config> {
+    let config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default_config()?,
+    };
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems).into());
+    }
+    Ok(config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    // One crypto provider for every rustls user (IMAP TLS builds its own ClientConfig).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Run { config } => {
+            let config = load(config.as_deref())?;
+            crate::telemetry::init(config.daemon.log_format, &config.daemon.log_level);
+            runtime()?.block_on(crate::daemon::run(config, crate::daemon::signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file, no_environment } => {
+            let config = load(Some(&file))?;
+            if !no_environment {
+                check_environment(&config)?;
+            }
+            println!("{}: ok ({} accounts, {} routes)", file.display(), config.accounts.len(), config.routes.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrintDefaultConfig => {
+            print!("{DEFAULT_TOML}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy { command: PolicyCommand::Explain { config, channel, patient, direction, audience } } => {
+            let config = load(config.as_deref())?;
+            explain(&config, &channel, patient.as_deref(), &direction, &audience)
+        }
+        Command::Review { config, command } => {
+            let config = load(config.as_deref())?;
+            review(&config, command)
+        }
+        Command::Link { config, patient, account, purpose } => {
+            let config = load(config.as_deref())?;
+            let body = serde_json::json!({ "patient_id": patient, "account": account, "purpose": purpose });
+            let out = match admin_call(&config, "POST", "/admin/link-codes", Some(body))? {
+                Some(v) => v,
+                None => {
+                    let account: AccountId = account.parse().map_err(|e| anyhow!("{e}"))?;
+                    if !config.directory.patient.iter().any(|p| p.id == patient) {
+                        bail!("unknown patient id `{patient}` (add the patient to the directory first)");
+                    }
+                    let store = open_store(&config)?;
+                    let code = crate::admin::create_link_code(&store, &patient, &account, &purpose)?;
+                    store.flush_blocking()?;
+                    serde_json::json!({ "code": code })
+                }
+            };
+            println!("{}", out["code"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consent { config, action, patient, account, purpose, source } => {
+            let config = load(config.as_deref())?;
+            let grant = match action.as_str() {
+                "grant" => true,
+                "withdraw" => false,
+                other => bail!("unknown consent action `{other}` (grant or withdraw)"),
+            };
+            let req = crate::admin::ConsentRequest { patient_id: patient, account, purpose, grant, source };
+            if admin_call(&config, "POST", "/admin/consents", Some(serde_json::to_value(&req)?))?.is_none() {
+                let store = open_store(&config)?;
+                crate::admin::apply_consent(&store, &req)?;
+                store.flush_blocking()?;
+            }
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { config } => {
+            let config = load(config.as_deref())?;
+            export(&config)
+        }
+    }
+}
+
+fn check_environment(config: &Config) -> Result<()> {
+    let rt = runtime()?;
+    let mut failed = Vec::new();
+    for (id, account) in &config.accounts {
+        let cx =
+            carebridge_contract::config::BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
+        match account.build_outbound(&cx) {
+            Ok(Some(sender)) => {
+                if let Err(e) = rt.block_on(sender.healthcheck()) {
+                    failed.push(format!("{id}: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => failed.push(format!("{id}: {e}")),
+        }
+        if account.receives() {
+            if let Err(e) = account.build_inbound(&cx) {
+                failed.push(format!("{id}: {e}"));
+            }
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { bail!("environment checks failed:\n  - {}", failed.join("\n  - ")) }
+}
+
+fn open_store(config: &Config) -> Result<Store> {
+    Store::open(&config.daemon.data_dir)
+        .with_context(|| format!("opening the record store in {}", config.daemon.data_dir.display()))
+}
+
+/// Calls the admin API if it is configured and answering; `Ok(None)` if the daemon is not running
+/// (the caller then opens the store directly).
+fn admin_call(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>> {
+    let Some(addr) = config.admin.listen else { return Ok(None) };
+    let token =
+        carebridge_contract::config::load_secret(&config.admin.token_env, &config.admin.token_file, &config.config_dir)
+            .map_err(|e| anyhow!("admin: {e}"))?
+            .ok_or_else(|| anyhow!("admin: token not configured"))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{addr}{path}");
+        let req = match method {
+            "POST" => client.post(&url).json(&body.unwrap_or(serde_json::json!({}))),
+            _ => client.get(&url),
+        };
+        let resp = match req.bearer_auth(token.expose()).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => return Ok(None),
+            Err(e) => return Err(anyhow!("admin API: {e}")),
+        };
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            bail!("admin API answered {status}: {}", v["error"].as_str().unwrap_or("(no detail)"));
+        }
+        Ok(Some(v))
+    })
+}
+
+fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
+    let (method, path, body) = match &command {
+        ReviewCommand::List => ("GET", "/admin/review".to_string(), None),
+        ReviewCommand::Show { id } => ("GET", format!("/admin/review/{id}"), None),
+        ReviewCommand::Approve { id, by } => {
+            ("POST", format!("/admin/review/{id}/approve"), Some(serde_json::json!({ "by": by })))
+        }
+        ReviewCommand::Reject { id, by } => {
+            ("POST", format!("/admin/review/{id}/reject"), Some(serde_json::json!({ "by": by })))
+        }
+    };
+    let out = match admin_call(config, method, &path, body)? {
+        Some(v) => v,
+        None => {
+            let store = open_store(config)?;
+            let v = match command {
+                ReviewCommand::List => serde_json::to_value(crate::admin::review_list(&store)?)?,
+                ReviewCommand::Show { id } => crate::admin::review_show(&store, parse_delivery(&id)?)?
+                    .ok_or_else(|| anyhow!("no such held delivery"))?,
+                ReviewCommand::Approve { id, by } | ReviewCommand::Reject { id, by } => {
+                    let approve = path.ends_with("approve");
+                    store
+                        .resolve_review(parse_delivery(&id)?, approve, &by)?
+                        .ok_or_else(|| anyhow!("no such held delivery"))?;
+                    store.flush_blocking()?;
+                    serde_json::json!({ "delivery": id, "verdict": if approve { "approved" } else { "rejected" }, "note": "queued; sent when the daemon next runs" })
+                }
+            };
+            v
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_delivery(id: &str) -> Result<DeliveryId> {
+    id.parse().map_err(|_| anyhow!("`{id}` is not a delivery id (dlv-…)"))
+}
+
+fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &str, audience: &str) -> Result<ExitCode> {
+    let account: AccountId = channel.parse().map_err(|e| anyhow!("--channel: {e}"))?;
+    if !config.accounts.contains_key(&account) {
+        bail!("--channel: unknown account `{account}`");
+    }
+    let direction = match direction {
+        "in" => Direction::In,
+        "out" => Direction::Out,
+        other => bail!("--direction must be in or out, not `{other}`"),
+    };
+    let audience = match audience {
+        "patient" => Audience::Patient,
+        "staff" => Audience::Staff,
+        other => bail!("--audience must be patient or staff, not `{other}`"),
+    };
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading the message from stdin (it must be UTF-8)")?;
+    let consents = match patient {
+        Some(p) => Store::open(&config.daemon.data_dir)
+            .ok()
+            .map(|s| s.consents(p, &account.to_string()).unwrap_or_default())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let policy = Policy::compile(&config.policy).map_err(|p| anyhow!("policy: {:?}", p))?;
+    let input = CheckInput {
+        text: &text,
+        direction,
+        account: &account,
+        audience,
+        consents: &consents,
+        conversation_class: Class::None,
+        has_attachments: false,
+    };
+    let d = policy.check(&input);
+    let out = serde_json::json!({
+        "findings": d.findings,
+        "class": d.class,
+        "decision": { "action": d.action, "rules": d.rules },
+        "rendered": d.rendered.clone().unwrap_or(text.clone()),
+    });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(config: &Config) -> Result<ExitCode> {
+    let store = open_store(config)?;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    for r in store.records() {
+        let r = r?;
+        let events = store.events(r.id)?;
+        writeln!(out, "{}", serde_json::json!({ "type": "record", "record": r, "events": events }))?;
+    }
+    for d in store.dead_letters()? {
+        writeln!(out, "{}", serde_json::json!({ "type": "dead_letter", "dead_letter": d }))?;
+    }
+    for h in store.held()? {
+        writeln!(out, "{}", serde_json::json!({ "type": "held", "held": h }))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,543 @@
+//! The one TOML file: parsing (serde, unknown keys rejected) and a pure validation pass that
+//! reports **every** problem at once with its TOML path.
+//!
+//! Loading has two steps. [`Config::from_toml`] parses the text and rejects inline secrets before
+//! serde sees them (so the message says what to do instead of "unknown field"); each account's
+//! table is parsed separately into its adapter's config type so one bad account does not hide
+//! the problems of the others. [`Config::validate`] then checks cross-references (routes, the
+//! directory, the policy) without touching the network or the disk.
+
+use crate::accounts::AccountConfig;
+use crate::policy::PolicyConfig;
+use carebridge_contract::config::Problem;
+use carebridge_contract::{AccountId, Address, AddressKind, ChannelKind};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The config the daemon runs with when none is given: a local store under `./data`, a webhook
+/// listener and a webhook sink on loopback, no outside accounts.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Keys that would hold a secret if written inline. Their `_env` / `_file` forms are the only way.
+const SECRET_WORDS: &[&str] = &["password", "token", "secret", "api_key", "private_key", "passphrase"];
+
+/// Why the config cannot be used: every problem found, each with its TOML path.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+/// `[daemon]`: process-wide settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Where the record store lives, relative to the working directory (or absolute).
+    pub data_dir: PathBuf,
+    /// `human` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Default log filter (`RUST_LOG` overrides it).
+    pub log_level: String,
+    /// How long shutdown may take before stragglers are abandoned (they stay in the outbox).
+    pub shutdown_timeout_secs: u64,
+    /// Capacity of the router's queue: adapters wait (and HTTP answers 503) when it is full.
+    pub queue_capacity: usize,
+    /// Seconds between `Status.` log lines (queue depth, outbox pending, dead letters).
+    pub status_interval_secs: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+            shutdown_timeout_secs: 30,
+            queue_capacity: 1024,
+            status_interval_secs: 60,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[router]`: what happens to messages the directory cannot place.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// What to do with a message from an address the directory does not know: `forward` it
+    /// along its routes marked unverified (a new patient writing in), or `record_only`.
+    pub unknown_sender: UnknownSender,
+    /// PHI-free reply to an unknown sender on a chat channel (Telegram): how to link their chat.
+    pub unlinked_notice: String,
+    /// PHI-free reply confirming a successful link.
+    pub linked_notice: String,
+    /// Outbox rows pending above which the router stops accepting (`Receipt::Unavailable`).
+    pub max_outbox_pending: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            unknown_sender: UnknownSender::Forward,
+            unlinked_notice: "Hello. This chat is not yet linked to your clinic file, so we cannot \
+                discuss your care here. Please ask the clinic for a link code and send it as \
+                /start CODE. / Bonjour. Cette conversation n'est pas encore liée à votre dossier. \
+                Demandez un code à la clinique et envoyez /start CODE."
+                .into(),
+            linked_notice: "Your chat is now linked to the clinic. / Votre conversation est maintenant \
+                liée à la clinique."
+                .into(),
+            max_outbox_pending: 1_000_000,
+        }
+    }
+}
+
+/// See [`RouterConfig::unknown_sender`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownSender {
+    /// Forward along the routes, marked unverified.
+    Forward,
+    /// Record only; staff see it in the record store.
+    RecordOnly,
+}
+
+/// `[outbox]`: retry schedule of every delivery.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// First retry delay.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay (the backoff doubles up to it, with jitter).
+    pub retry_max_secs: u64,
+    /// Attempts after which a delivery is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { retry_initial_ms: 500, retry_max_secs: 300, max_attempts: 12 }
+    }
+}
+
+/// `[admin]`: the loopback HTTP API the CLI uses while the daemon runs (the store is locked by
+/// the daemon, so `review` and `link` go through it).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address; `None` disables the admin API.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Bearer token, from the environment.
+    pub token_env: Option<String>,
+    /// Bearer token, from a file (relative to the config file).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: None, token_env: None, token_file: None }
+    }
+}
+
+/// `[[route]]`: messages from any `from` account go to every `to` account.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A name for logs and errors.
+    pub name: String,
+    /// Inbound accounts.
+    pub from: Vec<String>,
+    /// Outbound accounts (the clinic side: inbox, staff chat, EHR).
+    pub to: Vec<String>,
+}
+
+/// `[directory]`: who is who. Addresses are `kind:value` (`email:ann@x.test`, `telegram:42`,
+/// `phone:+14165550199`, `opaque:abc`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// A TOML file with more `[[patient]]` / `[[staff]]` entries (relative to the config file).
+    pub file: Option<PathBuf>,
+    /// Patients.
+    #[serde(default)]
+    pub patient: Vec<PersonConfig>,
+    /// Clinicians and staff: only they can answer a patient through carebridge.
+    #[serde(default)]
+    pub staff: Vec<PersonConfig>,
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonConfig {
+    /// Internal id (`p-0001`): the key of the patient's file. Not an external identifier.
+    pub id: String,
+    /// Addresses on any channel.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectoryFile {
+    #[serde(default)]
+    patient: Vec<PersonConfig>,
+    #[serde(default)]
+    staff: Vec<PersonConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: DaemonConfig,
+    #[serde(default)]
+    router: RouterConfig,
+    #[serde(default)]
+    outbox: OutboxConfig,
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default, rename = "route")]
+    routes: Vec<RouteConfig>,
+    #[serde(default)]
+    directory: DirectoryConfig,
+    #[serde(default)]
+    policy: PolicyConfig,
+    #[serde(default)]
+    email: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    telegram: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    webhook: BTreeMap<String, toml::Table>,
+}
+
+/// The whole configuration, parsed. Run [`Config::validate`] before using it.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[router]`.
+    pub router: RouterConfig,
+    /// `[outbox]`.
+    pub outbox: OutboxConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[[route]]`.
+    pub routes: Vec<RouteConfig>,
+    /// `[directory]` plus the directory file's entries.
+    pub directory: DirectoryConfig,
+    /// `[policy]`.
+    pub policy: PolicyConfig,
+    /// Every account, by id.
+    pub accounts: BTreeMap<AccountId, AccountConfig>,
+    /// The directory of the config file (relative secret and directory files resolve from it).
+    pub config_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads and parses a config file (and its directory file, if any).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![Problem::new(path.display().to_string(), format!("cannot read: {e}"))]))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::from_toml(&text, &dir)
+    }
+
+    /// The embedded default config (see [`DEFAULT_TOML`]).
+    pub fn default_config() -> Result<Config, ConfigErrors> {
+        Config::from_toml(DEFAULT_TOML, Path::new("."))
+    }
+
+    /// Parses TOML text; `config_dir` is where relative paths resolve.
+    pub fn from_toml(text: &str, config_dir: &Path) -> Result<Config, ConfigErrors> {
+        let value: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![Problem::new("(file)", toml_message(&e, text))]))?;
+        let mut problems = Vec::new();
+        find_inline_secrets(&value, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        drop(value);
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![Problem::new("(file)", toml_message(&e, text))]))?;
+        let mut accounts = BTreeMap::new();
+        for (kind, tables) in [
+            (ChannelKind::Email, raw.email),
+            (ChannelKind::Telegram, raw.telegram),
+            (ChannelKind::Webhook, raw.webhook),
+        ] {
+            for (name, table) in tables {
+                let path = format!("{kind}.{name}");
+                let id = match AccountId::new(kind, &name) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        problems.push(Problem::new(path, e.to_string()));
+                        continue;
+                    }
+                };
+                match AccountConfig::parse(kind, table) {
+                    Ok(c) => {
+                        accounts.insert(id, c);
+                    }
+                    Err(e) => problems.push(Problem::new(path, e)),
+                }
+            }
+        }
+        let mut directory = raw.directory;
+        if let Some(file) = &directory.file {
+            let full = config_dir.join(file);
+            match std::fs::read_to_string(&full)
+                .map_err(|e| e.to_string())
+                .and_then(|t| toml::from_str::<DirectoryFile>(&t).map_err(|e| toml_message(&e, &t)))
+            {
+                Ok(f) => {
+                    directory.patient.extend(f.patient);
+                    directory.staff.extend(f.staff);
+                }
+                Err(e) => problems.push(Problem::new("directory.file", format!("{}: {e}", full.display()))),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        Ok(Config {
+            daemon: raw.daemon,
+            router: raw.router,
+            outbox: raw.outbox,
+            admin: raw.admin,
+            routes: raw.routes,
+            directory,
+            policy: raw.policy,
+            accounts,
+            config_dir: config_dir.to_path_buf(),
+        })
+    }
+
+    /// Pure validation of everything: returns every problem found (empty = usable).
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let d = &self.daemon;
+        if d.queue_capacity == 0 {
+            p.push(Problem::new("daemon.queue_capacity", "must be at least 1"));
+        }
+        if d.shutdown_timeout_secs == 0 {
+            p.push(Problem::new("daemon.shutdown_timeout_secs", "must be at least 1"));
+        }
+        if d.status_interval_secs == 0 {
+            p.push(Problem::new("daemon.status_interval_secs", "must be at least 1"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&d.log_level).is_err() {
+            p.push(Problem::new("daemon.log_level", format!("`{}` is not a log filter (try `info`)", d.log_level)));
+        }
+        if self.outbox.max_attempts == 0 {
+            p.push(Problem::new("outbox.max_attempts", "must be at least 1"));
+        }
+        if self.outbox.retry_initial_ms == 0 {
+            p.push(Problem::new("outbox.retry_initial_ms", "must be at least 1"));
+        }
+        if self.outbox.retry_max_secs == 0 {
+            p.push(Problem::new("outbox.retry_max_secs", "must be at least 1"));
+        }
+        if self.admin.listen.is_some() {
+            carebridge_contract::config::check_secret(
+                "admin",
+                "token",
+                &self.admin.token_env,
+                &self.admin.token_file,
+                true,
+                &mut p,
+            );
+        }
+        for (id, account) in &self.accounts {
+            p.extend(account.validate(&id.to_string()));
+        }
+        self.validate_routes(&mut p);
+        self.validate_directory(&mut p);
+        let ids: Vec<AccountId> = self.accounts.keys().cloned().collect();
+        p.extend(self.policy.validate(&ids));
+        p
+    }
+
+    fn validate_routes(&self, p: &mut Vec<Problem>) {
+        let names: Vec<String> = self.accounts.keys().map(|a| a.to_string()).collect();
+        let mut seen = BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let path = format!("route[{i}]");
+            if r.name.is_empty() {
+                p.push(Problem::new(format!("{path}.name"), "must not be empty"));
+            } else if !seen.insert(r.name.clone()) {
+                p.push(Problem::new(format!("{path}.name"), format!("duplicate route name `{}`", r.name)));
+            }
+            if r.from.is_empty() {
+                p.push(Problem::new(format!("{path}.from"), "lists no account"));
+            }
+            if r.to.is_empty() {
+                p.push(Problem::new(format!("{path}.to"), "lists no account"));
+            }
+            for (field, list, need_in) in [("from", &r.from, true), ("to", &r.to, false)] {
+                for a in list {
+                    let Some(account) = a.parse::<AccountId>().ok().and_then(|id| self.accounts.get(&id)) else {
+                        let hint =
+                            did_you_mean(a, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                        p.push(Problem::new(
+                            format!("{path}.{field}"),
+                            format!("route `{}`: unknown account `{a}`{hint}", r.name),
+                        ));
+                        continue;
+                    };
+                    if need_in && !account.receives() {
+                        p.push(Problem::new(
+                            format!("{path}.from"),
+                            format!(
+                                "route `{}`: account `{a}` does not receive messages (no inbound side configured)",
+                                r.name
+                            ),
+                        ));
+                    }
+                    if !need_in && !account.sends() {
+                        p.push(Problem::new(
+                            format!("{path}.to"),
+                            format!("route `{}`: account `{a}` cannot send (no outbound side configured)", r.name),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn validate_directory(&self, p: &mut Vec<Problem>) {
+        let mut ids = BTreeSet::new();
+        let mut addrs: BTreeMap<String, String> = BTreeMap::new();
+        for (section, list) in [("patient", &self.directory.patient), ("staff", &self.directory.staff)] {
+            for (i, person) in list.iter().enumerate() {
+                let path = format!("directory.{section}[{i}]");
+                if person.id.is_empty()
+                    || person.id.len() > 64
+                    || !person.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    p.push(Problem::new(
+                        format!("{path}.id"),
+                        "must be 1-64 characters of letters, digits, `-`, `_`, `.`",
+                    ));
+                }
+                if !ids.insert(person.id.clone()) {
+                    p.push(Problem::new(format!("{path}.id"), format!("duplicate directory id `{}`", person.id)));
+                }
+                for (j, a) in person.addresses.iter().enumerate() {
+                    match parse_address(a) {
+                        Ok(addr) => {
+                            let key = addr.key().into_inner();
+                            if let Some(other) = addrs.insert(key, person.id.clone()) {
+                                // The address itself is PHI: name the entries, not the value.
+                                p.push(Problem::new(
+                                    format!("{path}.addresses[{j}]"),
+                                    format!("address already belongs to `{other}`"),
+                                ));
+                            }
+                        }
+                        Err(e) => p.push(Problem::new(format!("{path}.addresses[{j}]"), e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The accounts a route sends messages from `source` to.
+    pub fn destinations(&self, source: &AccountId) -> Vec<AccountId> {
+        let mut out: Vec<AccountId> = Vec::new();
+        for r in &self.routes {
+            if r.from.iter().any(|f| f == &source.to_string()) {
+                for t in &r.to {
+                    if let Ok(id) = t.parse::<AccountId>() {
+                        if !out.contains(&id) {
+                            out.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Parses a directory address `kind:value`.
+pub fn parse_address(s: &str) -> Result<Address, String> {
+    let (kind, value) = s.split_once(':').ok_or("must be `kind:value` (email:, telegram:, phone: or opaque:)")?;
+    let kind = match kind {
+        "email" => AddressKind::Email,
+        "telegram" => AddressKind::Telegram,
+        "phone" => AddressKind::Phone,
+        "opaque" => AddressKind::Opaque,
+        _ => return Err(format!("unknown address kind `{kind}` (email, telegram, phone or opaque)")),
+    };
+    let ok = match kind {
+        AddressKind::Email => value.contains('@') && !value.starts_with('@') && !value.ends_with('@'),
+        AddressKind::Telegram => value.parse::<i64>().is_ok(),
+        AddressKind::Phone => value.starts_with('+') && value.chars().filter(char::is_ascii_digit).count() >= 7,
+        AddressKind::Opaque => !value.trim().is_empty(),
+    };
+    if !ok {
+        // Never echo the value: directory addresses are PHI.
+        return Err(format!("not a valid {} address", kind.as_str()));
+    }
+    Ok(Address::new(kind, value))
+}
+
+/// The closest candidate within a small edit distance, for "did you mean" hints.
+pub fn did_you_mean<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+fn find_inline_secrets(table: &toml::Table, prefix: &str, problems: &mut Vec<Problem>) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => find_inline_secrets(t, &path, problems),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::Value::Table(t) = item {
+                        find_inline_secrets(t, &format!("{path}[{i}]"), problems);
+                    }
+                }
+            }
+            _ => {
+                let lower = k.to_ascii_lowercase();
+                let is_ref = lower.ends_with("_env") || lower.ends_with("_file");
+                if !is_ref && SECRET_WORDS.iter().any(|w| lower == *w || lower.ends_with(&format!("_{w}"))) {
+                    problems.push(Problem::new(
+                        path,
+                        format!("secrets are never written inline: use `{k}_env` (an environment variable) or `{k}_file` (a file readable only by carebridge)"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A toml error with its line and column but without the echoed source line (it could contain
+/// PHI from the directory).
+pub fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) if span.start <= text.len() => {
+            let before = &text[..span.start];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
+            format!("{msg} (line {line}, column {col})")
+        }
+        _ => msg,
+    }
+}

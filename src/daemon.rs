@@ -1,0 +1,242 @@
+//! Builds every part from a validated config, runs them, and owns the shutdown order:
+//!
+//! 1. inbound adapters stop taking messages (HTTP stops accepting, polls stop);
+//! 2. their `Submitter`s drop, so the router's queue closes; the router drains it;
+//! 3. a final group flush answers the last receipts;
+//! 4. the outbox workers finish the send in hand and stop; what is unsent stays in the outbox
+//!    and goes out after the next start;
+//! 5. a last flush, then `Shutdown complete.`
+//!
+//! Each step is bounded by `shutdown_timeout_secs` in total; stragglers are named in the log.
+
+use crate::admin;
+use crate::config::Config;
+use crate::outbox::{self, Worker};
+use crate::policy::Policy;
+use crate::record::{Flusher, Store};
+use crate::router::Router;
+use crate::router::identify::Directory;
+use crate::router::plan::Planner;
+use anyhow::{Context, Result, anyhow};
+use carebridge_contract::config::BuildContext;
+use carebridge_contract::{InboundContext, Submitter};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// Runs the daemon until `shutdown` resolves (a signal) or an adapter fails fatally.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let config = Arc::new(config);
+    let data_dir = config.daemon.data_dir.clone();
+    let store =
+        Store::open(&data_dir).with_context(|| format!("opening the record store in {}", data_dir.display()))?;
+    let policy = Arc::new(
+        Policy::compile(&config.policy)
+            .map_err(|p| anyhow!("policy: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?,
+    );
+
+    // Senders first: the outbox needs them, and a bad secret should stop us before we listen.
+    let mut workers = Vec::new();
+    let mut senders = BTreeSet::new();
+    let pending = Arc::new(AtomicU64::new(0));
+    for (id, account) in &config.accounts {
+        if !account.sends() {
+            continue;
+        }
+        let cx = BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
+        if let Some(sender) = account.build_outbound(&cx).with_context(|| format!("building the sender of {id}"))? {
+            senders.insert(id.clone());
+            workers.push(Worker {
+                account: id.clone(),
+                sender,
+                store: store.clone(),
+                config: config.outbox.clone(),
+                pending: pending.clone(),
+            });
+        }
+    }
+    let mut inbound = Vec::new();
+    for (id, account) in &config.accounts {
+        if !account.receives() {
+            continue;
+        }
+        let cx = BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
+        if let Some(task) = account.build_inbound(&cx).with_context(|| format!("building the receiver of {id}"))? {
+            inbound.push((id.clone(), task));
+        }
+    }
+
+    let outbox_stop = CancellationToken::new();
+    let outbox_tasks = TaskTracker::new();
+    let wakers = outbox::spawn_workers(workers, outbox_stop.clone(), &outbox_tasks)?;
+    outbox_tasks.close();
+    let wake = wakers.clone();
+    let (flusher, flusher_task) = Flusher::spawn(store.clone(), move |keys| wake.wake(keys));
+
+    let (submitter, rx) = Submitter::channel(config.daemon.queue_capacity);
+    let router = Router {
+        planner: Planner {
+            store: store.clone(),
+            config: config.clone(),
+            policy: policy.clone(),
+            directory: Directory::new(&config.directory),
+            senders,
+        },
+        flusher: flusher.clone(),
+        outbox_pending: pending.clone(),
+        max_outbox_pending: config.router.max_outbox_pending,
+    };
+    let router_task = tokio::spawn(router.run(rx));
+
+    let inbound_stop = CancellationToken::new();
+    let fatal = CancellationToken::new();
+    let inbound_tasks = TaskTracker::new();
+    for (account, task) in inbound {
+        let cx =
+            InboundContext { account: account.clone(), submitter: submitter.clone(), shutdown: inbound_stop.clone() };
+        let fatal = fatal.clone();
+        let stopping = inbound_stop.clone();
+        inbound_tasks.spawn(async move {
+            match task.run(cx).await {
+                Ok(()) if stopping.is_cancelled() => info!(account = %account, "Receiver stopped."),
+                Ok(()) => {
+                    error!(account = %account, "Receiver ended unexpectedly; stopping the daemon.");
+                    fatal.cancel();
+                }
+                Err(e) => {
+                    error!(account = %account, error = %e, "Receiver failed; stopping the daemon.");
+                    fatal.cancel();
+                }
+            }
+        });
+    }
+    inbound_tasks.close();
+    drop(submitter);
+
+    let admin_stop = CancellationToken::new();
+    let admin_task = match config.admin.listen {
+        Some(addr) => {
+            let token = carebridge_contract::config::load_secret(
+                &config.admin.token_env,
+                &config.admin.token_file,
+                &config.config_dir,
+            )
+            .map_err(|e| anyhow!("admin: {e}"))?
+            .ok_or_else(|| anyhow!("admin: a token is required"))?;
+            let state = admin::State {
+                store: store.clone(),
+                flusher: flusher.clone(),
+                wakers,
+                pending: pending.clone(),
+                token,
+                config: config.clone(),
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin API: cannot listen on {addr}"))?;
+            info!(listen = %addr, "Admin API listening.");
+            let stop = admin_stop.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) =
+                    axum::serve(listener, admin::router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+                {
+                    error!(error = %e, "Admin API failed.");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let status_store = store.clone();
+    let status_pending = pending.clone();
+    let interval = Duration::from_secs(config.daemon.status_interval_secs);
+    let status_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = tokio::task::spawn_blocking({
+                let st = status_store.clone();
+                move || st.stats()
+            })
+            .await
+            .unwrap_or_default();
+            info!(
+                records = s.records,
+                outbox_pending = s.outbox_pending,
+                outbox_pending_live = status_pending.load(std::sync::atomic::Ordering::Relaxed),
+                dead_letters = s.dead,
+                quarantined = s.quarantined,
+                held_for_review = s.held,
+                "Status."
+            );
+        }
+    });
+
+    info!(accounts = config.accounts.len(), routes = config.routes.len(), data_dir = %data_dir.display(), "carebridge ready.");
+    let failed = tokio::select! {
+        _ = shutdown => false,
+        _ = fatal.cancelled() => true,
+    };
+
+    // The shutdown order from the module docs, under one deadline.
+    let started = Instant::now();
+    let deadline = Duration::from_secs(config.daemon.shutdown_timeout_secs);
+    let left = || deadline.saturating_sub(started.elapsed());
+    info!(timeout_secs = deadline.as_secs(), "Shutting down: stopping receivers.");
+    inbound_stop.cancel();
+    admin_stop.cancel();
+    status_task.abort();
+    if tokio::time::timeout(left(), inbound_tasks.wait()).await.is_err() {
+        warn!(remaining = inbound_tasks.len(), "Receivers did not stop in time; abandoning them.");
+    }
+    if tokio::time::timeout(left(), router_task).await.is_err() {
+        warn!("Router did not drain in time; unacknowledged messages will be redelivered by their sources.");
+    }
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(left(), t).await;
+    }
+    let _ = tokio::time::timeout(left(), flusher.flush()).await;
+    info!("Receivers stopped and records flushed; finishing deliveries in flight.");
+    outbox_stop.cancel();
+    if tokio::time::timeout(left(), outbox_tasks.wait()).await.is_err() {
+        warn!(
+            remaining = outbox_tasks.len(),
+            "Deliveries still in flight at the deadline; they stay in the outbox and are resent after restart."
+        );
+    }
+    drop(flusher);
+    let _ = tokio::time::timeout(left(), flusher_task).await;
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.flush_blocking()).await.ok();
+    info!("Shutdown complete.");
+    if failed { Err(anyhow!("a receiver failed; see the log above")) } else { Ok(()) }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "Signal received."),
+            _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "Signal received."),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,265 @@
+//! The types written to the record store. They are a compatibility contract (the privacy
+//! officer's audit trail outlives any version of this program), so they are versioned and kept
+//! apart from the in-memory types: a change of `Envelope` never silently changes what is on disk.
+//! Every value is JSON with a `"v"` tag; readers accept the versions they know.
+
+use crate::policy::{Class, ConsentGrant};
+use carebridge_contract::{Address, Attachment, Delivery, DeliveryId, RecordId, Redacted, SourceKey};
+use serde::{Deserialize, Serialize};
+
+/// Schema version written into `meta` at creation and checked at open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Who sent a message, as the directory (or a Telegram link) placed them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum SenderV1 {
+    /// A patient in the directory or linked by code.
+    Patient {
+        /// Directory id.
+        id: String,
+    },
+    /// A clinician or staff member in the directory.
+    Staff {
+        /// Directory id.
+        id: String,
+    },
+    /// Not in the directory: recorded as unverified.
+    Unknown,
+}
+
+/// What the router decided for one destination of one exchange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteDecisionV1 {
+    /// Destination account.
+    pub account: String,
+    /// `allow`, `redact`, `reroute`, `hold`, `block`, `skip` (e.g. unknown sender, record only).
+    pub action: String,
+    /// Rule ids behind the action.
+    pub rules: Vec<String>,
+    /// The class of the text sent there.
+    pub class: Class,
+    /// The delivery created, if any.
+    pub delivery: Option<DeliveryId>,
+}
+
+/// One exchange: an inbound message with everything decided about it. Written once, in the same
+/// transaction as its outbox rows; what happens later is appended as [`EventV1`]s.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordV1 {
+    /// Always 1.
+    pub v: u32,
+    /// The record's id.
+    pub id: RecordId,
+    /// Unix milliseconds when recorded.
+    pub recorded_at_ms: u64,
+    /// Unix milliseconds the channel gave for the message.
+    pub sent_at_ms: u64,
+    /// Where it came from (dedup key).
+    pub source: SourceKey,
+    /// Sender's address (PHI).
+    pub from: Address,
+    /// Who the sender is.
+    pub sender: SenderV1,
+    /// Sender's display name (PHI).
+    pub display_name: Option<Redacted<String>>,
+    /// Subject (PHI).
+    pub subject: Option<Redacted<String>>,
+    /// The text (PHI).
+    pub body: Redacted<String>,
+    /// Files (PHI).
+    pub attachments: Vec<Attachment>,
+    /// The channel's id for this message.
+    pub native_message_id: Option<String>,
+    /// The conversation this message belongs to (opaque token).
+    pub conversation: String,
+    /// The patient whose file this exchange belongs to, if known.
+    pub patient_id: Option<String>,
+    /// The record this one edits, if it is an edit.
+    pub edit_of: Option<RecordId>,
+    /// Inbound classification of the text.
+    pub class: Class,
+    /// Kinds of the inbound findings (no spans' text).
+    pub finding_kinds: Vec<String>,
+    /// Consents in force when recorded, per destination account.
+    pub consents: Vec<ConsentGrant>,
+    /// Per-destination decisions.
+    pub decisions: Vec<RouteDecisionV1>,
+    /// Notes (PHI-free): `unverified_sender`, `link_redeemed`, `link_code_invalid`, …
+    pub notes: Vec<String>,
+}
+
+/// A conversation: the patient, and where to answer them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConversationV1 {
+    /// Always 1.
+    pub v: u32,
+    /// The opaque token (also the key).
+    pub token: String,
+    /// The patient, if known.
+    pub patient_id: Option<String>,
+    /// The account the patient wrote from: replies go back there.
+    pub origin_account: String,
+    /// The patient's address on that account (PHI).
+    pub origin_address: Address,
+    /// Highest class seen so far (a reply to a prescription request is clinical).
+    pub class: Class,
+    /// The channel's id of the patient's latest message, so replies thread under it.
+    #[serde(default)]
+    pub last_patient_message: Option<String>,
+    /// Unix milliseconds of creation.
+    pub created_at_ms: u64,
+}
+
+/// A channel-native message id known to belong to a conversation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NativeRefV1 {
+    /// Always 1.
+    pub v: u32,
+    /// The conversation token.
+    pub conversation: String,
+    /// The record the id belongs to (inbound) or was sent for (outbound).
+    pub record: RecordId,
+}
+
+/// A delivery waiting in the outbox.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutboxItemV1 {
+    /// Always 1.
+    pub v: u32,
+    /// What to send.
+    pub delivery: Delivery,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Unix milliseconds before which it must not be tried again.
+    pub not_before_ms: u64,
+    /// The patient, for the consent re-check just before a send.
+    pub patient_id: Option<String>,
+    /// Consent needed for this send: the send is re-checked and held back if it was withdrawn.
+    pub requires_consent: bool,
+}
+
+/// Something that happened to a record after it was written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventV1 {
+    /// Always 1.
+    pub v: u32,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The kinds of [`EventV1`]. Reasons are PHI-free.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// One send attempt and its outcome.
+    Attempt {
+        /// The delivery.
+        delivery: DeliveryId,
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// `sent`, `retry` or `permanent`.
+        outcome: String,
+        /// Why, for failures.
+        reason: Option<String>,
+    },
+    /// Given up: moved to dead letters.
+    DeadLettered {
+        /// The delivery.
+        delivery: DeliveryId,
+        /// Why.
+        reason: String,
+    },
+    /// A held delivery was approved or rejected by a clinician.
+    Reviewed {
+        /// The delivery.
+        delivery: DeliveryId,
+        /// `approved` or `rejected`.
+        verdict: String,
+        /// Who (staff id or `cli`).
+        by: String,
+    },
+    /// A send was held back because consent was withdrawn since recording.
+    ConsentWithdrawn {
+        /// The delivery.
+        delivery: DeliveryId,
+    },
+    /// The same message was delivered again by its source and de-duplicated.
+    Redelivered,
+}
+
+/// Input that could not be parsed, kept for review.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuarantineV1 {
+    /// Always 1.
+    pub v: u32,
+    /// Its id (shares the record id space).
+    pub id: RecordId,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Where it came from.
+    pub source: SourceKey,
+    /// What was wrong (PHI-free).
+    pub reason: String,
+    /// The bytes (PHI).
+    pub raw: Redacted<Vec<u8>>,
+}
+
+/// A delivery given up on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeadLetterV1 {
+    /// Always 1.
+    pub v: u32,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The outbox row as it was.
+    pub item: OutboxItemV1,
+    /// Why (PHI-free).
+    pub reason: String,
+}
+
+/// A delivery held for clinician review.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReviewItemV1 {
+    /// Always 1.
+    pub v: u32,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The delivery that would be sent on approval.
+    pub item: OutboxItemV1,
+    /// Rules that held it.
+    pub rules: Vec<String>,
+    /// Notice to send the author on rejection (PHI-free), with the account and address to use.
+    pub reject_notice: Option<Delivery>,
+}
+
+/// A one-time code that links a chat to a patient.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkCodeV1 {
+    /// Always 1.
+    pub v: u32,
+    /// The patient.
+    pub patient_id: String,
+    /// The account the code is valid on.
+    pub account: String,
+    /// Consent purpose granted by linking.
+    pub purpose: String,
+    /// Unix milliseconds after which the code is void.
+    pub expires_at_ms: u64,
+}
+
+/// A chat or address linked to a patient.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkV1 {
+    /// Always 1.
+    pub v: u32,
+    /// The patient.
+    pub patient_id: String,
+    /// The account.
+    pub account: String,
+    /// Unix milliseconds.
+    pub linked_at_ms: u64,
+}

@@ -1,0 +1,78 @@
+//! The router task: takes submissions off the adapters' queue in batches, turns each into one
+//! committed exchange ([`plan`]), and hands the batch's receipts to the [`Flusher`] so they are
+//! answered only after one shared flush (group commit).
+//!
+//! Pipeline per message: dedup → identify → link → conversation → policy → one transaction.
+
+pub mod identify;
+pub mod plan;
+
+use crate::record::flusher::FlushJob;
+use crate::record::{Flusher, Store};
+use carebridge_contract::{Receipt, SubmitRequest};
+use plan::Planner;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+/// Most submissions processed before handing a batch to the flusher.
+const BATCH: usize = 512;
+
+/// The router: one task, one queue.
+pub struct Router {
+    /// Decides and writes each exchange.
+    pub planner: Planner,
+    /// Durability and receipts.
+    pub flusher: Flusher,
+    /// Outbox rows waiting, shared with the outbox workers (saturation check without a scan).
+    pub outbox_pending: Arc<AtomicU64>,
+    /// Above this many pending outbox rows, answer `Unavailable`.
+    pub max_outbox_pending: u64,
+}
+
+impl Router {
+    /// Runs until every `Submitter` is dropped and the queue is drained (the shutdown order:
+    /// inbound stops first, so the queue closes, so the router finishes what it has).
+    pub async fn run(self, mut rx: mpsc::Receiver<SubmitRequest>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut saturated_logged = false;
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let mut job = FlushJob::default();
+            for req in batch.drain(..) {
+                let pending = self.outbox_pending.load(Ordering::Relaxed);
+                let receipt = if pending >= self.max_outbox_pending {
+                    if !saturated_logged {
+                        warn!(
+                            outbox_pending = pending,
+                            limit = self.max_outbox_pending,
+                            "Outbox full; refusing new messages until it drains."
+                        );
+                        saturated_logged = true;
+                    }
+                    Receipt::Unavailable
+                } else {
+                    saturated_logged = false;
+                    match self.planner.handle(req.submission) {
+                        Ok((receipt, wake)) => {
+                            self.outbox_pending.fetch_add(wake.len() as u64, Ordering::Relaxed);
+                            job.wake.extend(wake);
+                            receipt
+                        }
+                        Err(e) => {
+                            error!(error = %e, "Could not record message; answering unavailable so the source redelivers.");
+                            Receipt::Unavailable
+                        }
+                    }
+                };
+                job.receipts.push((req.reply, receipt));
+            }
+            self.flusher.submit(job);
+        }
+    }
+}
+
+/// Convenience for tests and the admin API: the store handle behind a router.
+pub fn store_of(r: &Router) -> &Store {
+    &r.planner.store
+}

@@ -1,0 +1,516 @@
+//! Turning one submission into one exchange: who sent it, which conversation it belongs to,
+//! where it goes, what the privacy policy allows there, and the rows to write.
+//!
+//! Everything here is synchronous and reads the store; the only write is the final
+//! [`Store::commit_exchange`]. Logs carry ids, channels, actions and rule ids only.
+
+use super::identify::Directory;
+use crate::config::{Config, UnknownSender};
+use crate::policy::{Action, Audience, CheckInput, Class, ConsentGrant, Direction, Policy};
+use crate::record::schema::*;
+use crate::record::{Committed, Exchange, OutboxKey, Store, StoreError, now_ms};
+use carebridge_contract::{
+    AccountId, Address, AddressKind, ChannelKind, Delivery, DeliveryId, DeliveryKind, Envelope, Receipt, RecordId,
+    Redacted, Submission,
+};
+use sha2::Digest;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+use tracing::info;
+
+/// How long a link code stays valid, by default.
+pub const LINK_CODE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Hash of a link code as stored (the code itself is never stored).
+pub fn link_code_hash(code: &str) -> String {
+    hex::encode(sha2::Sha256::digest(code.trim().to_ascii_uppercase().as_bytes()))
+}
+
+/// Everything the planner needs, built once from the validated config.
+pub struct Planner {
+    /// The store.
+    pub store: Store,
+    /// The config (routes, router options).
+    pub config: Arc<Config>,
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
+    /// The directory.
+    pub directory: Directory,
+    /// Accounts that can send (for notices back to senders).
+    pub senders: BTreeSet<AccountId>,
+}
+
+/// How a message relates to earlier ones.
+enum Thread {
+    /// First message of a new conversation.
+    New,
+    /// The patient writing again in a known conversation.
+    FollowUp(ConversationV1),
+    /// Staff answering a known conversation: goes back to the patient.
+    Reply(ConversationV1),
+}
+
+struct Draft<'a> {
+    env: &'a Envelope,
+    record_id: RecordId,
+    conversation: &'a ConversationV1,
+    patient_id: Option<String>,
+    outbox: Vec<(OutboxKey, OutboxItemV1)>,
+    review: Vec<ReviewItemV1>,
+    decisions: Vec<RouteDecisionV1>,
+    consents: Vec<ConsentGrant>,
+}
+
+impl Planner {
+    /// Handles one submission. Returns the receipt and the outbox rows to wake after the flush.
+    pub fn handle(&self, submission: Submission) -> Result<(Receipt, Vec<OutboxKey>), StoreError> {
+        match submission {
+            Submission::Message(env) => self.message(env),
+            Submission::Malformed { source, raw, reason } => {
+                let id = RecordId(self.store.next_id()?);
+                let q = QuarantineV1 { v: 1, id, at_ms: now_ms(), source, reason: reason.clone(), raw };
+                match self.store.commit_quarantine(&q)? {
+                    Committed::New => {
+                        info!(quarantine_id = %id, account = %q.source.account, reason = %reason, "Malformed input quarantined.");
+                        Ok((Receipt::Quarantined { id, reason }, Vec::new()))
+                    }
+                    Committed::Duplicate(prev) => Ok((Receipt::Duplicate(prev), Vec::new())),
+                }
+            }
+        }
+    }
+
+    fn message(&self, env: Envelope) -> Result<(Receipt, Vec<OutboxKey>), StoreError> {
+        if let Some(prev) = self.store.lookup_source(&env.source)? {
+            info!(record_id = %prev, account = %env.source.account, "Redelivered message de-duplicated.");
+            return Ok((Receipt::Duplicate(prev), Vec::new()));
+        }
+        let account = env.source.account.clone();
+        let kind = account.kind().as_str();
+        let mut notes = Vec::new();
+
+        // Who is writing.
+        let mut sender = self.identify(&env.from)?;
+        let mut link = None;
+        let mut notices: Vec<String> = Vec::new();
+        if let Some(code) = &env.link_code {
+            match self.redeem(code.expose(), &account, &env.from)? {
+                Some((patient, l)) => {
+                    sender = SenderV1::Patient { id: patient };
+                    link = Some(l);
+                    notes.push("link_redeemed".to_string());
+                    notices.push(self.config.router.linked_notice.clone());
+                }
+                None => {
+                    notes.push("link_code_invalid".to_string());
+                    notices.push(self.config.router.unlinked_notice.clone());
+                }
+            }
+        }
+        if sender == SenderV1::Unknown {
+            notes.push("unverified_sender".to_string());
+        }
+
+        // Which conversation.
+        let mut known = None;
+        if let Some(token) = &env.conversation_token {
+            known = self.store.conversation(token)?;
+        }
+        if known.is_none() {
+            for r in &env.references {
+                if let Some(n) = self.store.native_ref(kind, r)? {
+                    known = self.store.conversation(&n.conversation)?;
+                    if known.is_some() {
+                        break;
+                    }
+                }
+            }
+        }
+        let thread = match known {
+            Some(c) if matches!(sender, SenderV1::Staff { .. }) => Thread::Reply(c),
+            Some(c) if same_party(&c, &sender, &account, &env.from) => Thread::FollowUp(c),
+            Some(_) => {
+                notes.push("conversation_mismatch".to_string());
+                Thread::New
+            }
+            None => Thread::New,
+        };
+        let edit_of = match &env.edit_of {
+            Some(n) => self.store.native_ref(kind, n)?.map(|r| r.record),
+            None => None,
+        };
+
+        let inbound = self.policy.check(&CheckInput {
+            text: env.body.expose(),
+            direction: Direction::In,
+            account: &account,
+            audience: Audience::Staff,
+            consents: &[],
+            conversation_class: Class::None,
+            has_attachments: !env.attachments.is_empty(),
+        });
+
+        let patient_id = match (&thread, &sender) {
+            (Thread::Reply(c) | Thread::FollowUp(c), _) => c.patient_id.clone(),
+            (Thread::New, SenderV1::Patient { id }) => Some(id.clone()),
+            _ => None,
+        };
+        let is_new = matches!(thread, Thread::New);
+        let mut conversation = match &thread {
+            Thread::Reply(c) | Thread::FollowUp(c) => c.clone(),
+            Thread::New => ConversationV1 {
+                v: 1,
+                token: hex::encode(rand::random::<[u8; 16]>()),
+                patient_id: patient_id.clone(),
+                origin_account: account.to_string(),
+                origin_address: env.from.clone(),
+                class: Class::None,
+                last_patient_message: None,
+                created_at_ms: now_ms(),
+            },
+        };
+        if !matches!(thread, Thread::Reply(_)) {
+            conversation.class = conversation.class.max(inbound.class);
+            if env.native_message_id.is_some() {
+                conversation.last_patient_message = env.native_message_id.clone();
+            }
+        }
+
+        let record_id = RecordId(self.store.next_id()?);
+        let mut d = Draft {
+            env: &env,
+            record_id,
+            conversation: &conversation,
+            patient_id: patient_id.clone(),
+            outbox: Vec::new(),
+            review: Vec::new(),
+            decisions: Vec::new(),
+            consents: Vec::new(),
+        };
+
+        match &thread {
+            Thread::Reply(c) => match c.origin_account.parse::<AccountId>() {
+                Ok(dest) if self.senders.contains(&dest) => {
+                    self.plan_delivery(&mut d, &dest, DeliveryKind::Reply, Some(c.origin_address.clone()))?;
+                }
+                _ => d.decisions.push(skip(&c.origin_account, "builtin.reply.origin_cannot_send")),
+            },
+            Thread::New | Thread::FollowUp(_) => {
+                let dests = self.config.destinations(&account);
+                let record_only =
+                    sender == SenderV1::Unknown && self.config.router.unknown_sender == UnknownSender::RecordOnly;
+                for dest in dests {
+                    if record_only {
+                        d.decisions.push(skip(&dest.to_string(), "builtin.unknown_sender.record_only"));
+                    } else {
+                        self.plan_delivery(&mut d, &dest, DeliveryKind::Forward, None)?;
+                    }
+                }
+            }
+        }
+        // An unknown sender on a chat channel learns how to link, once per conversation.
+        if sender == SenderV1::Unknown && is_new && env.link_code.is_none() && account.kind() == ChannelKind::Telegram {
+            notices.push(self.config.router.unlinked_notice.clone());
+        }
+        for text in notices {
+            if let Some(n) = self.notice(&d, &account, &env.from, text)? {
+                d.outbox.push(n);
+            }
+        }
+
+        let mut native_refs = Vec::new();
+        if let Some(n) = &env.native_message_id {
+            native_refs.push((
+                format!("{kind}\0{n}"),
+                NativeRefV1 { v: 1, conversation: conversation.token.clone(), record: record_id },
+            ));
+        }
+        let decisions = std::mem::take(&mut d.decisions);
+        let outbox = std::mem::take(&mut d.outbox);
+        let review = std::mem::take(&mut d.review);
+        let consents = std::mem::take(&mut d.consents);
+        let record = RecordV1 {
+            v: 1,
+            id: record_id,
+            recorded_at_ms: now_ms(),
+            sent_at_ms: env.received_at.duration_since(UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0),
+            source: env.source.clone(),
+            from: env.from.clone(),
+            sender: sender.clone(),
+            display_name: env.display_name.clone(),
+            subject: env.subject.clone(),
+            body: env.body.clone(),
+            attachments: env.attachments.clone(),
+            native_message_id: env.native_message_id.clone(),
+            conversation: conversation.token.clone(),
+            patient_id: patient_id.clone(),
+            edit_of,
+            class: inbound.class,
+            finding_kinds: inbound.findings.iter().map(|f| f.kind.clone()).collect(),
+            consents,
+            decisions,
+            notes,
+        };
+        let ex = Exchange { record, conversation, native_refs, outbox, review, link };
+        match self.store.commit_exchange(&ex)? {
+            Committed::Duplicate(prev) => Ok((Receipt::Duplicate(prev), Vec::new())),
+            Committed::New => {
+                let actions: Vec<String> =
+                    ex.record.decisions.iter().map(|d| format!("{}:{}", d.account, d.action)).collect();
+                let rules: BTreeSet<&str> =
+                    ex.record.decisions.iter().flat_map(|d| d.rules.iter().map(String::as_str)).collect();
+                info!(
+                    record_id = %record_id,
+                    account = %account,
+                    sender = role_name(&ex.record.sender),
+                    patient = %ex.record.patient_id.as_deref().map(|p| self.store.patient_ref(p)).unwrap_or_else(|| "-".into()),
+                    class = ?ex.record.class,
+                    findings = ex.record.finding_kinds.len(),
+                    decisions = ?actions,
+                    rules = ?rules,
+                    deliveries = ex.outbox.len(),
+                    held = ex.review.len(),
+                    "Message recorded."
+                );
+                Ok((Receipt::Recorded(record_id), ex.outbox.into_iter().map(|(k, _)| k).collect()))
+            }
+        }
+    }
+
+    fn identify(&self, from: &Address) -> Result<SenderV1, StoreError> {
+        if let Some(s) = self.directory.lookup(from) {
+            return Ok(s.clone());
+        }
+        Ok(match self.store.linked_patient(from.key().expose())? {
+            Some(l) => SenderV1::Patient { id: l.patient_id },
+            None => SenderV1::Unknown,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn redeem(
+        &self,
+        code: &str,
+        account: &AccountId,
+        from: &Address,
+    ) -> Result<Option<(String, (String, LinkV1, String, ConsentGrant))>, StoreError> {
+        let hash = link_code_hash(code);
+        let Some(c) = self.store.link_code(&hash)? else { return Ok(None) };
+        if c.account != account.to_string() || c.expires_at_ms < now_ms() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let link = LinkV1 { v: 1, patient_id: c.patient_id.clone(), account: c.account.clone(), linked_at_ms: now };
+        let grant = ConsentGrant {
+            account: c.account.clone(),
+            purpose: c.purpose.clone(),
+            source: "link-code".into(),
+            granted_at: now / 1000,
+        };
+        Ok(Some((c.patient_id.clone(), (from.key().into_inner(), link, hash, grant))))
+    }
+
+    /// Checks one destination against the policy and adds the resulting delivery (or review
+    /// item, or notice) to the draft.
+    fn plan_delivery(
+        &self,
+        d: &mut Draft<'_>,
+        dest: &AccountId,
+        kind: DeliveryKind,
+        to: Option<Address>,
+    ) -> Result<(), StoreError> {
+        let audience = if kind == DeliveryKind::Reply { Audience::Patient } else { Audience::Staff };
+        let consents = match (&d.patient_id, audience) {
+            (Some(p), Audience::Patient) => self.store.consents(p, &dest.to_string())?,
+            _ => Vec::new(),
+        };
+        let decision = self.policy.check(&CheckInput {
+            text: d.env.body.expose(),
+            direction: Direction::Out,
+            account: dest,
+            audience,
+            consents: &consents,
+            conversation_class: d.conversation.class,
+            has_attachments: !d.env.attachments.is_empty(),
+        });
+        d.consents.extend(consents.iter().cloned());
+        let requires_consent = audience == Audience::Patient && !consents.is_empty();
+        let mut body = d.env.body.expose().clone();
+        let action_name;
+        let mut delivery_id = None;
+        let author_account = d.env.source.account.clone();
+        match &decision.action {
+            Action::Allow | Action::Redact => {
+                action_name = if decision.action == Action::Allow { "allow" } else { "redact" };
+                if let Some(r) = &decision.rendered {
+                    if decision.action == Action::Redact {
+                        body = r.clone();
+                    }
+                }
+                let item = self.item(d, dest, kind, to, body, requires_consent, decision.action == Action::Allow)?;
+                delivery_id = Some(item.1.delivery.id);
+                d.outbox.push(item);
+            }
+            Action::Hold => {
+                action_name = "hold";
+                let (_, item) = self.item(d, dest, kind, to, body, requires_consent, true)?;
+                delivery_id = Some(item.delivery.id);
+                let reject_notice = if self.senders.contains(&author_account) {
+                    let text = decision.notice.clone().unwrap_or_else(|| self.config.router.unlinked_notice.clone());
+                    self.notice(d, &author_account, &d.env.from, text)?.map(|(_, i)| i.delivery)
+                } else {
+                    None
+                };
+                d.review.push(ReviewItemV1 {
+                    v: 1,
+                    at_ms: now_ms(),
+                    item,
+                    rules: decision.rules.clone(),
+                    reject_notice,
+                });
+            }
+            Action::Block => {
+                action_name = "block";
+                if let Some(text) = decision.notice.clone() {
+                    if let Some(n) = self.notice(d, &author_account, &d.env.from, text)? {
+                        d.outbox.push(n);
+                    }
+                }
+            }
+            Action::Reroute { to: secure } => {
+                action_name = "reroute";
+                let target =
+                    secure.as_ref().and_then(|s| s.parse::<AccountId>().ok()).filter(|a| self.senders.contains(a));
+                if let (Some(secure), Some(p)) = (target, d.patient_id.clone()) {
+                    let addr_kind = match secure.kind() {
+                        ChannelKind::Email => AddressKind::Email,
+                        ChannelKind::Telegram => AddressKind::Telegram,
+                        ChannelKind::Webhook => AddressKind::Phone,
+                    };
+                    let secure_to = if kind == DeliveryKind::Reply {
+                        self.directory.addresses_of(&p, addr_kind).into_iter().next()
+                    } else {
+                        None
+                    };
+                    if kind != DeliveryKind::Reply || secure_to.is_some() {
+                        let item = self.item(d, &secure, kind, secure_to, body, false, true)?;
+                        delivery_id = Some(item.1.delivery.id);
+                        d.outbox.push(item);
+                    }
+                }
+                if let (Some(text), Some(to)) = (decision.notice.clone(), to.clone()) {
+                    if let Some(n) = self.notice(d, dest, &to, text)? {
+                        d.outbox.push(n);
+                    }
+                }
+            }
+        }
+        d.decisions.push(RouteDecisionV1 {
+            account: dest.to_string(),
+            action: action_name.to_string(),
+            rules: decision.rules.clone(),
+            class: decision.class,
+            delivery: delivery_id,
+        });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn item(
+        &self,
+        d: &Draft<'_>,
+        dest: &AccountId,
+        kind: DeliveryKind,
+        to: Option<Address>,
+        body: String,
+        requires_consent: bool,
+        with_attachments: bool,
+    ) -> Result<(OutboxKey, OutboxItemV1), StoreError> {
+        let id = DeliveryId(self.store.next_id()?);
+        // A reply threads under the patient's latest message on the patient's channel.
+        let in_reply_to = match kind {
+            DeliveryKind::Reply => d.conversation.last_patient_message.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let delivery = Delivery {
+            id,
+            record_id: d.record_id,
+            account: dest.clone(),
+            kind,
+            to,
+            conversation: Redacted::new(d.conversation.token.clone()),
+            patient_id: d.patient_id.clone().map(Redacted::new),
+            sender_label: d.env.display_name.clone(),
+            subject: None,
+            body: Redacted::new(body),
+            attachments: if with_attachments { d.env.attachments.clone() } else { Vec::new() },
+            in_reply_to,
+        };
+        let item = OutboxItemV1 {
+            v: 1,
+            delivery,
+            attempts: 0,
+            not_before_ms: 0,
+            patient_id: d.patient_id.clone(),
+            requires_consent,
+        };
+        Ok((OutboxKey { account: dest.clone(), seq: self.store.next_id()? }, item))
+    }
+
+    /// A PHI-free notice to `to` on `account`, if that account can send.
+    fn notice(
+        &self,
+        d: &Draft<'_>,
+        account: &AccountId,
+        to: &Address,
+        text: String,
+    ) -> Result<Option<(OutboxKey, OutboxItemV1)>, StoreError> {
+        if !self.senders.contains(account) {
+            return Ok(None);
+        }
+        let id = DeliveryId(self.store.next_id()?);
+        let delivery = Delivery {
+            id,
+            record_id: d.record_id,
+            account: account.clone(),
+            kind: DeliveryKind::Notice,
+            to: Some(to.clone()),
+            conversation: Redacted::new(d.conversation.token.clone()),
+            patient_id: None,
+            sender_label: None,
+            subject: None,
+            body: Redacted::new(text),
+            attachments: Vec::new(),
+            in_reply_to: d.env.native_message_id.iter().cloned().collect(),
+        };
+        let item =
+            OutboxItemV1 { v: 1, delivery, attempts: 0, not_before_ms: 0, patient_id: None, requires_consent: false };
+        Ok(Some((OutboxKey { account: account.clone(), seq: self.store.next_id()? }, item)))
+    }
+}
+
+fn same_party(c: &ConversationV1, sender: &SenderV1, account: &AccountId, from: &Address) -> bool {
+    match (sender, &c.patient_id) {
+        (SenderV1::Patient { id }, Some(p)) => id == p,
+        _ => c.origin_account == account.to_string() && c.origin_address == *from,
+    }
+}
+
+fn skip(account: &str, rule: &str) -> RouteDecisionV1 {
+    RouteDecisionV1 {
+        account: account.to_string(),
+        action: "skip".into(),
+        rules: vec![rule.to_string()],
+        class: Class::None,
+        delivery: None,
+    }
+}
+
+fn role_name(s: &SenderV1) -> &'static str {
+    match s {
+        SenderV1::Patient { .. } => "patient",
+        SenderV1::Staff { .. } => "staff",
+        SenderV1::Unknown => "unknown",
+    }
+}

@@ -1,0 +1,104 @@
+//! The config front door, through the real binary: every shipped TOML validates; a broken one
+//! gets every problem at once, with paths and did-you-mean hints, and a non-zero exit.
+
+mod support;
+
+use std::process::Command;
+use support::daemon::bin;
+
+fn check_config(path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(bin()).args(["check-config", "--no-environment"]).arg(path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn every_shipped_toml_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let (code, out, err) = check_config(&p);
+            assert_eq!(code, 0, "{}: {out}{err}", p.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "default.toml and example.toml at least");
+}
+
+#[test]
+fn the_embedded_default_is_the_shipped_default() {
+    let out = Command::new(bin()).arg("print-default-config").output().unwrap();
+    let shipped =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shipped);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        r#"
+[daemon]
+queue_capacity = 0
+
+[webhook.forms]
+listen = "127.0.0.1:9"
+secret_env = "X"
+
+[webhook.ehr]
+url = "ftp://nope"
+secret_env = "X"
+
+[[route]]
+name = "r"
+from = ["webhook.form"]
+to = ["webhook.ehr", "email.nowhere"]
+
+[[directory.patient]]
+id = "p 1"
+addresses = ["fax:123", "email:ann@x.test"]
+
+[[directory.staff]]
+id = "s-1"
+addresses = ["email:ANN@x.test"]
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&p);
+    assert_eq!(code, 2, "{err}");
+    for needle in [
+        "daemon.queue_capacity",
+        "webhook.ehr.url",
+        "route[0].from: route `r`: unknown account `webhook.form` (did you mean `webhook.forms`?)",
+        "unknown account `email.nowhere`",
+        "directory.patient[0].id",
+        "directory.patient[0].addresses[0]: unknown address kind `fax`",
+        "directory.staff[0].addresses[0]: address already belongs to `p 1`",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+    assert!(!err.contains("ann@x.test"), "addresses are PHI and never echoed: {err}");
+}
+
+#[test]
+fn inline_secrets_and_unknown_keys_are_refused_with_a_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.toml");
+    std::fs::write(&p, "[webhook.forms]\nlisten = \"127.0.0.1:9\"\nsecret = \"hunter2\"\n").unwrap();
+    let (code, _, err) = check_config(&p);
+    assert_eq!(code, 2);
+    assert!(err.contains("webhook.forms.secret: secrets are never written inline: use `secret_env`"), "{err}");
+    assert!(!err.contains("hunter2"));
+
+    std::fs::write(&p, "[daemon]\ndata_dri = \"x\"\n").unwrap();
+    let (code, _, err) = check_config(&p);
+    assert_eq!(code, 2);
+    assert!(err.contains("data_dri") && err.contains("line 2"), "{err}");
+}
