@@ -9,9 +9,9 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub enum AccountConfig {
     /// `[email.<name>]`.
-    Email(toml::Table),
+    Email(carebridge_email::Config),
     /// `[telegram.<name>]`.
-    Telegram(toml::Table),
+    Telegram(carebridge_telegram::Config),
     /// `[webhook.<name>]`.
     Webhook(carebridge_webhook::Config),
 }
@@ -31,8 +31,8 @@ impl AccountConfig {
     /// The adapter's own pure validation; `path` is the account's TOML path.
     pub fn validate(&self, path: &str) -> Vec<Problem> {
         match self {
-            AccountConfig::Email(_) => vec![Problem::new(path, "email adapter not built yet")],
-            AccountConfig::Telegram(_) => vec![Problem::new(path, "telegram adapter not built yet")],
+            AccountConfig::Email(c) => c.validate(path),
+            AccountConfig::Telegram(c) => c.validate(path),
             AccountConfig::Webhook(c) => c.validate(path),
         }
     }
@@ -40,7 +40,7 @@ impl AccountConfig {
     /// Whether the account has an inbound side (may appear in a route's `from`).
     pub fn receives(&self) -> bool {
         match self {
-            AccountConfig::Email(c) => c.contains_key("imap"),
+            AccountConfig::Email(c) => c.imap.is_some(),
             AccountConfig::Telegram(_) => true,
             AccountConfig::Webhook(c) => c.listen.is_some(),
         }
@@ -49,7 +49,7 @@ impl AccountConfig {
     /// Whether the account has an outbound side (may appear in a route's `to`).
     pub fn sends(&self) -> bool {
         match self {
-            AccountConfig::Email(c) => c.contains_key("smtp"),
+            AccountConfig::Email(c) => c.smtp.is_some(),
             AccountConfig::Telegram(_) => true,
             AccountConfig::Webhook(c) => c.url.is_some(),
         }
@@ -58,7 +58,8 @@ impl AccountConfig {
     /// Builds the inbound task, if the account receives.
     pub fn build_inbound(&self, cx: &BuildContext) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
         match self {
-            AccountConfig::Email(_) | AccountConfig::Telegram(_) => Err(AdapterError::Config("not built yet".into())),
+            AccountConfig::Email(c) => carebridge_email::build_inbound(c, cx),
+            AccountConfig::Telegram(c) => carebridge_telegram::build_inbound(c, cx),
             AccountConfig::Webhook(c) => carebridge_webhook::build_inbound(c, cx),
         }
     }
@@ -66,7 +67,8 @@ impl AccountConfig {
     /// Builds the sender, if the account sends.
     pub fn build_outbound(&self, cx: &BuildContext) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {
         match self {
-            AccountConfig::Email(_) | AccountConfig::Telegram(_) => Err(AdapterError::Config("not built yet".into())),
+            AccountConfig::Email(c) => carebridge_email::build_outbound(c, cx),
+            AccountConfig::Telegram(c) => carebridge_telegram::build_outbound(c, cx),
             AccountConfig::Webhook(c) => carebridge_webhook::build_outbound(c, cx),
         }
     }
