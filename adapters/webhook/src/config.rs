@@ -126,19 +126,9 @@ impl Config {
     /// the file in one pass.
     pub fn validate(&self, path: &str) -> Vec<Problem> {
         let mut problems = Vec::new();
-        check_secret(
-            path,
-            "secret",
-            &self.secret_env,
-            &self.secret_file,
-            true,
-            &mut problems,
-        );
+        check_secret(path, "secret", &self.secret_env, &self.secret_file, true, &mut problems);
         if self.listen.is_none() && self.url.is_none() {
-            problems.push(Problem::new(
-                path,
-                "set `listen` (to receive messages), `url` (to send them), or both",
-            ));
+            problems.push(Problem::new(path, "set `listen` (to receive messages), `url` (to send them), or both"));
         }
         self.validate_inbound(path, &mut problems);
         self.validate_outbound(path, &mut problems);
@@ -175,13 +165,7 @@ impl Config {
             MAX_BODY_BYTES_LIMIT as u64,
             "bytes",
         );
-        check_range(
-            problems,
-            format!("{table}.max_skew_secs"),
-            self.max_skew_secs,
-            MAX_SKEW_SECS_LIMIT,
-            "seconds",
-        );
+        check_range(problems, format!("{table}.max_skew_secs"), self.max_skew_secs, MAX_SKEW_SECS_LIMIT, "seconds");
         check_range(
             problems,
             format!("{table}.submit_timeout_ms"),
@@ -202,13 +186,7 @@ impl Config {
                 "only applies to sending: set `url` too, or remove it",
             ));
         }
-        check_range(
-            problems,
-            format!("{table}.timeout_ms"),
-            self.timeout_ms,
-            MAX_TIMEOUT_MS,
-            "milliseconds",
-        );
+        check_range(problems, format!("{table}.timeout_ms"), self.timeout_ms, MAX_TIMEOUT_MS, "milliseconds");
     }
 }
 
@@ -223,9 +201,7 @@ fn path_problem(p: &str) -> Option<String> {
     if p.len() > 1 && p.ends_with('/') {
         return Some("must not end with `/`".into());
     }
-    let ok = p
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
+    let ok = p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
     if !ok || p.contains("//") {
         return Some("may only contain letters, digits, `-`, `.`, `_`, `~` and single `/`".into());
     }
@@ -233,19 +209,10 @@ fn path_problem(p: &str) -> Option<String> {
 }
 
 /// Checks that a set numeric key is in `1..=max`.
-fn check_range(
-    problems: &mut Vec<Problem>,
-    path: String,
-    value: Option<u64>,
-    max: u64,
-    unit: &str,
-) {
+fn check_range(problems: &mut Vec<Problem>, path: String, value: Option<u64>, max: u64, unit: &str) {
     match value {
         Some(0) => problems.push(Problem::new(path, "must be greater than 0")),
-        Some(v) if v > max => problems.push(Problem::new(
-            path,
-            format!("must be at most {max} {unit} (got {v})"),
-        )),
+        Some(v) if v > max => problems.push(Problem::new(path, format!("must be at most {max} {unit} (got {v})"))),
         _ => {}
     }
 }
@@ -255,18 +222,13 @@ fn check_range(
 pub(crate) fn parse_url(url: &str) -> Result<reqwest::Url, String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a valid URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "must be an http or https URL (got scheme `{}`)",
-            parsed.scheme()
-        ));
+        return Err(format!("must be an http or https URL (got scheme `{}`)", parsed.scheme()));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("must name a host".into());
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "must not contain credentials (the request is signed with the shared secret)".into(),
-        );
+        return Err("must not contain credentials (the request is signed with the shared secret)".into());
     }
     if parsed.fragment().is_some() {
         return Err("must not contain a `#fragment`".into());
@@ -299,11 +261,7 @@ mod tests {
             url = "https://ehr.test/in"
             "#,
         );
-        assert!(
-            c.validate("webhook.forms").is_empty(),
-            "{:?}",
-            c.validate("webhook.forms")
-        );
+        assert!(c.validate("webhook.forms").is_empty(), "{:?}", c.validate("webhook.forms"));
         assert_eq!(c.path(), "/v1/messages");
         assert_eq!(c.max_body_bytes(), 1024 * 1024);
         assert_eq!(c.max_skew(), Duration::from_secs(300));
@@ -338,10 +296,7 @@ mod tests {
             "webhook.sms.timeout_ms",
             "webhook.sms.from_kind",
         ] {
-            assert!(
-                p.contains(&expected),
-                "{expected} missing from {problems:?}"
-            );
+            assert!(p.contains(&expected), "{expected} missing from {problems:?}");
         }
     }
 
@@ -353,29 +308,12 @@ mod tests {
 
     #[test]
     fn urls_must_be_plain_http_or_https() {
-        for bad in [
-            "ftp://h/x",
-            "not a url",
-            "https://user:pw@h/x",
-            "http://h/x#frag",
-            "mailto:a@b.test",
-        ] {
-            let c = Config {
-                secret_env: Some("S".into()),
-                url: Some(bad.into()),
-                ..Config::default()
-            };
-            assert_eq!(
-                paths(&c.validate("webhook.ehr")),
-                ["webhook.ehr.url"],
-                "{bad}"
-            );
+        for bad in ["ftp://h/x", "not a url", "https://user:pw@h/x", "http://h/x#frag", "mailto:a@b.test"] {
+            let c = Config { secret_env: Some("S".into()), url: Some(bad.into()), ..Config::default() };
+            assert_eq!(paths(&c.validate("webhook.ehr")), ["webhook.ehr.url"], "{bad}");
         }
-        let ok = Config {
-            secret_env: Some("S".into()),
-            url: Some("http://[::1]:8080/in?x=1".into()),
-            ..Config::default()
-        };
+        let ok =
+            Config { secret_env: Some("S".into()), url: Some("http://[::1]:8080/in?x=1".into()), ..Config::default() };
         assert!(ok.validate("webhook.ehr").is_empty());
     }
 
@@ -391,11 +329,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_rejected_by_serde() {
         let de = |s: &str| toml::from_str::<Config>(s).map_err(|e| e.to_string());
-        assert!(
-            de("secret_env = \"S\"\nsecret = \"x\"")
-                .unwrap_err()
-                .contains("unknown field")
-        );
+        assert!(de("secret_env = \"S\"\nsecret = \"x\"").unwrap_err().contains("unknown field"));
         assert!(de("secret_env = \"S\"\nlisten = \"localhost\"").is_err());
         assert!(de("secret_env = \"S\"\nfrom_kind = \"telegram\"").is_err());
     }

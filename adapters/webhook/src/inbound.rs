@@ -21,8 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use carebridge_contract::{
-    AccountId, AdapterError, Address, Envelope, Inbound, InboundContext, Receipt, RecordId,
-    Redacted, SourceKey, Submission, Submitter, Task,
+    AccountId, AdapterError, Address, Envelope, Inbound, InboundContext, Receipt, RecordId, Redacted, SourceKey,
+    Submission, Submitter, Task,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -105,28 +105,17 @@ impl WebhookInbound {
     /// Serves on an already bound listener until `cx.shutdown` fires, then stops accepting and
     /// lets in-flight requests finish (for at most a few seconds). [`Inbound::run`] is
     /// [`bind`](Self::bind) then this; tests that bind port 0 themselves call it directly.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        cx: InboundContext,
-    ) -> Result<(), AdapterError> {
-        let local = listener
-            .local_addr()
-            .map_err(|e| AdapterError::Config(format!("listener: {e}")))?;
+    pub async fn serve(self, listener: TcpListener, cx: InboundContext) -> Result<(), AdapterError> {
+        let local = listener.local_addr().map_err(|e| AdapterError::Config(format!("listener: {e}")))?;
         let account = cx.account.clone();
         let shutdown = cx.shutdown.clone();
-        let app = router(Arc::new(Shared {
-            account: cx.account,
-            submitter: cx.submitter,
-            settings: self.settings,
-        }));
+        let app = router(Arc::new(Shared { account: cx.account, submitter: cx.submitter, settings: self.settings }));
         info!(account = %account, listen = %local, "Webhook listening.");
         let listener = listener.tap_io(|tcp| {
             // Answers are small single writes; Nagle would only add latency on keep-alive.
             let _ = tcp.set_nodelay(true);
         });
-        let server =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let drain_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_DEADLINE).await;
@@ -203,11 +192,7 @@ async fn receive(
         }
         Err(rejection) => {
             debug!(account = %account, status = %rejection.status(), "Webhook request body could not be read.");
-            return error(
-                StatusCode::BAD_REQUEST,
-                "body could not be read".into(),
-                None,
-            );
+            return error(StatusCode::BAD_REQUEST, "body could not be read".into(), None);
         }
     };
     let verified = settings.key.verify(
@@ -252,10 +237,7 @@ async fn submit_malformed(shared: &Shared, body: Bytes, reason: String) -> Respo
     let account = &shared.account;
     let native_id = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
     let submission = Submission::Malformed {
-        source: SourceKey {
-            account: account.clone(),
-            native_id,
-        },
+        source: SourceKey { account: account.clone(), native_id },
         raw: Redacted::new(Vec::from(body)),
         reason: reason.clone(),
     };
@@ -273,35 +255,20 @@ async fn submit_malformed(shared: &Shared, body: Bytes, reason: String) -> Respo
 /// lost to this request, but the record is not: the client's retry is answered `duplicate`.
 async fn submit(shared: &Shared, submission: Submission) -> Receipt {
     let wait = shared.settings.submit_timeout;
-    tokio::time::timeout(wait, shared.submitter.submit_within(submission, wait))
-        .await
-        .unwrap_or(Receipt::Unavailable)
+    tokio::time::timeout(wait, shared.submitter.submit_within(submission, wait)).await.unwrap_or(Receipt::Unavailable)
 }
 
 /// Parses and checks a request body into an envelope, or says (PHI-free) what is wrong.
 fn parse(body: &[u8], account: &AccountId, from_kind: FromKind) -> Result<Envelope, String> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        format!(
-            "body is not valid UTF-8 (invalid byte at offset {})",
-            e.valid_up_to()
-        )
-    })?;
-    let msg: InboundMessage<'_> =
-        serde_json::from_str(text).map_err(|e| describe_json_error(&e))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| format!("body is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
+    let msg: InboundMessage<'_> = serde_json::from_str(text).map_err(|e| describe_json_error(&e))?;
     to_envelope(msg, account, from_kind)
 }
 
-fn to_envelope(
-    msg: InboundMessage<'_>,
-    account: &AccountId,
-    from_kind: FromKind,
-) -> Result<Envelope, String> {
-    if !is_token(&msg.id, |b| {
-        b.is_ascii_alphanumeric() || b"._:-".contains(&b)
-    }) {
-        return Err(format!(
-            "field `id` must be 1-{MAX_ID_LEN} characters of A-Z, a-z, 0-9, `.`, `_`, `:`, `-`"
-        ));
+fn to_envelope(msg: InboundMessage<'_>, account: &AccountId, from_kind: FromKind) -> Result<Envelope, String> {
+    if !is_token(&msg.id, |b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) {
+        return Err(format!("field `id` must be 1-{MAX_ID_LEN} characters of A-Z, a-z, 0-9, `.`, `_`, `:`, `-`"));
     }
     if msg.from.len() > MAX_FROM_LEN {
         return Err(format!("field `from` is longer than {MAX_FROM_LEN} bytes"));
@@ -309,9 +276,7 @@ fn to_envelope(
     let from = Address::new(from_kind.address_kind(), msg.from);
     if !address_is_plausible(from_kind, from.value.expose()) {
         return Err(match from_kind {
-            FromKind::Phone => {
-                "field `from` must be a phone number (digits, optionally with a leading +)".into()
-            }
+            FromKind::Phone => "field `from` must be a phone number (digits, optionally with a leading +)".into(),
             FromKind::Email => "field `from` must be an email address".into(),
             FromKind::Opaque => "field `from` is empty".into(),
         });
@@ -319,22 +284,16 @@ fn to_envelope(
     if let Some(c) = &msg.conversation
         && !is_token(c, |b| b.is_ascii_graphic())
     {
-        return Err(format!(
-            "field `conversation` must be 1-{MAX_ID_LEN} visible ASCII characters"
-        ));
+        return Err(format!("field `conversation` must be 1-{MAX_ID_LEN} visible ASCII characters"));
     }
     let references = msg.in_reply_to.unwrap_or_default();
     if references.len() > MAX_REFERENCES {
-        return Err(format!(
-            "field `in_reply_to` has more than {MAX_REFERENCES} entries"
-        ));
+        return Err(format!("field `in_reply_to` has more than {MAX_REFERENCES} entries"));
     }
-    if let Some(i) = references.iter().position(|r| {
-        r.is_empty() || r.len() > MAX_REFERENCE_LEN || r.chars().any(char::is_control)
-    }) {
-        return Err(format!(
-            "in_reply_to[{i}] must be 1-{MAX_REFERENCE_LEN} bytes without control characters"
-        ));
+    if let Some(i) =
+        references.iter().position(|r| r.is_empty() || r.len() > MAX_REFERENCE_LEN || r.chars().any(char::is_control))
+    {
+        return Err(format!("in_reply_to[{i}] must be 1-{MAX_REFERENCE_LEN} bytes without control characters"));
     }
     let attachments = msg
         .attachments
@@ -346,15 +305,9 @@ fn to_envelope(
     if msg.text.trim().is_empty() && attachments.is_empty() {
         return Err("message has neither text nor attachments".into());
     }
-    let source = SourceKey {
-        account: account.clone(),
-        native_id: msg.id.clone(),
-    };
+    let source = SourceKey { account: account.clone(), native_id: msg.id.clone() };
     let mut envelope = Envelope::new(source, from, msg.text);
-    envelope.display_name = msg
-        .display_name
-        .filter(|n| !n.trim().is_empty())
-        .map(Redacted::new);
+    envelope.display_name = msg.display_name.filter(|n| !n.trim().is_empty()).map(Redacted::new);
     envelope.attachments = attachments;
     envelope.native_message_id = Some(msg.id);
     envelope.references = references;
@@ -376,9 +329,7 @@ fn address_is_plausible(kind: FromKind, value: &str) -> bool {
             digits.len() >= 3 && digits.bytes().all(|b| b.is_ascii_digit())
         }
         FromKind::Email => match value.split_once('@') {
-            Some((local, domain)) => {
-                !local.is_empty() && !domain.is_empty() && !value.contains(char::is_whitespace)
-            }
+            Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !value.contains(char::is_whitespace),
             None => false,
         },
         FromKind::Opaque => !value.is_empty(),
@@ -387,12 +338,7 @@ fn address_is_plausible(kind: FromKind, value: &str) -> bool {
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     if shared.submitter.is_closed() {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &Status {
-                status: "router unavailable",
-            },
-        )
+        json(StatusCode::SERVICE_UNAVAILABLE, &Status { status: "router unavailable" })
     } else {
         json(StatusCode::OK, &Status { status: "ok" })
     }
@@ -403,11 +349,7 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed".into(),
-        None,
-    )
+    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into(), None)
 }
 
 #[derive(Serialize)]
@@ -416,47 +358,24 @@ struct Status {
 }
 
 fn accepted(status: &str, id: RecordId) -> Response {
-    json(
-        StatusCode::ACCEPTED,
-        &Accepted {
-            status: status.to_string(),
-            record_id: id.to_string(),
-        },
-    )
+    json(StatusCode::ACCEPTED, &Accepted { status: status.to_string(), record_id: id.to_string() })
 }
 
 fn unavailable(account: &AccountId) -> Response {
     warn!(account = %account, "Webhook request not recorded: router unavailable; client told to retry.");
-    let mut response = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not recorded, try again later".into(),
-        None,
-    );
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "not recorded, try again later".into(), None);
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
     response
 }
 
 fn error(status: StatusCode, error: String, quarantine_id: Option<RecordId>) -> Response {
-    json(
-        status,
-        &ErrorBody {
-            error,
-            quarantine_id: quarantine_id.map(|id| id.to_string()),
-        },
-    )
+    json(status, &ErrorBody { error, quarantine_id: quarantine_id.map(|id| id.to_string()) })
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Response {
     // Serializing these small structs of strings cannot fail; the fallback keeps the answer JSON.
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    (
-        status,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        bytes,
-    )
-        .into_response()
+    (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
 }
 
 #[cfg(test)]
@@ -482,55 +401,20 @@ mod tests {
         assert_eq!(e.conversation_token.as_deref(), Some("tok_123"));
         assert_eq!(e.references, ["dlv-1"]);
         assert_eq!(e.attachments[0].data.expose(), b"hi");
-        assert_eq!(
-            e.attachments[0].filename.as_ref().unwrap().expose(),
-            "a.txt"
-        );
+        assert_eq!(e.attachments[0].filename.as_ref().unwrap().expose(), "a.txt");
     }
 
     #[test]
     fn bad_fields_are_named_without_their_values() {
         let cases: &[(&[u8], FromKind, &str)] = &[
-            (
-                br#"{"id":"has space","from":"x","text":"t"}"#,
-                FromKind::Opaque,
-                "field `id`",
-            ),
-            (
-                br#"{"id":"","from":"x","text":"t"}"#,
-                FromKind::Opaque,
-                "field `id`",
-            ),
-            (
-                br#"{"id":"a","from":"Ann Example","text":"t"}"#,
-                FromKind::Phone,
-                "phone number",
-            ),
-            (
-                br#"{"id":"a","from":"Ann Example","text":"t"}"#,
-                FromKind::Email,
-                "email address",
-            ),
-            (
-                br#"{"id":"a","from":"  ","text":"t"}"#,
-                FromKind::Opaque,
-                "`from` is empty",
-            ),
-            (
-                br#"{"id":"a","from":"x","text":" "}"#,
-                FromKind::Opaque,
-                "neither text nor attachments",
-            ),
-            (
-                br#"{"id":"a","from":"x","text":"t","conversation":"a b"}"#,
-                FromKind::Opaque,
-                "`conversation`",
-            ),
-            (
-                br#"{"id":"a","from":"x","text":"t","in_reply_to":[""]}"#,
-                FromKind::Opaque,
-                "in_reply_to[0]",
-            ),
+            (br#"{"id":"has space","from":"x","text":"t"}"#, FromKind::Opaque, "field `id`"),
+            (br#"{"id":"","from":"x","text":"t"}"#, FromKind::Opaque, "field `id`"),
+            (br#"{"id":"a","from":"Ann Example","text":"t"}"#, FromKind::Phone, "phone number"),
+            (br#"{"id":"a","from":"Ann Example","text":"t"}"#, FromKind::Email, "email address"),
+            (br#"{"id":"a","from":"  ","text":"t"}"#, FromKind::Opaque, "`from` is empty"),
+            (br#"{"id":"a","from":"x","text":" "}"#, FromKind::Opaque, "neither text nor attachments"),
+            (br#"{"id":"a","from":"x","text":"t","conversation":"a b"}"#, FromKind::Opaque, "`conversation`"),
+            (br#"{"id":"a","from":"x","text":"t","in_reply_to":[""]}"#, FromKind::Opaque, "in_reply_to[0]"),
             (
                 b"{\"id\":\"a\",\"from\":\"x\",\"text\":\"\xff\"}",
                 FromKind::Opaque,

@@ -149,10 +149,7 @@ use std::sync::Arc;
 
 /// Builds the account's HTTP listener, or `None` when `listen` is not set. Loads the secret
 /// (a missing one is a configuration error); binding happens when the task runs.
-pub fn build_inbound(
-    cfg: &Config,
-    cx: &BuildContext,
-) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
+pub fn build_inbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
     if cfg.listen.is_none() {
         return Ok(None);
     }
@@ -162,10 +159,7 @@ pub fn build_inbound(
 }
 
 /// Builds the account's sender, or `None` when `url` is not set.
-pub fn build_outbound(
-    cfg: &Config,
-    cx: &BuildContext,
-) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {
+pub fn build_outbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {
     let Some(url) = &cfg.url else { return Ok(None) };
     check(cfg, cx)?;
     let key = load_key(cfg, cx)?;
@@ -187,9 +181,6 @@ fn check(cfg: &Config, cx: &BuildContext) -> Result<(), AdapterError> {
 fn load_key(cfg: &Config, cx: &BuildContext) -> Result<SigningKey, AdapterError> {
     match load_secret(&cfg.secret_env, &cfg.secret_file, &cx.config_dir)? {
         Some(secret) => Ok(SigningKey::new(secret.expose().as_bytes())),
-        None => Err(AdapterError::Config(format!(
-            "{}: `secret_env` or `secret_file` is required",
-            cx.account
-        ))),
+        None => Err(AdapterError::Config(format!("{}: `secret_env` or `secret_file` is required", cx.account))),
     }
 }

@@ -39,14 +39,8 @@ impl WebhookOutbound {
     /// A sender for `url` (already validated: http or https) with a total per-request
     /// `timeout`. Redirects are not followed: a delivery carries PHI and goes only where the
     /// config says.
-    pub fn new(
-        account: AccountId,
-        url: &str,
-        timeout: Duration,
-        key: SigningKey,
-    ) -> Result<Self, AdapterError> {
-        let url =
-            crate::config::parse_url(url).map_err(|e| AdapterError::Config(format!("url {e}")))?;
+    pub fn new(account: AccountId, url: &str, timeout: Duration, key: SigningKey) -> Result<Self, AdapterError> {
+        let url = crate::config::parse_url(url).map_err(|e| AdapterError::Config(format!("url {e}")))?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -55,16 +49,8 @@ impl WebhookOutbound {
             .tcp_nodelay(true)
             .user_agent(concat!("carebridge-webhook/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| {
-                AdapterError::Config(format!("cannot build the HTTP client: {}", error_kind(&e)))
-            })?;
-        Ok(Self {
-            account,
-            url,
-            client,
-            key,
-            timeout,
-        })
+            .map_err(|e| AdapterError::Config(format!("cannot build the HTTP client: {}", error_kind(&e))))?;
+        Ok(Self { account, url, client, key, timeout })
     }
 
     async fn send_one(&self, delivery: &Delivery) -> Result<Sent, SendError> {
@@ -82,19 +68,17 @@ impl WebhookOutbound {
             .body(body)
             .send()
             .await
-            .map_err(|e| SendError::retry(error_kind(&e)))?;
+            .map_err(|e| {
+                let reason = error_kind(&e);
+                debug!(account = %self.account, delivery_id = %delivery.id, reason = %reason, "Webhook delivery failed.");
+                SendError::retry(reason)
+            })?;
         let status = response.status();
         debug!(account = %self.account, delivery_id = %delivery.id, status = status.as_u16(), "Webhook delivery answered.");
         if status.is_success() {
-            return Ok(Sent {
-                native_ids: read_native_id(response).await.into_iter().collect(),
-            });
+            return Ok(Sent { native_ids: read_native_id(response).await.into_iter().collect() });
         }
-        Err(classify_status(
-            status,
-            response.headers(),
-            SystemTime::now(),
-        ))
+        Err(classify_status(status, response.headers(), SystemTime::now()))
     }
 }
 
@@ -114,12 +98,8 @@ impl Outbound for WebhookOutbound {
             let wait = self.timeout.min(HEALTHCHECK_CONNECT_TIMEOUT);
             match tokio::time::timeout(wait, tokio::net::TcpStream::connect((host, port))).await {
                 Ok(Ok(_stream)) => Ok(()),
-                Ok(Err(e)) => Err(AdapterError::Connection(format!(
-                    "cannot connect to {host}:{port}: {e}"
-                ))),
-                Err(_) => Err(AdapterError::Connection(format!(
-                    "cannot connect to {host}:{port}: timed out"
-                ))),
+                Ok(Err(e)) => Err(AdapterError::Connection(format!("cannot connect to {host}:{port}: {e}"))),
+                Err(_) => Err(AdapterError::Connection(format!("cannot connect to {host}:{port}: timed out"))),
             }
         })
     }
@@ -129,18 +109,9 @@ impl Outbound for WebhookOutbound {
 /// (honouring `Retry-After`); anything else will fail the same way again.
 fn classify_status(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> SendError {
     let code = status.as_u16();
-    if status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-    {
-        let after = headers
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
-        return SendError::Retry {
-            after,
-            reason: format!("HTTP {code}"),
-        };
+    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        let after = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now));
+        return SendError::Retry { after, reason: format!("HTTP {code}") };
     }
     if status.is_redirection() {
         return SendError::permanent(format!("HTTP {code} (redirects are not followed)"));
@@ -161,9 +132,7 @@ async fn read_native_id(mut response: reqwest::Response) -> Option<String> {
     let ack: RemoteAck = serde_json::from_slice(&body).ok()?;
     match ack.id {
         Some(serde_json::Value::String(id))
-            if !id.is_empty()
-                && id.len() <= MAX_NATIVE_ID_LEN
-                && !id.chars().any(char::is_control) =>
+            if !id.is_empty() && id.len() <= MAX_NATIVE_ID_LEN && !id.chars().any(char::is_control) =>
         {
             Some(id)
         }
@@ -214,46 +183,22 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// asctime forms are not accepted; senders must not generate them).
 fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let mut parts = s.split(' ');
-    let (_weekday, day, month, year, time, zone) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
+    let (_weekday, day, month, year, time, zone) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || zone != "GMT" || day.len() != 2 || year.len() != 4 {
         return None;
     }
     let day: u64 = day.parse().ok()?;
     let year: u64 = year.parse().ok()?;
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
-    let mut hms = time.split(':').map(|p| {
-        if p.len() == 2 {
-            p.parse::<u64>().ok()
-        } else {
-            None
-        }
-    });
+    let mut hms = time.split(':').map(|p| if p.len() == 2 { p.parse::<u64>().ok() } else { None });
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    if hms.next().is_some()
-        || !(1..=31).contains(&day)
-        || year < 1970
-        || h > 23
-        || m > 59
-        || sec > 60
-    {
+    if hms.next().is_some() || !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || sec > 60 {
         return None;
     }
     // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-    let (y, mo) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
+    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
     let era = y / 400;
     let yoe = y - era * 400;
     let doy = (153 * mo + 2) / 5 + day - 1;
@@ -269,21 +214,10 @@ mod tests {
 
     #[test]
     fn http_dates_parse() {
-        assert_eq!(
-            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784_111_777)
-        );
+        assert_eq!(parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
         assert_eq!(parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(
-            parse_imf_fixdate("Tue, 29 Feb 2028 12:00:00 GMT"),
-            Some(1_835_438_400)
-        );
-        for bad in [
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun Nov  6 08:49:37 1994",
-            "Sun, 06 Nov 1994 08:49:37 PST",
-            "",
-        ] {
+        assert_eq!(parse_imf_fixdate("Tue, 29 Feb 2028 12:00:00 GMT"), Some(1_835_438_400));
+        for bad in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994", "Sun, 06 Nov 1994 08:49:37 PST", ""] {
             assert_eq!(parse_imf_fixdate(bad), None, "{bad}");
         }
     }
@@ -293,18 +227,9 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(784_111_700);
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
-            Some(Duration::from_secs(77))
-        );
-        assert_eq!(
-            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            parse_retry_after("99999999999999999999999", now),
-            Some(MAX_RETRY_AFTER)
-        );
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(77)));
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("99999999999999999999999", now), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("-1", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
     }
@@ -313,35 +238,13 @@ mod tests {
     fn statuses_are_classified() {
         let now = SystemTime::now();
         let mut h = HeaderMap::new();
-        let retry =
-            |s: u16, h: &HeaderMap| classify_status(StatusCode::from_u16(s).unwrap(), h, now);
-        assert_eq!(
-            retry(500, &h),
-            SendError::Retry {
-                after: None,
-                reason: "HTTP 500".into()
-            }
-        );
-        assert_eq!(
-            retry(408, &h),
-            SendError::Retry {
-                after: None,
-                reason: "HTTP 408".into()
-            }
-        );
+        let retry = |s: u16, h: &HeaderMap| classify_status(StatusCode::from_u16(s).unwrap(), h, now);
+        assert_eq!(retry(500, &h), SendError::Retry { after: None, reason: "HTTP 500".into() });
+        assert_eq!(retry(408, &h), SendError::Retry { after: None, reason: "HTTP 408".into() });
         h.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(
-            retry(429, &h),
-            SendError::Retry {
-                after: Some(Duration::from_secs(7)),
-                reason: "HTTP 429".into()
-            }
-        );
+        assert_eq!(retry(429, &h), SendError::Retry { after: Some(Duration::from_secs(7)), reason: "HTTP 429".into() });
         assert_eq!(retry(400, &h), SendError::permanent("HTTP 400"));
         assert_eq!(retry(404, &h), SendError::permanent("HTTP 404"));
-        assert_eq!(
-            retry(302, &h),
-            SendError::permanent("HTTP 302 (redirects are not followed)")
-        );
+        assert_eq!(retry(302, &h), SendError::permanent("HTTP 302 (redirects are not followed)"));
     }
 }

@@ -82,10 +82,7 @@ impl SigningKey {
 
     /// The `X-Carebridge-Signature` value for `body` signed at `timestamp` (unix seconds).
     pub fn sign(&self, timestamp: i64, body: &[u8]) -> String {
-        let tag = self
-            .mac_for(timestamp.to_string().as_bytes(), body)
-            .finalize()
-            .into_bytes();
+        let tag = self.mac_for(timestamp.to_string().as_bytes(), body).finalize().into_bytes();
         let mut out = String::with_capacity(SCHEME_PREFIX.len() + 64);
         out.push_str(SCHEME_PREFIX);
         out.push_str(&hex::encode(tag));
@@ -104,9 +101,7 @@ impl SigningKey {
         now: i64,
         max_skew: Duration,
     ) -> Result<(), SignatureError> {
-        let ts_text = timestamp_header
-            .ok_or(SignatureError::MissingTimestamp)?
-            .trim();
+        let ts_text = timestamp_header.ok_or(SignatureError::MissingTimestamp)?.trim();
         let sig_text = signature_header.ok_or(SignatureError::MissingSignature)?;
         let timestamp = parse_timestamp(ts_text)?;
         let (tags, count) = parse_tags(sig_text)?;
@@ -149,8 +144,7 @@ fn parse_tags(text: &str) -> Result<([[u8; 32]; MAX_SIGNATURES], usize), Signatu
         if count == MAX_SIGNATURES {
             break;
         }
-        hex::decode_to_slice(hex_tag, &mut tags[count])
-            .map_err(|_| SignatureError::BadSignatureFormat)?;
+        hex::decode_to_slice(hex_tag, &mut tags[count]).map_err(|_| SignatureError::BadSignatureFormat)?;
         count += 1;
     }
     if count == 0 {
@@ -205,61 +199,28 @@ mod tests {
     #[test]
     fn round_trip_and_tampering() {
         let sig = sign(b"k", 1000, b"body");
-        assert_eq!(
-            verify(b"k", Some("1000"), Some(&sig), b"body", 1000, SKEW),
-            Ok(())
-        );
-        assert_eq!(
-            verify(b"k", Some("1000"), Some(&sig), b"bodY", 1000, SKEW),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify(b"K", Some("1000"), Some(&sig), b"body", 1000, SKEW),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify(b"k", Some("1001"), Some(&sig), b"body", 1000, SKEW),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify(b"k", Some("1000"), Some(&sig), b"body", 1000, SKEW), Ok(()));
+        assert_eq!(verify(b"k", Some("1000"), Some(&sig), b"bodY", 1000, SKEW), Err(SignatureError::Mismatch));
+        assert_eq!(verify(b"K", Some("1000"), Some(&sig), b"body", 1000, SKEW), Err(SignatureError::Mismatch));
+        assert_eq!(verify(b"k", Some("1001"), Some(&sig), b"body", 1000, SKEW), Err(SignatureError::Mismatch));
     }
 
     #[test]
     fn skew_is_enforced_both_ways() {
         let sig = sign(b"k", 1000, b"x");
-        assert_eq!(
-            verify(b"k", Some("1000"), Some(&sig), b"x", 1300, SKEW),
-            Ok(())
-        );
-        assert_eq!(
-            verify(b"k", Some("1000"), Some(&sig), b"x", 700, SKEW),
-            Ok(())
-        );
-        assert_eq!(
-            verify(b"k", Some("1000"), Some(&sig), b"x", 1301, SKEW),
-            Err(SignatureError::Stale(300))
-        );
-        assert_eq!(
-            verify(b"k", Some("1000"), Some(&sig), b"x", 699, SKEW),
-            Err(SignatureError::Future(300))
-        );
+        assert_eq!(verify(b"k", Some("1000"), Some(&sig), b"x", 1300, SKEW), Ok(()));
+        assert_eq!(verify(b"k", Some("1000"), Some(&sig), b"x", 700, SKEW), Ok(()));
+        assert_eq!(verify(b"k", Some("1000"), Some(&sig), b"x", 1301, SKEW), Err(SignatureError::Stale(300)));
+        assert_eq!(verify(b"k", Some("1000"), Some(&sig), b"x", 699, SKEW), Err(SignatureError::Future(300)));
     }
 
     #[test]
     fn malformed_headers_are_named() {
         let sig = sign(b"k", 1000, b"x");
-        assert_eq!(
-            verify(b"k", None, Some(&sig), b"x", 1000, SKEW),
-            Err(SignatureError::MissingTimestamp)
-        );
-        assert_eq!(
-            verify(b"k", Some("1000"), None, b"x", 1000, SKEW),
-            Err(SignatureError::MissingSignature)
-        );
+        assert_eq!(verify(b"k", None, Some(&sig), b"x", 1000, SKEW), Err(SignatureError::MissingTimestamp));
+        assert_eq!(verify(b"k", Some("1000"), None, b"x", 1000, SKEW), Err(SignatureError::MissingSignature));
         for bad_ts in ["", "abc", "1e3", "+1000", "10 00", "99999999999999999999"] {
-            assert_eq!(
-                verify(b"k", Some(bad_ts), Some(&sig), b"x", 1000, SKEW),
-                Err(SignatureError::BadTimestamp)
-            );
+            assert_eq!(verify(b"k", Some(bad_ts), Some(&sig), b"x", 1000, SKEW), Err(SignatureError::BadTimestamp));
         }
         for bad_sig in ["", "v1=", "v1=zz", "v2=abcd", "sha256=00", &sig[3..]] {
             assert_eq!(
@@ -275,26 +236,14 @@ mod tests {
         let old = sign(b"old", 1000, b"x");
         let new = sign(b"new", 1000, b"x");
         let both = format!("{old}, {new}");
-        assert_eq!(
-            verify(b"new", Some("1000"), Some(&both), b"x", 1000, SKEW),
-            Ok(())
-        );
-        assert_eq!(
-            verify(b"old", Some("1000"), Some(&both), b"x", 1000, SKEW),
-            Ok(())
-        );
+        assert_eq!(verify(b"new", Some("1000"), Some(&both), b"x", 1000, SKEW), Ok(()));
+        assert_eq!(verify(b"old", Some("1000"), Some(&both), b"x", 1000, SKEW), Ok(()));
         let v2_first = format!("v2=abc,{new}");
-        assert_eq!(
-            verify(b"new", Some("1000"), Some(&v2_first), b"x", 1000, SKEW),
-            Ok(())
-        );
+        assert_eq!(verify(b"new", Some("1000"), Some(&v2_first), b"x", 1000, SKEW), Ok(()));
     }
 
     #[test]
     fn the_key_does_not_debug_print() {
-        assert_eq!(
-            format!("{:?}", SigningKey::new(b"hunter2")),
-            "SigningKey(<redacted>)"
-        );
+        assert_eq!(format!("{:?}", SigningKey::new(b"hunter2")), "SigningKey(<redacted>)");
     }
 }

@@ -57,17 +57,10 @@ impl InboundAttachment<'_> {
         if self.content_type.trim().is_empty() {
             return Err(format!("attachments[{index}].content_type is empty"));
         }
-        let data = STANDARD.decode(self.data_base64.as_bytes()).map_err(|e| {
-            format!(
-                "attachments[{index}].data_base64 is not valid base64: {}",
-                base64_error_kind(&e)
-            )
-        })?;
-        Ok(Attachment {
-            filename: self.filename.map(Into::into),
-            content_type: self.content_type,
-            data: data.into(),
-        })
+        let data = STANDARD
+            .decode(self.data_base64.as_bytes())
+            .map_err(|e| format!("attachments[{index}].data_base64 is not valid base64: {}", base64_error_kind(&e)))?;
+        Ok(Attachment { filename: self.filename.map(Into::into), content_type: self.content_type, data: data.into() })
     }
 }
 
@@ -161,10 +154,7 @@ pub struct WireAddress<'a> {
 
 impl<'a> From<&'a Address> for WireAddress<'a> {
     fn from(a: &'a Address) -> Self {
-        Self {
-            kind: a.kind,
-            value: a.value.expose(),
-        }
+        Self { kind: a.kind, value: a.value.expose() }
     }
 }
 
@@ -216,18 +206,12 @@ pub fn describe_json_error(e: &serde_json::Error) -> String {
         Category::Io => "body could not be read".to_string(),
         Category::Data => {
             let text = e.to_string();
-            let message = text
-                .rsplit_once(" at line ")
-                .map_or(text.as_str(), |(m, _)| m);
+            let message = text.rsplit_once(" at line ").map_or(text.as_str(), |(m, _)| m);
             let what = describe_data_error(message);
             if e.line() == 0 {
                 format!("body is not a valid message: {what}")
             } else {
-                format!(
-                    "body is not a valid message: {what} at line {} column {}",
-                    e.line(),
-                    e.column()
-                )
+                format!("body is not a valid message: {what} at line {} column {}", e.line(), e.column())
             }
         }
     }
@@ -245,13 +229,7 @@ fn describe_data_error(message: &str) -> String {
     }
     // These quote the input first and the schema last (", expected <what we wanted>"); the
     // schema's text contains no ", expected ", so the last occurrence splits them.
-    for category in [
-        "invalid type",
-        "invalid value",
-        "invalid length",
-        "unknown field",
-        "unknown variant",
-    ] {
+    for category in ["invalid type", "invalid value", "invalid length", "unknown field", "unknown variant"] {
         if message.starts_with(category) {
             return match message.rsplit_once(", expected ") {
                 Some((_, expected)) => format!("{category}, expected {expected}"),
@@ -276,10 +254,7 @@ mod tests {
 
     #[test]
     fn json_errors_keep_category_and_position_but_no_input() {
-        assert_eq!(
-            err("Ann Example"),
-            "body is not valid JSON: expected value at line 1 column 1"
-        );
+        assert_eq!(err("Ann Example"), "body is not valid JSON: expected value at line 1 column 1");
         assert_eq!(
             err(r#"{"id":"a","from":"x""#),
             "body is not valid JSON: EOF while parsing an object at line 1 column 20"
@@ -289,23 +264,12 @@ mod tests {
             "body is not a valid message: missing field `text` at line 1 column 31"
         );
         let e = err(r#"{"id":"a","from":"x","text":["Ann Example at line 9"]}"#);
-        assert_eq!(
-            e,
-            "body is not a valid message: invalid type, expected a string at line 1 column 28"
-        );
+        assert_eq!(e, "body is not a valid message: invalid type, expected a string at line 1 column 28");
         let e = err(r#"{"id":"a","from":"x","text":"t","Ann_Example, expected ":1}"#);
-        assert!(
-            e.starts_with("body is not a valid message: unknown field, expected one of `id`"),
-            "{e}"
-        );
+        assert!(e.starts_with("body is not a valid message: unknown field, expected one of `id`"), "{e}");
         assert!(!e.contains("Ann"), "{e}");
-        let e = err(
-            r#"{"id":"a","from":"x","text":"t","attachments":[{"content_type":"a","data_base64":7}]}"#,
-        );
-        assert_eq!(
-            e,
-            "body is not a valid message: invalid type, expected a string at line 1 column 82"
-        );
+        let e = err(r#"{"id":"a","from":"x","text":"t","attachments":[{"content_type":"a","data_base64":7}]}"#);
+        assert_eq!(e, "body is not a valid message: invalid type, expected a string at line 1 column 82");
     }
 
     #[test]
@@ -316,25 +280,13 @@ mod tests {
             Ok(m) => m,
             Err(e) => panic!("{e}"),
         };
-        let a = m
-            .attachments
-            .into_iter()
-            .flatten()
-            .next()
-            .map(|a| a.decode(0));
-        assert_eq!(
-            a.map(|a| a.map(|a| a.data.into_inner())),
-            Some(Ok(b"hi".to_vec()))
-        );
+        let a = m.attachments.into_iter().flatten().next().map(|a| a.decode(0));
+        assert_eq!(a.map(|a| a.map(|a| a.data.into_inner())), Some(Ok(b"hi".to_vec())));
     }
 
     #[test]
     fn base64_errors_do_not_echo_input() {
-        let a = InboundAttachment {
-            filename: None,
-            content_type: "x/y".into(),
-            data_base64: "Zm9v!!!".into(),
-        };
+        let a = InboundAttachment { filename: None, content_type: "x/y".into(), data_base64: "Zm9v!!!".into() };
         assert_eq!(
             a.decode(2).unwrap_err(),
             "attachments[2].data_base64 is not valid base64: invalid character at offset 4"

@@ -19,14 +19,7 @@ fn message(id: &str) -> Vec<u8> {
 
 /// A healthy server answers its health check (proves it is still serving after a bad request).
 async fn assert_serving(client: &reqwest::Client, server: &common::Server) {
-    let (status, body) = answer(
-        client
-            .get(format!("{}/healthz", server.base()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = answer(client.get(format!("{}/healthz", server.base())).send().await.unwrap()).await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
 }
 
@@ -47,13 +40,8 @@ async fn a_message_is_recorded_then_recognised_as_a_duplicate() {
 
     let (status, json) = answer(post(&client, &server.url, body.clone()).await).await;
     assert_eq!(status, 202);
-    assert_eq!(
-        json,
-        json!({"status": "recorded", "record_id": "rec-0000000001"})
-    );
-    let Some(Seen::Message(e)) = server.seen.recv().await else {
-        panic!("expected a message")
-    };
+    assert_eq!(json, json!({"status": "recorded", "record_id": "rec-0000000001"}));
+    let Some(Seen::Message(e)) = server.seen.recv().await else { panic!("expected a message") };
     assert_eq!(e.source.account, common::account());
     assert_eq!(e.source.native_id, "form-1");
     assert_eq!(e.native_message_id.as_deref(), Some("form-1"));
@@ -69,21 +57,9 @@ async fn a_message_is_recorded_then_recognised_as_a_duplicate() {
 
     // The client retries (a new signature, same id): answered as a duplicate of the same record.
     let (status, json) = answer(post(&client, &server.url, body).await).await;
-    assert_eq!(
-        (status, json),
-        (
-            202,
-            json!({"status": "duplicate", "record_id": "rec-0000000001"})
-        )
-    );
+    assert_eq!((status, json), (202, json!({"status": "duplicate", "record_id": "rec-0000000001"})));
     let (status, json) = answer(post(&client, &server.url, message("form-2")).await).await;
-    assert_eq!(
-        (status, json),
-        (
-            202,
-            json!({"status": "recorded", "record_id": "rec-0000000002"})
-        )
-    );
+    assert_eq!((status, json), (202, json!({"status": "recorded", "record_id": "rec-0000000002"})));
 }
 
 #[tokio::test]
@@ -92,8 +68,7 @@ async fn the_answer_waits_for_the_receipt() {
     let mut server = start("", Behaviour::Gated(gate_rx)).await;
     let client = reqwest::Client::new();
     let url = server.url.clone();
-    let request =
-        tokio::spawn(async move { answer(post(&client, &url, message("m-1")).await).await });
+    let request = tokio::spawn(async move { answer(post(&client, &url, message("m-1")).await).await });
 
     // The router has the submission but has not answered: the client must not have its 202.
     assert!(matches!(server.seen.recv().await, Some(Seen::Message(_))));
@@ -102,13 +77,7 @@ async fn the_answer_waits_for_the_receipt() {
 
     gate.send(()).unwrap();
     let (status, json) = request.await.unwrap();
-    assert_eq!(
-        (status, json),
-        (
-            202,
-            json!({"status": "recorded", "record_id": "rec-0000000001"})
-        )
-    );
+    assert_eq!((status, json), (202, json!({"status": "recorded", "record_id": "rec-0000000001"})));
 }
 
 #[tokio::test]
@@ -125,10 +94,7 @@ async fn unauthenticated_requests_are_refused_and_not_submitted() {
             client
                 .post(&server.url)
                 .header("x-carebridge-timestamp", now.to_string())
-                .header(
-                    "x-carebridge-signature",
-                    carebridge_webhook::sign(b"wrong secret", now, &body),
-                )
+                .header("x-carebridge-signature", carebridge_webhook::sign(b"wrong secret", now, &body))
                 .body(body.clone()),
         ),
         (
@@ -136,10 +102,7 @@ async fn unauthenticated_requests_are_refused_and_not_submitted() {
             client
                 .post(&server.url)
                 .header("x-carebridge-timestamp", now.to_string())
-                .header(
-                    "x-carebridge-signature",
-                    carebridge_webhook::sign(common::SECRET, now, &other_body),
-                )
+                .header("x-carebridge-signature", carebridge_webhook::sign(common::SECRET, now, &other_body))
                 .body(body.clone()),
         ),
         (
@@ -147,10 +110,7 @@ async fn unauthenticated_requests_are_refused_and_not_submitted() {
             client
                 .post(&server.url)
                 .header("x-carebridge-timestamp", (now - 301).to_string())
-                .header(
-                    "x-carebridge-signature",
-                    carebridge_webhook::sign(common::SECRET, now - 301, &body),
-                )
+                .header("x-carebridge-signature", carebridge_webhook::sign(common::SECRET, now - 301, &body))
                 .body(body.clone()),
         ),
         (
@@ -158,28 +118,19 @@ async fn unauthenticated_requests_are_refused_and_not_submitted() {
             client
                 .post(&server.url)
                 .header("x-carebridge-timestamp", (now + 3600).to_string())
-                .header(
-                    "x-carebridge-signature",
-                    carebridge_webhook::sign(common::SECRET, now + 3600, &body),
-                )
+                .header("x-carebridge-signature", carebridge_webhook::sign(common::SECRET, now + 3600, &body))
                 .body(body.clone()),
         ),
         (
             "missing X-Carebridge-Timestamp",
             client
                 .post(&server.url)
-                .header(
-                    "x-carebridge-signature",
-                    carebridge_webhook::sign(common::SECRET, now, &body),
-                )
+                .header("x-carebridge-signature", carebridge_webhook::sign(common::SECRET, now, &body))
                 .body(body.clone()),
         ),
         (
             "missing X-Carebridge-Signature",
-            client
-                .post(&server.url)
-                .header("x-carebridge-timestamp", now.to_string())
-                .body(body.clone()),
+            client.post(&server.url).header("x-carebridge-timestamp", now.to_string()).body(body.clone()),
         ),
         (
             "must be v1=",
@@ -191,27 +142,19 @@ async fn unauthenticated_requests_are_refused_and_not_submitted() {
         ),
         // Malformed input that is not signed is refused, not quarantined: strangers cannot
         // fill the quarantine.
-        (
-            "missing X-Carebridge-Timestamp",
-            client.post(&server.url).body("not json"),
-        ),
+        ("missing X-Carebridge-Timestamp", client.post(&server.url).body("not json")),
     ];
     for (expected, request) in cases {
         let (status, json) = answer(request.send().await.unwrap()).await;
         assert_eq!(status, 401, "{expected}");
-        assert!(
-            json["error"].as_str().unwrap().contains(expected),
-            "{json} lacks {expected}"
-        );
+        assert!(json["error"].as_str().unwrap().contains(expected), "{json} lacks {expected}");
         assert_serving(&client, &server).await;
     }
 
     // None of them reached the router: the next thing it sees is this good request.
     let (status, _) = answer(post(&client, &server.url, body).await).await;
     assert_eq!(status, 202);
-    let Some(Seen::Message(e)) = server.seen.recv().await else {
-        panic!("expected a message")
-    };
+    let Some(Seen::Message(e)) = server.seen.recv().await else { panic!("expected a message") };
     assert_eq!(e.source.native_id, "m-1");
 }
 
@@ -219,8 +162,7 @@ async fn unauthenticated_requests_are_refused_and_not_submitted() {
 async fn an_oversized_body_is_refused_with_413() {
     let mut server = start("max_body_bytes = 1024", Behaviour::Answer).await;
     let client = reqwest::Client::new();
-    let big =
-        serde_json::to_vec(&json!({"id": "big", "from": "x", "text": "a".repeat(2000)})).unwrap();
+    let big = serde_json::to_vec(&json!({"id": "big", "from": "x", "text": "a".repeat(2000)})).unwrap();
     let (status, json) = answer(post(&client, &server.url, big).await).await;
     assert_eq!(status, 413);
     assert_eq!(json, json!({"error": "body is larger than 1024 bytes"}));
@@ -228,18 +170,12 @@ async fn an_oversized_body_is_refused_with_413() {
     // A body exactly at the limit is fine.
     let mut at_limit = serde_json::to_vec(&json!({"id": "fits", "from": "x", "text": ""})).unwrap();
     let pad = 1024 - at_limit.len();
-    at_limit =
-        serde_json::to_vec(&json!({"id": "fits", "from": "x", "text": "a".repeat(pad)})).unwrap();
+    at_limit = serde_json::to_vec(&json!({"id": "fits", "from": "x", "text": "a".repeat(pad)})).unwrap();
     assert_eq!(at_limit.len(), 1024);
     let (status, _) = answer(post(&client, &server.url, at_limit).await).await;
     assert_eq!(status, 202);
-    let Some(Seen::Message(e)) = server.seen.recv().await else {
-        panic!("expected a message")
-    };
-    assert_eq!(
-        e.source.native_id, "fits",
-        "the oversized request must not have been submitted"
-    );
+    let Some(Seen::Message(e)) = server.seen.recv().await else { panic!("expected a message") };
+    assert_eq!(e.source.native_id, "fits", "the oversized request must not have been submitted");
 }
 
 #[tokio::test]
@@ -267,27 +203,16 @@ async fn signed_malformed_input_is_quarantined_and_answered_400() {
         let (status, json) = answer(post(&client, &server.url, body.clone()).await).await;
         assert_eq!(status, 400, "{expected}");
         let error = json["error"].as_str().unwrap();
-        assert!(
-            error.starts_with(expected),
-            "{error:?} does not start with {expected:?}"
-        );
+        assert!(error.starts_with(expected), "{error:?} does not start with {expected:?}");
         assert!(!error.contains("Ann"), "{error:?} echoes input");
         let quarantine_id = format!("rec-{:010}", i + 1);
         assert_eq!(json["quarantine_id"], json!(quarantine_id));
 
-        let Some(Seen::Malformed {
-            native_id,
-            raw,
-            reason,
-        }) = server.seen.recv().await
-        else {
+        let Some(Seen::Malformed { native_id, raw, reason }) = server.seen.recv().await else {
             panic!("expected a malformed submission")
         };
         assert_eq!(raw, body, "the raw bytes are quarantined as received");
-        assert_eq!(
-            native_id,
-            format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)))
-        );
+        assert_eq!(native_id, format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))));
         assert_eq!(reason, error);
         assert_serving(&client, &server).await;
     }
@@ -301,10 +226,7 @@ async fn no_receipt_in_time_is_503_with_retry_after() {
         let response = post(&client, &server.url, message(id)).await;
         assert_eq!(response.headers().get("retry-after").unwrap(), "5");
         let (status, json) = answer(response).await;
-        assert_eq!(
-            (status, json),
-            (503, json!({"error": "not recorded, try again later"}))
-        );
+        assert_eq!((status, json), (503, json!({"error": "not recorded, try again later"})));
         assert!(matches!(server.seen.recv().await, Some(Seen::Message(_))));
         assert_serving(&client, &server).await;
     }
@@ -325,18 +247,8 @@ async fn a_stopped_router_is_503_and_health_says_so() {
     let response = post(&client, &server.url, message("m-1")).await;
     assert_eq!(response.headers().get("retry-after").unwrap(), "5");
     assert_eq!(answer(response).await.0, 503);
-    let (status, json) = answer(
-        client
-            .get(format!("{}/healthz", server.base()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, json),
-        (503, json!({"status": "router unavailable"}))
-    );
+    let (status, json) = answer(client.get(format!("{}/healthz", server.base())).send().await.unwrap()).await;
+    assert_eq!((status, json), (503, json!({"status": "router unavailable"})));
 }
 
 #[tokio::test]
@@ -345,28 +257,10 @@ async fn other_paths_and_methods_get_json_errors() {
     let client = reqwest::Client::new();
     assert!(server.url.ends_with("/hooks/sms"));
     let (status, json) = answer(client.get(&server.url).send().await.unwrap()).await;
-    assert_eq!(
-        (status, json),
-        (405, json!({"error": "method not allowed"}))
-    );
-    let (status, json) = answer(
-        post(
-            &client,
-            &format!("{}/v1/messages", server.base()),
-            message("m"),
-        )
-        .await,
-    )
-    .await;
+    assert_eq!((status, json), (405, json!({"error": "method not allowed"})));
+    let (status, json) = answer(post(&client, &format!("{}/v1/messages", server.base()), message("m")).await).await;
     assert_eq!((status, json), (404, json!({"error": "not found"})));
-    let (status, _) = answer(
-        client
-            .post(format!("{}/healthz", server.base()))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) = answer(client.post(format!("{}/healthz", server.base())).send().await.unwrap()).await;
     assert_eq!(status, 405);
     assert_serving(&client, &server).await;
     let (status, _) = answer(post(&client, &server.url, message("m")).await).await;
@@ -387,19 +281,13 @@ async fn shutdown_finishes_in_flight_requests_then_stops() {
 
     server.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        !server.task.is_finished(),
-        "stopped with a request in flight"
-    );
+    assert!(!server.task.is_finished(), "stopped with a request in flight");
     gate.send(()).unwrap();
     assert_eq!(in_flight.await.unwrap().0, 202);
     let base = server.base();
     server.task.await.unwrap().unwrap();
     // Not accepting any more.
-    let refused = reqwest::Client::new()
-        .get(format!("{base}/healthz"))
-        .send()
-        .await;
+    let refused = reqwest::Client::new().get(format!("{base}/healthz")).send().await;
     assert!(refused.is_err());
 }
 
@@ -408,35 +296,16 @@ async fn the_daemon_path_builds_binds_and_runs() {
     let dir = common::scratch_dir();
     std::fs::write(dir.join("forms.secret"), b"test-shared-secret\n").unwrap();
     // Find a free port, then let the adapter bind it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = common::config(&format!(
-        "secret_file = \"forms.secret\"\nlisten = \"127.0.0.1:{port}\""
-    ));
-    let bcx = BuildContext {
-        account: common::account(),
-        config_dir: dir,
-    };
-    assert!(
-        carebridge_webhook::build_outbound(&cfg, &bcx)
-            .unwrap()
-            .is_none()
-    );
-    let inbound = carebridge_webhook::build_inbound(&cfg, &bcx)
-        .unwrap()
-        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = common::config(&format!("secret_file = \"forms.secret\"\nlisten = \"127.0.0.1:{port}\""));
+    let bcx = BuildContext { account: common::account(), config_dir: dir };
+    assert!(carebridge_webhook::build_outbound(&cfg, &bcx).unwrap().is_none());
+    let inbound = carebridge_webhook::build_inbound(&cfg, &bcx).unwrap().unwrap();
 
     let (submitter, rx) = Submitter::channel(4);
     let mut seen = common::spawn_router(rx, Behaviour::Answer);
     let shutdown = CancellationToken::new();
-    let cx = InboundContext {
-        account: common::account(),
-        submitter,
-        shutdown: shutdown.clone(),
-    };
+    let cx = InboundContext { account: common::account(), submitter, shutdown: shutdown.clone() };
     let task = tokio::spawn(inbound.run(cx));
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/messages");
@@ -451,10 +320,7 @@ async fn the_daemon_path_builds_binds_and_runs() {
         }
     }
     // The unsigned probe is refused; a signed message is recorded.
-    assert_eq!(
-        answer(answered.expect("listener never came up")).await.0,
-        401
-    );
+    assert_eq!(answer(answered.expect("listener never came up")).await.0, 401);
     let (status, _) = answer(post(&client, &url, message("d-1")).await).await;
     assert_eq!(status, 202);
     assert!(matches!(seen.recv().await, Some(Seen::Message(_))));
@@ -469,19 +335,10 @@ async fn a_bind_failure_is_a_config_error_naming_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let cfg = common::config(&format!("secret_file = \"s\"\nlisten = \"{addr}\""));
-    let bcx = BuildContext {
-        account: common::account(),
-        config_dir: dir,
-    };
-    let inbound = carebridge_webhook::build_inbound(&cfg, &bcx)
-        .unwrap()
-        .unwrap();
+    let bcx = BuildContext { account: common::account(), config_dir: dir };
+    let inbound = carebridge_webhook::build_inbound(&cfg, &bcx).unwrap().unwrap();
     let (submitter, _rx) = Submitter::channel(1);
-    let cx = InboundContext {
-        account: common::account(),
-        submitter,
-        shutdown: CancellationToken::new(),
-    };
+    let cx = InboundContext { account: common::account(), submitter, shutdown: CancellationToken::new() };
     match inbound.run(cx).await {
         Err(AdapterError::Config(m)) => assert!(m.contains(&addr.to_string()), "{m}"),
         other => panic!("expected a config error, got {other:?}"),
@@ -491,16 +348,10 @@ async fn a_bind_failure_is_a_config_error_naming_the_address() {
 #[tokio::test]
 async fn a_missing_secret_fails_the_build() {
     let cfg = common::config("secret_file = \"does-not-exist\"\nlisten = \"127.0.0.1:1\"");
-    let bcx = BuildContext {
-        account: common::account(),
-        config_dir: common::scratch_dir(),
-    };
+    let bcx = BuildContext { account: common::account(), config_dir: common::scratch_dir() };
     match carebridge_webhook::build_inbound(&cfg, &bcx) {
         Err(AdapterError::Config(m)) => assert!(m.contains("does-not-exist"), "{m}"),
-        other => panic!(
-            "expected a config error, got {:?}",
-            other.map(|o| o.is_some())
-        ),
+        other => panic!("expected a config error, got {:?}", other.map(|o| o.is_some())),
     }
 }
 
@@ -508,29 +359,11 @@ async fn a_missing_secret_fails_the_build() {
 async fn signed_with_an_old_timestamp_inside_the_skew_is_fine() {
     let mut server = start("max_skew_secs = 60", Behaviour::Answer).await;
     let client = reqwest::Client::new();
-    let (status, _) = answer(
-        post_signed(
-            &client,
-            &server.url,
-            common::SECRET,
-            common::now() - 30,
-            message("m"),
-        )
-        .await,
-    )
-    .await;
+    let (status, _) =
+        answer(post_signed(&client, &server.url, common::SECRET, common::now() - 30, message("m")).await).await;
     assert_eq!(status, 202);
     assert!(matches!(server.seen.recv().await, Some(Seen::Message(_))));
-    let (status, _) = answer(
-        post_signed(
-            &client,
-            &server.url,
-            common::SECRET,
-            common::now() - 120,
-            message("n"),
-        )
-        .await,
-    )
-    .await;
+    let (status, _) =
+        answer(post_signed(&client, &server.url, common::SECRET, common::now() - 120, message("n")).await).await;
     assert_eq!(status, 401);
 }

@@ -21,11 +21,7 @@ pub const SECRET: &[u8] = b"test-shared-secret";
 #[derive(Debug)]
 pub enum Seen {
     Message(Box<Envelope>),
-    Malformed {
-        native_id: String,
-        raw: Vec<u8>,
-        reason: String,
-    },
+    Malformed { native_id: String, raw: Vec<u8>, reason: String },
 }
 
 /// How the stand-in router answers.
@@ -39,10 +35,7 @@ pub enum Behaviour {
 }
 
 /// Runs the stand-in router over `rx`, reporting each submission on the returned channel.
-pub fn spawn_router(
-    mut rx: mpsc::Receiver<SubmitRequest>,
-    mut behaviour: Behaviour,
-) -> mpsc::UnboundedReceiver<Seen> {
+pub fn spawn_router(mut rx: mpsc::Receiver<SubmitRequest>, mut behaviour: Behaviour) -> mpsc::UnboundedReceiver<Seen> {
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut known: HashMap<String, RecordId> = HashMap::new();
@@ -55,10 +48,9 @@ pub fn spawn_router(
                     Some(id) => Receipt::Duplicate(*id),
                     None => Receipt::Recorded(RecordId(next)),
                 },
-                Submission::Malformed { reason, .. } => Receipt::Quarantined {
-                    id: RecordId(next),
-                    reason: reason.clone(),
-                },
+                Submission::Malformed { reason, .. } => {
+                    Receipt::Quarantined { id: RecordId(next), reason: reason.clone() }
+                }
             };
             if matches!(receipt, Receipt::Recorded(_) | Receipt::Quarantined { .. }) {
                 known.insert(native_id.clone(), RecordId(next));
@@ -66,11 +58,9 @@ pub fn spawn_router(
             }
             let _ = seen_tx.send(match req.submission {
                 Submission::Message(e) => Seen::Message(Box::new(e)),
-                Submission::Malformed { raw, reason, .. } => Seen::Malformed {
-                    native_id,
-                    raw: raw.into_inner(),
-                    reason,
-                },
+                Submission::Malformed { raw, reason, .. } => {
+                    Seen::Malformed { native_id, raw: raw.into_inner(), reason }
+                }
             });
             match &mut behaviour {
                 Behaviour::Answer => {
@@ -126,37 +116,21 @@ impl Server {
 /// Starts a listener on 127.0.0.1:0 configured by `extra` TOML lines, with a router behaving as
 /// `behaviour` behind a queue of `capacity`.
 pub async fn start(extra: &str, behaviour: Behaviour) -> Server {
-    let cfg = config(&format!(
-        "secret_env = \"UNUSED\"\nlisten = \"127.0.0.1:1\"\n{extra}"
-    ));
+    let cfg = config(&format!("secret_env = \"UNUSED\"\nlisten = \"127.0.0.1:1\"\n{extra}"));
     let (submitter, rx) = Submitter::channel(16);
     let seen = spawn_router(rx, behaviour);
     start_with(cfg, submitter, seen).await
 }
 
 /// Starts a listener for `cfg` on 127.0.0.1:0 submitting to `submitter`.
-pub async fn start_with(
-    cfg: Config,
-    submitter: Submitter,
-    seen: mpsc::UnboundedReceiver<Seen>,
-) -> Server {
+pub async fn start_with(cfg: Config, submitter: Submitter, seen: mpsc::UnboundedReceiver<Seen>) -> Server {
     let inbound = WebhookInbound::new(&cfg, SigningKey::new(SECRET)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let cx = InboundContext {
-        account: account(),
-        submitter,
-        shutdown: shutdown.clone(),
-    };
+    let cx = InboundContext { account: account(), submitter, shutdown: shutdown.clone() };
     let task = tokio::spawn(inbound.serve(listener, cx));
-    Server {
-        addr,
-        url: format!("http://{addr}{}", cfg.path()),
-        seen,
-        shutdown,
-        task,
-    }
+    Server { addr, url: format!("http://{addr}{}", cfg.path()), seen, shutdown, task }
 }
 
 pub fn account() -> AccountId {
@@ -189,26 +163,15 @@ pub async fn post_signed(
 }
 
 /// POSTs `body` correctly signed now.
-pub async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    body: impl Into<Vec<u8>>,
-) -> reqwest::Response {
+pub async fn post(client: &reqwest::Client, url: &str, body: impl Into<Vec<u8>>) -> reqwest::Response {
     post_signed(client, url, SECRET, now(), body).await
 }
 
 /// Status and parsed JSON body of an answer (every answer must be JSON).
 pub async fn answer(r: reqwest::Response) -> (u16, serde_json::Value) {
     let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(
-        content_type.as_deref(),
-        Some("application/json"),
-        "status {status}"
-    );
+    let content_type = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(content_type.as_deref(), Some("application/json"), "status {status}");
     let text = r.text().await.unwrap();
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     (status, json)
