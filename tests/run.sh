@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs carebridge's whole test suite on a fresh Debian machine (as root, as CI does):
+#   1. starts real Postfix + Dovecot on 127.0.0.1 (installing them if missing),
+#   2. runs every test of the workspace (unit, adapter integration, end-to-end against the real
+#      daemon binary, a local Bot API server and loopback HTTP),
+#   3. stops the mail servers, whatever happened.
+# The email tests are required here (CAREBRIDGE_REQUIRE_MAIL=1): a missing server is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CAREBRIDGE_MAIL_DIR=${CAREBRIDGE_MAIL_DIR:-/tmp/carebridge-mail}
+export CAREBRIDGE_MAIL_ENV="$CAREBRIDGE_MAIL_DIR/env"
+export CAREBRIDGE_REQUIRE_MAIL=1
+
+tests/mail-servers.sh start "$CAREBRIDGE_MAIL_DIR" >/dev/null
+trap 'tests/mail-servers.sh stop "$CAREBRIDGE_MAIL_DIR" >/dev/null 2>&1 || true' EXIT
+
+# Two test threads per binary: end-to-end tests each run a daemon, and CI has two cores.
+cargo test --workspace --locked -- --test-threads=2
