@@ -126,6 +126,14 @@
 #![doc = include_str!("../docs/send-signed.sh")]
 //! ```
 //!
+//! # Deployment
+//!
+//! The listener speaks plain HTTP: it does not terminate TLS. Bind it to loopback (the default
+//! examples do) or a private interface, and put a TLS reverse proxy (nginx, Caddy) in front of
+//! it when clients are on other machines. The signature authenticates requests but does not
+//! hide their content. Outbound URLs should be `https://` unless the receiver is on the same
+//! host.
+//!
 //! # Privacy
 //!
 //! Logs carry the account, record ids, delivery ids, status codes and error kinds; never the
