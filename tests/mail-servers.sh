@@ -118,6 +118,32 @@ stop_one() {    # stop_one PIDFILE NAME: SIGTERM, wait up to 10 s, then SIGKILL
     rm -f "$1"
 }
 
+children_of() {    # children_of PID: "pid:comm" of each direct child (reads /proc; no ps needed)
+    local stat pid comm ppid
+    for stat in /proc/[0-9]*/stat; do
+        read -r pid comm _ ppid _ < "$stat" 2>/dev/null || continue
+        [ "$ppid" = "$1" ] && echo "$pid:$comm"
+    done
+    return 0
+}
+
+stop_dovecot() {
+    # Dovecot's master does not take logged-in imap processes down with it: they stay
+    # (orphaned) and keep serving their clients. Note its children first, end them after.
+    local kids="" kid pid comm i
+    if pid_alive "$DOVECOT_PID" dovecot; then kids=$(children_of "$(tr -dc 0-9 < "$DOVECOT_PID")"); fi
+    stop_one "$DOVECOT_PID" dovecot
+    for i in 1 2; do
+        for kid in $kids; do
+            pid=${kid%%:*}; comm=${kid#*:}
+            [ -r "/proc/$pid/stat" ] && [ "$(awk '{print $2}' "/proc/$pid/stat")" = "$comm" ] || continue
+            if [ "$i" = 1 ]; then kill -TERM "$pid" 2>/dev/null || true; else kill -KILL "$pid" 2>/dev/null || true; fi
+        done
+        if [ "$i" = 1 ] && [ -n "$kids" ]; then sleep 0.5; fi
+    done
+    return 0
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_ports() {
@@ -343,6 +369,7 @@ MAIL_SMTP_PORT=$SMTP_PORT
 MAIL_SMTPS_PORT=$SMTPS_PORT
 MAIL_IMAP_PORT=$IMAP_PORT
 MAIL_IMAPS_PORT=$IMAPS_PORT
+MAIL_LMTP_PORT=$LMTP_PORT
 MAIL_USERS="$USERS"
 MAIL_DOMAINS="$domains"
 EOF
@@ -351,7 +378,7 @@ EOF
 # ---------------------------------------------------------------- commands
 do_stop() {
     stop_one "$POSTFIX_PID" master      # Postfix's master; SIGTERM stops its children
-    stop_one "$DOVECOT_PID" dovecot
+    stop_dovecot
 }
 
 do_start() {
@@ -381,8 +408,13 @@ start_dovecot() {
 }
 
 do_restart_imap() {     # cut every IMAP connection, keep config and mail (UIDVALIDITY stays)
-    [ -f "$DIR/dovecot/dovecot.conf" ] || die "not started? ($DIR/dovecot/dovecot.conf missing)"
-    stop_one "$DOVECOT_PID" dovecot
+    [ -f "$DIR/dovecot/dovecot.conf" ] && [ -f "$DIR/env" ] || die "not started? ($DIR/env missing)"
+    # The ports the running instance was started with, whatever this shell's environment says.
+    IMAP_PORT=$(sed -n 's/^MAIL_IMAP_PORT=//p' "$DIR/env")
+    IMAPS_PORT=$(sed -n 's/^MAIL_IMAPS_PORT=//p' "$DIR/env")
+    LMTP_PORT=$(sed -n 's/^MAIL_LMTP_PORT=//p' "$DIR/env")
+    LMTP_PORT=${LMTP_PORT:-2424}
+    stop_dovecot
     local p
     for p in "$IMAP_PORT" "$IMAPS_PORT" "$LMTP_PORT"; do
         for _ in $(seq 50); do port_open "$p" || break; sleep 0.1; done

@@ -219,16 +219,12 @@ pub(crate) fn split_address(addr: &str) -> Option<(&str, &str)> {
     let (local, domain) = addr.rsplit_once('@')?;
     let ok_local = !local.is_empty()
         && local.len() <= 64
-        && local
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
+        && local.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b));
     let ok_domain = !domain.is_empty()
         && domain.len() <= 253
         && !domain.starts_with(['.', '-'])
         && !domain.ends_with(['.', '-'])
-        && domain
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
     (ok_local && ok_domain).then_some((local, domain))
 }
 
@@ -238,9 +234,7 @@ pub(crate) fn is_loopback(host: &str) -> bool {
     if h.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    h.parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(false)
+    h.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
 }
 
 fn is_header_safe(s: &str) -> bool {
@@ -248,15 +242,8 @@ fn is_header_safe(s: &str) -> bool {
 }
 
 fn check_host(path: &str, host: &str, problems: &mut Vec<Problem>) {
-    if host.trim().is_empty()
-        || host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-    {
-        problems.push(Problem::new(
-            format!("{path}.host"),
-            "must be a host name or IP address",
-        ));
+    if host.trim().is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        problems.push(Problem::new(format!("{path}.host"), "must be a host name or IP address"));
     }
 }
 
@@ -265,9 +252,13 @@ fn check_tls(
     host: &str,
     tls: TlsMode,
     tls_name: &Option<String>,
+    ca_file: &Option<PathBuf>,
     allow_plain: bool,
     problems: &mut Vec<Problem>,
 ) {
+    if tls == TlsMode::Plain && ca_file.is_some() {
+        problems.push(Problem::new(format!("{path}.ca_file"), "has no effect with tls = \"plain\""));
+    }
     if tls == TlsMode::Plain && !allow_plain && !is_loopback(host) {
         problems.push(Problem::new(
             format!("{path}.tls"),
@@ -277,15 +268,9 @@ fn check_tls(
     }
     if let Some(name) = tls_name {
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            problems.push(Problem::new(
-                format!("{path}.tls_name"),
-                "must be a DNS name or IP address",
-            ));
+            problems.push(Problem::new(format!("{path}.tls_name"), "must be a DNS name or IP address"));
         } else if tls == TlsMode::Plain {
-            problems.push(Problem::new(
-                format!("{path}.tls_name"),
-                "has no effect with tls = \"plain\"",
-            ));
+            problems.push(Problem::new(format!("{path}.tls_name"), "has no effect with tls = \"plain\""));
         }
     }
 }
@@ -297,12 +282,7 @@ fn check_port(path: &str, port: Option<u16>, problems: &mut Vec<Problem>) {
 }
 
 fn check_folder(path: &str, name: &str, problems: &mut Vec<Problem>) {
-    if name.trim().is_empty()
-        || !name.is_ascii()
-        || name
-            .chars()
-            .any(|c| c.is_control() || c == '"' || c == '\\')
-    {
+    if name.trim().is_empty() || !name.is_ascii() || name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
         problems.push(Problem::new(
             path,
             "must be a non-empty ASCII folder name without quotes, backslashes or control characters",
@@ -312,10 +292,7 @@ fn check_folder(path: &str, name: &str, problems: &mut Vec<Problem>) {
 
 fn check_range(path: &str, value: u64, min: u64, max: u64, problems: &mut Vec<Problem>) {
     if value < min || value > max {
-        problems.push(Problem::new(
-            path,
-            format!("must be between {min} and {max}"),
-        ));
+        problems.push(Problem::new(path, format!("must be between {min} and {max}")));
     }
 }
 
@@ -325,10 +302,9 @@ impl Config {
     pub fn validate(&self, path: &str) -> Vec<Problem> {
         let mut p = Vec::new();
         match split_address(&self.address) {
-            None => p.push(Problem::new(
-                format!("{path}.address"),
-                "must be a plain email address like clinic@example.org",
-            )),
+            None => {
+                p.push(Problem::new(format!("{path}.address"), "must be a plain email address like clinic@example.org"))
+            }
             Some((local, _)) if local.contains('+') => p.push(Problem::new(
                 format!("{path}.address"),
                 "must not contain `+`: carebridge adds `+<conversation token>` itself",
@@ -337,10 +313,7 @@ impl Config {
         }
         if let Some(fwd) = &self.forward_to {
             if split_address(fwd).is_none() {
-                p.push(Problem::new(
-                    format!("{path}.forward_to"),
-                    "must be a plain email address",
-                ));
+                p.push(Problem::new(format!("{path}.forward_to"), "must be a plain email address"));
             } else if fwd.eq_ignore_ascii_case(&self.address) {
                 p.push(Problem::new(
                     format!("{path}.forward_to"),
@@ -351,43 +324,25 @@ impl Config {
         if let Some(name) = &self.display_name
             && (name.trim().is_empty() || !is_header_safe(name) || name.chars().count() > 100)
         {
-            p.push(Problem::new(
-                format!("{path}.display_name"),
-                "must be 1-100 characters on one line",
-            ));
+            p.push(Problem::new(format!("{path}.display_name"), "must be 1-100 characters on one line"));
         }
         for (key, subject) in [
             ("subject_forward", &self.subject_forward),
             ("subject_reply", &self.subject_reply),
             ("subject_notice", &self.subject_notice),
         ] {
-            if subject.trim().is_empty()
-                || !is_header_safe(subject)
-                || subject.chars().count() > 200
-            {
-                p.push(Problem::new(
-                    format!("{path}.{key}"),
-                    "must be 1-200 characters on one line",
-                ));
+            if subject.trim().is_empty() || !is_header_safe(subject) || subject.chars().count() > 200 {
+                p.push(Problem::new(format!("{path}.{key}"), "must be 1-200 characters on one line"));
             }
         }
         if self.max_attachment_bytes == 0 {
-            p.push(Problem::new(
-                format!("{path}.max_attachment_bytes"),
-                "must be at least 1",
-            ));
+            p.push(Problem::new(format!("{path}.max_attachment_bytes"), "must be at least 1"));
         }
         if self.max_message_bytes < self.max_attachment_bytes {
-            p.push(Problem::new(
-                format!("{path}.max_message_bytes"),
-                "must be at least `max_attachment_bytes`",
-            ));
+            p.push(Problem::new(format!("{path}.max_message_bytes"), "must be at least `max_attachment_bytes`"));
         }
         if self.imap.is_none() && self.smtp.is_none() {
-            p.push(Problem::new(
-                path,
-                "needs an `imap` table (to receive), an `smtp` table (to send), or both",
-            ));
+            p.push(Problem::new(path, "needs an `imap` table (to receive), an `smtp` table (to send), or both"));
         }
         if let Some(imap) = &self.imap {
             imap.validate(&format!("{path}.imap"), &mut p);
@@ -403,60 +358,22 @@ impl ImapConfig {
     fn validate(&self, path: &str, p: &mut Vec<Problem>) {
         check_host(path, &self.host, p);
         check_port(path, self.port, p);
-        check_tls(
-            path,
-            &self.host,
-            self.tls,
-            &self.tls_name,
-            self.allow_plain,
-            p,
-        );
+        check_tls(path, &self.host, self.tls, &self.tls_name, &self.ca_file, self.allow_plain, p);
         if self.username.trim().is_empty() || self.username.chars().any(|c| c.is_control()) {
-            p.push(Problem::new(
-                format!("{path}.username"),
-                "must be a non-empty login name",
-            ));
+            p.push(Problem::new(format!("{path}.username"), "must be a non-empty login name"));
         }
-        check_secret(
-            path,
-            "password",
-            &self.password_env,
-            &self.password_file,
-            true,
-            p,
-        );
+        check_secret(path, "password", &self.password_env, &self.password_file, true, p);
         check_folder(&format!("{path}.folder"), &self.folder, p);
         if let Some(done) = &self.processed_folder {
             check_folder(&format!("{path}.processed_folder"), done, p);
             if done == &self.folder {
-                p.push(Problem::new(
-                    format!("{path}.processed_folder"),
-                    "must differ from `folder`",
-                ));
+                p.push(Problem::new(format!("{path}.processed_folder"), "must differ from `folder`"));
             }
         }
         check_range(&format!("{path}.poll_secs"), self.poll_secs, 1, 86_400, p);
-        check_range(
-            &format!("{path}.idle_resync_secs"),
-            self.idle_resync_secs,
-            1,
-            MAX_IDLE_RESYNC_SECS,
-            p,
-        );
-        check_range(
-            &format!("{path}.timeout_secs"),
-            self.timeout_secs,
-            1,
-            3_600,
-            p,
-        );
-        check_range(
-            &format!("{path}.reconnect_max_secs"),
-            self.reconnect_max_secs,
-            1,
-            86_400,
-            p,
-        );
+        check_range(&format!("{path}.idle_resync_secs"), self.idle_resync_secs, 1, MAX_IDLE_RESYNC_SECS, p);
+        check_range(&format!("{path}.timeout_secs"), self.timeout_secs, 1, 3_600, p);
+        check_range(&format!("{path}.reconnect_max_secs"), self.reconnect_max_secs, 1, 86_400, p);
     }
 }
 
@@ -464,47 +381,21 @@ impl SmtpConfig {
     fn validate(&self, path: &str, p: &mut Vec<Problem>) {
         check_host(path, &self.host, p);
         check_port(path, self.port, p);
-        check_tls(
-            path,
-            &self.host,
-            self.tls,
-            &self.tls_name,
-            self.allow_plain,
-            p,
-        );
+        check_tls(path, &self.host, self.tls, &self.tls_name, &self.ca_file, self.allow_plain, p);
         match &self.username {
             Some(u) => {
                 if u.trim().is_empty() || u.chars().any(|c| c.is_control()) {
-                    p.push(Problem::new(
-                        format!("{path}.username"),
-                        "must be a non-empty login name",
-                    ));
+                    p.push(Problem::new(format!("{path}.username"), "must be a non-empty login name"));
                 }
-                check_secret(
-                    path,
-                    "password",
-                    &self.password_env,
-                    &self.password_file,
-                    true,
-                    p,
-                );
+                check_secret(path, "password", &self.password_env, &self.password_file, true, p);
             }
             None => {
                 if self.password_env.is_some() || self.password_file.is_some() {
-                    p.push(Problem::new(
-                        format!("{path}.username"),
-                        "is required when a password is configured",
-                    ));
+                    p.push(Problem::new(format!("{path}.username"), "is required when a password is configured"));
                 }
             }
         }
-        check_range(
-            &format!("{path}.timeout_secs"),
-            self.timeout_secs,
-            1,
-            3_600,
-            p,
-        );
+        check_range(&format!("{path}.timeout_secs"), self.timeout_secs, 1, 3_600, p);
     }
 }
 
@@ -537,10 +428,7 @@ mod tests {
         let c = parse(GOOD);
         assert_eq!(c.validate("email.clinic"), vec![]);
         let imap = c.imap.as_ref().expect("imap");
-        assert_eq!(
-            (imap.port(), imap.tls, imap.folder.as_str()),
-            (993, TlsMode::Implicit, "INBOX")
-        );
+        assert_eq!((imap.port(), imap.tls, imap.folder.as_str()), (993, TlsMode::Implicit, "INBOX"));
         assert_eq!((imap.idle, imap.idle_resync_secs), (true, 300));
         assert_eq!(c.smtp.as_ref().expect("smtp").port(), 587);
         assert_eq!(c.max_attachment_bytes, 10 * 1024 * 1024);
@@ -585,24 +473,17 @@ mod tests {
             "email.c.smtp.port",
             "email.c.smtp.username",
         ] {
-            assert!(
-                paths.iter().any(|p| p == want),
-                "missing {want} in {paths:?}"
-            );
+            assert!(paths.iter().any(|p| p == want), "missing {want} in {paths:?}");
         }
     }
 
     #[test]
     fn plain_is_fine_on_loopback_or_when_allowed() {
         for host in ["127.0.0.1", "localhost", "::1", "[::1]"] {
-            let c = parse(&format!(
-                "address = \"c@x.test\"\n[smtp]\nhost = \"{host}\"\ntls = \"plain\"\n"
-            ));
+            let c = parse(&format!("address = \"c@x.test\"\n[smtp]\nhost = \"{host}\"\ntls = \"plain\"\n"));
             assert_eq!(c.validate("email.c"), vec![], "{host}");
         }
-        let c = parse(
-            "address = \"c@x.test\"\n[smtp]\nhost = \"mx.x.test\"\ntls = \"plain\"\nallow_plain = true\n",
-        );
+        let c = parse("address = \"c@x.test\"\n[smtp]\nhost = \"mx.x.test\"\ntls = \"plain\"\nallow_plain = true\n");
         assert_eq!(c.validate("email.c"), vec![]);
         let c = parse("address = \"c@x.test\"\n[smtp]\nhost = \"mx.x.test\"\ntls = \"plain\"\n");
         assert_eq!(c.validate("email.c")[0].path, "email.c.smtp.tls");
@@ -614,30 +495,16 @@ mod tests {
         assert_eq!(c.validate("email.c")[0].path, "email.c");
         assert!(toml::from_str::<Config>("address = \"c@x.test\"\nsubject = \"x\"\n").is_err());
         assert!(
-            toml::from_str::<Config>(
-                "address = \"c@x.test\"\n[imap]\nhost=\"h\"\nusername=\"u\"\npassword=\"p\"\n"
-            )
-            .is_err()
+            toml::from_str::<Config>("address = \"c@x.test\"\n[imap]\nhost=\"h\"\nusername=\"u\"\npassword=\"p\"\n")
+                .is_err()
         );
     }
 
     #[test]
     fn addresses_split_only_when_simple() {
-        assert_eq!(
-            split_address("clinic@clinic.test"),
-            Some(("clinic", "clinic.test"))
-        );
+        assert_eq!(split_address("clinic@clinic.test"), Some(("clinic", "clinic.test")));
         assert_eq!(split_address("a.b-c@x.test"), Some(("a.b-c", "x.test")));
-        for bad in [
-            "",
-            "x",
-            "@x.test",
-            "x@",
-            "a b@x.test",
-            "x@-x.test",
-            "x@x..test\n",
-            "x@x test",
-        ] {
+        for bad in ["", "x", "@x.test", "x@", "a b@x.test", "x@-x.test", "x@x..test\n", "x@x test"] {
             assert_eq!(split_address(bad), None, "{bad:?}");
         }
     }

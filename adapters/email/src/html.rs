@@ -52,9 +52,7 @@ pub fn html_to_text(html: &str) -> String {
             continue;
         }
         match (tag.name.as_str(), tag.closing) {
-            ("script" | "style" | "head" | "title" | "template" | "noscript", false)
-                if !tag.self_closing =>
-            {
+            ("script" | "style" | "head" | "title" | "template" | "noscript", false) if !tag.self_closing => {
                 skip_until = Some(match tag.name.as_str() {
                     "script" => "script",
                     "style" => "style",
@@ -66,8 +64,8 @@ pub fn html_to_text(html: &str) -> String {
             }
             ("br", _) => out.newline(),
             (
-                "p" | "div" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "ul" | "ol"
-                | "dl" | "section" | "article" | "header" | "footer" | "address" | "hr",
+                "p" | "div" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "ul" | "ol" | "dl" | "section"
+                | "article" | "header" | "footer" | "address" | "hr",
                 _,
             ) => out.paragraph(),
             ("tr" | "dt" | "dd" | "center" | "caption", _) => out.newline(),
@@ -132,24 +130,14 @@ fn parse_tag(s: &str) -> Option<Tag> {
             None if b == b'"' || b == b'\'' => quote = Some(b),
             None if b == b'>' => {
                 let self_closing = i > 0 && bytes[i - 1] == b'/';
-                return Some(Tag {
-                    name,
-                    closing,
-                    self_closing,
-                    len: i + 1,
-                });
+                return Some(Tag { name, closing, self_closing, len: i + 1 });
             }
             None => {}
         }
         i += 1;
     }
     // Unterminated tag: swallow the rest rather than show markup.
-    Some(Tag {
-        name,
-        closing,
-        self_closing: false,
-        len: s.len(),
-    })
+    Some(Tag { name, closing, self_closing: false, len: s.len() })
 }
 
 #[derive(Default)]
@@ -219,10 +207,7 @@ impl Output {
             }
             return;
         }
-        for (i, word) in decoded
-            .split(|c: char| c.is_whitespace() && c != '\u{a0}')
-            .enumerate()
-        {
+        for (i, word) in decoded.split(|c: char| c.is_whitespace() && c != '\u{a0}').enumerate() {
             if i > 0 {
                 self.pending_space = true;
             }
@@ -269,11 +254,7 @@ pub fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let end = rest
-            .char_indices()
-            .take(12)
-            .find(|&(_, c)| c == ';')
-            .map(|(i, _)| i);
+        let end = rest.char_indices().take(12).find(|&(_, c)| c == ';').map(|(i, _)| i);
         let decoded = end.and_then(|end| decode_entity(&rest[1..end]).map(|c| (c, end)));
         match decoded {
             Some((c, end)) => {
@@ -363,10 +344,7 @@ mod tests {
     fn conversions() {
         let cases: &[(&str, &str)] = &[
             ("<p>Hello</p><p>World</p>", "Hello\n\nWorld"),
-            (
-                "Line one<br>Line two<br/>Line three",
-                "Line one\nLine two\nLine three",
-            ),
+            ("Line one<br>Line two<br/>Line three", "Line one\nLine two\nLine three"),
             ("<div>a   b\n c</div>", "a b c"),
             (
                 "Fish &amp; chips &lt;3 &eacute;t&eacute; &#233;&#xE9; &bogus; & done",
@@ -385,10 +363,7 @@ mod tests {
                 "New text\n\n> old line 1\n\n> old line 2",
             ),
             ("<pre>  keep\n    indent</pre>", "  keep\n    indent"),
-            (
-                "<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>",
-                "a b\nc",
-            ),
+            ("<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>", "a b\nc"),
             ("non&nbsp;breaking", "non breaking"),
             ("<p>unterminated <b", "unterminated"),
             ("", ""),
@@ -402,19 +377,7 @@ mod tests {
     fn hostile_input_does_not_panic() {
         let deep = "<blockquote>".repeat(10_000) + "x";
         assert!(html_to_text(&deep).ends_with('x'));
-        for s in [
-            "<",
-            "<<<>>>",
-            "&",
-            "&#;",
-            "&#x110000;",
-            "&#0;",
-            "<!--",
-            "<!",
-            "</",
-            "<a '>",
-            "é<é>é",
-        ] {
+        for s in ["<", "<<<>>>", "&", "&#;", "&#x110000;", "&#0;", "<!--", "<!", "</", "<a '>", "é<é>é"] {
             let _ = html_to_text(s);
         }
     }

@@ -18,8 +18,7 @@ use crate::parse::{self, ParseOptions};
 use async_imap::imap_proto::{Response, Status};
 use async_imap::{Client, Session};
 use carebridge_contract::{
-    AccountId, AdapterError, Inbound, InboundContext, Receipt, Redacted, SourceKey, Submission,
-    Task,
+    AccountId, AdapterError, Inbound, InboundContext, Receipt, Redacted, SourceKey, Submission, Task,
 };
 use futures::TryStreamExt;
 use rustls::pki_types::ServerName;
@@ -62,10 +61,7 @@ pub struct ImapInbound {
 
 impl std::fmt::Debug for ImapInbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImapInbound")
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
+        f.debug_struct("ImapInbound").field("port", &self.port).field("tls", &self.tls).finish_non_exhaustive()
     }
 }
 
@@ -77,14 +73,8 @@ impl ImapInbound {
         imap: &ImapConfig,
         config_dir: &std::path::Path,
     ) -> Result<Self, AdapterError> {
-        let password = carebridge_contract::config::load_secret(
-            &imap.password_env,
-            &imap.password_file,
-            config_dir,
-        )?
-        .ok_or_else(|| {
-            AdapterError::Config("imap password_env or password_file is required".into())
-        })?;
+        let password = carebridge_contract::config::load_secret(&imap.password_env, &imap.password_file, config_dir)?
+            .ok_or_else(|| AdapterError::Config("imap password_env or password_file is required".into()))?;
         let extra_roots = match &imap.ca_file {
             Some(path) => crate::tls::read_ca_file(&config_dir.join(path))?,
             None => Vec::new(),
@@ -93,11 +83,7 @@ impl ImapInbound {
         let server_name = crate::tls::server_name(imap.tls_name.as_deref().unwrap_or(&imap.host))?;
         let max_attachment = usize::try_from(cfg.max_attachment_bytes).unwrap_or(usize::MAX);
         Ok(Self {
-            host: imap
-                .host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host: imap.host.trim_start_matches('[').trim_end_matches(']').to_string(),
             port: imap.port(),
             tls: imap.tls,
             server_name,
@@ -108,10 +94,7 @@ impl ImapInbound {
             processed_folder: imap.processed_folder.clone(),
             idle: imap.idle,
             poll: Duration::from_secs(imap.poll_secs.max(1)),
-            idle_resync: Duration::from_secs(
-                imap.idle_resync_secs
-                    .clamp(1, crate::config::MAX_IDLE_RESYNC_SECS),
-            ),
+            idle_resync: Duration::from_secs(imap.idle_resync_secs.clamp(1, crate::config::MAX_IDLE_RESYNC_SECS)),
             timeout: Duration::from_secs(imap.timeout_secs.max(1)),
             reconnect_max: Duration::from_secs(imap.reconnect_max_secs.max(1)),
             max_message_bytes: cfg.max_message_bytes,
@@ -134,11 +117,7 @@ enum Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -147,11 +126,7 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -218,9 +193,7 @@ impl ImapError {
             E::Io(io)
                 if matches!(
                     io.kind(),
-                    io::ErrorKind::UnexpectedEof
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::BrokenPipe
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
                 ) =>
             {
                 ImapError::Lost
@@ -241,10 +214,7 @@ struct Backoff {
 
 impl Backoff {
     fn new(max: Duration) -> Self {
-        Self {
-            next: FIRST_BACKOFF.min(max),
-            max,
-        }
+        Self { next: FIRST_BACKOFF.min(max), max }
     }
     fn reset(&mut self) {
         self.next = FIRST_BACKOFF.min(self.max);
@@ -346,9 +316,7 @@ impl Runner {
         };
         let (mut session, caps) = connected;
         let mailbox = self.op("select", session.select(&self.cfg.folder)).await?;
-        let uidvalidity = mailbox
-            .uid_validity
-            .ok_or(ImapError::Protocol("select (no UIDVALIDITY)"))?;
+        let uidvalidity = mailbox.uid_validity.ok_or(ImapError::Protocol("select (no UIDVALIDITY)"))?;
         if let Some(dest) = &self.cfg.processed_folder {
             // Create it if missing; "already exists" is the usual answer and fine.
             let _ = self.op("create", session.create(dest)).await;
@@ -414,13 +382,10 @@ impl Runner {
     }
 
     async fn connect(&self) -> Result<(ImapSession, Caps), ImapError> {
-        let tcp = tokio::time::timeout(
-            self.cfg.timeout,
-            TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)),
-        )
-        .await
-        .map_err(|_| ImapError::Timeout("connect"))?
-        .map_err(|e| ImapError::Connect(e.kind()))?;
+        let tcp = tokio::time::timeout(self.cfg.timeout, TcpStream::connect((self.cfg.host.as_str(), self.cfg.port)))
+            .await
+            .map_err(|_| ImapError::Timeout("connect"))?
+            .map_err(|e| ImapError::Connect(e.kind()))?;
         let _ = tcp.set_nodelay(true);
         let client = match self.cfg.tls {
             TlsMode::Implicit => {
@@ -432,11 +397,7 @@ impl Runner {
             TlsMode::Starttls => {
                 let mut client = Client::new(Conn::Plain(tcp));
                 self.greeting(&mut client).await?;
-                self.op(
-                    "starttls",
-                    client.run_command_and_check_ok("STARTTLS", None),
-                )
-                .await?;
+                self.op("starttls", client.run_command_and_check_ok("STARTTLS", None)).await?;
                 let Conn::Plain(tcp) = client.into_inner() else {
                     return Err(ImapError::Protocol("starttls"));
                 };
@@ -449,40 +410,28 @@ impl Runner {
                 client
             }
         };
-        let mut session = match tokio::time::timeout(
-            self.cfg.timeout,
-            client.login(&self.cfg.username, self.cfg.password.expose()),
-        )
-        .await
-        {
-            Err(_) => return Err(ImapError::Timeout("login")),
-            Ok(Err((async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_), _))) => {
-                return Err(ImapError::Login);
-            }
-            Ok(Err((e, _))) => return Err(ImapError::from_imap("login", e)),
-            Ok(Ok(s)) => s,
-        };
+        let mut session =
+            match tokio::time::timeout(self.cfg.timeout, client.login(&self.cfg.username, self.cfg.password.expose()))
+                .await
+            {
+                Err(_) => return Err(ImapError::Timeout("login")),
+                Ok(Err((async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_), _))) => {
+                    return Err(ImapError::Login);
+                }
+                Ok(Err((e, _))) => return Err(ImapError::from_imap("login", e)),
+                Ok(Ok(s)) => s,
+            };
         let caps = self.op("capability", session.capabilities()).await?;
-        let caps = Caps {
-            idle: caps.has_str("IDLE"),
-            mv: caps.has_str("MOVE"),
-            uidplus: caps.has_str("UIDPLUS"),
-        };
+        let caps = Caps { idle: caps.has_str("IDLE"), mv: caps.has_str("MOVE"), uidplus: caps.has_str("UIDPLUS") };
         Ok((session, caps))
     }
 
-    async fn tls_handshake(
-        &self,
-        tcp: TcpStream,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ImapError> {
+    async fn tls_handshake(&self, tcp: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ImapError> {
         let connector = tokio_rustls::TlsConnector::from(self.cfg.tls_config.clone());
-        tokio::time::timeout(
-            self.cfg.timeout,
-            connector.connect(self.cfg.server_name.clone(), tcp),
-        )
-        .await
-        .map_err(|_| ImapError::Timeout("tls handshake"))?
-        .map_err(|e| ImapError::Tls(e.to_string()))
+        tokio::time::timeout(self.cfg.timeout, connector.connect(self.cfg.server_name.clone(), tcp))
+            .await
+            .map_err(|_| ImapError::Timeout("tls handshake"))?
+            .map_err(|e| ImapError::Tls(e.to_string()))
     }
 
     async fn greeting(&self, client: &mut Client<Conn>) -> Result<(), ImapError> {
@@ -492,30 +441,15 @@ impl Runner {
             .map_err(|e| ImapError::Io(e.kind()))?
             .ok_or(ImapError::Lost)?;
         match greeting.parsed() {
-            Response::Data {
-                status: Status::Ok, ..
-            } => Ok(()),
+            Response::Data { status: Status::Ok, .. } => Ok(()),
             _ => Err(ImapError::Greeting),
         }
     }
 
     /// Processes every message not yet acknowledged, oldest first.
-    async fn sync(
-        &self,
-        session: &mut ImapSession,
-        uidvalidity: u32,
-        caps: Caps,
-    ) -> Result<Sync, ImapError> {
-        let query = if self.cfg.processed_folder.is_some() {
-            "UNDELETED"
-        } else {
-            "UNSEEN UNDELETED"
-        };
-        let mut uids: Vec<u32> = self
-            .op("search", session.uid_search(query))
-            .await?
-            .into_iter()
-            .collect();
+    async fn sync(&self, session: &mut ImapSession, uidvalidity: u32, caps: Caps) -> Result<Sync, ImapError> {
+        let query = if self.cfg.processed_folder.is_some() { "UNDELETED" } else { "UNSEEN UNDELETED" };
+        let mut uids: Vec<u32> = self.op("search", session.uid_search(query)).await?.into_iter().collect();
         uids.sort_unstable();
         if !uids.is_empty() {
             debug!(account = %self.account(), pending = uids.len(), "IMAP messages to process.");
@@ -524,10 +458,7 @@ impl Runner {
             if self.cx.shutdown.is_cancelled() {
                 return Ok(Sync::Stop(Stop::Shutdown));
             }
-            let source = SourceKey {
-                account: self.account().clone(),
-                native_id: format!("{uidvalidity}:{uid}"),
-            };
+            let source = SourceKey { account: self.account().clone(), native_id: format!("{uidvalidity}:{uid}") };
             let Some(submission) = self.fetch(session, uid, source.clone()).await? else {
                 continue; // expunged meanwhile by someone else
             };
@@ -570,11 +501,7 @@ impl Runner {
                 stream.try_collect::<Vec<_>>().await
             })
             .await?;
-        let Some(size) = sizes
-            .iter()
-            .find(|f| f.uid == Some(uid))
-            .and_then(|f| f.size)
-        else {
+        let Some(size) = sizes.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.size) else {
             return Ok(None);
         };
         if u64::from(size) > self.cfg.max_message_bytes {
@@ -584,11 +511,7 @@ impl Runner {
                     stream.try_collect::<Vec<_>>().await
                 })
                 .await?;
-            let headers = fetched
-                .iter()
-                .find(|f| f.uid == Some(uid))
-                .and_then(|f| f.header())
-                .unwrap_or_default();
+            let headers = fetched.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.header()).unwrap_or_default();
             warn!(account = %self.account(), source = %source.native_id, size, "Message over the size limit; quarantining its headers only.");
             return Ok(Some(parse::oversized_message(
                 source,
@@ -603,18 +526,10 @@ impl Runner {
                 stream.try_collect::<Vec<_>>().await
             })
             .await?;
-        let Some(raw) = fetched
-            .iter()
-            .find(|f| f.uid == Some(uid))
-            .and_then(|f| f.body())
-        else {
+        let Some(raw) = fetched.iter().find(|f| f.uid == Some(uid)).and_then(|f| f.body()) else {
             return Ok(None);
         };
-        Ok(Some(parse::parse_message(
-            source,
-            raw.to_vec(),
-            &self.cfg.parse,
-        )))
+        Ok(Some(parse::parse_message(source, raw.to_vec(), &self.cfg.parse)))
     }
 
     /// Submits and waits for the receipt; after shutdown fired, waits a little longer so the
@@ -641,8 +556,7 @@ impl Runner {
             return self.op("move", session.uid_mv(&set, dest)).await;
         }
         self.op("copy", session.uid_copy(&set, dest)).await?;
-        self.store(session, &set, "+FLAGS.SILENT (\\Deleted)")
-            .await?;
+        self.store(session, &set, "+FLAGS.SILENT (\\Deleted)").await?;
         if caps.uidplus {
             self.op("expunge", async {
                 let stream = session.uid_expunge(&set).await?;
@@ -659,12 +573,7 @@ impl Runner {
         Ok(())
     }
 
-    async fn store(
-        &self,
-        session: &mut ImapSession,
-        set: &str,
-        flags: &str,
-    ) -> Result<(), ImapError> {
+    async fn store(&self, session: &mut ImapSession, set: &str, flags: &str) -> Result<(), ImapError> {
         self.op("store", async {
             let stream = session.uid_store(set, flags).await?;
             stream.try_collect::<Vec<_>>().await
@@ -708,16 +617,10 @@ mod tests {
 
     #[test]
     fn errors_have_phi_free_kinds() {
-        let e = ImapError::from_imap(
-            "fetch",
-            async_imap::error::Error::No("some server text".into()),
-        );
+        let e = ImapError::from_imap("fetch", async_imap::error::Error::No("some server text".into()));
         assert_eq!(e.kind(), "refused");
         assert_eq!(e.to_string(), "server refused fetch");
-        let lost = ImapError::from_imap(
-            "idle",
-            async_imap::error::Error::Io(io::ErrorKind::UnexpectedEof.into()),
-        );
+        let lost = ImapError::from_imap("idle", async_imap::error::Error::Io(io::ErrorKind::UnexpectedEof.into()));
         assert_eq!(lost.kind(), "connection_lost");
     }
 }

@@ -32,10 +32,7 @@ use std::sync::Arc;
 
 /// The IMAP reader for an account with an `imap` table; `None` for send-only accounts. Reads
 /// the password and CA file, but does not connect (that happens in `run`, with retries).
-pub fn build_inbound(
-    cfg: &Config,
-    cx: &BuildContext,
-) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
+pub fn build_inbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
     let Some(imap) = &cfg.imap else {
         return Ok(None);
     };
@@ -44,10 +41,7 @@ pub fn build_inbound(
 
 /// The SMTP sender for an account with an `smtp` table; `None` for receive-only accounts.
 /// Reads the password and CA file, but does not connect (see `Outbound::healthcheck`).
-pub fn build_outbound(
-    cfg: &Config,
-    cx: &BuildContext,
-) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {
+pub fn build_outbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {
     Ok(build_smtp(cfg, cx)?.map(|s| Arc::new(s) as Arc<dyn Outbound>))
 }
 
@@ -57,10 +51,5 @@ pub fn build_smtp(cfg: &Config, cx: &BuildContext) -> Result<Option<SmtpOutbound
     let Some(smtp) = &cfg.smtp else {
         return Ok(None);
     };
-    Ok(Some(SmtpOutbound::new(
-        cx.account.clone(),
-        cfg,
-        smtp,
-        &cx.config_dir,
-    )?))
+    Ok(Some(SmtpOutbound::new(cx.account.clone(), cfg, smtp, &cx.config_dir)?))
 }

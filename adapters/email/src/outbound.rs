@@ -16,9 +16,7 @@
 
 use crate::config::{Config, SmtpConfig, TlsMode};
 use crate::parse::{DELIVERY_HEADER, clean_id};
-use carebridge_contract::{
-    AccountId, AdapterError, AddressKind, Delivery, DeliveryKind, Outbound, SendError, Sent,
-};
+use carebridge_contract::{AccountId, AdapterError, AddressKind, Delivery, DeliveryKind, Outbound, SendError, Sent};
 use futures::future::BoxFuture;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -43,9 +41,7 @@ pub struct SmtpOutbound {
 
 impl std::fmt::Debug for SmtpOutbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpOutbound")
-            .field("account", &self.account)
-            .finish_non_exhaustive()
+        f.debug_struct("SmtpOutbound").field("account", &self.account).finish_non_exhaustive()
     }
 }
 
@@ -66,38 +62,24 @@ impl SmtpOutbound {
                 // Parse once with rustls-pemfile for a clear error, then hand lettre the PEM.
                 crate::tls::read_ca_file(&path)?;
                 Some(std::fs::read(&path).map_err(|e| {
-                    AdapterError::Config(format!(
-                        "cannot read ca_file `{}`: {}",
-                        path.display(),
-                        e.kind()
-                    ))
+                    AdapterError::Config(format!("cannot read ca_file `{}`: {}", path.display(), e.kind()))
                 })?)
             }
             None => None,
         };
         let tls = match smtp.tls {
-            TlsMode::Implicit => {
-                Tls::Wrapper(crate::tls::smtp_parameters(tls_name, ca_pem.as_deref())?)
-            }
-            TlsMode::Starttls => {
-                Tls::Required(crate::tls::smtp_parameters(tls_name, ca_pem.as_deref())?)
-            }
+            TlsMode::Implicit => Tls::Wrapper(crate::tls::smtp_parameters(tls_name, ca_pem.as_deref())?),
+            TlsMode::Starttls => Tls::Required(crate::tls::smtp_parameters(tls_name, ca_pem.as_deref())?),
             TlsMode::Plain => Tls::None,
         };
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
-                .port(smtp.port())
-                .tls(tls)
-                .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
+            .port(smtp.port())
+            .tls(tls)
+            .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
         if let Some(user) = &smtp.username {
-            let password = carebridge_contract::config::load_secret(
-                &smtp.password_env,
-                &smtp.password_file,
-                config_dir,
-            )?
-            .ok_or_else(|| {
-                AdapterError::Config("smtp password is required with a username".into())
-            })?;
+            let password =
+                carebridge_contract::config::load_secret(&smtp.password_env, &smtp.password_file, config_dir)?
+                    .ok_or_else(|| AdapterError::Config("smtp password is required with a username".into()))?;
             builder = builder.credentials(Credentials::new(user.clone(), password.into_inner()));
         }
         Ok(Self {
@@ -115,15 +97,10 @@ impl SmtpOutbound {
 
     /// The Message-ID (without angle brackets) a delivery is sent with: stable across resends.
     pub fn message_id_for(&self, delivery: &Delivery) -> String {
-        format!(
-            "carebridge.{}.{}@{}",
-            delivery.id,
-            self.account.name(),
-            self.domain
-        )
+        format!("carebridge.{}.{}@{}", delivery.id, self.account.name(), self.domain)
     }
 
-    fn from_mailbox(&self, token: &str) -> Result<Mailbox, SendError> {
+    fn sender_mailbox(&self, token: &str) -> Result<Mailbox, SendError> {
         let local = if token.is_empty() {
             self.local.clone()
         } else if is_token_safe(token) {
@@ -142,50 +119,36 @@ impl SmtpOutbound {
         let value = match &delivery.to {
             Some(addr) if addr.kind == AddressKind::Email => addr.value.expose().clone(),
             Some(_) => return Err(SendError::permanent("recipient is not an email address")),
-            None => self.forward_to.clone().ok_or_else(|| {
-                SendError::permanent("delivery has no recipient and `forward_to` is not set")
-            })?,
+            None => self
+                .forward_to
+                .clone()
+                .ok_or_else(|| SendError::permanent("delivery has no recipient and `forward_to` is not set"))?,
         };
-        let address: lettre::Address = value
-            .trim()
-            .parse()
-            .map_err(|_| SendError::permanent("recipient email address is invalid"))?;
+        let address: lettre::Address =
+            value.trim().parse().map_err(|_| SendError::permanent("recipient email address is invalid"))?;
         Ok(Mailbox::new(None, address))
     }
 
     /// Builds the full message for a delivery (public for tests and `check-config` previews).
     pub fn build_message(&self, delivery: &Delivery) -> Result<Message, SendError> {
-        let subject = delivery
-            .subject
-            .clone()
-            .unwrap_or_else(|| match delivery.kind {
-                DeliveryKind::Forward => self.subject_forward.clone(),
-                DeliveryKind::Reply => self.subject_reply.clone(),
-                DeliveryKind::Notice => self.subject_notice.clone(),
-            });
+        let subject = delivery.subject.clone().unwrap_or_else(|| match delivery.kind {
+            DeliveryKind::Forward => self.subject_forward.clone(),
+            DeliveryKind::Reply => self.subject_reply.clone(),
+            DeliveryKind::Notice => self.subject_notice.clone(),
+        });
         let subject: String = subject.chars().filter(|c| !c.is_control()).collect();
         let mut builder = Message::builder()
-            .from(self.from_mailbox(delivery.conversation.expose())?)
+            .from(self.sender_mailbox(delivery.conversation.expose())?)
             .to(self.recipient(delivery)?)
             .subject(subject)
             .message_id(Some(format!("<{}>", self.message_id_for(delivery))))
             .date_now()
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str(DELIVERY_HEADER),
-                delivery.id.to_string(),
-            ));
-        let ids: Vec<String> = delivery
-            .in_reply_to
-            .iter()
-            .filter_map(|id| clean_id(id))
-            .collect();
+            .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str(DELIVERY_HEADER), delivery.id.to_string()));
+        let ids: Vec<String> = delivery.in_reply_to.iter().filter_map(|id| clean_id(id)).collect();
         if let Some(parent) = ids.last() {
-            builder = builder.in_reply_to(format!("<{parent}>")).references(
-                ids.iter()
-                    .map(|id| format!("<{id}>"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
+            builder = builder
+                .in_reply_to(format!("<{parent}>"))
+                .references(ids.iter().map(|id| format!("<{id}>")).collect::<Vec<_>>().join(" "));
         }
         if delivery.kind == DeliveryKind::Notice {
             builder = builder.raw_header(HeaderValue::new(
@@ -202,17 +165,11 @@ impl SmtpOutbound {
                 let name = a
                     .filename
                     .as_ref()
-                    .map(|f| {
-                        f.expose()
-                            .chars()
-                            .filter(|c| !c.is_control())
-                            .collect::<String>()
-                    })
+                    .map(|f| f.expose().chars().filter(|c| !c.is_control()).collect::<String>())
                     .filter(|f| !f.trim().is_empty())
                     .unwrap_or_else(|| "attachment".to_string());
                 let ct = ContentType::parse(&a.content_type).unwrap_or_else(|_| {
-                    ContentType::parse("application/octet-stream")
-                        .unwrap_or(ContentType::TEXT_PLAIN)
+                    ContentType::parse("application/octet-stream").unwrap_or(ContentType::TEXT_PLAIN)
                 });
                 parts = parts.singlepart(Attachment::new(name).body(a.data.expose().clone(), ct));
             }
@@ -225,19 +182,13 @@ impl SmtpOutbound {
         let body = delivery.body.expose();
         match delivery.kind {
             DeliveryKind::Forward => {
-                let patient = delivery
-                    .patient_id
-                    .as_ref()
-                    .map(|p| p.expose().as_str())
-                    .unwrap_or("not identified");
+                let patient = delivery.patient_id.as_ref().map(|p| p.expose().as_str()).unwrap_or("not identified");
                 let mut head = format!("Patient: {patient}\n");
                 if let Some(label) = &delivery.sender_label {
                     head.push_str(&format!("From: {}\n", label.expose()));
                 }
                 head.push_str(&format!("Record: {}\n", delivery.record_id));
-                head.push_str(
-                    "Reply to this email to answer the patient; only your new text is sent.\n",
-                );
+                head.push_str("Reply to this email to answer the patient; only your new text is sent.\n");
                 format!("{head}----------------------------------------\n\n{body}\n")
             }
             DeliveryKind::Reply | DeliveryKind::Notice => format!("{body}\n"),
@@ -249,9 +200,7 @@ impl SmtpOutbound {
         match self.transport.send(message).await {
             Ok(_) => {
                 debug!(account = %self.account, delivery_id = %delivery.id, "SMTP server accepted the message.");
-                Ok(Sent {
-                    native_ids: vec![self.message_id_for(delivery)],
-                })
+                Ok(Sent { native_ids: vec![self.message_id_for(delivery)] })
             }
             Err(e) => Err(classify(&e)),
         }
@@ -261,9 +210,7 @@ impl SmtpOutbound {
 /// Tokens go in the local part of an address: only unreserved characters.
 fn is_token_safe(token: &str) -> bool {
     token.len() <= 128
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'=')
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'=')
 }
 
 /// Maps lettre's error to what the outbox should do. The reason is PHI-free: lettre's own
@@ -271,11 +218,7 @@ fn is_token_safe(token: &str) -> bool {
 fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     if let Some(code) = e.status() {
         let reason = format!("SMTP {code} ({:?})", code.category);
-        return if e.is_permanent() {
-            SendError::permanent(reason)
-        } else {
-            SendError::retry(reason)
-        };
+        return if e.is_permanent() { SendError::permanent(reason) } else { SendError::retry(reason) };
     }
     let kind = if e.is_timeout() {
         "SMTP timeout"
@@ -300,9 +243,7 @@ impl Outbound for SmtpOutbound {
         Box::pin(async move {
             match self.transport.test_connection().await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(AdapterError::Connection(
-                    "SMTP server did not answer NOOP".into(),
-                )),
+                Ok(false) => Err(AdapterError::Connection("SMTP server did not answer NOOP".into())),
                 Err(e) => Err(AdapterError::Connection(match classify(&e) {
                     SendError::Retry { reason, .. } | SendError::Permanent { reason } => reason,
                 })),

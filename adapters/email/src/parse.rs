@@ -19,9 +19,7 @@
 //! clinician had answered) and carebridge's own outgoing mail coming back (a mail loop).
 
 use crate::{html, quotes};
-use carebridge_contract::{
-    Address, AddressKind, Attachment, Envelope, Redacted, SourceKey, Submission,
-};
+use carebridge_contract::{Address, AddressKind, Attachment, Envelope, Redacted, SourceKey, Submission};
 use mail_parser::{Addr, HeaderValue, MessageParser, MimeHeaders, PartType};
 use std::time::{Duration, SystemTime};
 
@@ -48,11 +46,7 @@ impl ParseOptions {
     /// Options for the account `address` (which `Config::validate` has checked).
     pub fn new(address: &str, max_attachment_bytes: usize) -> Self {
         let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
-        Self {
-            local: local.to_ascii_lowercase(),
-            domain: domain.to_ascii_lowercase(),
-            max_attachment_bytes,
-        }
+        Self { local: local.to_ascii_lowercase(), domain: domain.to_ascii_lowercase(), max_attachment_bytes }
     }
 }
 
@@ -60,11 +54,7 @@ impl ParseOptions {
 pub fn parse_message(source: SourceKey, raw: Vec<u8>, opts: &ParseOptions) -> Submission {
     match build_envelope(source.clone(), &raw, opts) {
         Ok(envelope) => Submission::Message(envelope),
-        Err(reason) => Submission::Malformed {
-            source,
-            raw: Redacted::new(raw),
-            reason: reason.to_string(),
-        },
+        Err(reason) => Submission::Malformed { source, raw: Redacted::new(raw), reason: reason.to_string() },
     }
 }
 
@@ -73,23 +63,15 @@ pub fn oversized_message(source: SourceKey, headers: Vec<u8>, size: u64, limit: 
     Submission::Malformed {
         source,
         raw: Redacted::new(headers),
-        reason: format!(
-            "message of {size} bytes is over the {limit}-byte limit; only its headers were kept"
-        ),
+        reason: format!("message of {size} bytes is over the {limit}-byte limit; only its headers were kept"),
     }
 }
 
-fn build_envelope(
-    source: SourceKey,
-    raw: &[u8],
-    opts: &ParseOptions,
-) -> Result<Envelope, &'static str> {
+fn build_envelope(source: SourceKey, raw: &[u8], opts: &ParseOptions) -> Result<Envelope, &'static str> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err("empty message");
     }
-    let msg = MessageParser::default()
-        .parse(raw)
-        .ok_or("not a parsable MIME message")?;
+    let msg = MessageParser::default().parse(raw).ok_or("not a parsable MIME message")?;
     if msg.parts.first().is_none_or(|root| root.headers.is_empty()) {
         return Err("no message headers");
     }
@@ -100,10 +82,7 @@ fn build_envelope(
         return Err("automatic message (auto-reply, bounce or auto-generated); not forwarded");
     }
 
-    let sender = msg.from().and_then(|a| {
-        a.iter()
-            .find(|a| a.address().is_some_and(is_plausible_address))
-    });
+    let sender = msg.from().and_then(|a| a.iter().find(|a| a.address().is_some_and(is_plausible_address)));
     let Some(sender) = sender else {
         return Err("no usable sender address in From");
     };
@@ -167,11 +146,8 @@ fn build_envelope(
         .unwrap_or_else(SystemTime::now);
 
     let mut envelope = Envelope::new(source, from, body);
-    envelope.display_name = sender
-        .name()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(|n| Redacted::new(n.to_string()));
+    envelope.display_name =
+        sender.name().map(str::trim).filter(|n| !n.is_empty()).map(|n| Redacted::new(n.to_string()));
     envelope.subject = msg.subject().map(|s| Redacted::new(s.to_string()));
     envelope.attachments = attachments;
     envelope.native_message_id = native_message_id;
@@ -220,10 +196,7 @@ fn header_text<'a>(msg: &'a mail_parser::Message<'_>, name: &'a str) -> Option<&
     header_texts(msg, name).next()
 }
 
-fn header_texts<'a>(
-    msg: &'a mail_parser::Message<'_>,
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
+fn header_texts<'a>(msg: &'a mail_parser::Message<'_>, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     let raw = msg.raw_message();
     msg.parts
         .first()
@@ -240,11 +213,7 @@ fn header_texts<'a>(
 fn header_ids<'a>(value: &'a HeaderValue<'_>) -> Box<dyn Iterator<Item = String> + 'a> {
     match value {
         HeaderValue::Text(t) => Box::new(t.split_whitespace().filter_map(clean_id)),
-        HeaderValue::TextList(list) => Box::new(
-            list.iter()
-                .flat_map(|t| t.split_whitespace())
-                .filter_map(clean_id),
-        ),
+        HeaderValue::TextList(list) => Box::new(list.iter().flat_map(|t| t.split_whitespace()).filter_map(clean_id)),
         _ => Box::new(std::iter::empty()),
     }
 }
@@ -252,26 +221,16 @@ fn header_ids<'a>(value: &'a HeaderValue<'_>) -> Box<dyn Iterator<Item = String>
 /// A message id as the router stores it: no angle brackets, no whitespace or control characters,
 /// bounded length. Anything else is dropped rather than passed on.
 pub fn clean_id(id: &str) -> Option<String> {
-    let id = id
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>')
-        .trim();
+    let id = id.trim().trim_start_matches('<').trim_end_matches('>').trim();
     let ok = !id.is_empty()
         && id.len() <= 250
-        && id
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '<' && c != '>' && c != ',');
+        && id.chars().all(|c| c.is_ascii_graphic() && c != '<' && c != '>' && c != ',');
     ok.then(|| id.to_string())
 }
 
 fn is_plausible_address(a: &str) -> bool {
     match a.trim().rsplit_once('@') {
-        Some((l, d)) => {
-            !l.is_empty()
-                && !d.is_empty()
-                && !a.chars().any(|c| c.is_whitespace() || c.is_control())
-        }
+        Some((l, d)) => !l.is_empty() && !d.is_empty() && !a.chars().any(|c| c.is_whitespace() || c.is_control()),
         None => false,
     }
 }
@@ -288,10 +247,7 @@ fn find_token(msg: &mail_parser::Message<'_>, opts: &ParseOptions) -> Option<Str
     let delivered = header_texts(msg, "Delivered-To")
         .chain(header_texts(msg, "X-Original-To"))
         .map(|v| v.trim_start_matches('<').trim_end_matches('>').to_string());
-    from_headers
-        .into_iter()
-        .chain(delivered)
-        .find_map(|addr| token_of(&addr, opts))
+    from_headers.into_iter().chain(delivered).find_map(|addr| token_of(&addr, opts))
 }
 
 fn token_of(addr: &str, opts: &ParseOptions) -> Option<String> {
@@ -303,9 +259,7 @@ fn token_of(addr: &str, opts: &ParseOptions) -> Option<String> {
     let ok = base.eq_ignore_ascii_case(&opts.local)
         && !token.is_empty()
         && token.len() <= 128
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'=');
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'=');
     ok.then(|| token.to_string())
 }
 
@@ -318,10 +272,7 @@ mod tests {
     }
 
     fn source() -> SourceKey {
-        SourceKey {
-            account: "email.clinic".parse().expect("account id"),
-            native_id: "7:42".into(),
-        }
+        SourceKey { account: "email.clinic".parse().expect("account id"), native_id: "7:42".into() }
     }
 
     fn parse(raw: &str) -> Submission {
@@ -337,14 +288,8 @@ mod tests {
 
     fn malformed_reason(raw: &[u8]) -> String {
         match parse_message(source(), raw.to_vec(), &opts()) {
-            Submission::Malformed {
-                reason, raw: kept, ..
-            } => {
-                assert_eq!(
-                    kept.expose().as_slice(),
-                    raw,
-                    "raw bytes are kept as received"
-                );
+            Submission::Malformed { reason, raw: kept, .. } => {
+                assert_eq!(kept.expose().as_slice(), raw, "raw bytes are kept as received");
                 reason
             }
             Submission::Message(_) => panic!("expected malformed"),
@@ -359,27 +304,15 @@ mod tests {
              It still hurts.\r\n\r\n-- \r\nAnn\r\n",
         );
         assert_eq!(e.from.key().expose(), "email:ann@patients.test");
-        assert_eq!(
-            e.display_name.as_ref().map(|n| n.expose().as_str()),
-            Some("Ann Example")
-        );
-        assert_eq!(
-            e.subject.as_ref().map(|s| s.expose().as_str()),
-            Some("My knee")
-        );
+        assert_eq!(e.display_name.as_ref().map(|n| n.expose().as_str()), Some("Ann Example"));
+        assert_eq!(e.subject.as_ref().map(|s| s.expose().as_str()), Some("My knee"));
         // Not a reply: kept whole, signature included.
         assert_eq!(e.body.expose(), "It still hurts.\n\n-- \nAnn");
-        assert_eq!(
-            e.native_message_id.as_deref(),
-            Some("abc.123@patients.test")
-        );
+        assert_eq!(e.native_message_id.as_deref(), Some("abc.123@patients.test"));
         assert!(e.references.is_empty());
         assert_eq!(e.conversation_token, None);
         assert_eq!(e.source, source());
-        assert_eq!(
-            e.received_at,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_738_576_800)
-        );
+        assert_eq!(e.received_at, SystemTime::UNIX_EPOCH + Duration::from_secs(1_738_576_800));
     }
 
     #[test]
@@ -392,31 +325,21 @@ mod tests {
              Rest and ice.\r\n\r\nOn Mon, Clinic wrote:\r\n> Patient: p-1\r\n> It still hurts.\r\n",
         );
         assert_eq!(e.conversation_token.as_deref(), Some("Tok_9-x"));
-        assert_eq!(
-            e.references,
-            vec![
-                "carebridge.dlv-0000000042.clinic@clinic.test",
-                "p0@patients.test"
-            ]
-        );
+        assert_eq!(e.references, vec!["carebridge.dlv-0000000042.clinic@clinic.test", "p0@patients.test"]);
         assert_eq!(e.body.expose(), "Rest and ice.");
     }
 
     #[test]
     fn the_token_is_found_in_cc_or_delivered_to_and_only_for_our_address() {
-        let cc =
-            envelope("From: a@x.test\r\nTo: b@x.test\r\nCc: clinic+t1@clinic.test\r\n\r\nhi\r\n");
+        let cc = envelope("From: a@x.test\r\nTo: b@x.test\r\nCc: clinic+t1@clinic.test\r\n\r\nhi\r\n");
         assert_eq!(cc.conversation_token.as_deref(), Some("t1"));
         let dt = envelope(
             "Delivered-To: clinic+t2@clinic.test\r\nFrom: a@x.test\r\nTo: undisclosed-recipients:;\r\n\r\nhi\r\n",
         );
         assert_eq!(dt.conversation_token.as_deref(), Some("t2"));
-        for other in [
-            "other+t3@clinic.test",
-            "clinic+t3@elsewhere.test",
-            "clinic+@clinic.test",
-            "clinic+a b@clinic.test",
-        ] {
+        for other in
+            ["other+t3@clinic.test", "clinic+t3@elsewhere.test", "clinic+@clinic.test", "clinic+a b@clinic.test"]
+        {
             let e = envelope(&format!("From: a@x.test\r\nTo: {other}\r\n\r\nhi\r\n"));
             assert_eq!(e.conversation_token, None, "{other}");
         }
@@ -445,8 +368,7 @@ mod tests {
 
     #[test]
     fn charsets_are_decoded_and_unknown_ones_fall_back_to_lossy() {
-        let latin1 =
-            b"From: a@x.test\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nCaf\xe9\r\n";
+        let latin1 = b"From: a@x.test\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nCaf\xe9\r\n";
         match parse_message(source(), latin1.to_vec(), &opts()) {
             Submission::Message(e) => assert_eq!(e.body.expose(), "Café"),
             other => panic!("{other:?}"),
@@ -456,15 +378,8 @@ mod tests {
             Submission::Message(e) => assert_eq!(e.body.expose(), "ab\u{fffd}\u{fffd}cd"),
             other => panic!("{other:?}"),
         }
-        let encoded_subject =
-            envelope("From: a@x.test\r\nSubject: =?utf-8?q?R=C3=A9sultats?=\r\n\r\nx\r\n");
-        assert_eq!(
-            encoded_subject
-                .subject
-                .as_ref()
-                .map(|s| s.expose().as_str()),
-            Some("Résultats")
-        );
+        let encoded_subject = envelope("From: a@x.test\r\nSubject: =?utf-8?q?R=C3=A9sultats?=\r\n\r\nx\r\n");
+        assert_eq!(encoded_subject.subject.as_ref().map(|s| s.expose().as_str()), Some("Résultats"));
     }
 
     #[test]
@@ -482,15 +397,9 @@ mod tests {
         assert_eq!(e.attachments.len(), 1);
         let a = &e.attachments[0];
         assert_eq!(a.content_type, "image/png");
-        assert_eq!(
-            a.filename.as_ref().map(|f| f.expose().as_str()),
-            Some("rash.png")
-        );
+        assert_eq!(a.filename.as_ref().map(|f| f.expose().as_str()), Some("rash.png"));
         assert_eq!(a.data.expose().as_slice(), b"ABC");
-        assert_eq!(
-            *e.body.expose(),
-            format!("See attached.\n\n{ATTACHMENT_REMOVED_NOTE}")
-        );
+        assert_eq!(*e.body.expose(), format!("See attached.\n\n{ATTACHMENT_REMOVED_NOTE}"));
     }
 
     #[test]
@@ -511,10 +420,7 @@ mod tests {
         for (raw, want) in cases {
             let reason = malformed_reason(raw);
             assert!(reason.contains(want), "{raw:?}: {reason}");
-            assert!(
-                !reason.contains("x.test") && !reason.contains("away"),
-                "reason must be PHI-free: {reason}"
-            );
+            assert!(!reason.contains("x.test") && !reason.contains("away"), "reason must be PHI-free: {reason}");
         }
         // Auto-Submitted: no is an ordinary message.
         let e = envelope("From: a@x.test\r\nAuto-Submitted: no\r\n\r\nhello\r\n");

@@ -25,10 +25,7 @@ pub fn strip_quoted(text: &str) -> String {
     while i < lines.len() {
         let line = lines[i];
         let t = line.trim();
-        if is_signature_delimiter(line)
-            || is_original_message_marker(t)
-            || starts_outlook_block(&lines, i)
-        {
+        if is_signature_delimiter(line) || is_original_message_marker(t) || starts_outlook_block(&lines, i) {
             break;
         }
         if let Some(len) = attribution_len(&lines, i) {
@@ -82,9 +79,7 @@ fn is_signature_delimiter(line: &str) -> bool {
 }
 
 fn is_original_message_marker(t: &str) -> bool {
-    let core = t
-        .trim_matches(|c: char| c == '-' || c == ' ')
-        .to_lowercase();
+    let core = t.trim_matches(|c: char| c == '-' || c == ' ').to_lowercase();
     t.starts_with("--")
         && matches!(
             core.as_str(),
@@ -98,32 +93,16 @@ fn is_original_message_marker(t: &str) -> bool {
 
 fn is_mobile_footer(t: &str) -> bool {
     let l = t.to_lowercase();
-    [
-        "sent from my ",
-        "envoyé de mon ",
-        "von meinem ",
-        "get outlook for ",
-        "sent from outlook",
-        "enviado desde mi ",
-    ]
-    .iter()
-    .any(|p| l.starts_with(p))
+    ["sent from my ", "envoyé de mon ", "von meinem ", "get outlook for ", "sent from outlook", "enviado desde mi "]
+        .iter()
+        .any(|p| l.starts_with(p))
         && l.len() < 80
 }
 
 /// Lower-cased header names that open / continue an Outlook-style quoted header block.
 const FROM_HEADERS: [&str; 4] = ["from:", "de :", "de:", "von:"];
-const DATE_HEADERS: [&str; 6] = [
-    "sent:",
-    "date:",
-    "envoyé :",
-    "envoyé:",
-    "gesendet:",
-    "datum:",
-];
-const TO_HEADERS: [&str; 8] = [
-    "to:", "subject:", "à :", "à:", "objet :", "objet:", "an:", "betreff:",
-];
+const DATE_HEADERS: [&str; 6] = ["sent:", "date:", "envoyé :", "envoyé:", "gesendet:", "datum:"];
+const TO_HEADERS: [&str; 8] = ["to:", "subject:", "à :", "à:", "objet :", "objet:", "an:", "betreff:"];
 
 fn header_like(line: &str, names: &[&str]) -> bool {
     let l = line.trim().to_lowercase();
@@ -143,16 +122,13 @@ fn starts_outlook_block(lines: &[&str], i: usize) -> bool {
         return false;
     }
     let window = &lines[i + 1..lines.len().min(i + 6)];
-    window.iter().any(|l| header_like(l, &DATE_HEADERS))
-        && window.iter().any(|l| header_like(l, &TO_HEADERS))
+    window.iter().any(|l| header_like(l, &DATE_HEADERS)) && window.iter().any(|l| header_like(l, &TO_HEADERS))
 }
 
 /// If an attribution line starts at `i`, how many lines it spans (clients wrap long ones).
 fn attribution_len(lines: &[&str], i: usize) -> Option<usize> {
     let first = lines[i].trim();
-    let opener = ["On ", "Le ", "Am ", "El ", "Op "]
-        .iter()
-        .any(|p| first.starts_with(p));
+    let opener = ["On ", "Le ", "Am ", "El ", "Op "].iter().any(|p| first.starts_with(p));
     if !opener {
         return None;
     }
@@ -189,11 +165,7 @@ mod tests {
 
     /// (name, input, expected new text)
     const CASES: &[(&str, &str, &str)] = &[
-        (
-            "plain text untouched",
-            "Hello,\nall good.\n\nThanks",
-            "Hello,\nall good.\n\nThanks",
-        ),
+        ("plain text untouched", "Hello,\nall good.\n\nThanks", "Hello,\nall good.\n\nThanks"),
         (
             "gmail top-post",
             "Take 2 tablets daily.\n\nOn Mon, 3 Feb 2025 at 10:00, Clinic <clinic+t@clinic.test> wrote:\n> Patient: p-1\n> I have a headache\n",
@@ -224,11 +196,7 @@ mod tests {
             "D'accord.\nLe 3 févr. 2025, Ann a\u{a0}écrit\u{a0}:\n> texte\n",
             "D'accord.",
         ),
-        (
-            "german attribution",
-            "Passt.\n\nAm 03.02.2025 um 10:00 schrieb Klinik <k@x.test>:\n> Hallo\n",
-            "Passt.",
-        ),
+        ("german attribution", "Passt.\n\nAm 03.02.2025 um 10:00 schrieb Klinik <k@x.test>:\n> Hallo\n", "Passt."),
         (
             "attribution followed by unquoted original cuts",
             "New answer.\n\nOn Tue, Dr Lee wrote:\nThe old message without markers\n",
@@ -259,37 +227,17 @@ mod tests {
             "From: my GP, the results are fine.\nNothing else.",
             "From: my GP, the results are fine.\nNothing else.",
         ),
-        (
-            "signature delimiter",
-            "Results are normal.\n\n-- \nDr Lee\nClinic, +1 416 555 0199\n",
-            "Results are normal.",
-        ),
-        (
-            "signature delimiter without the space",
-            "Fine.\n--\nDr Lee\n",
-            "Fine.",
-        ),
-        (
-            "mobile footer",
-            "Thanks!\n\nSent from my iPhone\n",
-            "Thanks!",
-        ),
-        (
-            "only a quote leaves nothing",
-            "On Mon, X wrote:\n> all old\n",
-            "",
-        ),
+        ("signature delimiter", "Results are normal.\n\n-- \nDr Lee\nClinic, +1 416 555 0199\n", "Results are normal."),
+        ("signature delimiter without the space", "Fine.\n--\nDr Lee\n", "Fine."),
+        ("mobile footer", "Thanks!\n\nSent from my iPhone\n", "Thanks!"),
+        ("only a quote leaves nothing", "On Mon, X wrote:\n> all old\n", ""),
         ("crlf line endings", "New\r\n\r\n> old\r\n", "New"),
         (
             "a line saying On … without wrote stays",
             "On Monday I felt better.\nThanks",
             "On Monday I felt better.\nThanks",
         ),
-        (
-            "dashes that are not a marker stay",
-            "Step 1 -- rest\n---\nStep 2",
-            "Step 1 -- rest\n---\nStep 2",
-        ),
+        ("dashes that are not a marker stay", "Step 1 -- rest\n---\nStep 2", "Step 1 -- rest\n---\nStep 2"),
     ];
 
     #[test]

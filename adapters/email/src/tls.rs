@@ -21,23 +21,13 @@ pub(crate) fn install_crypto_provider() {
 /// Reads the PEM certificates of a `ca_file`. The error names the path (not PHI), never the
 /// contents.
 pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, AdapterError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        AdapterError::Config(format!(
-            "cannot read ca_file `{}`: {}",
-            path.display(),
-            e.kind()
-        ))
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| AdapterError::Config(format!("cannot read ca_file `{}`: {}", path.display(), e.kind())))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut bytes.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|_| {
-            AdapterError::Config(format!("ca_file `{}` is not valid PEM", path.display()))
-        })?;
+        .map_err(|_| AdapterError::Config(format!("ca_file `{}` is not valid PEM", path.display())))?;
     if certs.is_empty() {
-        return Err(AdapterError::Config(format!(
-            "ca_file `{}` holds no PEM certificate",
-            path.display()
-        )));
+        return Err(AdapterError::Config(format!("ca_file `{}` holds no PEM certificate", path.display())));
     }
     Ok(certs)
 }
@@ -50,17 +40,13 @@ pub(crate) fn client_config(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots {
-        roots
-            .add(cert.clone())
-            .map_err(|e| AdapterError::Config(format!("ca_file certificate rejected: {e}")))?;
+        roots.add(cert.clone()).map_err(|e| AdapterError::Config(format!("ca_file certificate rejected: {e}")))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| AdapterError::Config(format!("TLS setup: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AdapterError::Config(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -81,13 +67,11 @@ pub(crate) fn smtp_parameters(
     let bare = name.trim_start_matches('[').trim_end_matches(']');
     let mut builder = TlsParameters::builder(bare.to_string());
     if let Some(pem) = ca_pem {
-        let cert = Certificate::from_pem(pem)
-            .map_err(|_| AdapterError::Config("smtp ca_file is not valid PEM".into()))?;
+        let cert =
+            Certificate::from_pem(pem).map_err(|_| AdapterError::Config("smtp ca_file is not valid PEM".into()))?;
         builder = builder.add_root_certificate(cert);
     }
-    builder
-        .build_rustls()
-        .map_err(|e| AdapterError::Config(format!("SMTP TLS setup: {e}")))
+    builder.build_rustls().map_err(|e| AdapterError::Config(format!("SMTP TLS setup: {e}")))
 }
 
 #[cfg(test)]
@@ -97,19 +81,14 @@ mod tests {
     #[test]
     fn names_and_ips_are_server_names() {
         assert!(server_name("imap.clinic.test").is_ok());
-        assert!(matches!(
-            server_name("127.0.0.1"),
-            Ok(ServerName::IpAddress(_))
-        ));
+        assert!(matches!(server_name("127.0.0.1"), Ok(ServerName::IpAddress(_))));
         assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
         assert!(server_name("bad name").is_err());
     }
 
     #[test]
     fn a_missing_or_empty_ca_file_is_a_config_error_naming_the_path() {
-        let err = read_ca_file(Path::new("/nonexistent/ca.pem"))
-            .unwrap_err()
-            .to_string();
+        let err = read_ca_file(Path::new("/nonexistent/ca.pem")).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         let dir = std::env::temp_dir().join(format!("cb-email-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
