@@ -1,38 +1,48 @@
-//! The privacy policy engine: pure (no I/O), deterministic, never panics.
+//! The privacy policy engine: for one message on one hop, decides what may go out on which
+//! channel, for which patient, with what consent.
 //!
-//! INTERFACE STUB written by the router's author so the router compiles; the full engine
-//! (detectors, classes, channel trust, consent, actions) replaces the body, keeping these
-//! signatures (or extending them in agreement with `router/`).
+//! The engine is pure (no I/O, no clock), deterministic, and total: it never panics, whatever
+//! the text. Everything expensive (regexes, keyword automata, rules) is compiled once by
+//! [`Policy::compile`]; [`Policy::check`] then runs per hop.
+//!
+//! The model (docs/policy.md has the full reference):
+//! 1. **Detect**: detectors (regex + validator + context words + score, or keyword lists) find
+//!    spans; overlapping findings are resolved (highest score, then most sensitive class).
+//! 2. **Classify**: the text's [`Class`] is the highest class of its findings.
+//! 3. **Decide**: inbound is always accepted (and recorded by the router); outbound is held
+//!    against the channel's ceiling (by [`Trust`], audience and consent), the conversation's
+//!    class, attachments, and configured rules. The most restrictive [`Action`] wins and the
+//!    [`Decision`] names every rule id that produced it.
+//!
+//! # Layout
+//! - [`config`]: the `[policy]` TOML section and its validation.
+//! - `detectors`: the built-in detector families and the user's own, compiled into one engine.
+//! - `classify`: findings to classes.
+//! - `decide`: ceilings, consent, built-in and configured rules.
+//! - [`explain`]: the stable JSON of `carebridge policy explain`, and PHI-free log fields.
+//! - [`notices`]: the PHI-free notices (English and French).
+
+mod classify;
+pub mod config;
+mod decide;
+mod detectors;
+pub mod explain;
+pub mod notices;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{Locale, PolicyConfig};
+pub use explain::{Explanation, LogFields};
 
 use carebridge_contract::AccountId;
 use carebridge_contract::config::Problem;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::sync::Arc;
 
-/// The `[policy]` section of the TOML file.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Per-account trust overrides, keyed by account id (`telegram.front_desk = "insecure"`).
-    #[serde(default)]
-    pub channels: BTreeMap<String, Trust>,
-}
-
-impl PolicyConfig {
-    /// Pure validation; `accounts` are the configured account ids (for did-you-mean).
-    pub fn validate(&self, accounts: &[AccountId]) -> Vec<Problem> {
-        let mut p = Vec::new();
-        for k in self.channels.keys() {
-            if !accounts.iter().any(|a| a.to_string() == *k) {
-                p.push(Problem::new(format!("policy.channels.{k}"), "unknown account"));
-            }
-        }
-        p
-    }
-}
-
-/// How far a channel can be trusted with PHI.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// How far a channel can be trusted with PHI. Ordered: `Insecure < EmailPlain < Secure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trust {
     /// Social / SMS: anything can be read by the platform.
@@ -41,6 +51,20 @@ pub enum Trust {
     EmailPlain,
     /// A channel the clinic controls end to end (EHR webhook over TLS).
     Secure,
+}
+
+impl Trust {
+    /// The name used in TOML and in rule ids (`builtin.ceiling.insecure`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::Insecure => "insecure",
+            Trust::EmailPlain => "email_plain",
+            Trust::Secure => "secure",
+        }
+    }
+
+    /// All levels, lowest first.
+    pub const ALL: [Trust; 3] = [Trust::Insecure, Trust::EmailPlain, Trust::Secure];
 }
 
 /// Which way a message is going relative to the clinic.
@@ -63,8 +87,8 @@ pub enum Audience {
     Staff,
 }
 
-/// Sensitivity class of a text, ordered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// Sensitivity class of a text, ordered: `none < contact < identifier < clinical < sensitive`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
     /// Nothing found.
@@ -80,12 +104,26 @@ pub enum Class {
     Sensitive,
 }
 
+impl Class {
+    /// The name used in TOML, JSON and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::None => "none",
+            Class::Contact => "contact",
+            Class::Identifier => "identifier",
+            Class::Clinical => "clinical",
+            Class::Sensitive => "sensitive",
+        }
+    }
+}
+
 /// A consent in force for one patient on one account, snapshotted into each record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentGrant {
     /// The account consented to.
     pub account: String,
-    /// Purpose (`clinical`, `admin`, …).
+    /// Purpose (`clinical`, `admin`, …). Only purposes listed in `policy.consent_purposes`
+    /// (default `["clinical"]`) raise a channel's ceiling.
     pub purpose: String,
     /// How it was given (`telegram-link`, `cli`, …).
     pub source: String,
@@ -104,16 +142,18 @@ pub struct CheckInput<'a> {
     pub account: &'a AccountId,
     /// Who reads it (Out only; Staff for In).
     pub audience: Audience,
-    /// Consents in force for this patient on `account` (empty when unknown patient).
+    /// Consents in force for this patient on `account` (empty when unknown patient). Grants
+    /// for other accounts are ignored.
     pub consents: &'a [ConsentGrant],
     /// Highest class seen so far in the conversation (so a reply to a prescription request is
-    /// treated as clinical even if its own words are not).
+    /// treated as clinical even if its own words are not). Ignored for In.
     pub conversation_class: Class,
-    /// Whether the message carries attachments.
+    /// Whether the message carries attachments (never scanned, so they count as
+    /// `policy.attachment_class`, default `clinical`, on Out).
     pub has_attachments: bool,
 }
 
-/// One detector hit (byte offsets into the UTF-8 text).
+/// One detector hit (byte offsets into the UTF-8 text, always on char boundaries).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     /// Stable detector kind (`sin`, `health_number_on`, …).
@@ -122,11 +162,13 @@ pub struct Finding {
     pub start: usize,
     /// Byte offset of the end (exclusive).
     pub end: usize,
-    /// Confidence 0..=1.
+    /// Confidence 0..=1, in steps of 0.01 (serialised rounded, e.g. `0.65`).
+    #[serde(serialize_with = "explain::serialize_score")]
     pub score: f32,
 }
 
-/// What to do, most restrictive last.
+/// What to do, least restrictive first; [`Action::severity`] (and `Ord`) rank them so "most
+/// restrictive wins" is a `max`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
@@ -146,58 +188,156 @@ pub enum Action {
     Block,
 }
 
+impl Action {
+    /// 0 (allow) to 4 (block): the higher, the more restrictive.
+    pub fn severity(&self) -> u8 {
+        match self {
+            Action::Allow => 0,
+            Action::Redact => 1,
+            Action::Reroute { .. } => 2,
+            Action::Hold => 3,
+            Action::Block => 4,
+        }
+    }
+
+    /// The action's name as in TOML, JSON and logs (`reroute`, without its target).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Redact => "redact",
+            Action::Reroute { .. } => "reroute",
+            Action::Hold => "hold",
+            Action::Block => "block",
+        }
+    }
+}
+
+impl PartialOrd for Action {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Action {
+    /// By severity; two reroutes compare by target so the order stays total and consistent
+    /// with `Eq`.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.severity().cmp(&other.severity()).then_with(|| match (self, other) {
+            (Action::Reroute { to: a }, Action::Reroute { to: b }) => a.cmp(b),
+            _ => Ordering::Equal,
+        })
+    }
+}
+
+/// Who a decision's notice is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeTarget {
+    /// The reader of this hop, on this hop's account (the patient for a rerouted reply; the
+    /// staff channel for a rerouted forward).
+    Recipient,
+    /// The author of the message, on the account they wrote from (the patient for an inbound
+    /// advisory or a blocked/held forward; the clinician for a blocked/held reply).
+    Sender,
+}
+
 /// The engine's answer. `rules` names every rule that produced it (for the record and logs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The action (most restrictive of all matching rules).
     #[serde(flatten)]
     pub action: Action,
-    /// Rule ids that produced it.
+    /// Ids of the rules that produced `action` (never empty; built-in ids start `builtin.`).
     pub rules: Vec<String>,
-    /// The class of the text.
+    /// The class of the text itself (what the router remembers as the conversation's class).
     pub class: Class,
-    /// The findings.
+    /// The findings, sorted by start, non-overlapping.
     pub findings: Vec<Finding>,
     /// The text to send when the action is `Redact`.
     pub rendered: Option<String>,
-    /// The PHI-free notice to send for Block / Reroute, localised.
+    /// The PHI-free notice, localised: for Reroute (to the recipient), Block and Hold (to the
+    /// sender: sent if the review rejects the message), and for inbound messages carrying PHI
+    /// on a channel that is not secure (an advisory to the sender). See `notice_to`.
     pub notice: Option<String>,
+    /// Who `notice` is for (set exactly when `notice` is).
+    #[serde(default)]
+    pub notice_to: Option<NoticeTarget>,
+    /// The class the decision was based on: `class`, raised by the conversation's class and by
+    /// attachments on outbound hops.
+    #[serde(default)]
+    pub effective_class: Class,
 }
 
-/// The compiled policy.
+impl Decision {
+    /// A summary safe for operational logs: action, class, rule ids, finding counts per kind.
+    /// Never span text or offsets.
+    pub fn log_fields(&self) -> LogFields<'_> {
+        LogFields::of(self)
+    }
+
+    /// Whether the text may go out on this hop unchanged.
+    pub fn is_allowed(&self) -> bool {
+        self.action == Action::Allow
+    }
+
+    /// The text to deliver on this hop, if any: the original for Allow, the redacted text for
+    /// Redact, nothing otherwise.
+    pub fn body_to_send<'t>(&'t self, original: &'t str) -> Option<&'t str> {
+        match self.action {
+            Action::Allow => Some(original),
+            Action::Redact => self.rendered.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The compiled policy. Cheap to clone (the compiled state is shared).
 #[derive(Clone, Debug)]
 pub struct Policy {
-    config: PolicyConfig,
+    inner: Arc<decide::Compiled>,
 }
 
 impl Policy {
-    /// Compiles detectors and rules once.
+    /// Compiles detectors and rules once. Fails with every problem found (bad regexes, unknown
+    /// kinds, …); account names are only checked by [`PolicyConfig::validate`], which knows the
+    /// configured accounts.
     pub fn compile(config: &PolicyConfig) -> Result<Policy, Vec<Problem>> {
-        Ok(Policy { config: config.clone() })
+        let problems = config.check(None);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        decide::Compiled::new(config).map(|c| Policy { inner: Arc::new(c) })
     }
 
-    /// The trust level of an account (configured, or the channel kind's default).
+    /// The trust level of an account (configured, or the channel kind's default: Telegram and
+    /// webhooks insecure, email `email_plain`).
     pub fn trust(&self, account: &AccountId) -> Trust {
-        if let Some(t) = self.config.channels.get(&account.to_string()) {
-            return *t;
-        }
-        match account.kind() {
-            carebridge_contract::ChannelKind::Telegram => Trust::Insecure,
-            carebridge_contract::ChannelKind::Email => Trust::EmailPlain,
-            carebridge_contract::ChannelKind::Webhook => Trust::Insecure,
-        }
+        self.inner.trust(account)
     }
 
-    /// Decides. Pure, total.
+    /// The highest class `account` may carry for `audience`, given the consents in force.
+    pub fn ceiling(&self, account: &AccountId, audience: Audience, consents: &[ConsentGrant]) -> Class {
+        self.inner.ceiling(account, audience, consents).0
+    }
+
+    /// Decides. Pure, total, deterministic.
     pub fn check(&self, input: &CheckInput<'_>) -> Decision {
-        let _ = self.trust(input.account);
-        Decision {
-            action: Action::Allow,
-            rules: vec!["stub-allow".into()],
-            class: Class::None,
-            findings: Vec::new(),
-            rendered: None,
-            notice: None,
-        }
+        self.inner.check(input)
+    }
+
+    /// The stable JSON of `carebridge policy explain` (see docs/policy.md, "Explain format").
+    pub fn explain(&self, input: &CheckInput<'_>) -> serde_json::Value {
+        self.explanation(input).to_json()
+    }
+
+    /// The explanation as a typed value (what [`Policy::explain`] serialises).
+    pub fn explanation(&self, input: &CheckInput<'_>) -> Explanation {
+        Explanation::new(&self.check(input), input.text)
+    }
+
+    /// The detector kinds this policy runs (built-in and custom), with their classes, in
+    /// evaluation order. For docs and `check-config` output.
+    pub fn kinds(&self) -> Vec<(String, Class)> {
+        self.inner.kinds()
     }
 }

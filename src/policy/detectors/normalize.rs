@@ -1,0 +1,251 @@
+//! The two views of a text that detectors run on, each mapping its bytes back to the original.
+//!
+//! Patients write numbers with full-width digits, non-breaking spaces, typographic dashes and
+//! zero-width characters (pasted from apps, or on purpose). Matching the raw text would miss
+//! them; rewriting the text would lose the offsets the router needs to redact. So each view is
+//! a rewritten copy plus, for every byte of the copy, the byte range of the original character
+//! it came from. Findings are mapped back through it, so their offsets always fall on the
+//! original's char boundaries.
+//!
+//! - the **plain** view (regex detectors): full-width ASCII to ASCII, Arabic-Indic digits to
+//!   ASCII digits, dashes to `-`, exotic spaces to ` `, curly apostrophes to `'`, zero-width
+//!   characters and soft hyphens dropped. Case is kept (version codes are upper case).
+//! - the **folded** view (keywords and context words): the plain view, lower-cased, with
+//!   French and other Latin accents stripped (`é` → `e`, `œ` → `oe`) and runs of whitespace
+//!   collapsed to one space, so `Résultats`, `RESULTATS` and `résultats` all match `resultats`.
+
+/// A rewritten copy of a text with a byte map back to the original.
+#[derive(Debug)]
+pub(crate) struct View {
+    /// The rewritten text.
+    pub text: String,
+    /// For each byte of `text`: the original start of the character it came from.
+    starts: Vec<u32>,
+    /// For each byte of `text`: the original end of the character it came from.
+    ends: Vec<u32>,
+}
+
+impl View {
+    /// The view for regex detectors.
+    pub fn plain(src: &str) -> View {
+        build(src, false)
+    }
+
+    /// The view for keyword and context matching.
+    pub fn folded(src: &str) -> View {
+        build(src, true)
+    }
+
+    /// Maps the view's byte range `start..end` back to the original text. `None` for an
+    /// empty or out-of-range span.
+    pub fn original(&self, start: usize, end: usize) -> Option<(usize, usize)> {
+        if start >= end {
+            return None;
+        }
+        let s = *self.starts.get(start)?;
+        let e = *self.ends.get(end - 1)?;
+        Some((s as usize, e as usize))
+    }
+}
+
+/// What one original character becomes in the plain view.
+fn plain_char(c: char) -> Option<char> {
+    let u = c as u32;
+    Some(match u {
+        // Full-width ASCII (digits, letters, @, -, ., +, parentheses…).
+        0xFF01..=0xFF5E => char::from_u32(u - 0xFEE0).unwrap_or(c),
+        // Arabic-Indic and extended Arabic-Indic digits.
+        0x0660..=0x0669 => char::from_u32(u - 0x0660 + 0x30).unwrap_or(c),
+        0x06F0..=0x06F9 => char::from_u32(u - 0x06F0 + 0x30).unwrap_or(c),
+        // Hyphens, dashes and minus signs.
+        0x2010..=0x2015 | 0x2212 | 0xFE58 | 0xFE63 => '-',
+        // Spaces other than U+0020 (tabs are left alone: they separate, they do not join).
+        0x00A0 | 0x2000..=0x200A | 0x202F | 0x205F | 0x3000 => ' ',
+        // Apostrophes.
+        0x2018 | 0x2019 | 0x02BC => '\'',
+        // Zero-width characters, word joiner, BOM, soft hyphen: dropped.
+        0x200B..=0x200D | 0x2060 | 0xFEFF | 0x00AD => return None,
+        _ => c,
+    })
+}
+
+/// Accent-stripped replacement of a lower-case character, when it needs one.
+fn unaccent(c: char) -> Option<&'static str> {
+    Some(match c {
+        'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' => "a",
+        'ç' => "c",
+        'è' | 'é' | 'ê' | 'ë' => "e",
+        'ì' | 'í' | 'î' | 'ï' => "i",
+        'ñ' => "n",
+        'ò' | 'ó' | 'ô' | 'õ' | 'ö' => "o",
+        'ù' | 'ú' | 'û' | 'ü' => "u",
+        'ý' | 'ÿ' => "y",
+        'œ' => "oe",
+        'æ' => "ae",
+        'ß' => "ss",
+        _ => return None,
+    })
+}
+
+fn build(src: &str, fold: bool) -> View {
+    let mut text = String::with_capacity(src.len());
+    let mut starts = Vec::with_capacity(src.len());
+    let mut ends = Vec::with_capacity(src.len());
+    let mut last_space = false;
+    for (i, c) in src.char_indices() {
+        let Some(p) = plain_char(c) else { continue };
+        let before = text.len();
+        if fold {
+            if p.is_whitespace() {
+                if !last_space {
+                    text.push(' ');
+                }
+                last_space = true;
+            } else {
+                last_space = false;
+                for l in p.to_lowercase() {
+                    match unaccent(l) {
+                        Some(s) => text.push_str(s),
+                        None => text.push(l),
+                    }
+                }
+            }
+        } else {
+            text.push(p);
+        }
+        // Texts are bounded by `detection.max_text_bytes` (at most 64 MiB) before they get here.
+        let s = u32::try_from(i).unwrap_or(u32::MAX);
+        let e = u32::try_from(i + c.len_utf8()).unwrap_or(u32::MAX);
+        for _ in before..text.len() {
+            starts.push(s);
+            ends.push(e);
+        }
+    }
+    View { text, starts, ends }
+}
+
+/// The character just before byte `i` of `s`, if any.
+pub(crate) fn char_before(s: &str, i: usize) -> Option<char> {
+    s.get(..i).and_then(|h| h.chars().next_back())
+}
+
+/// The character starting at byte `i` of `s`, if any.
+pub(crate) fn char_at(s: &str, i: usize) -> Option<char> {
+    s.get(i..).and_then(|t| t.chars().next())
+}
+
+/// The byte offset just past the character at `i` (or `i + 1` past the end, to stop loops).
+pub(crate) fn next_boundary(s: &str, i: usize) -> usize {
+    char_at(s, i).map_or(i + 1, |c| i + c.len_utf8())
+}
+
+/// Whether the match `start..end` of the plain view stands on its own: a match that starts
+/// (ends) with a digit must not touch another digit on that side, nor a `-`, `.` or `/` that
+/// joins it to one (so `12345678971`, `3.1234567897` and `12-1234567897` are not 10-digit
+/// numbers); one that starts (ends) with a letter must not touch a letter or digit.
+pub(crate) fn isolated(s: &str, start: usize, end: usize) -> bool {
+    let Some(m) = s.get(start..end) else { return false };
+    let (Some(first), Some(last)) = (m.chars().next(), m.chars().next_back()) else { return false };
+    let before = char_before(s, start);
+    let after = char_at(s, end);
+    let left_ok = if first.is_ascii_digit() {
+        match before {
+            Some(b) if b.is_ascii_digit() => false,
+            Some('-' | '.' | '/') => !char_before(s, start.saturating_sub(1)).is_some_and(|c| c.is_ascii_digit()),
+            _ => true,
+        }
+    } else if first.is_alphabetic() {
+        !before.is_some_and(char::is_alphanumeric)
+    } else {
+        true
+    };
+    let right_ok = if last.is_ascii_digit() {
+        match after {
+            Some(a) if a.is_ascii_digit() => false,
+            Some('-' | '.' | '/') => !char_at(s, end + 1).is_some_and(|c| c.is_ascii_digit()),
+            _ => true,
+        }
+    } else if last.is_alphabetic() {
+        !after.is_some_and(char::is_alphanumeric)
+    } else {
+        true
+    };
+    left_ok && right_ok
+}
+
+/// Whether `start..end` of a folded view is a whole word or phrase: not glued to a letter on
+/// either side (digits may touch: `ohip1234567897`).
+pub(crate) fn whole_word(s: &str, start: usize, end: usize) -> bool {
+    !char_before(s, start).is_some_and(char::is_alphabetic) && !char_at(s, end).is_some_and(char::is_alphabetic)
+}
+
+/// Folds a configured term the way the folded view folds text (so terms match it).
+pub(crate) fn fold_term(term: &str) -> String {
+    build(term.trim(), true).text
+}
+
+/// The letters and digits of `s`, lower-cased: how allow-list entries and findings compare
+/// (`+1 (416) 555-0100` and `416.555.0100` are the same number).
+pub(crate) fn compact(s: &str) -> String {
+    let p = build(s, true).text;
+    let c: String = p.chars().filter(|c| c.is_alphanumeric()).collect();
+    if c.len() == 11 && c.starts_with('1') && c.bytes().all(|b| b.is_ascii_digit()) { c[1..].to_string() } else { c }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_view_maps_back_to_char_boundaries() {
+        let src = "n°\u{FF11}\u{FF12}\u{200B}3–4\u{00A0}é";
+        let v = View::plain(src);
+        assert_eq!(v.text, "n°123-4 é");
+        // "12" in the view comes from two full-width digits (3 bytes each).
+        let at = v.text.find("12").unwrap_or(0);
+        let (s, e) = v.original(at, at + 2).unwrap_or((0, 0));
+        assert_eq!(&src[s..e], "\u{FF11}\u{FF12}");
+        // "3" is preceded by a dropped zero-width space: the span does not include it.
+        let at = v.text.find('3').unwrap_or(0);
+        let (s, e) = v.original(at, at + 1).unwrap_or((0, 0));
+        assert_eq!(&src[s..e], "3");
+        assert_eq!(v.original(3, 3), None);
+        assert_eq!(v.original(0, 999), None);
+    }
+
+    #[test]
+    fn folded_view_lowercases_strips_accents_and_collapses_spaces() {
+        let src = "RÉSULTATS  de\n\nla Prise  de sang — Œuvre";
+        let v = View::folded(src);
+        assert_eq!(v.text, "resultats de la prise de sang - oeuvre");
+        let at = v.text.find("oeuvre").unwrap_or(0);
+        let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
+        assert_eq!(&src[s..e], "Œuvre");
+        assert_eq!(fold_term("  Carte Santé "), "carte sante");
+    }
+
+    #[test]
+    fn isolation_rules() {
+        let cases: &[(&str, usize, usize, bool)] = &[
+            ("x 1234567897 y", 2, 12, true),
+            ("11234567897", 1, 11, false),
+            ("12345678971", 0, 10, false),
+            ("3.1234567897", 2, 12, false),
+            ("ohip1234567897", 4, 14, true),
+            ("aK1A 0B1", 1, 8, false),
+            ("(K1A 0B1)", 1, 8, true),
+            ("1234567897-2", 0, 10, false),
+            ("1234567897-", 0, 10, true),
+        ];
+        for &(s, a, b, want) in cases {
+            assert_eq!(isolated(s, a, b), want, "{s:?} {a}..{b}");
+        }
+    }
+
+    #[test]
+    fn compact_ignores_formatting_and_country_code() {
+        assert_eq!(compact("+1 (416) 555-0100"), "4165550100");
+        assert_eq!(compact("416.555.0100"), "4165550100");
+        assert_eq!(compact("Front.Desk@Clinic.example"), "frontdeskclinicexample");
+    }
+}
