@@ -120,11 +120,15 @@ pub struct OutboxConfig {
     pub retry_max_secs: u64,
     /// Attempts after which a delivery is dead-lettered.
     pub max_attempts: u32,
+    /// Sends in flight at once per destination account. Deliveries to the same recipient (or,
+    /// for the account's default destination, in the same conversation) are always sent one
+    /// after the other in order; 1 makes the whole account strictly FIFO.
+    pub max_in_flight: usize,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        Self { retry_initial_ms: 500, retry_max_secs: 300, max_attempts: 12 }
+        Self { retry_initial_ms: 500, retry_max_secs: 300, max_attempts: 12, max_in_flight: 8 }
     }
 }
 
@@ -339,6 +343,9 @@ impl Config {
         }
         if self.outbox.max_attempts == 0 {
             p.push(Problem::new("outbox.max_attempts", "must be at least 1"));
+        }
+        if self.outbox.max_in_flight == 0 || self.outbox.max_in_flight > 256 {
+            p.push(Problem::new("outbox.max_in_flight", "must be between 1 and 256"));
         }
         if self.outbox.retry_initial_ms == 0 {
             p.push(Problem::new("outbox.retry_initial_ms", "must be at least 1"));

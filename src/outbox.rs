@@ -1,6 +1,10 @@
-//! Delivery: one worker per destination account, FIFO, with exponential backoff and jitter that
-//! honours the remote's Retry-After, and a dead-letter after `max_attempts`. Every attempt's
-//! outcome is appended to the record.
+//! Delivery: one worker per destination account, FIFO per recipient, with exponential backoff
+//! and jitter that honours the remote's Retry-After, and a dead-letter after `max_attempts`.
+//! Every attempt's outcome is appended to the record.
+//!
+//! A worker keeps up to `max_in_flight` sends going, but never two for the same recipient
+//! ([`order_key`]): a recipient whose delivery is in backoff waits, in order, while other
+//! recipients' deliveries go on (no head-of-line blocking across patients).
 //!
 //! A worker learns about rows only (a) by scanning the outbox at start-up, before the router
 //! runs, and (b) from the [`Flusher`](crate::record::Flusher) after the rows are durable. So a
@@ -10,7 +14,9 @@ use crate::config::OutboxConfig;
 use crate::record::schema::{EventKind, OutboxItemV1};
 use crate::record::{OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::{AccountId, Outbound, SendError};
-use std::collections::{BTreeMap, VecDeque};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -88,56 +94,118 @@ pub fn spawn_workers(
     Ok(wakers)
 }
 
+/// What one attempt did with its row.
+enum Outcome {
+    /// The row left the outbox (sent, dead-lettered, held for review).
+    Left,
+    /// The row stays, with a later `not_before_ms`.
+    Again(OutboxItemV1),
+}
+
+/// The ordering key: deliveries with the same key are sent one at a time, in queue order.
+/// Same recipient → same key (a patient never sees answers out of order); deliveries to the
+/// account's default destination are ordered per conversation.
+fn order_key(item: &OutboxItemV1) -> String {
+    match &item.delivery.to {
+        Some(a) => a.key().into_inner(),
+        None => format!("conversation:{}", item.delivery.conversation.expose()),
+    }
+}
+
+/// A queued row, its body loaded lazily.
+struct Queued {
+    key: OutboxKey,
+    item: Option<OutboxItemV1>,
+}
+
+/// How far down the queue the scheduler looks for sendable rows (bounds the work per wake-up
+/// when a recipient at the head is in backoff).
+const SCAN_WINDOW: usize = 256;
+
 impl Worker {
     async fn run(
         self,
-        mut queue: VecDeque<OutboxKey>,
+        backlog: VecDeque<OutboxKey>,
         mut rx: mpsc::UnboundedReceiver<OutboxKey>,
         stop: CancellationToken,
     ) {
+        let me = Arc::new(self);
+        let mut queue: VecDeque<Queued> = backlog.into_iter().map(|key| Queued { key, item: None }).collect();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut running = FuturesUnordered::new();
+        let limit = me.config.max_in_flight.max(1);
+        let mut rx_open = true;
         loop {
-            while let Ok(k) = rx.try_recv() {
-                queue.push_back(k);
+            while let Ok(key) = rx.try_recv() {
+                queue.push_back(Queued { key, item: None });
             }
-            let Some(key) = queue.front().cloned() else {
-                tokio::select! {
-                    k = rx.recv() => match k { Some(k) => { queue.push_back(k); continue } None => return },
-                    _ = stop.cancelled() => return,
-                }
-            };
-            if stop.is_cancelled() {
-                return;
-            }
-            let item = match self.store.outbox_item(&key) {
-                Ok(Some(i)) => i,
-                Ok(None) => {
-                    queue.pop_front();
-                    continue;
-                }
-                Err(e) => {
-                    error!(account = %self.account, error = %e, "Cannot read outbox row; retrying in 5 s.");
-                    if sleep_or_stop(Duration::from_secs(5), &stop).await {
-                        return;
+            // Start what may start: not in backoff, recipient not busy, under the limit.
+            let mut wake_at: Option<u64> = None;
+            if !stop.is_cancelled() {
+                let now = now_ms();
+                let mut blocked: HashSet<String> = HashSet::new();
+                let mut i = 0;
+                while i < queue.len().min(SCAN_WINDOW) && running.len() < limit {
+                    if queue[i].item.is_none() {
+                        match me.store.outbox_item(&queue[i].key) {
+                            Ok(Some(item)) => queue[i].item = Some(item),
+                            Ok(None) => {
+                                queue.remove(i);
+                                continue;
+                            }
+                            Err(e) => {
+                                error!(account = %me.account, error = %e, "Cannot read outbox row; retrying in 5 s.");
+                                wake_at = Some(now + 5000);
+                                break;
+                            }
+                        }
                     }
-                    continue;
+                    let Some(item) = queue[i].item.as_ref() else { break };
+                    let ok = order_key(item);
+                    if busy.contains(&ok) || blocked.contains(&ok) {
+                        i += 1;
+                        continue;
+                    }
+                    if item.not_before_ms > now {
+                        wake_at = Some(wake_at.map_or(item.not_before_ms, |w: u64| w.min(item.not_before_ms)));
+                        blocked.insert(ok);
+                        i += 1;
+                        continue;
+                    }
+                    let Some(q) = queue.remove(i) else { break };
+                    let Some(item) = q.item else { continue };
+                    busy.insert(ok.clone());
+                    let w = me.clone();
+                    running.push(async move {
+                        let outcome = w.attempt(&q.key, item).await;
+                        (q.key, ok, outcome)
+                    });
                 }
-            };
-            let wait = item.not_before_ms.saturating_sub(now_ms());
-            if wait > 0 && sleep_or_stop(Duration::from_millis(wait), &stop).await {
+            }
+            if stop.is_cancelled() && running.is_empty() {
                 return;
             }
-            match self.attempt(&key, item).await {
-                Ok(()) => {
-                    queue.pop_front();
+            let sleep = wake_at.map(|w| Duration::from_millis(w.saturating_sub(now_ms()).max(1)));
+            tokio::select! {
+                Some((key, ok, outcome)) = running.next(), if !running.is_empty() => {
+                    busy.remove(&ok);
+                    if let Outcome::Again(item) = outcome {
+                        // Back to the front: it stays ahead of later rows for the same recipient.
+                        queue.push_front(Queued { key, item: Some(item) });
+                    }
                 }
-                Err(Retry) => {}
+                k = rx.recv(), if rx_open && !stop.is_cancelled() => match k {
+                    Some(key) => queue.push_back(Queued { key, item: None }),
+                    None => rx_open = false,
+                },
+                _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))), if sleep.is_some() && !stop.is_cancelled() => {}
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
             }
         }
     }
 
-    /// One attempt. `Ok` when the row left the outbox (sent, dead, held); `Err(Retry)` when it
-    /// stays at the head of the queue with a later `not_before_ms`.
-    async fn attempt(&self, key: &OutboxKey, mut item: OutboxItemV1) -> Result<(), Retry> {
+    /// One attempt, with its bookkeeping.
+    async fn attempt(&self, key: &OutboxKey, mut item: OutboxItemV1) -> Outcome {
         let d = item.delivery.id;
         let r = item.delivery.record_id;
         if item.requires_consent {
@@ -147,7 +215,7 @@ impl Worker {
             };
             if !still {
                 warn!(delivery_id = %d, record_id = %r, account = %self.account, rule = "builtin.consent.recheck", "Consent withdrawn since recording; delivery held for review.");
-                return self.left(self.store.outbox_to_review(key, &item, "builtin.consent.recheck"));
+                return self.left(self.store.outbox_to_review(key, &item, "builtin.consent.recheck"), item);
             }
         }
         item.attempts += 1;
@@ -156,7 +224,8 @@ impl Worker {
             Ok(sent) => {
                 info!(delivery_id = %d, record_id = %r, account = %self.account, attempt, "Delivered.");
                 let ev = EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: None };
-                self.left(self.store.outbox_sent(key, &item, &sent.native_ids, ev))
+                let r = self.store.outbox_sent(key, &item, &sent.native_ids, ev);
+                self.left(r, item)
             }
             Err(SendError::Permanent { reason }) => {
                 error!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, "Delivery failed permanently; dead-lettered.");
@@ -169,7 +238,8 @@ impl Worker {
                     },
                     EventKind::DeadLettered { delivery: d, reason: reason.clone() },
                 ];
-                self.left(self.store.outbox_dead(key, &item, evs, &reason))
+                let r = self.store.outbox_dead(key, &item, evs, &reason);
+                self.left(r, item)
             }
             Err(SendError::Retry { after, reason }) => {
                 let ev =
@@ -178,7 +248,8 @@ impl Worker {
                     let why = format!("gave up after {attempt} attempts; last: {reason}");
                     error!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, "Delivery failed too often; dead-lettered.");
                     let evs = vec![ev, EventKind::DeadLettered { delivery: d, reason: why.clone() }];
-                    return self.left(self.store.outbox_dead(key, &item, evs, &why));
+                    let r = self.store.outbox_dead(key, &item, evs, &why);
+                    return self.left(r, item);
                 }
                 let delay = backoff(&self.config, attempt, after);
                 warn!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry.");
@@ -186,35 +257,26 @@ impl Worker {
                 if let Err(e) = self.store.outbox_retry(key, &item, ev) {
                     error!(delivery_id = %d, error = %e, "Could not record the failed attempt.");
                 }
-                Err(Retry)
+                Outcome::Again(item)
             }
         }
     }
 
-    fn left(&self, r: Result<(), StoreError>) -> Result<(), Retry> {
+    fn left(&self, r: Result<(), StoreError>, mut item: OutboxItemV1) -> Outcome {
         match r {
             Ok(()) => {
                 self.pending.fetch_sub(1, Ordering::Relaxed);
-                Ok(())
+                Outcome::Left
             }
             Err(e) => {
-                // The send happened but we could not note it: keep the row; a resend is
-                // recognisable by its delivery id (idempotency key / Message-ID).
-                error!(account = %self.account, error = %e, "Could not update the outbox after an attempt.");
-                Err(Retry)
+                // The send may have happened but we could not note it: keep the row and try
+                // again later; a resend carries the same delivery id (idempotency key,
+                // Message-ID), so the receiver can recognise it.
+                error!(account = %self.account, error = %e, "Could not update the outbox after an attempt; retrying in 5 s.");
+                item.not_before_ms = now_ms() + 5000;
+                Outcome::Again(item)
             }
         }
-    }
-}
-
-/// Marker: the row stays at the head of the queue.
-struct Retry;
-
-/// Sleeps; true if shutdown came first.
-async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = stop.cancelled() => true,
     }
 }
 

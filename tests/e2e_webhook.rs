@@ -138,8 +138,8 @@ async fn failures_are_retried_until_delivered_and_permanent_ones_dead_lettered()
     assert_eq!(sink.attempts(), 4, "three 500s then a 200");
 
     sink.set_mode(Mode::Always(400));
-    assert_eq!(post_message(&c, port, &message("r2", "+14165550199", "refused")).await.0, 202);
     let seen = d.log_len();
+    assert_eq!(post_message(&c, port, &message("r2", "+14165550199", "refused")).await.0, 202);
     assert!(d.wait_log("dead-lettered", seen, Duration::from_secs(20)), "{:?}", d.logs());
     assert!(d.terminate());
     let export = d.export();
@@ -203,8 +203,7 @@ async fn unsent_deliveries_survive_a_restart() {
     for i in 0..3 {
         assert_eq!(post_message(&c, port, &message(&format!("k{i}"), "+14165550199", "later")).await.0, 202);
     }
-    let seen = d.log_len();
-    assert!(d.wait_log("will retry", seen, Duration::from_secs(10)));
+    assert!(d.wait_log("will retry", 0, Duration::from_secs(10)));
     assert!(d.terminate(), "clean shutdown with deliveries pending");
     assert_eq!(sink.received().len(), 0);
     sink.set_mode(Mode::Accept);

@@ -9,7 +9,7 @@
 use super::{OutboxKey, Store};
 use carebridge_contract::Receipt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::error;
+use tracing::{debug, error};
 
 /// What to do once a flush has completed.
 #[derive(Debug, Default)]
@@ -39,6 +39,7 @@ impl Flusher {
         let handle = tokio::spawn(async move {
             let mut jobs = Vec::new();
             while rx.recv_many(&mut jobs, 4096).await > 0 {
+                let started = std::time::Instant::now();
                 let s = store.clone();
                 let ok = match tokio::task::spawn_blocking(move || s.flush_blocking()).await {
                     Ok(Ok(())) => true,
@@ -51,6 +52,8 @@ impl Flusher {
                         false
                     }
                 };
+                let receipts: usize = jobs.iter().map(|j| j.receipts.len()).sum();
+                debug!(jobs = jobs.len(), receipts, flush_us = started.elapsed().as_micros() as u64, "Flushed.");
                 let mut wake_keys = Vec::new();
                 for job in jobs.drain(..) {
                     for (reply, receipt) in job.receipts {

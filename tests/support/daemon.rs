@@ -35,7 +35,7 @@ impl Daemon {
         let mut child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG") // the config's log_level decides
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
