@@ -62,7 +62,7 @@ impl Intake {
         let update_id = parsed.update_id;
         match parsed.action {
             Action::Ignore(reason) => {
-                debug!(account = %account, update_id, reason, "Update ignored.");
+                info!(account = %account, update_id, reason, "Update ignored.");
                 Outcome::Ack
             }
             Action::Malformed { source, reason } => self.submit_malformed(source, raw, reason, submitter, wait).await,
