@@ -548,10 +548,12 @@ impl PolicyConfig {
                 ));
             }
         }
-        if let Some(ph) = &self.placeholder
-            && let Err(e) = check_template(ph, &["kind"])
-        {
-            p.push(Problem::new("policy.placeholder", e));
+        if let Some(ph) = &self.placeholder {
+            if let Err(e) = check_template(ph, &["kind"]) {
+                p.push(Problem::new("policy.placeholder", e));
+            } else if ph.chars().count() > 100 {
+                p.push(Problem::new("policy.placeholder", "must be at most 100 characters"));
+            }
         }
         if let Some(purposes) = &self.consent_purposes {
             for (i, s) in purposes.iter().enumerate() {

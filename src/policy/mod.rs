@@ -39,6 +39,7 @@ use carebridge_contract::AccountId;
 use carebridge_contract::config::Problem;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
+use std::fmt;
 use std::sync::Arc;
 
 /// How far a channel can be trusted with PHI. Ordered: `Insecure < EmailPlain < Secure`.
@@ -131,8 +132,8 @@ pub struct ConsentGrant {
     pub granted_at: u64,
 }
 
-/// What the engine is asked.
-#[derive(Clone, Debug)]
+/// What the engine is asked. Its `Debug` does not print the text.
+#[derive(Clone)]
 pub struct CheckInput<'a> {
     /// The text to check.
     pub text: &'a str,
@@ -242,7 +243,9 @@ pub enum NoticeTarget {
 }
 
 /// The engine's answer. `rules` names every rule that produced it (for the record and logs).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Its `Debug` prints neither the rendered text nor finding offsets; log
+/// [`Decision::log_fields`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The action (most restrictive of all matching rules).
     #[serde(flatten)]
@@ -288,6 +291,35 @@ impl Decision {
             Action::Redact => self.rendered.as_deref(),
             _ => None,
         }
+    }
+}
+
+impl fmt::Debug for CheckInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckInput")
+            .field("text", &format_args!("<redacted {} bytes>", self.text.len()))
+            .field("direction", &self.direction)
+            .field("account", &self.account.to_string())
+            .field("audience", &self.audience)
+            .field("consents", &self.consents.len())
+            .field("conversation_class", &self.conversation_class)
+            .field("has_attachments", &self.has_attachments)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fields = self.log_fields();
+        f.debug_struct("Decision")
+            .field("action", &self.action)
+            .field("rules", &self.rules)
+            .field("class", &self.class)
+            .field("effective_class", &self.effective_class)
+            .field("findings", &format_args!("{}", fields.kinds_joined()))
+            .field("rendered", &self.rendered.as_ref().map(|_| "<redacted>"))
+            .field("notice_to", &self.notice_to)
+            .finish()
     }
 }
 

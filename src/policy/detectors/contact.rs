@@ -34,6 +34,15 @@ const ZIP_CONTEXT: &[&str] = &["zip", "zip code", "zipcode"];
 
 /// The built-in contact detectors, in tie-break order.
 pub(crate) fn specs() -> Vec<Spec> {
+    let mut address = Spec::regex(
+        "email",
+        Class::Contact,
+        r"[A-Za-z0-9_%+-][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}",
+        email,
+    );
+    // An address glued to non-ASCII letters (`courriel:ann@…`, CJK text) is still an address:
+    // the regex takes the longest ASCII run, which is the part worth masking.
+    address.isolated = false;
     vec![
         Spec::regex(
             "phone",
@@ -42,12 +51,7 @@ pub(crate) fn specs() -> Vec<Spec> {
             phone,
         )
         .with_context(PHONE_CONTEXT),
-        Spec::regex(
-            "email",
-            Class::Contact,
-            r"[A-Za-z0-9_%+-][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}",
-            email,
-        ),
+        address,
         Spec::regex(
             "postal_code_ca",
             Class::Contact,

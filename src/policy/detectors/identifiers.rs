@@ -80,8 +80,6 @@ const DOB_CONTEXT: &[&str] = &[
     "date of birth",
     "né le",
     "née le",
-    "né",
-    "née",
     "naissance",
     "date de naissance",
     "ddn",
