@@ -961,3 +961,10 @@ fn documented_example_config_is_valid() {
     let d = p.check(&input("Your refill is ready", &tg, Direction::Out, Audience::Patient));
     assert!(d.notice.unwrap().contains("Maple Family Health"));
 }
+
+#[test]
+fn policy_is_shareable_across_tasks() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Policy>();
+    assert_send_sync::<Decision>();
+}

@@ -509,7 +509,7 @@ fn resolve_overlaps(mut hits: Vec<Hit>, specs: &[Spec]) -> Vec<Hit> {
         b.pct
             .cmp(&a.pct)
             .then_with(|| class(b).cmp(&class(a)))
-            .then_with(|| (b.end - b.start).cmp(&(a.end - a.start)))
+            .then_with(|| b.end.saturating_sub(b.start).cmp(&a.end.saturating_sub(a.start)))
             .then_with(|| a.start.cmp(&b.start))
             .then_with(|| a.spec.cmp(&b.spec))
     });
