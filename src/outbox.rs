@@ -103,12 +103,15 @@ enum Outcome {
 }
 
 /// The ordering key: deliveries with the same key are sent one at a time, in queue order.
-/// Same recipient → same key (a patient never sees answers out of order); deliveries to the
-/// account's default destination are ordered per conversation.
+/// Same recipient → same key (a patient never sees answers out of order). The account's default
+/// destination is one chat or one inbox for Telegram and email, so it is one key (staff read
+/// forwards in the order patients wrote them); for a webhook (an EHR or gateway API that sorts
+/// by itself) it is ordered per conversation, so deliveries can go in parallel.
 fn order_key(item: &OutboxItemV1) -> String {
-    match &item.delivery.to {
-        Some(a) => a.key().into_inner(),
-        None => format!("conversation:{}", item.delivery.conversation.expose()),
+    match (&item.delivery.to, item.delivery.account.kind()) {
+        (Some(a), _) => a.key().into_inner(),
+        (None, carebridge_contract::ChannelKind::Webhook) => format!("conversation:{}", item.delivery.conversation.expose()),
+        (None, _) => "default".to_string(),
     }
 }
 
@@ -286,7 +289,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_honours_the_remote() {
-        let cfg = OutboxConfig { retry_initial_ms: 100, retry_max_secs: 2, max_attempts: 10 };
+        let cfg = OutboxConfig { retry_initial_ms: 100, retry_max_secs: 2, max_attempts: 10, max_in_flight: 1 };
         let b1 = backoff(&cfg, 1, None).as_millis();
         assert!((75..=125).contains(&b1), "{b1}");
         let b3 = backoff(&cfg, 3, None).as_millis();

@@ -51,6 +51,9 @@ secret_file = "secret"
 name = "r"
 from = ["webhook.sms"]
 to = ["webhook.ehr", "webhook.dead"]
+[policy.channels]
+"webhook.ehr" = "secure"
+"webhook.dead" = "secure"
 [[directory.patient]]
 id = "p-zq"
 addresses = ["phone:+14165550142", "email:zeb.quack@example.test"]

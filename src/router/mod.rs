@@ -14,7 +14,7 @@ use plan::Planner;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 /// Most submissions processed before handing a batch to the flusher.
 const BATCH: usize = 512;
@@ -38,6 +38,8 @@ impl Router {
         let mut batch = Vec::with_capacity(BATCH);
         let mut saturated_logged = false;
         while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let started = std::time::Instant::now();
+            let size = batch.len();
             let mut job = FlushJob::default();
             for req in batch.drain(..) {
                 let pending = self.outbox_pending.load(Ordering::Relaxed);
@@ -67,6 +69,7 @@ impl Router {
                 };
                 job.receipts.push((req.reply, receipt));
             }
+            debug!(messages = size, micros = started.elapsed().as_micros() as u64, "Batch planned and committed.");
             self.flusher.submit(job);
         }
     }

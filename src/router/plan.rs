@@ -196,6 +196,13 @@ impl Planner {
                 }
                 _ => d.decisions.push(skip(&c.origin_account, "builtin.reply.origin_cannot_send")),
             },
+            // A link request (`/start CODE`) is recorded and answered, not forwarded: it has no
+            // content for the clinic, and the code must not travel anywhere.
+            Thread::New | Thread::FollowUp(_) if env.link_code.is_some() => {
+                for dest in self.config.destinations(&account) {
+                    d.decisions.push(skip(&dest.to_string(), "builtin.link.not_forwarded"));
+                }
+            }
             Thread::New | Thread::FollowUp(_) => {
                 let dests = self.config.destinations(&account);
                 let record_only =
