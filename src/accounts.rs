@@ -6,6 +6,8 @@ use carebridge_contract::{AdapterError, ChannelKind, Inbound, Outbound};
 use std::sync::Arc;
 
 /// One account's config section, parsed into its adapter's type.
+// Sizes differ by adapter; there are a handful of accounts, built once at start-up.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum AccountConfig {
     /// `[email.<name>]`.

@@ -270,10 +270,10 @@ fn check_environment(config: &Config) -> Result<()> {
             Ok(None) => {}
             Err(e) => failed.push(format!("{id}: {e}")),
         }
-        if account.receives() {
-            if let Err(e) = account.build_inbound(&cx) {
-                failed.push(format!("{id}: {e}"));
-            }
+        if account.receives()
+            && let Err(e) = account.build_inbound(&cx)
+        {
+            failed.push(format!("{id}: {e}"));
         }
     }
     if failed.is_empty() { Ok(()) } else { bail!("environment checks failed:\n  - {}", failed.join("\n  - ")) }
@@ -334,7 +334,7 @@ fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
         Some(v) => v,
         None => {
             let store = open_store(config)?;
-            let v = match command {
+            match command {
                 ReviewCommand::List => serde_json::to_value(crate::admin::review_list(&store)?)?,
                 ReviewCommand::Show { id } => crate::admin::review_show(&store, parse_delivery(&id)?)?
                     .ok_or_else(|| anyhow!("no such held delivery"))?,
@@ -346,8 +346,7 @@ fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
                     store.flush_blocking()?;
                     serde_json::json!({ "delivery": id, "verdict": if approve { "approved" } else { "rejected" }, "note": "queued; sent when the daemon next runs" })
                 }
-            };
-            v
+            }
         }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -382,7 +381,8 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let policy = Policy::compile(&config.policy).map_err(|p| anyhow!("policy: {:?}", p))?;
+    let policy = Policy::compile(&config.policy)
+        .map_err(|p| anyhow!("policy: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
     let input = CheckInput {
         text: &text,
         direction,
@@ -392,14 +392,8 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
         conversation_class: Class::None,
         has_attachments: false,
     };
-    let d = policy.check(&input);
-    let out = serde_json::json!({
-        "findings": d.findings,
-        "class": d.class,
-        "decision": { "action": d.action, "rules": d.rules },
-        "rendered": d.rendered.clone().unwrap_or(text.clone()),
-    });
-    println!("{}", serde_json::to_string(&out)?);
+    // The documented, stable format (docs/policy.md): auditors diff it.
+    println!("{}", policy.explanation(&input).to_json_string());
     Ok(ExitCode::SUCCESS)
 }
 

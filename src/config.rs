@@ -134,7 +134,7 @@ impl Default for OutboxConfig {
 
 /// `[admin]`: the loopback HTTP API the CLI uses while the daemon runs (the store is locked by
 /// the daemon, so `review` and `link` go through it).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Listen address; `None` disables the admin API.
@@ -143,12 +143,6 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
     /// Bearer token, from a file (relative to the config file).
     pub token_file: Option<PathBuf>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self { listen: None, token_env: None, token_file: None }
-    }
 }
 
 /// `[[route]]`: messages from any `from` account go to every `to` account.
@@ -462,11 +456,9 @@ impl Config {
         let mut out: Vec<AccountId> = Vec::new();
         for r in &self.routes {
             if r.from.iter().any(|f| f == &source.to_string()) {
-                for t in &r.to {
-                    if let Ok(id) = t.parse::<AccountId>() {
-                        if !out.contains(&id) {
-                            out.push(id);
-                        }
+                for id in r.to.iter().filter_map(|t| t.parse::<AccountId>().ok()) {
+                    if !out.contains(&id) {
+                        out.push(id);
                     }
                 }
             }

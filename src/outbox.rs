@@ -95,6 +95,8 @@ pub fn spawn_workers(
 }
 
 /// What one attempt did with its row.
+// One per attempt, moved straight back into the queue: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     /// The row left the outbox (sent, dead-lettered, held for review).
     Left,
@@ -110,7 +112,9 @@ enum Outcome {
 fn order_key(item: &OutboxItemV1) -> String {
     match (&item.delivery.to, item.delivery.account.kind()) {
         (Some(a), _) => a.key().into_inner(),
-        (None, carebridge_contract::ChannelKind::Webhook) => format!("conversation:{}", item.delivery.conversation.expose()),
+        (None, carebridge_contract::ChannelKind::Webhook) => {
+            format!("conversation:{}", item.delivery.conversation.expose())
+        }
         (None, _) => "default".to_string(),
     }
 }

@@ -1,6 +1,8 @@
 //! The config front door, through the real binary: every shipped TOML validates; a broken one
 //! gets every problem at once, with paths and did-you-mean hints, and a non-zero exit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
+
 mod support;
 
 use std::process::Command;

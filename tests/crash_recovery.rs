@@ -1,6 +1,8 @@
 //! kill -9 in the middle of a stream: every message that got 202 is recorded once and delivered
 //! after restart; nothing that was acknowledged is lost.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,6 +5,8 @@
 //! 429 storm delays but does not reorder or lose messages, a daemon killed around getUpdates
 //! loses and duplicates nothing, and a patient who blocked the bot gives a clear dead letter.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
+
 #[path = "support/fake_bot_api.rs"]
 mod fake_bot_api;
 mod support;
@@ -24,7 +26,7 @@ struct Setup {
     d: Daemon,
     fake: FakeBotApi,
     sink: Sink,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir, // kept alive: the daemon's store and config live in it
 }
 
 fn config(dir: &Path, fake: &FakeBotApi, sink: &Sink, admin_port: u16) -> String {
@@ -81,7 +83,7 @@ async fn setup() -> Setup {
     let fake = FakeBotApi::start().await;
     let sink = Sink::start(Mode::Accept).await;
     let d = Daemon::start(dir.path(), &config(dir.path(), &fake, &sink, free_port()));
-    let s = Setup { d, fake, sink, dir };
+    let s = Setup { d, fake, sink, _dir: dir };
     s.wait_log("carebridge ready.", 0).await;
     s.fake.wait_until("the daemon to poll getUpdates", |f| !f.calls("getUpdates").is_empty()).await;
     s

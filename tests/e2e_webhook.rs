@@ -1,6 +1,8 @@
 //! End to end over real loopback HTTP: signed messages into `webhook.in`, through the real daemon
 //! binary, out to a real sink that verifies signatures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
+
 mod support;
 
 use std::time::Duration;

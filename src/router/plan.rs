@@ -6,7 +6,7 @@
 
 use super::identify::Directory;
 use crate::config::{Config, UnknownSender};
-use crate::policy::{Action, Audience, CheckInput, Class, ConsentGrant, Direction, Policy};
+use crate::policy::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy};
 use crate::record::schema::*;
 use crate::record::{Committed, Exchange, OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::{
@@ -220,8 +220,16 @@ impl Planner {
         if sender == SenderV1::Unknown && is_new && env.link_code.is_none() && account.kind() == ChannelKind::Telegram {
             notices.push(self.config.router.unlinked_notice.clone());
         }
+        // The policy's advisory to a sender who put PHI on a channel that is not secure, once
+        // per conversation.
+        if is_new
+            && !matches!(thread, Thread::Reply(_))
+            && let (Some(text), Some(NoticeTarget::Sender)) = (inbound.notice.clone(), inbound.notice_to)
+        {
+            notices.push(text);
+        }
         for text in notices {
-            if let Some(n) = self.notice(&d, &account, &env.from, text)? {
+            if let Some(n) = self.notice(&d, &account, Some(env.from.clone()), text)? {
                 d.outbox.push(n);
             }
         }
@@ -319,7 +327,7 @@ impl Planner {
     }
 
     /// Checks one destination against the policy and adds the resulting delivery (or review
-    /// item, or notice) to the draft.
+    /// item, or notices) to the draft.
     fn plan_delivery(
         &self,
         d: &mut Draft<'_>,
@@ -328,6 +336,56 @@ impl Planner {
         to: Option<Address>,
     ) -> Result<(), StoreError> {
         let audience = if kind == DeliveryKind::Reply { Audience::Patient } else { Audience::Staff };
+        let decision = self.check_out(d, dest, audience)?;
+        let original = d.env.body.expose().clone();
+        let mut delivery_id = None;
+        match &decision.action {
+            Action::Allow | Action::Redact => {
+                let body = decision.body_to_send(&original).unwrap_or(&original).to_string();
+                let requires_consent = audience == Audience::Patient && !d.consents.is_empty();
+                let item =
+                    self.item(d, dest, kind, to.clone(), body, requires_consent, decision.action == Action::Allow)?;
+                delivery_id = Some(item.1.delivery.id);
+                d.outbox.push(item);
+            }
+            Action::Hold => {
+                let (_, item) = self.item(d, dest, kind, to.clone(), original, false, true)?;
+                delivery_id = Some(item.delivery.id);
+                // Sent if a clinician rejects the held message (PHI-free, from the policy).
+                let reject_notice = self.notice_for(d, &decision, dest, to.clone())?.map(|(_, i)| i.delivery);
+                d.review.push(ReviewItemV1 {
+                    v: 1,
+                    at_ms: now_ms(),
+                    item,
+                    rules: decision.rules.clone(),
+                    reject_notice,
+                });
+            }
+            Action::Block => {
+                if let Some(n) = self.notice_for(d, &decision, dest, to.clone())? {
+                    d.outbox.push(n);
+                }
+            }
+            Action::Reroute { to: secure } => {
+                delivery_id = self.reroute(d, secure.as_deref(), kind, audience)?;
+                if let Some(n) = self.notice_for(d, &decision, dest, to.clone())? {
+                    d.outbox.push(n);
+                }
+            }
+        }
+        d.decisions.push(RouteDecisionV1 {
+            account: dest.to_string(),
+            action: decision.action.name().to_string(),
+            rules: decision.rules.clone(),
+            class: decision.effective_class,
+            delivery: delivery_id,
+        });
+        Ok(())
+    }
+
+    /// The policy's decision for this message leaving by `dest` to `audience`, with the
+    /// patient's consents on `dest` (recorded in the draft: the record snapshots them).
+    fn check_out(&self, d: &mut Draft<'_>, dest: &AccountId, audience: Audience) -> Result<Decision, StoreError> {
         let consents = match (&d.patient_id, audience) {
             (Some(p), Audience::Patient) => self.store.consents(p, &dest.to_string())?,
             _ => Vec::new(),
@@ -341,86 +399,74 @@ impl Planner {
             conversation_class: d.conversation.class,
             has_attachments: !d.env.attachments.is_empty(),
         });
-        d.consents.extend(consents.iter().cloned());
-        let requires_consent = audience == Audience::Patient && !consents.is_empty();
-        let mut body = d.env.body.expose().clone();
-        let action_name;
-        let mut delivery_id = None;
-        let author_account = d.env.source.account.clone();
-        match &decision.action {
-            Action::Allow | Action::Redact => {
-                action_name = if decision.action == Action::Allow { "allow" } else { "redact" };
-                if let Some(r) = &decision.rendered {
-                    if decision.action == Action::Redact {
-                        body = r.clone();
-                    }
-                }
-                let item = self.item(d, dest, kind, to, body, requires_consent, decision.action == Action::Allow)?;
-                delivery_id = Some(item.1.delivery.id);
-                d.outbox.push(item);
-            }
-            Action::Hold => {
-                action_name = "hold";
-                let (_, item) = self.item(d, dest, kind, to, body, requires_consent, true)?;
-                delivery_id = Some(item.delivery.id);
-                let reject_notice = if self.senders.contains(&author_account) {
-                    let text = decision.notice.clone().unwrap_or_else(|| self.config.router.unlinked_notice.clone());
-                    self.notice(d, &author_account, &d.env.from, text)?.map(|(_, i)| i.delivery)
-                } else {
-                    None
-                };
-                d.review.push(ReviewItemV1 {
-                    v: 1,
-                    at_ms: now_ms(),
-                    item,
-                    rules: decision.rules.clone(),
-                    reject_notice,
-                });
-            }
-            Action::Block => {
-                action_name = "block";
-                if let Some(text) = decision.notice.clone() {
-                    if let Some(n) = self.notice(d, &author_account, &d.env.from, text)? {
-                        d.outbox.push(n);
-                    }
-                }
-            }
-            Action::Reroute { to: secure } => {
-                action_name = "reroute";
-                let target =
-                    secure.as_ref().and_then(|s| s.parse::<AccountId>().ok()).filter(|a| self.senders.contains(a));
-                if let (Some(secure), Some(p)) = (target, d.patient_id.clone()) {
-                    let addr_kind = match secure.kind() {
-                        ChannelKind::Email => AddressKind::Email,
-                        ChannelKind::Telegram => AddressKind::Telegram,
-                        ChannelKind::Webhook => AddressKind::Phone,
-                    };
-                    let secure_to = if kind == DeliveryKind::Reply {
-                        self.directory.addresses_of(&p, addr_kind).into_iter().next()
-                    } else {
-                        None
-                    };
-                    if kind != DeliveryKind::Reply || secure_to.is_some() {
-                        let item = self.item(d, &secure, kind, secure_to, body, false, true)?;
-                        delivery_id = Some(item.1.delivery.id);
-                        d.outbox.push(item);
-                    }
-                }
-                if let (Some(text), Some(to)) = (decision.notice.clone(), to.clone()) {
-                    if let Some(n) = self.notice(d, dest, &to, text)? {
-                        d.outbox.push(n);
-                    }
-                }
+        for c in consents {
+            if !d.consents.contains(&c) {
+                d.consents.push(c);
             }
         }
-        d.decisions.push(RouteDecisionV1 {
-            account: dest.to_string(),
-            action: action_name.to_string(),
-            rules: decision.rules.clone(),
-            class: decision.class,
-            delivery: delivery_id,
-        });
-        Ok(())
+        Ok(decision)
+    }
+
+    /// Sends what may not go on the patient's channel to the secure account instead, after
+    /// checking it against that account too. A reply needs the patient's address there (from
+    /// the directory); a forward goes to the secure account's default destination. What the
+    /// secure account may not carry either is held for review.
+    fn reroute(
+        &self,
+        d: &mut Draft<'_>,
+        secure: Option<&str>,
+        kind: DeliveryKind,
+        audience: Audience,
+    ) -> Result<Option<DeliveryId>, StoreError> {
+        let Some(target) = secure.and_then(|s| s.parse::<AccountId>().ok()).filter(|a| self.senders.contains(a)) else {
+            return Ok(None);
+        };
+        let to = match (kind, &d.patient_id) {
+            (DeliveryKind::Reply, Some(p)) => {
+                match self.directory.addresses_of(p, address_kind_of(&target)).into_iter().next() {
+                    Some(a) => Some(a),
+                    None => return Ok(None),
+                }
+            }
+            (DeliveryKind::Reply, None) => return Ok(None),
+            _ => None,
+        };
+        let decision = self.check_out(d, &target, audience)?;
+        let original = d.env.body.expose().clone();
+        match decision.body_to_send(&original) {
+            Some(body) => {
+                let body = body.to_string();
+                let item = self.item(d, &target, kind, to, body, false, decision.action == Action::Allow)?;
+                let id = item.1.delivery.id;
+                d.outbox.push(item);
+                Ok(Some(id))
+            }
+            None => {
+                let (_, item) = self.item(d, &target, kind, to, original, false, true)?;
+                let id = item.delivery.id;
+                d.review.push(ReviewItemV1 { v: 1, at_ms: now_ms(), item, rules: decision.rules, reject_notice: None });
+                Ok(Some(id))
+            }
+        }
+    }
+
+    /// The decision's PHI-free notice as a delivery: to the recipient of this hop (on `dest`),
+    /// or to the message's author (on the account they wrote from), as the policy says.
+    fn notice_for(
+        &self,
+        d: &Draft<'_>,
+        decision: &Decision,
+        dest: &AccountId,
+        to: Option<Address>,
+    ) -> Result<Option<(OutboxKey, OutboxItemV1)>, StoreError> {
+        let Some(text) = decision.notice.clone() else { return Ok(None) };
+        match decision.notice_to {
+            Some(NoticeTarget::Recipient) => self.notice(d, dest, to, text),
+            Some(NoticeTarget::Sender) | None => {
+                let author = d.env.source.account.clone();
+                self.notice(d, &author, Some(d.env.from.clone()), text)
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -465,12 +511,13 @@ impl Planner {
         Ok((OutboxKey { account: dest.clone(), seq: self.store.next_id()? }, item))
     }
 
-    /// A PHI-free notice to `to` on `account`, if that account can send.
+    /// A PHI-free notice to `to` on `account` (`None`: the account's default destination), if
+    /// that account can send.
     fn notice(
         &self,
         d: &Draft<'_>,
         account: &AccountId,
-        to: &Address,
+        to: Option<Address>,
         text: String,
     ) -> Result<Option<(OutboxKey, OutboxItemV1)>, StoreError> {
         if !self.senders.contains(account) {
@@ -482,7 +529,7 @@ impl Planner {
             record_id: d.record_id,
             account: account.clone(),
             kind: DeliveryKind::Notice,
-            to: Some(to.clone()),
+            to,
             conversation: Redacted::new(d.conversation.token.clone()),
             patient_id: None,
             sender_label: None,
@@ -494,6 +541,15 @@ impl Planner {
         let item =
             OutboxItemV1 { v: 1, delivery, attempts: 0, not_before_ms: 0, patient_id: None, requires_consent: false };
         Ok(Some((OutboxKey { account: account.clone(), seq: self.store.next_id()? }, item)))
+    }
+}
+
+/// The address kind an account's recipients have.
+fn address_kind_of(account: &AccountId) -> AddressKind {
+    match account.kind() {
+        ChannelKind::Email => AddressKind::Email,
+        ChannelKind::Telegram => AddressKind::Telegram,
+        ChannelKind::Webhook => AddressKind::Phone,
     }
 }
 

@@ -137,10 +137,10 @@ pub async fn wait_http(url: &str, timeout: Duration) -> bool {
     let client = reqwest::Client::new();
     let end = Instant::now() + timeout;
     while Instant::now() < end {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return true;
-            }
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -1,0 +1,252 @@
+//! The privacy policy through the real daemon: the seed rule (a prescription asked for by SMS
+//! is not answered by SMS), rerouting to the secure channel, the review queue (hold, list,
+//! show, approve, reject, each step recorded) and `policy explain`'s stable JSON.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
+
+mod support;
+
+use std::time::Duration;
+use support::daemon::{Daemon, wait_http};
+use support::sink::{Mode, Sink};
+use support::{SECRET, free_port, post_message};
+
+struct Setup {
+    d: Daemon,
+    sms_port: u16,
+    ehr_port: u16,
+    sms: Sink,
+    ehr: Sink,
+    portal: Sink,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(over_ceiling: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("admin-token"), "admin-test-token").unwrap();
+    let (sms, ehr, portal) =
+        (Sink::start(Mode::Accept).await, Sink::start(Mode::Accept).await, Sink::start(Mode::Accept).await);
+    let (sms_port, ehr_port, admin_port) = (free_port(), free_port(), free_port());
+    let toml = format!(
+        r#"
+[daemon]
+data_dir = "{data}"
+[outbox]
+retry_initial_ms = 50
+retry_max_secs = 1
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token_file = "admin-token"
+[webhook.sms]
+listen = "127.0.0.1:{sms_port}"
+url = "{sms_url}"
+secret_file = "secret"
+from_kind = "phone"
+[webhook.ehr]
+listen = "127.0.0.1:{ehr_port}"
+url = "{ehr_url}"
+secret_file = "secret"
+from_kind = "opaque"
+[webhook.portal]
+url = "{portal_url}"
+secret_file = "secret"
+[[route]]
+name = "sms-to-ehr"
+from = ["webhook.sms"]
+to = ["webhook.ehr"]
+[[directory.patient]]
+id = "p-0001"
+addresses = ["phone:+14165550199"]
+[[directory.staff]]
+id = "s-lee"
+addresses = ["opaque:dr-lee"]
+[policy]
+secure_account = "webhook.portal"
+over_ceiling = "{over_ceiling}"
+[policy.channels]
+"webhook.ehr" = "secure"
+"webhook.portal" = "secure"
+"#,
+        data = dir.path().join("data").display(),
+        sms_url = sms.url(),
+        ehr_url = ehr.url(),
+        portal_url = portal.url(),
+    );
+    let d = Daemon::start(dir.path(), &toml);
+    for p in [sms_port, ehr_port] {
+        assert!(wait_http(&format!("http://127.0.0.1:{p}/healthz"), Duration::from_secs(20)).await);
+    }
+    Setup { d, sms_port, ehr_port, sms, ehr, portal, _dir: dir }
+}
+
+fn msg(v: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+const ASK: &str = "Hi, can you renew my prescription for amoxicillin please?";
+const ANSWER: &str = "Renewed: amoxicillin 500 mg, three times a day for 7 days.";
+
+/// The patient asks by SMS; the EHR gets it; the clinician answers through the EHR.
+async fn ask_and_answer(s: &Setup, id: &str) {
+    let c = reqwest::Client::new();
+    let before = s.ehr.received().len();
+    let (st, _) =
+        post_message(&c, s.sms_port, &msg(serde_json::json!({"id": id, "from": "+14165550199", "text": ASK}))).await;
+    assert_eq!(st, 202);
+    assert!(s.ehr.wait_for(before + 1, Duration::from_secs(10)).await, "the secure EHR gets the request");
+    let token = s.ehr.received()[before].body["conversation"].as_str().unwrap().to_string();
+    let (st, b) = post_message(
+        &c,
+        s.ehr_port,
+        &msg(serde_json::json!({"id": format!("ans-{id}"), "from": "dr-lee", "text": ANSWER, "conversation": token})),
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sms() {
+    let mut s = setup("reroute").await;
+    ask_and_answer(&s, "sms-1").await;
+
+    assert!(s.portal.wait_for(1, Duration::from_secs(10)).await, "the answer goes to the secure portal");
+    let secure = s.portal.received()[0].body.clone();
+    assert_eq!(secure["kind"], "reply");
+    assert_eq!(secure["text"], ANSWER);
+    assert_eq!(secure["to"]["value"], "+14165550199");
+
+    // By SMS the patient gets only PHI-free notices: an advisory when they wrote health details
+    // on SMS, and "you have a secure message" for the answer.
+    assert!(s.sms.wait_for(2, Duration::from_secs(10)).await, "the patient is told by SMS");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sms: Vec<_> = s.sms.received();
+    assert_eq!(sms.len(), 2);
+    assert!(sms.iter().all(|m| m.body["kind"] == "notice"), "no reply by SMS");
+    assert!(sms.iter().any(|m| m.body["text"].as_str().unwrap().contains("secure message")));
+    for m in &sms {
+        let t = m.body["text"].as_str().unwrap();
+        assert!(!t.to_lowercase().contains("amoxicillin") && !t.contains("500"), "no PHI in the SMS: {t}");
+    }
+
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let answer =
+        export.iter().find(|l| l["type"] == "record" && l["record"]["source"]["native_id"] == "ans-sms-1").unwrap();
+    let decision = &answer["record"]["decisions"][0];
+    assert_eq!(decision["account"], "webhook.sms");
+    assert_eq!(decision["action"], "reroute");
+    assert!(
+        decision["rules"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().starts_with("builtin.")),
+        "{decision}"
+    );
+    let logs = s.d.logs().join("\n");
+    assert!(!logs.to_lowercase().contains("amoxicillin"), "no message text in logs");
+}
+
+fn review(s: &Setup, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["review"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = s.d.cli(&all);
+    assert!(ok, "review {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
+    let mut s = setup("hold").await;
+    ask_and_answer(&s, "sms-1").await;
+    ask_and_answer(&s, "sms-2").await;
+    let mut held = serde_json::Value::Null;
+    for _ in 0..200 {
+        held = review(&s, &["list"]);
+        if held.as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = held.as_array().unwrap().clone();
+    assert_eq!(held.len(), 2, "both answers held: {held:?}");
+    assert!(held.iter().all(|h| h["account"] == "webhook.sms" && !h["rules"].as_array().unwrap().is_empty()));
+    assert!(!serde_json::to_string(&held).unwrap().contains("amoxicillin"), "the list carries no text");
+    let replies = |s: &Setup| s.sms.received().into_iter().filter(|m| m.body["kind"] == "reply").collect::<Vec<_>>();
+    assert_eq!(replies(&s).len(), 0, "nothing sent while held");
+
+    let first = held[0]["delivery"].as_str().unwrap().to_string();
+    let second = held[1]["delivery"].as_str().unwrap().to_string();
+    let shown = review(&s, &["show", &first]);
+    assert_eq!(shown["text"], ANSWER, "the clinician sees what they approve");
+
+    let approved = review(&s, &["approve", &first, "--by", "s-lee"]);
+    assert_eq!(approved["verdict"], "approved");
+    for _ in 0..200 {
+        if !replies(&s).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(replies(&s).len(), 1, "an approved answer is sent");
+    assert_eq!(replies(&s)[0].body["text"], ANSWER);
+
+    let before = s.ehr.received().len();
+    let rejected = review(&s, &["reject", &second, "--by", "s-lee"]);
+    assert_eq!(rejected["verdict"], "rejected");
+    assert!(s.ehr.wait_for(before + 1, Duration::from_secs(10)).await, "the clinician is told the reply was not sent");
+    let notice = s.ehr.received()[before].body.clone();
+    assert_eq!(notice["kind"], "notice");
+    assert!(notice["text"].as_str().unwrap().contains("not sent"), "{notice}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(replies(&s).len(), 1, "the rejected answer never reaches the patient");
+    assert_eq!(review(&s, &["list"]), serde_json::json!([]));
+
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let verdicts: Vec<(String, String)> = export
+        .iter()
+        .filter(|l| l["type"] == "record")
+        .flat_map(|l| l["events"].as_array().unwrap().clone())
+        .filter(|e| e["event"] == "reviewed")
+        .map(|e| (e["verdict"].as_str().unwrap().to_string(), e["by"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(verdicts.len(), 2, "each review step is in the record");
+    assert!(
+        verdicts.contains(&("approved".into(), "s-lee".into()))
+            && verdicts.contains(&("rejected".into(), "s-lee".into()))
+    );
+}
+
+#[test]
+fn policy_explain_prints_the_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\ndata_dir = \"{}\"\n[webhook.sms]\nurl = \"http://127.0.0.1:9/x\"\nsecret_file = \"secret\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let text = "My SIN is 193 456 787, please call me.";
+    let mut child = std::process::Command::new(support::daemon::bin())
+        .args(["policy", "explain", "--channel", "webhook.sms", "--direction", "out", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("{\"findings\":"), "key order is part of the format: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let sin = v["findings"].as_array().unwrap().iter().find(|f| f["kind"] == "sin").expect("the SIN is found");
+    let (start, end) = (sin["start"].as_u64().unwrap() as usize, sin["end"].as_u64().unwrap() as usize);
+    assert_eq!(&text[start..end], "193 456 787", "byte offsets into the input");
+    assert_eq!(v["class"], "identifier");
+    assert!(v["decision"]["action"].is_string() && !v["decision"]["rules"].as_array().unwrap().is_empty());
+    assert!(!v["rendered"].as_str().unwrap().contains("193 456 787"), "what would be sent has no SIN");
+}
