@@ -2,11 +2,14 @@
 //! binary, with durable records (group commit) — not a timed test, a measurement to read.
 //!
 //! Run: `cargo bench --bench pipeline` (env: `BENCH_CONNS` (32), `BENCH_MESSAGES` (40000)).
-//! Prints accepted msgs/s (202s), p50/p99 latency of the 202, and the rate at which the sink
-//! received the forwarded messages. The load generator and the sink share the machine with the
-//! daemon, so compare figures from one run, not across machines.
+//! Two phases in one run, each with a fresh daemon and store: *recorded only* (no route out) and
+//! *recorded and forwarded* (to a signature-checking HTTP sink). Each prints accepted msgs/s
+//! (202s), p50/p99 latency of the 202, the rate at which the sink received the forwards, and the
+//! group-commit figures (messages per router batch, receipts and time per flush). The load
+//! generator and the sink share the machine with the daemon, so compare figures from one run,
+//! not across machines.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed bench should panic with the value
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -23,25 +26,30 @@ fn env(name: &str, default: usize) -> usize {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(bench());
+    let only = rt.block_on(phase(false));
+    let full = rt.block_on(phase(true));
+    println!("ratio forwarded/recorded-only accepted msgs/s: {:.2}", full / only);
 }
 
-async fn bench() {
+/// One phase; returns accepted msgs/s.
+async fn phase(deliver: bool) -> f64 {
     let conns = env("BENCH_CONNS", 32);
     let total = env("BENCH_MESSAGES", 40_000);
-    // BENCH_DELIVER=0: record only (no route out), to separate the inbound path's cost.
-    let deliver = env("BENCH_DELIVER", 1) != 0;
-    let route = if deliver { "to = [\"webhook.out\"]" } else { "to = []" };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     let sink = Sink::start(Mode::Accept).await;
     let port = free_port();
+    let route =
+        if deliver { "[[route]]\nname = \"bench\"\nfrom = [\"webhook.in\"]\nto = [\"webhook.out\"]" } else { "" };
     let toml = format!(
         r#"
 [daemon]
 data_dir = "{data}"
-log_level = "warn"
+# Per-batch figures only (router and flusher); per-message lines are info.
+log_level = "warn,carebridge::router=debug,carebridge::record::flusher=debug"
 queue_capacity = 4096
+[outbox]
+max_in_flight = 32
 [webhook.in]
 listen = "127.0.0.1:{port}"
 secret_file = "secret"
@@ -50,18 +58,15 @@ submit_timeout_ms = 10000
 [webhook.out]
 url = "{url}"
 secret_file = "secret"
-{route_table}
+{route}
 [[directory.patient]]
 id = "p-bench"
 addresses = ["phone:+15550001111"]
+[policy.channels]
+"webhook.out" = "secure"
 "#,
         data = dir.path().join("data").display(),
-        url = sink.url(),
-        route_table = if deliver {
-            format!("[[route]]\nname = \"bench\"\nfrom = [\"webhook.in\"]\n{route}")
-        } else {
-            String::new()
-        }
+        url = sink.url()
     );
     let mut d = Daemon::start(dir.path(), &toml);
     assert!(wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(30)).await);
@@ -124,20 +129,41 @@ addresses = ["phone:+15550001111"]
     let delivered = start.elapsed();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let rate = total as f64 / accepted.as_secs_f64();
     println!(
-        "pipeline: {total} messages, {conns} connections, durable records (group commit), {}",
+        "pipeline, {}: {total} messages, {conns} connections, durable records (group commit)",
         if deliver { "recorded and forwarded" } else { "recorded only" }
     );
     println!(
         "  accepted (202): {:>8.0} msgs/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
-        total as f64 / accepted.as_secs_f64(),
+        rate,
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3
     );
-    println!(
-        "  delivered:      {:>8.0} msgs/s   (all {total} at the sink after {:.2} s)",
-        total as f64 / delivered.as_secs_f64(),
-        delivered.as_secs_f64()
-    );
+    if deliver {
+        println!(
+            "  delivered:      {:>8.0} msgs/s   (all {total} at the sink after {:.2} s)",
+            total as f64 / delivered.as_secs_f64(),
+            delivered.as_secs_f64()
+        );
+    }
     d.terminate();
+    let logs = d.logs();
+    let num = |l: &str, k: &str| -> f64 {
+        l.split(&format!("{k}="))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for (needle, label, keys) in
+        [("Batch planned", "router batches", ["messages", "micros"]), ("Flushed.", "flushes", ["receipts", "flush_us"])]
+    {
+        let ls: Vec<&String> = logs.iter().filter(|l| l.contains(needle)).collect();
+        let n = ls.len().max(1) as f64;
+        let avgs: Vec<String> =
+            keys.iter().map(|k| format!("avg {k} {:.1}", ls.iter().map(|l| num(l, k)).sum::<f64>() / n)).collect();
+        println!("  {label}: {}  {}", ls.len(), avgs.join("  "));
+    }
+    rate
 }

@@ -12,10 +12,10 @@
 
 use crate::config::OutboxConfig;
 use crate::record::schema::{EventKind, OutboxItemV1};
-use crate::record::{OutboxKey, Store, StoreError, now_ms};
+use crate::record::{OutboxKey, OutboxUpdate, Store, StoreError, now_ms};
 use carebridge_contract::{AccountId, Outbound, SendError};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,16 +92,6 @@ pub fn spawn_workers(
         tracker.spawn(async move { w.run(backlog, rx, stop).await });
     }
     Ok(wakers)
-}
-
-/// What one attempt did with its row.
-// One per attempt, moved straight back into the queue: boxing would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Outcome {
-    /// The row left the outbox (sent, dead-lettered, held for review).
-    Left,
-    /// The row stays, with a later `not_before_ms`.
-    Again(OutboxItemV1),
 }
 
 /// The ordering key: deliveries with the same key are sent one at a time, in queue order.
@@ -183,10 +173,7 @@ impl Worker {
                     let Some(item) = q.item else { continue };
                     busy.insert(ok.clone());
                     let w = me.clone();
-                    running.push(async move {
-                        let outcome = w.attempt(&q.key, item).await;
-                        (q.key, ok, outcome)
-                    });
+                    running.push(async move { (ok, w.attempt(q.key, item).await) });
                 }
             }
             if stop.is_cancelled() && running.is_empty() {
@@ -194,9 +181,18 @@ impl Worker {
             }
             let sleep = wake_at.map(|w| Duration::from_millis(w.saturating_sub(now_ms()).max(1)));
             tokio::select! {
-                Some((key, ok, outcome)) = running.next(), if !running.is_empty() => {
-                    busy.remove(&ok);
-                    if let Outcome::Again(item) = outcome {
+                Some(first) = running.next(), if !running.is_empty() => {
+                    // Everything else that finished meanwhile goes into the same transaction.
+                    let mut done = vec![first];
+                    while let Some(Some(more)) = running.next().now_or_never() {
+                        done.push(more);
+                    }
+                    let mut updates = Vec::with_capacity(done.len());
+                    for (ok, update) in done {
+                        busy.remove(&ok);
+                        updates.push(update);
+                    }
+                    for (key, item) in me.record(updates).into_iter().rev() {
                         // Back to the front: it stays ahead of later rows for the same recipient.
                         queue.push_front(Queued { key, item: Some(item) });
                     }
@@ -211,8 +207,9 @@ impl Worker {
         }
     }
 
-    /// One attempt, with its bookkeeping.
-    async fn attempt(&self, key: &OutboxKey, mut item: OutboxItemV1) -> Outcome {
+    /// One attempt. It decides what the row becomes; the worker writes that, together with the
+    /// other attempts that finished meanwhile, in one transaction ([`Store::apply_outbox`]).
+    async fn attempt(&self, key: OutboxKey, mut item: OutboxItemV1) -> OutboxUpdate {
         let d = item.delivery.id;
         let r = item.delivery.record_id;
         if item.requires_consent {
@@ -222,7 +219,8 @@ impl Worker {
             };
             if !still {
                 warn!(delivery_id = %d, record_id = %r, account = %self.account, rule = "builtin.consent.recheck", "Consent withdrawn since recording; delivery held for review.");
-                return self.left(self.store.outbox_to_review(key, &item, "builtin.consent.recheck"), item);
+                let events = vec![EventKind::ConsentWithdrawn { delivery: d }];
+                return OutboxUpdate::Review { key, item, rule: "builtin.consent.recheck".into(), events };
             }
         }
         item.attempts += 1;
@@ -230,13 +228,12 @@ impl Worker {
         match self.sender.send(&item.delivery).await {
             Ok(sent) => {
                 info!(delivery_id = %d, record_id = %r, account = %self.account, attempt, "Delivered.");
-                let ev = EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: None };
-                let r = self.store.outbox_sent(key, &item, &sent.native_ids, ev);
-                self.left(r, item)
+                let events = vec![EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: None }];
+                OutboxUpdate::Sent { key, item, native_ids: sent.native_ids, events }
             }
             Err(SendError::Permanent { reason }) => {
                 error!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, "Delivery failed permanently; dead-lettered.");
-                let evs = vec![
+                let events = vec![
                     EventKind::Attempt {
                         delivery: d,
                         attempt,
@@ -245,8 +242,7 @@ impl Worker {
                     },
                     EventKind::DeadLettered { delivery: d, reason: reason.clone() },
                 ];
-                let r = self.store.outbox_dead(key, &item, evs, &reason);
-                self.left(r, item)
+                OutboxUpdate::Dead { key, item, reason, events }
             }
             Err(SendError::Retry { after, reason }) => {
                 let ev =
@@ -254,37 +250,58 @@ impl Worker {
                 if attempt >= self.config.max_attempts {
                     let why = format!("gave up after {attempt} attempts; last: {reason}");
                     error!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, "Delivery failed too often; dead-lettered.");
-                    let evs = vec![ev, EventKind::DeadLettered { delivery: d, reason: why.clone() }];
-                    let r = self.store.outbox_dead(key, &item, evs, &why);
-                    return self.left(r, item);
+                    let events = vec![ev, EventKind::DeadLettered { delivery: d, reason: why.clone() }];
+                    return OutboxUpdate::Dead { key, item, reason: why, events };
                 }
                 let delay = backoff(&self.config, attempt, after);
                 warn!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry.");
                 item.not_before_ms = now_ms() + delay.as_millis() as u64;
-                if let Err(e) = self.store.outbox_retry(key, &item, ev) {
-                    error!(delivery_id = %d, error = %e, "Could not record the failed attempt.");
-                }
-                Outcome::Again(item)
+                OutboxUpdate::Retry { key, item, events: vec![ev] }
             }
         }
     }
 
-    fn left(&self, r: Result<(), StoreError>, mut item: OutboxItemV1) -> Outcome {
-        match r {
+    /// Writes a group of finished attempts and returns the rows that stay queued (retries, and
+    /// everything if the write failed: the sends may have happened, but a resend carries the
+    /// same delivery id, so the receiver can recognise it).
+    fn record(&self, updates: Vec<OutboxUpdate>) -> Vec<(OutboxKey, OutboxItemV1)> {
+        match blocking(|| self.store.apply_outbox(&updates)) {
             Ok(()) => {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                Outcome::Left
+                let mut again = Vec::new();
+                for u in updates {
+                    match u {
+                        OutboxUpdate::Retry { key, item, .. } => again.push((key, item)),
+                        _ => {
+                            self.pending.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                again
             }
             Err(e) => {
-                // The send may have happened but we could not note it: keep the row and try
-                // again later; a resend carries the same delivery id (idempotency key,
-                // Message-ID), so the receiver can recognise it.
-                error!(account = %self.account, error = %e, "Could not update the outbox after an attempt; retrying in 5 s.");
-                item.not_before_ms = now_ms() + 5000;
-                Outcome::Again(item)
+                error!(account = %self.account, error = %e, "Could not update the outbox after attempts; retrying in 5 s.");
+                let later = now_ms() + 5000;
+                updates
+                    .into_iter()
+                    .map(|u| match u {
+                        OutboxUpdate::Sent { key, mut item, .. }
+                        | OutboxUpdate::Retry { key, mut item, .. }
+                        | OutboxUpdate::Dead { key, mut item, .. }
+                        | OutboxUpdate::Review { key, mut item, .. } => {
+                            item.not_before_ms = later;
+                            (key, item)
+                        }
+                    })
+                    .collect()
             }
         }
     }
+}
+
+/// Runs a store transaction without stalling the async workers: sled transactions wait for any
+/// flush in progress (see `Store::commit_exchanges`).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 #[cfg(test)]

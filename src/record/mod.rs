@@ -70,6 +70,82 @@ impl OutboxKey {
     }
 }
 
+/// What one attempt did to its outbox row (see [`Store::apply_outbox`]).
+#[derive(Debug)]
+pub enum OutboxUpdate {
+    /// Sent: the row goes; the channel's ids for it are remembered.
+    Sent {
+        /// The row.
+        key: OutboxKey,
+        /// Its content.
+        item: OutboxItemV1,
+        /// The channel's ids for what was sent.
+        native_ids: Vec<String>,
+        /// Appended to the record.
+        events: Vec<EventKind>,
+    },
+    /// Failed, to be retried: the row is rewritten (attempts, not before).
+    Retry {
+        /// The row.
+        key: OutboxKey,
+        /// Its new content.
+        item: OutboxItemV1,
+        /// Appended to the record.
+        events: Vec<EventKind>,
+    },
+    /// Given up: the row moves to the dead letters.
+    Dead {
+        /// The row.
+        key: OutboxKey,
+        /// Its content.
+        item: OutboxItemV1,
+        /// Why (PHI-free).
+        reason: String,
+        /// Appended to the record.
+        events: Vec<EventKind>,
+    },
+    /// Held back (consent withdrawn): the row moves to the review queue.
+    Review {
+        /// The row.
+        key: OutboxKey,
+        /// Its content.
+        item: OutboxItemV1,
+        /// The rule that held it.
+        rule: String,
+        /// Appended to the record.
+        events: Vec<EventKind>,
+    },
+}
+
+impl OutboxUpdate {
+    fn key(&self) -> &OutboxKey {
+        match self {
+            OutboxUpdate::Sent { key, .. }
+            | OutboxUpdate::Retry { key, .. }
+            | OutboxUpdate::Dead { key, .. }
+            | OutboxUpdate::Review { key, .. } => key,
+        }
+    }
+
+    fn item(&self) -> &OutboxItemV1 {
+        match self {
+            OutboxUpdate::Sent { item, .. }
+            | OutboxUpdate::Retry { item, .. }
+            | OutboxUpdate::Dead { item, .. }
+            | OutboxUpdate::Review { item, .. } => item,
+        }
+    }
+
+    fn events(&self) -> &[EventKind] {
+        match self {
+            OutboxUpdate::Sent { events, .. }
+            | OutboxUpdate::Retry { events, .. }
+            | OutboxUpdate::Dead { events, .. }
+            | OutboxUpdate::Review { events, .. } => events,
+        }
+    }
+}
+
 /// Everything one inbound message writes, prepared by the router and committed atomically.
 #[derive(Debug)]
 pub struct Exchange {
@@ -303,10 +379,19 @@ impl Store {
         self.link_codes.get(code_hash.as_bytes())?.map(|v| dec("link_codes", &v)).transpose()
     }
 
-    /// Writes one exchange atomically (see the module docs). Re-checks the dedup index inside
-    /// the transaction.
+    /// Writes one exchange atomically (see the module docs).
     pub fn commit_exchange(&self, ex: &Exchange) -> Result<Committed, StoreError> {
-        let trees: [&Tree; 10] = [
+        Ok(self.commit_exchanges(std::slice::from_ref(ex))?.pop().unwrap_or(Committed::New))
+    }
+
+    /// Writes a batch of exchanges in **one** transaction: each one whole or (if its source key is
+    /// already recorded, also earlier in the same batch) not at all, reported per exchange.
+    ///
+    /// One transaction per batch, not per message, because sled's transactions take a global
+    /// write lock that waits for any flush in progress (a flush holds the read side through its
+    /// fsync): per-message transactions each waited for a flush.
+    pub fn commit_exchanges(&self, batch: &[Exchange]) -> Result<Vec<Committed>, StoreError> {
+        let trees: [&Tree; 9] = [
             &self.records,
             &self.by_source,
             &self.conversations,
@@ -316,48 +401,47 @@ impl Store {
             &self.links,
             &self.link_codes,
             &self.consents,
-            &self.events,
         ];
-        let skey = source_key(&ex.record.source);
-        let rid = ex.record.id;
-        let record = enc(&ex.record);
-        let conv = enc(&ex.conversation);
+        let encoded: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> =
+            batch.iter().map(|ex| (source_key(&ex.record.source), enc(&ex.record), enc(&ex.conversation))).collect();
         let r = trees[..].transaction(|t: &Vec<TransactionalTree>| {
             let (records, by_source, conversations, by_native, outbox, review, links, link_codes, consents) =
                 (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8]);
-            if let Some(existing) = by_source.get(&skey)? {
-                let id = existing.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-                return Err(abort(RecordId(id)));
+            let mut results = Vec::with_capacity(batch.len());
+            for (ex, (skey, record, conv)) in batch.iter().zip(&encoded) {
+                if let Some(existing) = by_source.get(skey)? {
+                    let id = existing.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                    results.push(Committed::Duplicate(RecordId(id)));
+                    continue;
+                }
+                let rid = ex.record.id;
+                records.insert(&rid.0.to_be_bytes(), record.as_slice())?;
+                by_source.insert(skey.as_slice(), &rid.0.to_be_bytes())?;
+                conversations.insert(ex.conversation.token.as_bytes(), conv.as_slice())?;
+                for (k, v) in &ex.native_refs {
+                    by_native.insert(k.as_bytes(), enc(v))?;
+                }
+                for (k, v) in &ex.outbox {
+                    outbox.insert(k.encode(), enc(v))?;
+                }
+                for item in &ex.review {
+                    review.insert(&item.item.delivery.id.0.to_be_bytes(), enc(item))?;
+                }
+                if let Some((addr, link, code_hash, grant)) = &ex.link {
+                    links.insert(addr.as_bytes(), enc(link))?;
+                    link_codes.remove(code_hash.as_bytes())?;
+                    let key = join(&link.patient_id, &link.account);
+                    let mut all: Vec<ConsentGrant> =
+                        consents.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
+                    all.retain(|g| g.purpose != grant.purpose);
+                    all.push(grant.clone());
+                    consents.insert(key, enc(&all))?;
+                }
+                results.push(Committed::New);
             }
-            records.insert(&rid.0.to_be_bytes(), record.as_slice())?;
-            by_source.insert(skey.as_slice(), &rid.0.to_be_bytes())?;
-            conversations.insert(ex.conversation.token.as_bytes(), conv.as_slice())?;
-            for (k, v) in &ex.native_refs {
-                by_native.insert(k.as_bytes(), enc(v))?;
-            }
-            for (k, v) in &ex.outbox {
-                outbox.insert(k.encode(), enc(v))?;
-            }
-            for item in &ex.review {
-                review.insert(&item.item.delivery.id.0.to_be_bytes(), enc(item))?;
-            }
-            if let Some((addr, link, code_hash, grant)) = &ex.link {
-                links.insert(addr.as_bytes(), enc(link))?;
-                link_codes.remove(code_hash.as_bytes())?;
-                let key = join(&link.patient_id, &link.account);
-                let mut all: Vec<ConsentGrant> =
-                    consents.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
-                all.retain(|g| g.purpose != grant.purpose);
-                all.push(grant.clone());
-                consents.insert(key, enc(&all))?;
-            }
-            Ok(())
+            Ok::<_, ConflictableTransactionError<()>>(results)
         });
-        match r {
-            Ok(()) => Ok(Committed::New),
-            Err(TransactionError::Abort(id)) => Ok(Committed::Duplicate(id)),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-        }
+        r.map_err(tx_err)
     }
 
     /// Stores malformed input in quarantine, unless its source key was already seen.
@@ -404,91 +488,63 @@ impl Store {
         self.outbox.get(key.encode())?.map(|v| dec("outbox", &v)).transpose()
     }
 
-    /// Rewrites an outbox row (after a failed attempt) and appends the attempt to its record.
-    pub fn outbox_retry(&self, key: &OutboxKey, item: &OutboxItemV1, event: EventKind) -> Result<(), StoreError> {
-        let ekey = self.event_key(item.delivery.record_id)?;
-        let ev = enc(&EventV1 { v: 1, at_ms: now_ms(), kind: event });
-        let value = enc(item);
-        (&self.outbox, &self.events)
-            .transaction(|(outbox, events)| {
-                outbox.insert(key.encode(), value.as_slice())?;
-                events.insert(ekey.as_slice(), ev.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
-    }
-
-    /// Removes a sent delivery, appends the attempt, and remembers the channel's ids for what was
-    /// sent so replies to it find the conversation.
-    pub fn outbox_sent(
-        &self,
-        key: &OutboxKey,
-        item: &OutboxItemV1,
-        native_ids: &[String],
-        event: EventKind,
-    ) -> Result<(), StoreError> {
-        let ekey = self.event_key(item.delivery.record_id)?;
-        let ev = enc(&EventV1 { v: 1, at_ms: now_ms(), kind: event });
-        let kind = item.delivery.account.kind().as_str();
-        let nref = enc(&NativeRefV1 {
-            v: 1,
-            conversation: item.delivery.conversation.expose().clone(),
-            record: item.delivery.record_id,
-        });
-        (&self.outbox, &self.events, &self.by_native)
-            .transaction(|(outbox, events, by_native)| {
-                outbox.remove(key.encode())?;
-                events.insert(ekey.as_slice(), ev.as_slice())?;
-                for n in native_ids {
-                    by_native.insert(join(kind, n), nref.as_slice())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
-    }
-
-    /// Moves a delivery to the dead letters and appends why to its record.
-    pub fn outbox_dead(
-        &self,
-        key: &OutboxKey,
-        item: &OutboxItemV1,
-        events: Vec<EventKind>,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let mut evs = Vec::new();
-        for e in events {
-            evs.push((self.event_key(item.delivery.record_id)?, enc(&EventV1 { v: 1, at_ms: now_ms(), kind: e })));
+    /// Applies what a worker's attempts did to their outbox rows, all in one transaction (one
+    /// per completed group of sends, not per send: sled transactions wait for any flush in
+    /// progress). Each update also appends its events to the record; a sent delivery's channel
+    /// ids are remembered so replies to it find the conversation.
+    pub fn apply_outbox(&self, updates: &[OutboxUpdate]) -> Result<(), StoreError> {
+        let mut prepared = Vec::with_capacity(updates.len());
+        for u in updates {
+            let item = u.item();
+            let mut evs = Vec::new();
+            for e in u.events() {
+                evs.push((
+                    self.event_key(item.delivery.record_id)?,
+                    enc(&EventV1 { v: 1, at_ms: now_ms(), kind: e.clone() }),
+                ));
+            }
+            prepared.push((u.key().encode(), evs));
         }
-        let dead = enc(&DeadLetterV1 { v: 1, at_ms: now_ms(), item: item.clone(), reason: reason.to_string() });
-        (&self.outbox, &self.events, &self.dead)
-            .transaction(|(outbox, events, dead_t)| {
-                outbox.remove(key.encode())?;
-                for (k, v) in &evs {
-                    events.insert(k.as_slice(), v.as_slice())?;
+        (&self.outbox, &self.events, &self.by_native, &self.dead, &self.review)
+            .transaction(|(outbox, events, by_native, dead, review)| {
+                for (u, (okey, evs)) in updates.iter().zip(&prepared) {
+                    for (k, v) in evs {
+                        events.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    match u {
+                        OutboxUpdate::Retry { item, .. } => {
+                            outbox.insert(okey.as_slice(), enc(item))?;
+                        }
+                        OutboxUpdate::Sent { item, native_ids, .. } => {
+                            outbox.remove(okey.as_slice())?;
+                            let kind = item.delivery.account.kind().as_str();
+                            let nref = enc(&NativeRefV1 {
+                                v: 1,
+                                conversation: item.delivery.conversation.expose().clone(),
+                                record: item.delivery.record_id,
+                            });
+                            for n in native_ids {
+                                by_native.insert(join(kind, n), nref.as_slice())?;
+                            }
+                        }
+                        OutboxUpdate::Dead { item, reason, .. } => {
+                            outbox.remove(okey.as_slice())?;
+                            let d = DeadLetterV1 { v: 1, at_ms: now_ms(), item: item.clone(), reason: reason.clone() };
+                            dead.insert(&item.delivery.id.0.to_be_bytes(), enc(&d))?;
+                        }
+                        OutboxUpdate::Review { item, rule, .. } => {
+                            outbox.remove(okey.as_slice())?;
+                            let r = ReviewItemV1 {
+                                v: 1,
+                                at_ms: now_ms(),
+                                item: item.clone(),
+                                rules: vec![rule.clone()],
+                                reject_notice: None,
+                            };
+                            review.insert(&item.delivery.id.0.to_be_bytes(), enc(&r))?;
+                        }
+                    }
                 }
-                dead_t.insert(&item.delivery.id.0.to_be_bytes(), dead.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
-    }
-
-    /// Moves an outbox row to the review queue (consent withdrawn since recording).
-    pub fn outbox_to_review(&self, key: &OutboxKey, item: &OutboxItemV1, rule: &str) -> Result<(), StoreError> {
-        let ekey = self.event_key(item.delivery.record_id)?;
-        let ev =
-            enc(&EventV1 { v: 1, at_ms: now_ms(), kind: EventKind::ConsentWithdrawn { delivery: item.delivery.id } });
-        let r = enc(&ReviewItemV1 {
-            v: 1,
-            at_ms: now_ms(),
-            item: item.clone(),
-            rules: vec![rule.to_string()],
-            reject_notice: None,
-        });
-        (&self.outbox, &self.events, &self.review)
-            .transaction(|(outbox, events, review)| {
-                outbox.remove(key.encode())?;
-                events.insert(ekey.as_slice(), ev.as_slice())?;
-                review.insert(&item.delivery.id.0.to_be_bytes(), r.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(tx_err)

@@ -7,13 +7,14 @@
 pub mod identify;
 pub mod plan;
 
+use crate::record::Exchange;
 use crate::record::flusher::FlushJob;
 use crate::record::{Flusher, Store};
 use carebridge_contract::{Receipt, SubmitRequest};
-use plan::Planner;
+use plan::{Planner, Step};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 /// Most submissions processed before handing a batch to the flusher.
@@ -41,33 +42,50 @@ impl Router {
             let started = std::time::Instant::now();
             let size = batch.len();
             let mut job = FlushJob::default();
+            let mut pending: Vec<(oneshot::Sender<Receipt>, Exchange)> = Vec::new();
             for req in batch.drain(..) {
-                let pending = self.outbox_pending.load(Ordering::Relaxed);
-                let receipt = if pending >= self.max_outbox_pending {
+                let backlog = self.outbox_pending.load(Ordering::Relaxed);
+                if backlog >= self.max_outbox_pending {
                     if !saturated_logged {
                         warn!(
-                            outbox_pending = pending,
+                            outbox_pending = backlog,
                             limit = self.max_outbox_pending,
                             "Outbox full; refusing new messages until it drains."
                         );
                         saturated_logged = true;
                     }
-                    Receipt::Unavailable
-                } else {
-                    saturated_logged = false;
-                    match self.planner.handle(req.submission) {
-                        Ok((receipt, wake)) => {
+                    job.receipts.push((req.reply, Receipt::Unavailable));
+                    continue;
+                }
+                saturated_logged = false;
+                match self.planner.prepare(req.submission) {
+                    Ok(Step::Done(receipt)) => job.receipts.push((req.reply, receipt)),
+                    Ok(Step::Commit(ex)) => pending.push((req.reply, *ex)),
+                    Err(e) => {
+                        error!(error = %e, "Could not record message; answering unavailable so the source redelivers.");
+                        job.receipts.push((req.reply, Receipt::Unavailable));
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let (replies, exchanges): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+                // The transaction may wait for a flush in progress: keep it off the async workers'
+                // hot path.
+                let store = &self.planner.store;
+                match tokio::task::block_in_place(|| store.commit_exchanges(&exchanges)) {
+                    Ok(results) => {
+                        for ((reply, ex), committed) in replies.into_iter().zip(exchanges).zip(results) {
+                            let (receipt, wake) = self.planner.finish(ex, committed);
                             self.outbox_pending.fetch_add(wake.len() as u64, Ordering::Relaxed);
                             job.wake.extend(wake);
-                            receipt
-                        }
-                        Err(e) => {
-                            error!(error = %e, "Could not record message; answering unavailable so the source redelivers.");
-                            Receipt::Unavailable
+                            job.receipts.push((reply, receipt));
                         }
                     }
-                };
-                job.receipts.push((req.reply, receipt));
+                    Err(e) => {
+                        error!(error = %e, messages = replies.len(), "Could not record messages; answering unavailable so the sources redeliver.");
+                        job.receipts.extend(replies.into_iter().map(|r| (r, Receipt::Unavailable)));
+                    }
+                }
             }
             debug!(messages = size, micros = started.elapsed().as_micros() as u64, "Batch planned and committed.");
             self.flusher.submit(job);

@@ -41,6 +41,14 @@ pub struct Planner {
     pub senders: BTreeSet<AccountId>,
 }
 
+/// What [`Planner::prepare`] made of a submission.
+pub enum Step {
+    /// Answered without writing an exchange (duplicate, quarantined).
+    Done(Receipt),
+    /// An exchange to commit with the batch.
+    Commit(Box<Exchange>),
+}
+
 /// How a message relates to earlier ones.
 enum Thread {
     /// First message of a new conversation.
@@ -63,8 +71,9 @@ struct Draft<'a> {
 }
 
 impl Planner {
-    /// Handles one submission. Returns the receipt and the outbox rows to wake after the flush.
-    pub fn handle(&self, submission: Submission) -> Result<(Receipt, Vec<OutboxKey>), StoreError> {
+    /// Prepares one submission: either it is answered already (duplicate, quarantined) or it
+    /// yields an exchange to commit with the rest of the batch (then call [`Planner::finish`]).
+    pub fn prepare(&self, submission: Submission) -> Result<Step, StoreError> {
         match submission {
             Submission::Message(env) => self.message(env),
             Submission::Malformed { source, raw, reason } => {
@@ -73,18 +82,48 @@ impl Planner {
                 match self.store.commit_quarantine(&q)? {
                     Committed::New => {
                         info!(quarantine_id = %id, account = %q.source.account, reason = %reason, "Malformed input quarantined.");
-                        Ok((Receipt::Quarantined { id, reason }, Vec::new()))
+                        Ok(Step::Done(Receipt::Quarantined { id, reason }))
                     }
-                    Committed::Duplicate(prev) => Ok((Receipt::Duplicate(prev), Vec::new())),
+                    Committed::Duplicate(prev) => Ok(Step::Done(Receipt::Duplicate(prev))),
                 }
             }
         }
     }
 
-    fn message(&self, env: Envelope) -> Result<(Receipt, Vec<OutboxKey>), StoreError> {
+    /// After the batch's transaction: the receipt and the outbox rows to wake after the flush.
+    pub fn finish(&self, ex: Exchange, committed: Committed) -> (Receipt, Vec<OutboxKey>) {
+        match committed {
+            Committed::Duplicate(prev) => {
+                info!(record_id = %prev, account = %ex.record.source.account, "Redelivered message de-duplicated.");
+                (Receipt::Duplicate(prev), Vec::new())
+            }
+            Committed::New => {
+                let actions: Vec<String> =
+                    ex.record.decisions.iter().map(|d| format!("{}:{}", d.account, d.action)).collect();
+                let rules: BTreeSet<&str> =
+                    ex.record.decisions.iter().flat_map(|d| d.rules.iter().map(String::as_str)).collect();
+                info!(
+                    record_id = %ex.record.id,
+                    account = %ex.record.source.account,
+                    sender = role_name(&ex.record.sender),
+                    patient = %ex.record.patient_id.as_deref().map(|p| self.store.patient_ref(p)).unwrap_or_else(|| "-".into()),
+                    class = ex.record.class.as_str(),
+                    findings = ex.record.finding_kinds.len(),
+                    decisions = ?actions,
+                    rules = ?rules,
+                    deliveries = ex.outbox.len(),
+                    held = ex.review.len(),
+                    "Message recorded."
+                );
+                (Receipt::Recorded(ex.record.id), ex.outbox.into_iter().map(|(k, _)| k).collect())
+            }
+        }
+    }
+
+    fn message(&self, env: Envelope) -> Result<Step, StoreError> {
         if let Some(prev) = self.store.lookup_source(&env.source)? {
             info!(record_id = %prev, account = %env.source.account, "Redelivered message de-duplicated.");
-            return Ok((Receipt::Duplicate(prev), Vec::new()));
+            return Ok(Step::Done(Receipt::Duplicate(prev)));
         }
         let account = env.source.account.clone();
         let kind = account.kind().as_str();
@@ -267,30 +306,7 @@ impl Planner {
             decisions,
             notes,
         };
-        let ex = Exchange { record, conversation, native_refs, outbox, review, link };
-        match self.store.commit_exchange(&ex)? {
-            Committed::Duplicate(prev) => Ok((Receipt::Duplicate(prev), Vec::new())),
-            Committed::New => {
-                let actions: Vec<String> =
-                    ex.record.decisions.iter().map(|d| format!("{}:{}", d.account, d.action)).collect();
-                let rules: BTreeSet<&str> =
-                    ex.record.decisions.iter().flat_map(|d| d.rules.iter().map(String::as_str)).collect();
-                info!(
-                    record_id = %record_id,
-                    account = %account,
-                    sender = role_name(&ex.record.sender),
-                    patient = %ex.record.patient_id.as_deref().map(|p| self.store.patient_ref(p)).unwrap_or_else(|| "-".into()),
-                    class = ?ex.record.class,
-                    findings = ex.record.finding_kinds.len(),
-                    decisions = ?actions,
-                    rules = ?rules,
-                    deliveries = ex.outbox.len(),
-                    held = ex.review.len(),
-                    "Message recorded."
-                );
-                Ok((Receipt::Recorded(record_id), ex.outbox.into_iter().map(|(k, _)| k).collect()))
-            }
-        }
+        Ok(Step::Commit(Box::new(Exchange { record, conversation, native_refs, outbox, review, link })))
     }
 
     fn identify(&self, from: &Address) -> Result<SenderV1, StoreError> {
