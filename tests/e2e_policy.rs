@@ -22,6 +22,10 @@ struct Setup {
 }
 
 async fn setup(over_ceiling: &str) -> Setup {
+    setup_with(over_ceiling, "").await
+}
+
+async fn setup_with(over_ceiling: &str, extra_channels: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     std::fs::write(dir.path().join("admin-token"), "admin-test-token").unwrap();
@@ -67,6 +71,7 @@ over_ceiling = "{over_ceiling}"
 [policy.channels]
 "webhook.ehr" = "secure"
 "webhook.portal" = "secure"
+{extra_channels}
 "#,
         data = dir.path().join("data").display(),
         sms_url = sms.url(),
@@ -213,6 +218,42 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
         verdicts.contains(&("approved".into(), "s-lee".into()))
             && verdicts.contains(&("rejected".into(), "s-lee".into()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_is_snapshotted_and_rechecked_just_before_each_send() {
+    // SMS treated like plain email here: clinical content may go to a patient who consented.
+    let mut s = setup_with("reroute", "\"webhook.sms\" = \"email_plain\"").await;
+    let (ok, _, err) =
+        s.d.cli(&["consent", "grant", "--patient", "p-0001", "--account", "webhook.sms", "--source", "paper-form"]);
+    assert!(ok, "{err}");
+    // The patient's gateway is down for now, so the answer waits in the outbox.
+    s.sms.set_mode(Mode::Always(503));
+    ask_and_answer(&s, "sms-1").await;
+    let from = s.d.log_len();
+    assert!(s.d.wait_log("will retry", from, Duration::from_secs(10)), "the answer was allowed and is being sent");
+
+    // The patient withdraws consent before the gateway comes back.
+    let (ok, _, err) = s.d.cli(&["consent", "withdraw", "--patient", "p-0001", "--account", "webhook.sms"]);
+    assert!(ok, "{err}");
+    s.sms.set_mode(Mode::Accept);
+    let from = s.d.log_len();
+    assert!(s.d.wait_log("Consent withdrawn since recording", from, Duration::from_secs(10)), "{:?}", s.d.logs());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.sms.received().iter().all(|m| m.body["kind"] != "reply"), "not sent after the withdrawal");
+    let held = review(&s, &["list"]);
+    assert_eq!(held.as_array().unwrap().len(), 1);
+    assert_eq!(held[0]["rules"], serde_json::json!(["builtin.consent.recheck"]));
+
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let answer =
+        export.iter().find(|l| l["type"] == "record" && l["record"]["source"]["native_id"] == "ans-sms-1").unwrap();
+    let consents = answer["record"]["consents"].as_array().unwrap();
+    assert_eq!(consents.len(), 1, "the consent in force is in the record");
+    assert_eq!(consents[0]["source"], "paper-form");
+    assert_eq!(answer["record"]["decisions"][0]["action"], "allow");
+    assert!(answer["events"].as_array().unwrap().iter().any(|e| e["event"] == "consent_withdrawn"));
 }
 
 #[test]
