@@ -540,3 +540,79 @@ pub fn toml_message(e: &toml::de::Error, text: &str) -> String {
         _ => msg,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, dir: &Path) -> Result<Config, ConfigErrors> {
+        Config::from_toml(text, dir)
+    }
+
+    #[test]
+    fn the_directory_can_live_in_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("people.toml"),
+            "[[patient]]\nid = \"p-2\"\naddresses = [\"phone:+14165550100\"]\n",
+        )
+        .unwrap();
+        let c = parse(
+            "[directory]\nfile = \"people.toml\"\n[[directory.patient]]\nid = \"p-1\"\naddresses = []\n",
+            dir.path(),
+        )
+        .unwrap();
+        let ids: Vec<&str> = c.directory.patient.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["p-1", "p-2"]);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+
+        let missing = parse("[directory]\nfile = \"nope.toml\"\n", dir.path()).unwrap_err();
+        assert_eq!(missing.0[0].path, "directory.file");
+    }
+
+    #[test]
+    fn inline_secrets_are_found_at_any_depth_and_refs_are_not() {
+        let err =
+            parse("[email.x]\naddress = \"a@b.c\"\n[email.x.imap]\npassword = \"p\"\n", Path::new(".")).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].path, "email.x.imap.password");
+        assert!(err.0[0].message.contains("password_env"));
+        let ok = parse("[admin]\nlisten = \"127.0.0.1:1\"\ntoken_env = \"T\"\n", Path::new(".")).unwrap();
+        assert!(ok.validate().is_empty());
+    }
+
+    #[test]
+    fn routes_resolve_to_unique_destinations_in_order() {
+        let text = r#"
+[webhook.a]
+listen = "127.0.0.1:1"
+secret_env = "S"
+[webhook.b]
+url = "http://127.0.0.1:2/"
+secret_env = "S"
+[webhook.c]
+url = "http://127.0.0.1:3/"
+secret_env = "S"
+[[route]]
+name = "one"
+from = ["webhook.a"]
+to = ["webhook.b", "webhook.c"]
+[[route]]
+name = "two"
+from = ["webhook.a"]
+to = ["webhook.b"]
+"#;
+        let c = parse(text, Path::new(".")).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let a: AccountId = "webhook.a".parse().unwrap();
+        let got: Vec<String> = c.destinations(&a).iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["webhook.b", "webhook.c"]);
+    }
+
+    #[test]
+    fn did_you_mean_only_suggests_close_names() {
+        let names = vec!["email.clinic".to_string(), "webhook.forms".to_string()];
+        assert_eq!(did_you_mean("email.clinc", &names), Some("email.clinic"));
+        assert_eq!(did_you_mean("telegram.bot", &names), None);
+    }
+}
