@@ -8,71 +8,12 @@
 mod support;
 
 use std::time::Duration;
-use support::daemon::{Daemon, wait_http};
-use support::sink::{Mode, Sink};
-use support::{SECRET, free_port, post_message};
-
-struct Setup {
-    d: Daemon,
-    sms_port: u16,
-    ehr_port: u16,
-    sms: Sink,
-    ehr: Sink,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(extra: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    let (sms, ehr) = (Sink::start(Mode::Accept).await, Sink::start(Mode::Accept).await);
-    let (sms_port, ehr_port) = (free_port(), free_port());
-    let toml = format!(
-        r#"
-[daemon]
-data_dir = "{data}"
-[outbox]
-retry_initial_ms = 50
-retry_max_secs = 1
-[webhook.sms]
-listen = "127.0.0.1:{sms_port}"
-url = "{sms_url}"
-secret_file = "secret"
-from_kind = "phone"
-[webhook.ehr]
-listen = "127.0.0.1:{ehr_port}"
-url = "{ehr_url}"
-secret_file = "secret"
-from_kind = "opaque"
-[[route]]
-name = "patients-to-ehr"
-from = ["webhook.sms"]
-to = ["webhook.ehr"]
-[[directory.patient]]
-id = "p-0001"
-addresses = ["phone:+14165550199"]
-[[directory.staff]]
-id = "s-lee"
-addresses = ["opaque:dr-lee"]
-{extra}
-"#,
-        data = dir.path().join("data").display(),
-        sms_url = sms.url(),
-        ehr_url = ehr.url()
-    );
-    let d = Daemon::start(dir.path(), &toml);
-    for p in [sms_port, ehr_port] {
-        assert!(wait_http(&format!("http://127.0.0.1:{p}/healthz"), Duration::from_secs(20)).await);
-    }
-    Setup { d, sms_port, ehr_port, sms, ehr, _dir: dir }
-}
-
-fn msg(v: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&v).unwrap()
-}
+use support::clinic::{Clinic, msg};
+use support::post_message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clinician_answers_through_the_ehr_and_the_patient_gets_it_by_sms() {
-    let mut s = setup("").await;
+    let mut s = Clinic::start("", "").await;
     let c = reqwest::Client::new();
     let (st, _) = post_message(
         &c,
@@ -126,7 +67,7 @@ async fn a_clinician_answers_through_the_ehr_and_the_patient_gets_it_by_sms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_with_a_token_cannot_write_to_the_patient() {
-    let mut s = setup("").await;
+    let mut s = Clinic::start("", "").await;
     let c = reqwest::Client::new();
     assert_eq!(
         post_message(&c, s.sms_port, &msg(serde_json::json!({"id": "sms-1", "from": "+14165550199", "text": "hello"})))

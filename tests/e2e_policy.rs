@@ -7,93 +7,15 @@
 mod support;
 
 use std::time::Duration;
-use support::daemon::{Daemon, wait_http};
-use support::sink::{Mode, Sink};
-use support::{SECRET, free_port, post_message};
-
-struct Setup {
-    d: Daemon,
-    sms_port: u16,
-    ehr_port: u16,
-    sms: Sink,
-    ehr: Sink,
-    portal: Sink,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(over_ceiling: &str) -> Setup {
-    setup_with(over_ceiling, "").await
-}
-
-async fn setup_with(over_ceiling: &str, extra_channels: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    std::fs::write(dir.path().join("admin-token"), "admin-test-token").unwrap();
-    let (sms, ehr, portal) =
-        (Sink::start(Mode::Accept).await, Sink::start(Mode::Accept).await, Sink::start(Mode::Accept).await);
-    let (sms_port, ehr_port, admin_port) = (free_port(), free_port(), free_port());
-    let toml = format!(
-        r#"
-[daemon]
-data_dir = "{data}"
-[outbox]
-retry_initial_ms = 50
-retry_max_secs = 1
-[admin]
-listen = "127.0.0.1:{admin_port}"
-token_file = "admin-token"
-[webhook.sms]
-listen = "127.0.0.1:{sms_port}"
-url = "{sms_url}"
-secret_file = "secret"
-from_kind = "phone"
-[webhook.ehr]
-listen = "127.0.0.1:{ehr_port}"
-url = "{ehr_url}"
-secret_file = "secret"
-from_kind = "opaque"
-[webhook.portal]
-url = "{portal_url}"
-secret_file = "secret"
-[[route]]
-name = "sms-to-ehr"
-from = ["webhook.sms"]
-to = ["webhook.ehr"]
-[[directory.patient]]
-id = "p-0001"
-addresses = ["phone:+14165550199"]
-[[directory.staff]]
-id = "s-lee"
-addresses = ["opaque:dr-lee"]
-[policy]
-secure_account = "webhook.portal"
-over_ceiling = "{over_ceiling}"
-[policy.channels]
-"webhook.ehr" = "secure"
-"webhook.portal" = "secure"
-{extra_channels}
-"#,
-        data = dir.path().join("data").display(),
-        sms_url = sms.url(),
-        ehr_url = ehr.url(),
-        portal_url = portal.url(),
-    );
-    let d = Daemon::start(dir.path(), &toml);
-    for p in [sms_port, ehr_port] {
-        assert!(wait_http(&format!("http://127.0.0.1:{p}/healthz"), Duration::from_secs(20)).await);
-    }
-    Setup { d, sms_port, ehr_port, sms, ehr, portal, _dir: dir }
-}
-
-fn msg(v: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&v).unwrap()
-}
+use support::clinic::{Clinic, msg};
+use support::sink::Mode;
+use support::{SECRET, post_message};
 
 const ASK: &str = "Hi, can you renew my prescription for amoxicillin please?";
 const ANSWER: &str = "Renewed: amoxicillin 500 mg, three times a day for 7 days.";
 
 /// The patient asks by SMS; the EHR gets it; the clinician answers through the EHR.
-async fn ask_and_answer(s: &Setup, id: &str) {
+async fn ask_and_answer(s: &Clinic, id: &str) {
     let c = reqwest::Client::new();
     let before = s.ehr.received().len();
     let (st, _) =
@@ -112,7 +34,7 @@ async fn ask_and_answer(s: &Setup, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sms() {
-    let mut s = setup("reroute").await;
+    let mut s = Clinic::start("over_ceiling = \"reroute\"", "").await;
     ask_and_answer(&s, "sms-1").await;
 
     assert!(s.portal.wait_for(1, Duration::from_secs(10)).await, "the answer goes to the secure portal");
@@ -149,22 +71,14 @@ async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sm
     assert!(!logs.to_lowercase().contains("amoxicillin"), "no message text in logs");
 }
 
-fn review(s: &Setup, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["review"];
-    all.extend_from_slice(args);
-    let (ok, out, err) = s.d.cli(&all);
-    assert!(ok, "review {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
-    let mut s = setup("hold").await;
+    let mut s = Clinic::start("over_ceiling = \"hold\"", "").await;
     ask_and_answer(&s, "sms-1").await;
     ask_and_answer(&s, "sms-2").await;
     let mut held = serde_json::Value::Null;
     for _ in 0..200 {
-        held = review(&s, &["list"]);
+        held = s.review(&["list"]);
         if held.as_array().map(Vec::len) == Some(2) {
             break;
         }
@@ -174,15 +88,15 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     assert_eq!(held.len(), 2, "both answers held: {held:?}");
     assert!(held.iter().all(|h| h["account"] == "webhook.sms" && !h["rules"].as_array().unwrap().is_empty()));
     assert!(!serde_json::to_string(&held).unwrap().contains("amoxicillin"), "the list carries no text");
-    let replies = |s: &Setup| s.sms.received().into_iter().filter(|m| m.body["kind"] == "reply").collect::<Vec<_>>();
+    let replies = |s: &Clinic| s.sms.received().into_iter().filter(|m| m.body["kind"] == "reply").collect::<Vec<_>>();
     assert_eq!(replies(&s).len(), 0, "nothing sent while held");
 
     let first = held[0]["delivery"].as_str().unwrap().to_string();
     let second = held[1]["delivery"].as_str().unwrap().to_string();
-    let shown = review(&s, &["show", &first]);
+    let shown = s.review(&["show", &first]);
     assert_eq!(shown["text"], ANSWER, "the clinician sees what they approve");
 
-    let approved = review(&s, &["approve", &first, "--by", "s-lee"]);
+    let approved = s.review(&["approve", &first, "--by", "s-lee"]);
     assert_eq!(approved["verdict"], "approved");
     for _ in 0..200 {
         if !replies(&s).is_empty() {
@@ -194,7 +108,7 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     assert_eq!(replies(&s)[0].body["text"], ANSWER);
 
     let before = s.ehr.received().len();
-    let rejected = review(&s, &["reject", &second, "--by", "s-lee"]);
+    let rejected = s.review(&["reject", &second, "--by", "s-lee"]);
     assert_eq!(rejected["verdict"], "rejected");
     assert!(s.ehr.wait_for(before + 1, Duration::from_secs(10)).await, "the clinician is told the reply was not sent");
     let notice = s.ehr.received()[before].body.clone();
@@ -202,7 +116,7 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     assert!(notice["text"].as_str().unwrap().contains("not sent"), "{notice}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(replies(&s).len(), 1, "the rejected answer never reaches the patient");
-    assert_eq!(review(&s, &["list"]), serde_json::json!([]));
+    assert_eq!(s.review(&["list"]), serde_json::json!([]));
 
     assert!(s.d.terminate());
     let export = s.d.export();
@@ -223,7 +137,7 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consent_is_snapshotted_and_rechecked_just_before_each_send() {
     // SMS treated like plain email here: clinical content may go to a patient who consented.
-    let mut s = setup_with("reroute", "\"webhook.sms\" = \"email_plain\"").await;
+    let mut s = Clinic::start("over_ceiling = \"reroute\"", "\"webhook.sms\" = \"email_plain\"").await;
     let (ok, _, err) =
         s.d.cli(&["consent", "grant", "--patient", "p-0001", "--account", "webhook.sms", "--source", "paper-form"]);
     assert!(ok, "{err}");
@@ -241,7 +155,7 @@ async fn consent_is_snapshotted_and_rechecked_just_before_each_send() {
     assert!(s.d.wait_log("Consent withdrawn since recording", from, Duration::from_secs(10)), "{:?}", s.d.logs());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.sms.received().iter().all(|m| m.body["kind"] != "reply"), "not sent after the withdrawal");
-    let held = review(&s, &["list"]);
+    let held = s.review(&["list"]);
     assert_eq!(held.as_array().unwrap().len(), 1);
     assert_eq!(held[0]["rules"], serde_json::json!(["builtin.consent.recheck"]));
 

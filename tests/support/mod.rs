@@ -2,6 +2,7 @@
 //! a real HTTP sink that verifies carebridge's signatures. Nothing here imitates our own code.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod clinic;
 pub mod daemon;
 pub mod sink;
 
