@@ -90,7 +90,8 @@ pub enum Command {
         #[arg(long, default_value = "cli")]
         source: String,
     },
-    /// Print the record store as JSON lines (records with their events, quarantine, dead letters)
+    /// Print the record store as JSON lines (records with their events, quarantined input, dead
+    /// letters, held messages)
     /// for the privacy officer. The daemon must be stopped. Output contains PHI.
     Export {
         /// The TOML config file.
@@ -405,6 +406,9 @@ fn export(config: &Config) -> Result<ExitCode> {
         let r = r?;
         let events = store.events(r.id)?;
         writeln!(out, "{}", serde_json::json!({ "type": "record", "record": r, "events": events }))?;
+    }
+    for q in store.quarantine_entries()? {
+        writeln!(out, "{}", serde_json::json!({ "type": "quarantined", "quarantined": q }))?;
     }
     for d in store.dead_letters()? {
         writeln!(out, "{}", serde_json::json!({ "type": "dead_letter", "dead_letter": d }))?;

@@ -194,6 +194,16 @@ async fn bad_input_gets_the_right_status_and_the_daemon_keeps_serving() {
     assert!(d.terminate());
     let export = d.export();
     assert_eq!(records(&export).len(), 1, "only the good message is a record");
+    // The signed-but-malformed inputs are kept, with what was wrong, for the privacy officer.
+    let quarantined: Vec<_> = export.iter().filter(|l| l["type"] == "quarantined").collect();
+    assert_eq!(quarantined.len(), 3, "bad JSON, invalid UTF-8, missing field");
+    assert!(quarantined.iter().all(|q| !q["quarantined"]["reason"].as_str().unwrap().is_empty()));
+    assert!(
+        quarantined
+            .iter()
+            .any(|q| q["quarantined"]["raw"].as_array().is_some_and(|b| b.contains(&serde_json::json!(0xff)))),
+        "raw bytes kept as received"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

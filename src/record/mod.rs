@@ -379,11 +379,6 @@ impl Store {
         self.link_codes.get(code_hash.as_bytes())?.map(|v| dec("link_codes", &v)).transpose()
     }
 
-    /// Writes one exchange atomically (see the module docs).
-    pub fn commit_exchange(&self, ex: &Exchange) -> Result<Committed, StoreError> {
-        Ok(self.commit_exchanges(std::slice::from_ref(ex))?.pop().unwrap_or(Committed::New))
-    }
-
     /// Writes a batch of exchanges in **one** transaction: each one whole or (if its source key is
     /// already recorded, also earlier in the same batch) not at all, reported per exchange.
     ///
@@ -464,9 +459,9 @@ impl Store {
         }
     }
 
-    /// A quarantined input.
-    pub fn quarantined(&self, id: RecordId) -> Result<Option<QuarantineV1>, StoreError> {
-        self.quarantine.get(id.0.to_be_bytes())?.map(|v| dec("quarantine", &v)).transpose()
+    /// Quarantined inputs, oldest first (for the privacy officer's export).
+    pub fn quarantine_entries(&self) -> Result<Vec<QuarantineV1>, StoreError> {
+        self.quarantine.iter().map(|r| dec("quarantine", &r?.1)).collect()
     }
 
     /// Outbox keys of one account, FIFO order.
@@ -611,13 +606,6 @@ impl Store {
         Ok(Some(queue.into_iter().map(|(k, _)| k).collect()))
     }
 
-    /// Appends an event to a record outside any other write.
-    pub fn append_event(&self, record: RecordId, kind: EventKind) -> Result<(), StoreError> {
-        let k = self.event_key(record)?;
-        self.events.insert(k, enc(&EventV1 { v: 1, at_ms: now_ms(), kind }))?;
-        Ok(())
-    }
-
     fn event_key(&self, record: RecordId) -> Result<Vec<u8>, StoreError> {
         let mut k = record.0.to_be_bytes().to_vec();
         k.extend_from_slice(&self.next_id()?.to_be_bytes());
@@ -633,11 +621,6 @@ impl Store {
             quarantined: self.quarantine.len(),
             held: self.review.len(),
         }
-    }
-
-    /// Outbox rows pending (cheap enough for the router's saturation check).
-    pub fn outbox_len(&self) -> usize {
-        self.outbox.len()
     }
 }
 

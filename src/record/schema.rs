@@ -187,8 +187,6 @@ pub enum EventKind {
         /// The delivery.
         delivery: DeliveryId,
     },
-    /// The same message was delivered again by its source and de-duplicated.
-    Redelivered,
 }
 
 /// Input that could not be parsed, kept for review.

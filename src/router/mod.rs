@@ -8,8 +8,8 @@ pub mod identify;
 pub mod plan;
 
 use crate::record::Exchange;
+use crate::record::Flusher;
 use crate::record::flusher::FlushJob;
-use crate::record::{Flusher, Store};
 use carebridge_contract::{Receipt, SubmitRequest};
 use plan::{Planner, Step};
 use std::sync::Arc;
@@ -91,9 +91,4 @@ impl Router {
             self.flusher.submit(job);
         }
     }
-}
-
-/// Convenience for tests and the admin API: the store handle behind a router.
-pub fn store_of(r: &Router) -> &Store {
-    &r.planner.store
 }
