@@ -11,7 +11,7 @@
 
 use crate::admin;
 use crate::config::Config;
-use crate::outbox::{self, Worker};
+use crate::outbox::{self, Bookkeeper, Worker};
 use crate::policy::Policy;
 use crate::record::{Flusher, Store};
 use crate::router::Router;
@@ -44,6 +44,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut workers = Vec::new();
     let mut senders = BTreeSet::new();
     let pending = Arc::new(AtomicU64::new(0));
+    let (books, books_thread) = Bookkeeper::spawn(store.clone()).context("starting the outbox bookkeeping thread")?;
     for (id, account) in &config.accounts {
         if !account.sends() {
             continue;
@@ -57,6 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 store: store.clone(),
                 config: config.outbox.clone(),
                 pending: pending.clone(),
+                books: books.clone(),
             });
         }
     }
@@ -71,12 +73,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
+    drop(books);
     let outbox_stop = CancellationToken::new();
     let outbox_tasks = TaskTracker::new();
     let wakers = outbox::spawn_workers(workers, outbox_stop.clone(), &outbox_tasks)?;
     outbox_tasks.close();
     let wake = wakers.clone();
-    let (flusher, flusher_task) = Flusher::spawn(store.clone(), move |keys| wake.wake(keys));
+    let (flusher, flusher_thread) =
+        Flusher::spawn(store.clone(), move |keys| wake.wake(keys)).context("starting the flusher thread")?;
 
     let (submitter, rx) = Submitter::channel(config.daemon.queue_capacity);
     let router = Router {
@@ -91,7 +95,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         outbox_pending: pending.clone(),
         max_outbox_pending: config.router.max_outbox_pending,
     };
-    let router_task = tokio::spawn(router.run(rx));
+    let router_thread = std::thread::Builder::new()
+        .name("carebridge-router".into())
+        .spawn(move || router.run(rx))
+        .context("starting the router thread")?;
 
     let inbound_stop = CancellationToken::new();
     let fatal = CancellationToken::new();
@@ -195,7 +202,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if tokio::time::timeout(left(), inbound_tasks.wait()).await.is_err() {
         warn!(remaining = inbound_tasks.len(), "Receivers did not stop in time; abandoning them.");
     }
-    if tokio::time::timeout(left(), router_task).await.is_err() {
+    if tokio::time::timeout(left(), join(router_thread)).await.is_err() {
         warn!("Router did not drain in time; unacknowledged messages will be redelivered by their sources.");
     }
     if let Some(t) = admin_task {
@@ -211,11 +218,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     drop(flusher);
-    let _ = tokio::time::timeout(left(), flusher_task).await;
+    let _ = tokio::time::timeout(left(), join(flusher_thread)).await;
+    let _ = tokio::time::timeout(left(), join(books_thread)).await;
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.flush_blocking()).await.ok();
     info!("Shutdown complete.");
     if failed { Err(anyhow!("a receiver failed; see the log above")) } else { Ok(()) }
+}
+
+/// Waits for a thread without blocking the async workers.
+async fn join(t: std::thread::JoinHandle<()>) {
+    let _ = tokio::task::spawn_blocking(move || t.join()).await;
 }
 
 /// Resolves on SIGTERM or SIGINT.

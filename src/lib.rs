@@ -6,7 +6,7 @@
 //! - [`config`]: the one TOML file; parsing and pure validation that reports every problem.
 //! - [`accounts`]: the closed set of adapters, glued to the daemon.
 //! - [`policy`]: the privacy engine; pure, never fails.
-//! - [`router`]: the router task: identify, thread, decide, record (group commit).
+//! - [`router`]: the router thread: identify, thread, decide, record (group commit).
 //! - [`record`]: the record store over sled (the only module that touches sled) and the flusher.
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
 //! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -70,6 +70,58 @@ pub struct Worker {
     pub config: OutboxConfig,
     /// Pending count shared with the router.
     pub pending: Arc<AtomicU64>,
+    /// Writes finished attempts (shared by all workers).
+    pub books: Bookkeeper,
+}
+
+/// One request to the bookkeeper: updates to write, and where to hand them back with the result.
+type BookRequest = (Vec<OutboxUpdate>, oneshot::Sender<(Vec<OutboxUpdate>, Result<(), String>)>);
+
+/// Writes every worker's finished attempts on one thread, in one transaction for everything
+/// waiting. sled transactions serialise on a global lock that also waits for flushes, so fewer,
+/// larger transactions from one place beat one per worker (and keep the wait off the async
+/// workers).
+#[derive(Clone, Debug)]
+pub struct Bookkeeper {
+    tx: mpsc::UnboundedSender<BookRequest>,
+}
+
+impl Bookkeeper {
+    /// Starts the thread; it ends when every handle is dropped.
+    pub fn spawn(store: Store) -> std::io::Result<(Bookkeeper, std::thread::JoinHandle<()>)> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<BookRequest>();
+        let handle = std::thread::Builder::new().name("carebridge-outbox-books".into()).spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut requests = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    requests.push(more);
+                }
+                let mut all = Vec::new();
+                let mut sizes = Vec::with_capacity(requests.len());
+                let mut replies = Vec::with_capacity(requests.len());
+                for (updates, reply) in requests {
+                    sizes.push(updates.len());
+                    all.extend(updates);
+                    replies.push(reply);
+                }
+                let result = store.apply_outbox(&all).map_err(|e| e.to_string());
+                let mut rest = all.into_iter();
+                for (n, reply) in sizes.into_iter().zip(replies) {
+                    let _ = reply.send((rest.by_ref().take(n).collect(), result.clone()));
+                }
+            }
+        })?;
+        Ok((Bookkeeper { tx }, handle))
+    }
+
+    /// Writes `updates`; hands them back with the outcome.
+    async fn apply(&self, updates: Vec<OutboxUpdate>) -> (Vec<OutboxUpdate>, Result<(), String>) {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError((updates, _))) = self.tx.send((updates, reply)) {
+            return (updates, Err("outbox bookkeeping stopped".into()));
+        }
+        rx.await.unwrap_or_else(|_| (Vec::new(), Err("outbox bookkeeping stopped".into())))
+    }
 }
 
 /// Creates the queues for every sending account and spawns their workers. Each worker first
@@ -192,7 +244,7 @@ impl Worker {
                         busy.remove(&ok);
                         updates.push(update);
                     }
-                    for (key, item) in me.record(updates).into_iter().rev() {
+                    for (key, item) in me.record(updates).await.into_iter().rev() {
                         // Back to the front: it stays ahead of later rows for the same recipient.
                         queue.push_front(Queued { key, item: Some(item) });
                     }
@@ -264,8 +316,9 @@ impl Worker {
     /// Writes a group of finished attempts and returns the rows that stay queued (retries, and
     /// everything if the write failed: the sends may have happened, but a resend carries the
     /// same delivery id, so the receiver can recognise it).
-    fn record(&self, updates: Vec<OutboxUpdate>) -> Vec<(OutboxKey, OutboxItemV1)> {
-        match blocking(|| self.store.apply_outbox(&updates)) {
+    async fn record(&self, updates: Vec<OutboxUpdate>) -> Vec<(OutboxKey, OutboxItemV1)> {
+        let (updates, result) = self.books.apply(updates).await;
+        match result {
             Ok(()) => {
                 let mut again = Vec::new();
                 for u in updates {
@@ -296,12 +349,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// Runs a store transaction without stalling the async workers: sled transactions wait for any
-/// flush in progress (see `Store::commit_exchanges`).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Group commit: the one task that makes the store durable.
 //!
 //! The router (and the outbox, the admin API) hand it *jobs*: receipts to send and outbox rows to
-//! wake once what they refer to is on disk. The flusher takes every job waiting, calls one
-//! `flush` for all of them in a blocking thread, then answers. Many messages share one fsync, and
+//! wake once what they refer to is on disk. The flusher, on its own thread, takes every job
+//! waiting, calls one `flush` for all of them, then answers. Many messages share one fsync, and
 //! only one task ever flushes (sled's `flush_async` hangs when many tasks call it at once, sled
 //! issue 1308).
 
@@ -22,33 +22,33 @@ pub struct FlushJob {
     pub done: Option<oneshot::Sender<bool>>,
 }
 
-/// Handle on the flusher task.
+/// Handle on the flusher thread.
 #[derive(Clone, Debug)]
 pub struct Flusher {
     tx: mpsc::UnboundedSender<FlushJob>,
 }
 
 impl Flusher {
-    /// Starts the flusher. `wake` receives outbox keys after their rows are durable. The task
-    /// ends when every handle is dropped and the last jobs are done.
+    /// Starts the flusher on its own thread (it spends its life in fsync; on a thread of its own
+    /// it never occupies an async worker). `wake` receives outbox keys after their rows are
+    /// durable. The thread ends when every handle is dropped and the last jobs are done.
     pub fn spawn(
         store: Store,
         wake: impl Fn(Vec<OutboxKey>) + Send + 'static,
-    ) -> (Flusher, tokio::task::JoinHandle<()>) {
+    ) -> std::io::Result<(Flusher, std::thread::JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushJob>();
-        let handle = tokio::spawn(async move {
+        let handle = std::thread::Builder::new().name("carebridge-flusher".into()).spawn(move || {
             let mut jobs = Vec::new();
-            while rx.recv_many(&mut jobs, 4096).await > 0 {
+            while let Some(first) = rx.blocking_recv() {
+                jobs.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    jobs.push(more);
+                }
                 let started = std::time::Instant::now();
-                let s = store.clone();
-                let ok = match tokio::task::spawn_blocking(move || s.flush_blocking()).await {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        error!(error = %e, "Store flush failed; answering unavailable so sources redeliver.");
-                        false
-                    }
+                let ok = match store.flush_blocking() {
+                    Ok(()) => true,
                     Err(e) => {
-                        error!(error = %e, "Store flush task failed.");
+                        error!(error = %e, "Store flush failed; answering unavailable so sources redeliver.");
                         false
                     }
                 };
@@ -70,8 +70,8 @@ impl Flusher {
                     wake(wake_keys);
                 }
             }
-        });
-        (Flusher { tx }, handle)
+        })?;
+        Ok((Flusher { tx }, handle))
     }
 
     /// Queues a job for the next flush. If the flusher is gone the receipts drop, which

@@ -1,6 +1,6 @@
-//! The router task: takes submissions off the adapters' queue in batches, turns each into one
-//! committed exchange ([`plan`]), and hands the batch's receipts to the [`Flusher`] so they are
-//! answered only after one shared flush (group commit).
+//! The router thread: takes submissions off the adapters' queue in batches, plans each into an
+//! exchange ([`plan`]), commits the batch in one transaction, and hands the batch's receipts to
+//! the [`Flusher`] so they are answered only after one shared flush (group commit).
 //!
 //! Pipeline per message: dedup → identify → link → conversation → policy → one transaction.
 
@@ -35,10 +35,20 @@ pub struct Router {
 impl Router {
     /// Runs until every `Submitter` is dropped and the queue is drained (the shutdown order:
     /// inbound stops first, so the queue closes, so the router finishes what it has).
-    pub async fn run(self, mut rx: mpsc::Receiver<SubmitRequest>) {
+    ///
+    /// Runs on a thread of its own, not an async task: its store transactions block (they wait
+    /// for any flush in progress) and it is busy all the time under load.
+    pub fn run(self, mut rx: mpsc::Receiver<SubmitRequest>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut saturated_logged = false;
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
             let started = std::time::Instant::now();
             let size = batch.len();
             let mut job = FlushJob::default();
@@ -69,10 +79,7 @@ impl Router {
             }
             if !pending.is_empty() {
                 let (replies, exchanges): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-                // The transaction may wait for a flush in progress: keep it off the async workers'
-                // hot path.
-                let store = &self.planner.store;
-                match tokio::task::block_in_place(|| store.commit_exchanges(&exchanges)) {
+                match self.planner.store.commit_exchanges(&exchanges) {
                     Ok(results) => {
                         for ((reply, ex), committed) in replies.into_iter().zip(exchanges).zip(results) {
                             let (receipt, wake) = self.planner.finish(ex, committed);
