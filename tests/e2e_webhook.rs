@@ -226,3 +226,68 @@ async fn unsent_deliveries_survive_a_restart() {
     assert_eq!(texts.len(), 3);
     assert!(d.terminate());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_answers_503_with_retry_after_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Mode::Always(503)).await;
+    let (mut d, port) = start(dir.path(), &sink, "[router]\nmax_outbox_pending = 2").await;
+    let c = reqwest::Client::new();
+    for i in 0..2 {
+        assert_eq!(post_message(&c, port, &message(&format!("f{i}"), "+14165550199", "queued")).await.0, 202);
+    }
+    // The outbox is at its limit: the next message is refused, not dropped, with a hint.
+    let body = message("f2", "+14165550199", "refused for now");
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let sig = carebridge_webhook::SigningKey::new(SECRET.as_bytes()).sign(ts, &body);
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/v1/messages"))
+        .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
+        .header(carebridge_webhook::SIGNATURE_HEADER, sig)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().get("retry-after").is_some(), "tells the client when to come back");
+    // The receiver recovers, the outbox drains, and the same message is accepted on resend.
+    sink.set_mode(Mode::Accept);
+    assert!(sink.wait_for(2, Duration::from_secs(20)).await);
+    let mut accepted = false;
+    for _ in 0..100 {
+        if post_message(&c, port, &body).await.0 == 202 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "accepted again once the outbox drained");
+    assert!(sink.wait_for(3, Duration::from_secs(20)).await);
+    assert!(d.terminate());
+    assert_eq!(records(&d.export()).len(), 3, "the refused message was not recorded twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_send_in_flight_finish_and_does_not_resend_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(Mode::Slow(1500)).await;
+    let (mut d, port) = start(dir.path(), &sink, "").await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, port, &message("slow-1", "+14165550199", "in flight")).await.0, 202);
+    // SIGTERM while the receiver is still answering.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.attempts(), 1, "the send is in flight");
+    assert!(d.terminate(), "clean exit after the send finished");
+    assert_eq!(sink.received().len(), 1, "the send in flight completed before exit");
+    assert!(d.logs().iter().any(|l| l.contains("Delivered.")));
+    // After a restart nothing is resent: the completion was recorded before exit.
+    sink.set_mode(Mode::Accept);
+    d.spawn();
+    assert!(wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(20)).await);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sink.attempts(), 1, "no resend after restart");
+    assert!(d.terminate());
+    let export = d.export();
+    let events = records(&export)[0]["events"].as_array().unwrap().clone();
+    assert_eq!(events.iter().filter(|e| e["outcome"] == "sent").count(), 1);
+}

@@ -27,6 +27,8 @@ pub enum Mode {
     FailFirst(u16, usize),
     /// This status always.
     Always(u16),
+    /// 200, but only after this many milliseconds (a slow receiver).
+    Slow(u64),
 }
 
 #[derive(Clone)]
@@ -107,10 +109,14 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> imp
             std::time::Duration::from_secs(300),
         )
         .is_ok();
+    let mode = *s.mode.lock().unwrap();
+    if let Mode::Slow(ms) = mode {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let status = {
         let mut m = s.mode.lock().unwrap();
         match *m {
-            Mode::Accept => 200,
+            Mode::Accept | Mode::Slow(_) => 200,
             Mode::Always(c) => c,
             Mode::FailFirst(c, n) => {
                 if n == 0 {
