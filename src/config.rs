@@ -526,10 +526,25 @@ fn find_inline_secrets(table: &toml::Table, prefix: &str, problems: &mut Vec<Pro
     }
 }
 
+/// serde's "invalid type: string `…`, expected …" quotes the value, which could be a patient's
+/// address from the directory, and config errors end up in the journal: drop quoted values after
+/// "invalid type"/"invalid value", keep key names (which are ours) elsewhere.
+fn hide_values(msg: &str) -> String {
+    for lead in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = msg.strip_prefix(lead)
+            && let (Some(open), Some(close)) = (rest.find('`'), rest.rfind('`'))
+            && close > open
+        {
+            return format!("{lead}{}(value not shown){}", &rest[..open], &rest[close + 1..]);
+        }
+    }
+    msg.to_string()
+}
+
 /// A toml error with its line and column but without the echoed source line (it could contain
 /// PHI from the directory).
 pub fn toml_message(e: &toml::de::Error, text: &str) -> String {
-    let msg = e.message().trim().to_string();
+    let msg = hide_values(e.message().trim());
     match e.span() {
         Some(span) if span.start <= text.len() => {
             let before = &text[..span.start];
@@ -607,6 +622,14 @@ to = ["webhook.b"]
         let a: AccountId = "webhook.a".parse().unwrap();
         let got: Vec<String> = c.destinations(&a).iter().map(ToString::to_string).collect();
         assert_eq!(got, ["webhook.b", "webhook.c"]);
+    }
+
+    #[test]
+    fn config_errors_never_quote_values() {
+        let err = parse("[[directory.patient]]\nid = \"p-1\"\naddresses = [4165550199]\n", Path::new(".")).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("4165550199"), "{text}");
+        assert!(text.contains("invalid type") && text.contains("line 3"), "{text}");
     }
 
     #[test]

@@ -218,7 +218,12 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode { tree, reason: e.to_string() })
+    // serde's message can quote the offending value (PHI in a record): keep only its category
+    // and position, since this error is logged.
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        tree,
+        reason: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+    })
 }
 
 fn join(a: &str, b: &str) -> Vec<u8> {
