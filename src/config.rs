@@ -81,6 +81,9 @@ pub struct RouterConfig {
     pub linked_notice: String,
     /// Outbox rows pending above which the router stops accepting (`Receipt::Unavailable`).
     pub max_outbox_pending: u64,
+    /// Unprompted notices (how to link a chat; the advice to use a secure channel) go to one
+    /// sender at most once in this many seconds, however many messages they send. 0 = always.
+    pub notice_interval_secs: u64,
 }
 
 impl Default for RouterConfig {
@@ -96,6 +99,7 @@ impl Default for RouterConfig {
                 liée à la clinique."
                 .into(),
             max_outbox_pending: 1_000_000,
+            notice_interval_secs: 24 * 3600,
         }
     }
 }

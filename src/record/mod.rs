@@ -6,7 +6,7 @@
 //! is durable until [`Flusher`] has flushed it; receipts and outbox wake-ups go out only after.
 //!
 //! Trees: `records`, `by_source`, `conversations`, `by_native`, `outbox`, `dead`, `events`,
-//! `quarantine`, `review`, `links`, `link_codes`, `consents`, `meta`. Keys are big-endian ids or
+//! `quarantine`, `review`, `links`, `link_codes`, `consents`, `notices`, `meta`. Keys are big-endian ids or
 //! `\0`-joined strings; values are versioned JSON ([`schema`]).
 
 pub mod flusher;
@@ -162,6 +162,9 @@ pub struct Exchange {
     /// A link redeemed by this message: the address key, the link, the code's hash and the
     /// consent the link grants.
     pub link: Option<(String, LinkV1, String, ConsentGrant)>,
+    /// Unprompted notices sent with this exchange (`kind\0account\0address`), stamped with the
+    /// time so the router sends them at most once per interval.
+    pub notice_marks: Vec<String>,
 }
 
 /// What [`Store::commit_exchange`] did.
@@ -204,6 +207,7 @@ pub struct Store {
     links: Tree,
     link_codes: Tree,
     consents: Tree,
+    notices: Tree,
     log_key: [u8; 32],
 }
 
@@ -285,6 +289,7 @@ impl Store {
             links: t("links")?,
             link_codes: t("link_codes")?,
             consents: t("consents")?,
+            notices: t("notices")?,
 
             log_key,
             db,
@@ -373,6 +378,11 @@ impl Store {
         Ok(self.consents.remove(join(patient_id, account))?.is_some())
     }
 
+    /// When an unprompted notice with this mark last went out (unix ms).
+    pub fn notice_sent_at(&self, mark: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.notices.get(mark.as_bytes())?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
     /// Stores a link code (only its hash is kept).
     pub fn put_link_code(&self, code_hash: &str, code: &LinkCodeV1) -> Result<(), StoreError> {
         self.link_codes.insert(code_hash.as_bytes(), enc(code))?;
@@ -391,7 +401,7 @@ impl Store {
     /// write lock that waits for any flush in progress (a flush holds the read side through its
     /// fsync): per-message transactions each waited for a flush.
     pub fn commit_exchanges(&self, batch: &[Exchange]) -> Result<Vec<Committed>, StoreError> {
-        let trees: [&Tree; 9] = [
+        let trees: [&Tree; 10] = [
             &self.records,
             &self.by_source,
             &self.conversations,
@@ -401,12 +411,14 @@ impl Store {
             &self.links,
             &self.link_codes,
             &self.consents,
+            &self.notices,
         ];
         let encoded: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> =
             batch.iter().map(|ex| (source_key(&ex.record.source), enc(&ex.record), enc(&ex.conversation))).collect();
         let r = trees[..].transaction(|t: &Vec<TransactionalTree>| {
             let (records, by_source, conversations, by_native, outbox, review, links, link_codes, consents) =
                 (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8]);
+            let notices = &t[9];
             let mut results = Vec::with_capacity(batch.len());
             for (ex, (skey, record, conv)) in batch.iter().zip(&encoded) {
                 if let Some(existing) = by_source.get(skey)? {
@@ -436,6 +448,9 @@ impl Store {
                     all.retain(|g| g.purpose != grant.purpose);
                     all.push(grant.clone());
                     consents.insert(key, enc(&all))?;
+                }
+                for mark in &ex.notice_marks {
+                    notices.insert(mark.as_bytes(), &now_ms().to_be_bytes())?;
                 }
                 results.push(Committed::New);
             }

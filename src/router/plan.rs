@@ -255,17 +255,25 @@ impl Planner {
                 }
             }
         }
-        // An unknown sender on a chat channel learns how to link, once per conversation.
-        if sender == SenderV1::Unknown && is_new && env.link_code.is_none() && account.kind() == ChannelKind::Telegram {
+        // Unprompted notices (how to link an unknown chat; the policy's advisory to a patient who
+        // put health details on an insecure channel) go at most once per interval per sender and
+        // kind, however many messages they send: every new message is a new conversation.
+        let mut notice_marks = Vec::new();
+        if sender == SenderV1::Unknown
+            && env.link_code.is_none()
+            && account.kind() == ChannelKind::Telegram
+            && let Some(mark) = self.unthrottled("unlinked", &account, &env.from)?
+        {
             notices.push(self.config.router.unlinked_notice.clone());
+            notice_marks.push(mark);
         }
-        // The policy's advisory to a sender who put PHI on a channel that is not secure, once
-        // per conversation.
         if is_new
             && !matches!(thread, Thread::Reply(_))
             && let (Some(text), Some(NoticeTarget::Sender)) = (inbound.notice.clone(), inbound.notice_to)
+            && let Some(mark) = self.unthrottled("advisory", &account, &env.from)?
         {
             notices.push(text);
+            notice_marks.push(mark);
         }
         for text in notices {
             if let Some(n) = self.notice(&d, &account, Some(env.from.clone()), text)? {
@@ -306,7 +314,18 @@ impl Planner {
             decisions,
             notes,
         };
-        Ok(Step::Commit(Box::new(Exchange { record, conversation, native_refs, outbox, review, link })))
+        Ok(Step::Commit(Box::new(Exchange { record, conversation, native_refs, outbox, review, link, notice_marks })))
+    }
+
+    /// The mark to record for an unprompted notice of `kind` to `to` on `account`, or `None` if
+    /// one went out within `router.notice_interval_secs`.
+    fn unthrottled(&self, kind: &str, account: &AccountId, to: &Address) -> Result<Option<String>, StoreError> {
+        let mark = format!("{kind}\0{account}\0{}", to.key().expose());
+        let interval_ms = self.config.router.notice_interval_secs.saturating_mul(1000);
+        Ok(match self.store.notice_sent_at(&mark)? {
+            Some(at) if now_ms().saturating_sub(at) < interval_ms => None,
+            _ => Some(mark),
+        })
     }
 
     fn identify(&self, from: &Address) -> Result<SenderV1, StoreError> {
