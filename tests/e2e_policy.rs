@@ -91,6 +91,7 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     let replies = |s: &Clinic| s.sms.received().into_iter().filter(|m| m.body["kind"] == "reply").collect::<Vec<_>>();
     assert_eq!(replies(&s).len(), 0, "nothing sent while held");
     // Two messages with health details by SMS, one advisory: unprompted notices are throttled.
+    assert!(s.sms.wait_for(1, Duration::from_secs(10)).await, "the advisory arrives");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let advisories = s.sms.received().into_iter().filter(|m| m.body["kind"] == "notice").count();
     assert_eq!(advisories, 1, "one advice to use a secure channel, not one per message");
