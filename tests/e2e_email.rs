@@ -15,10 +15,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant};
 use support::SECRET;
 use support::daemon::Daemon;
+use support::mail_env::{MailEnv, mail_env, tag};
 use support::sink::{Mode, Sink};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -27,59 +28,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 const WAIT: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------ the mail servers' settings
-
-#[derive(Clone, Debug)]
-struct MailEnv {
-    host: String,
-    tls_name: String,
-    ca: PathBuf,
-    smtp_port: u16,
-    imap_port: u16,
-    imaps_port: u16,
-    users: HashMap<String, String>,
-}
-
-fn mail_env() -> Option<MailEnv> {
-    let path = std::env::var("CAREBRIDGE_MAIL_ENV").unwrap_or_else(|_| "/tmp/carebridge-mail/env".into());
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            if std::env::var_os("CAREBRIDGE_REQUIRE_MAIL").is_some() {
-                panic!("mail servers required (CAREBRIDGE_REQUIRE_MAIL is set) but {path} is unreadable: {e}");
-            }
-            eprintln!(
-                "\n\n*** SKIPPED e2e_email: real mail servers not running ({path} missing). ***\n\
-                 *** Start them with `bash tests/mail-servers.sh start` (as root). ***\n"
-            );
-            return None;
-        }
-    };
-    let vars: HashMap<String, String> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-        .collect();
-    let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("{k} missing from {path}"));
-    let port = |k: &str| get(k).parse::<u16>().unwrap();
-    Some(MailEnv {
-        host: get("MAIL_HOST"),
-        tls_name: get("MAIL_TLS_NAME"),
-        ca: PathBuf::from(get("MAIL_TLS_CA")),
-        smtp_port: port("MAIL_SMTP_PORT"),
-        imap_port: port("MAIL_IMAP_PORT"),
-        imaps_port: port("MAIL_IMAPS_PORT"),
-        users: get("MAIL_USERS")
-            .split_whitespace()
-            .filter_map(|u| u.split_once(':'))
-            .map(|(a, p)| (a.to_string(), p.to_string()))
-            .collect(),
-    })
-}
-
-fn tag(name: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
 
 async fn wait_until<F, Fut>(what: &str, mut cond: F)
 where

@@ -4,6 +4,7 @@
 
 pub mod clinic;
 pub mod daemon;
+pub mod mail_env;
 pub mod sink;
 
 /// A port that was free a moment ago on 127.0.0.1 (the daemon binds it itself).

@@ -10,11 +10,10 @@ use carebridge_contract::{AccountId, AdapterError, InboundContext, SubmitRequest
 use carebridge_email::Config;
 use futures::TryStreamExt;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,63 +22,10 @@ use tokio_util::sync::CancellationToken;
 /// Generous: waiting is not asserting. Mail arrives in well under a second normally.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Connection settings written by `tests/mail-servers.sh start` to its env file.
-#[derive(Clone, Debug)]
-pub struct MailEnv {
-    pub dir: PathBuf,
-    pub host: String,
-    pub tls_name: String,
-    pub ca: PathBuf,
-    pub smtp_port: u16,
-    pub smtps_port: u16,
-    pub imap_port: u16,
-    pub imaps_port: u16,
-    pub users: HashMap<String, String>,
-}
-
-/// The mail servers' settings, or `None` (after a loud message) when they are not running and
-/// the run does not require them. With `CAREBRIDGE_REQUIRE_MAIL` set (CI), a missing env file
-/// fails the test.
-pub fn mail_env() -> Option<MailEnv> {
-    let path = std::env::var("CAREBRIDGE_MAIL_ENV").unwrap_or_else(|_| "/tmp/carebridge-mail/env".into());
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            if std::env::var_os("CAREBRIDGE_REQUIRE_MAIL").is_some() {
-                panic!("mail servers required (CAREBRIDGE_REQUIRE_MAIL is set) but {path} is unreadable: {e}");
-            }
-            eprintln!(
-                "\n\n*** SKIPPED: real mail servers not running ({path} missing). ***\n\
-                 *** Start them with `bash tests/mail-servers.sh start` (as root). ***\n"
-            );
-            return None;
-        }
-    };
-    let mut vars = HashMap::new();
-    for line in text.lines() {
-        if let Some((k, v)) = line.split_once('=') {
-            vars.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
-        }
-    }
-    let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("{k} missing from {path}"));
-    let port = |k: &str| get(k).parse::<u16>().unwrap_or_else(|_| panic!("{k} is not a port"));
-    let users = get("MAIL_USERS")
-        .split_whitespace()
-        .filter_map(|u| u.split_once(':'))
-        .map(|(a, p)| (a.to_string(), p.to_string()))
-        .collect();
-    Some(MailEnv {
-        dir: PathBuf::from(get("MAIL_DIR")),
-        host: get("MAIL_HOST"),
-        tls_name: get("MAIL_TLS_NAME"),
-        ca: PathBuf::from(get("MAIL_TLS_CA")),
-        smtp_port: port("MAIL_SMTP_PORT"),
-        smtps_port: port("MAIL_SMTPS_PORT"),
-        imap_port: port("MAIL_IMAP_PORT"),
-        imaps_port: port("MAIL_IMAPS_PORT"),
-        users,
-    })
-}
+// One reader of the mail servers' env file for the adapter's and the end-to-end tests.
+#[path = "../../../../tests/support/mail_env.rs"]
+mod mail_env;
+pub use mail_env::{MailEnv, mail_env, tag};
 
 /// `let Some(env) = require_mail!() else { return };`
 #[macro_export]
@@ -87,12 +33,6 @@ macro_rules! require_mail {
     () => {
         common::mail_env()
     };
-}
-
-/// A tag unique to this run and test, for Message-IDs and subjects.
-pub fn tag(name: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
 }
 
 impl MailEnv {
