@@ -4,6 +4,8 @@
 
 use crate::{AccountId, AdapterError, Envelope, RecordId, Redacted, SourceKey};
 use futures::future::BoxFuture;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -117,6 +119,85 @@ impl Submitter {
     }
 }
 
+/// Whether an inbound adapter can receive right now, as it last said. The daemon's readiness
+/// check (`/readyz`) and its `Status.` line read it, so an operator sees a mailbox that cannot
+/// be reached without reading the adapter's logs.
+///
+/// PHI-free by construction: the reason is a static tag (`"connect"`, `"login"`, `"timeout"`),
+/// never server text, an address or a message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Health {
+    /// The task has not connected yet.
+    #[default]
+    Starting,
+    /// Connected or listening: messages can arrive.
+    Up,
+    /// Not connected; the adapter is retrying.
+    Down {
+        /// What failed, as a short static tag.
+        reason: &'static str,
+    },
+}
+
+impl Health {
+    /// True when messages can arrive.
+    pub fn is_up(&self) -> bool {
+        matches!(self, Health::Up)
+    }
+
+    /// `starting`, `up` or `down`, for JSON and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Up => "up",
+            Health::Down { .. } => "down",
+        }
+    }
+}
+
+/// `up`, `starting`, or `down(reason)`: the form the status line prints.
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Down { reason } => write!(f, "down({reason})"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// The adapter's end of [`Health`]: the adapter reports, the daemon reads the same shared
+/// value. Cheap to clone; reporting never blocks on I/O.
+#[derive(Clone, Debug, Default)]
+pub struct HealthReporter {
+    state: Arc<Mutex<Health>>,
+}
+
+impl HealthReporter {
+    /// A reporter in [`Health::Starting`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connected (IMAP logged in, getUpdates answered, listener bound).
+    pub fn up(&self) {
+        self.set(Health::Up);
+    }
+
+    /// Not connected; `reason` is a static, PHI-free tag of what failed.
+    pub fn down(&self, reason: &'static str) {
+        self.set(Health::Down { reason });
+    }
+
+    /// The last report.
+    pub fn get(&self) -> Health {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, h: Health) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = h;
+    }
+}
+
 /// Everything an inbound task may touch: no globals (Vector's `SourceContext`).
 #[derive(Clone, Debug)]
 pub struct InboundContext {
@@ -126,6 +207,9 @@ pub struct InboundContext {
     pub submitter: Submitter,
     /// Fires when the daemon stops: finish the message in hand, then return.
     pub shutdown: CancellationToken,
+    /// Where the task says whether it is connected: [`HealthReporter::up`] once it can receive,
+    /// [`HealthReporter::down`] while it cannot (readiness, status line).
+    pub health: HealthReporter,
 }
 
 /// A running adapter task (Vector's `Source` shape).
@@ -169,5 +253,20 @@ mod tests {
         assert_eq!(first.await.unwrap(), Receipt::Recorded(RecordId(7)));
         assert!(Receipt::Duplicate(RecordId(1)).may_ack());
         assert!(!Receipt::Unavailable.may_ack());
+    }
+
+    #[test]
+    fn health_reports_are_shared_between_clones() {
+        let adapter = HealthReporter::new();
+        let daemon = adapter.clone();
+        assert_eq!(daemon.get(), Health::Starting);
+        assert!(!daemon.get().is_up());
+        adapter.up();
+        assert!(daemon.get().is_up());
+        assert_eq!(daemon.get().to_string(), "up");
+        adapter.down("connect");
+        assert_eq!(daemon.get(), Health::Down { reason: "connect" });
+        assert_eq!(daemon.get().to_string(), "down(connect)");
+        assert_eq!(daemon.get().as_str(), "down");
     }
 }

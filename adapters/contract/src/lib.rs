@@ -10,7 +10,8 @@
 //! - [`ids`]: account ids, source keys, record and delivery ids.
 //! - [`envelope`]: the normalised inbound message ([`Envelope`]) and its parts.
 //! - [`inbound`]: how an adapter hands messages to the router and learns whether it may ack
-//!   ([`Submission`], [`Receipt`], [`Submitter`], [`Inbound`]).
+//!   ([`Submission`], [`Receipt`], [`Submitter`], [`Inbound`]), and how it says whether it is
+//!   connected ([`HealthReporter`]).
 //! - [`outbound`]: how the router asks an adapter to send ([`Delivery`], [`Outbound`],
 //!   [`SendError`]).
 #![deny(missing_docs)]
@@ -24,7 +25,9 @@ pub mod redacted;
 
 pub use envelope::{Address, AddressKind, Attachment, Envelope};
 pub use ids::{AccountId, AccountIdError, ChannelKind, DeliveryId, RecordId, SourceKey};
-pub use inbound::{Inbound, InboundContext, Receipt, Submission, SubmitRequest, Submitter, Task};
+pub use inbound::{
+    Health, HealthReporter, Inbound, InboundContext, Receipt, Submission, SubmitRequest, Submitter, Task,
+};
 pub use outbound::{Delivery, DeliveryKind, Outbound, SendError, Sent};
 pub use redacted::Redacted;
 

@@ -272,6 +272,7 @@ impl Runner {
                     return Err(AdapterError::RouterClosed);
                 }
                 Err(e) => {
+                    self.cx.health.down(e.kind());
                     let wait = backoff.next_delay();
                     if matches!(e, ImapError::Login) {
                         error!(account = %self.account(), error_kind = e.kind(), error = %e, retry_in_secs = wait.as_secs(), "IMAP login rejected; check the credentials. Reconnecting.");
@@ -329,6 +330,7 @@ impl Runner {
             move_supported = caps.mv,
             "IMAP connected."
         );
+        self.cx.health.up();
         let mut unavailable = Backoff::new(MAX_UNAVAILABLE_BACKOFF);
         let mut first_wait = true;
         loop {

@@ -67,6 +67,7 @@ async fn idle_pickup_and_seen_only_after_a_may_ack_receipt() {
     let (uidvalidity, uid) = e.source.native_id.split_once(':').expect("native id is uidvalidity:uid");
     assert!(uidvalidity.parse::<u32>().is_ok() && uid.parse::<u32>().is_ok(), "{}", e.source.native_id);
     assert_eq!(e.source.account.to_string(), "email.box1");
+    assert_eq!(run.health.get(), carebridge_contract::Health::Up, "a connected reader reports itself up");
     // Fetched but not yet acknowledged: still unread at the source.
     assert_eq!(env.seen_flags(user, "INBOX", &first).await, vec![false]);
     req.reply.send(Receipt::Recorded(RecordId(1))).unwrap();
@@ -288,4 +289,38 @@ async fn an_unreachable_server_is_retried_until_shutdown() {
         logs.contains("email.unreachable") && logs.contains("reconnecting") && logs.contains("error_kind=\"connect\""),
         "reconnection attempts are logged:\n{logs}"
     );
+}
+
+/// Needs no mail server: nothing listens on the port, so the reader reports itself down with the
+/// error kind (never server text) and keeps retrying until shutdown.
+#[tokio::test]
+async fn health_is_down_with_the_error_kind_while_the_server_is_unreachable() {
+    let dir = std::env::temp_dir().join(format!("carebridge-email-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pass"), "not-a-real-password").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = config(&format!(
+        "address = \"box@clinic.test\"\n[imap]\nhost = \"127.0.0.1\"\nport = {closed}\ntls = \"plain\"\n\
+         username = \"box@clinic.test\"\npassword_file = \"pass\"\nreconnect_max_secs = 1\n"
+    ));
+    let account: carebridge_contract::AccountId = "email.health".parse().unwrap();
+    let build = carebridge_contract::config::BuildContext { account: account.clone(), config_dir: dir };
+    let inbound = carebridge_email::build_inbound(&cfg, &build).expect("build_inbound").expect("imap configured");
+    let (submitter, _rx) = carebridge_contract::Submitter::channel(1);
+    let health = carebridge_contract::HealthReporter::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cx =
+        carebridge_contract::InboundContext { account, submitter, shutdown: shutdown.clone(), health: health.clone() };
+    let task = tokio::spawn(inbound.run(cx));
+    let mut seen = health.get();
+    for _ in 0..500 {
+        seen = health.get();
+        if seen != carebridge_contract::Health::Starting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, carebridge_contract::Health::Down { reason: "connect" });
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

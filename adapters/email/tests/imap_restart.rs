@@ -31,7 +31,7 @@ async fn dovecot_restart_mid_run_loses_and_duplicates_nothing() {
         env.tls_name,
         env.ca.display()
     ));
-    let common::Running { mut router, shutdown, task } = start_inbound(&env, "email.box5", &cfg);
+    let common::Running { mut router, shutdown, task, .. } = start_inbound(&env, "email.box5", &cfg);
 
     // The router: records new keys, answers Duplicate for known ones (as the real one does).
     let store = Arc::new(Mutex::new(Store::default()));

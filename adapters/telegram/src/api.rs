@@ -60,6 +60,18 @@ impl ApiError {
         }
     }
 
+    /// A short, PHI-free tag of what failed, for the account's health report.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Network(_) => "network",
+            ApiError::Api { code: 401 | 404, .. } => "unauthorized",
+            ApiError::Api { code: 429, .. } => "rate_limited",
+            ApiError::Api { code, .. } if *code >= 500 => "server_error",
+            ApiError::Api { .. } => "refused",
+            ApiError::BadResponse { .. } => "bad_response",
+        }
+    }
+
     /// Telegram's own minimum wait, if it gave one.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -109,8 +109,12 @@ async fn poll(api: BotApi, intake: Arc<Intake>, cx: InboundContext, timeout_secs
             r = api.get_updates(sent_offset, timeout_secs, BATCH_LIMIT) => r,
         };
         let batch = match batch {
-            Ok(b) => b,
+            Ok(b) => {
+                cx.health.up();
+                b
+            }
             Err(e) => {
+                cx.health.down(e.kind());
                 let wait = backoff.next(e.retry_after());
                 warn!(account = %account, error = %e, wait_ms = wait.as_millis() as u64, "getUpdates failed; retrying.");
                 if !sleep_or_shutdown(wait, &cx.shutdown).await {

@@ -81,6 +81,7 @@ impl WebhookServer {
         });
         let app = Router::new().route(&self.path, post(receive)).with_state(state);
         info!(account = %cx.account, listen = %addr, "Webhook server listening.");
+        cx.health.up();
         let shutdown = cx.shutdown.clone();
         let serve = async {
             axum::serve(listener, app)

@@ -5,7 +5,7 @@ mod common;
 #[path = "../../../tests/support/fake_bot_api.rs"]
 mod fake_bot_api;
 
-use carebridge_contract::{AdapterError, InboundContext, Receipt, Submission};
+use carebridge_contract::{AdapterError, Health, HealthReporter, InboundContext, Receipt, Submission};
 use common::{LogCapture, Router};
 use fake_bot_api::FakeBotApi;
 use serde_json::json;
@@ -18,6 +18,7 @@ const STAFF_CHAT: i64 = -1_001_234;
 struct Running {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), AdapterError>>,
+    health: HealthReporter,
 }
 
 impl Running {
@@ -30,14 +31,35 @@ impl Running {
 }
 
 fn start(fake: &FakeBotApi, router: &Router, extra: &str) -> Running {
-    let cfg = common::config(&fake.url(), &format!("staff_chat_id = {STAFF_CHAT}\n{extra}"));
-    let cx = common::build_context(common::config_dir(fake.token()));
+    start_on(&fake.url(), fake.token(), router, extra)
+}
+
+/// Like [`start`], against any Bot API URL (a closed port, for the health tests).
+fn start_on(url: &str, token: &str, router: &Router, extra: &str) -> Running {
+    let cfg = common::config(url, &format!("staff_chat_id = {STAFF_CHAT}\n{extra}"));
+    let cx = common::build_context(common::config_dir(token));
     let inbound = carebridge_telegram::build_inbound(&cfg, &cx).expect("builds").expect("has inbound");
     let shutdown = CancellationToken::new();
-    let icx =
-        InboundContext { account: common::account(), submitter: router.submitter.clone(), shutdown: shutdown.clone() };
+    let health = HealthReporter::new();
+    let icx = InboundContext {
+        account: common::account(),
+        submitter: router.submitter.clone(),
+        shutdown: shutdown.clone(),
+        health: health.clone(),
+    };
     let task = tokio::spawn(inbound.run(icx));
-    Running { shutdown, task }
+    Running { shutdown, task, health }
+}
+
+/// Waits until the adapter's reported health is `want`.
+async fn wait_health(run: &Running, want: Health) {
+    for _ in 0..500 {
+        if run.health.get() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("health stayed {:?}, wanted {want:?}", run.health.get());
 }
 
 fn envelope(router: &Router, i: usize) -> carebridge_contract::Envelope {
@@ -247,4 +269,22 @@ async fn logs_carry_no_phi_and_no_token() {
     for secret in ["Annabelle", "insulin", "annabelle-labs", &patient.to_string(), "TEST-TOKEN", "no date here"] {
         assert!(!text.contains(secret), "log leaked {secret:?}:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn health_is_up_while_get_updates_answers_and_down_while_it_fails() {
+    let fake = FakeBotApi::start().await;
+    let router = Router::start(0);
+    let run = start(&fake, &router, "");
+    assert_ne!(run.health.get(), Health::Down { reason: "network" });
+    fake.patient_text(PATIENT, "Ann", "hello");
+    router.wait_for(1).await;
+    wait_health(&run, Health::Up).await;
+    run.stop().await;
+
+    // Nothing listens on this port: every getUpdates fails to connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let run = start_on(&format!("http://127.0.0.1:{closed}"), fake.token(), &router, "");
+    wait_health(&run, Health::Down { reason: "network" }).await;
+    run.stop().await;
 }

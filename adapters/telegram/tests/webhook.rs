@@ -5,7 +5,7 @@ mod common;
 #[path = "../../../tests/support/fake_bot_api.rs"]
 mod fake_bot_api;
 
-use carebridge_contract::{AdapterError, Inbound, InboundContext, Receipt, Submission};
+use carebridge_contract::{AdapterError, Health, HealthReporter, Inbound, InboundContext, Receipt, Submission};
 use carebridge_telegram::SECRET_HEADER;
 use common::Router;
 use fake_bot_api::FakeBotApi;
@@ -20,6 +20,7 @@ struct Running {
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), AdapterError>>,
+    health: HealthReporter,
 }
 
 async fn start(fake: &FakeBotApi, router: &Router, extra: &str) -> Running {
@@ -33,10 +34,15 @@ async fn start(fake: &FakeBotApi, router: &Router, extra: &str) -> Running {
     let mut inbound = carebridge_telegram::inbound(&cfg, &cx).expect("builds");
     let addr = inbound.bind().await.expect("binds").expect("webhook mode has an address");
     let shutdown = CancellationToken::new();
-    let icx =
-        InboundContext { account: common::account(), submitter: router.submitter.clone(), shutdown: shutdown.clone() };
+    let health = HealthReporter::new();
+    let icx = InboundContext {
+        account: common::account(),
+        submitter: router.submitter.clone(),
+        shutdown: shutdown.clone(),
+        health: health.clone(),
+    };
     let task = tokio::spawn(Box::new(inbound).run(icx));
-    Running { addr, shutdown, task }
+    Running { addr, shutdown, task, health }
 }
 
 impl Running {
@@ -84,6 +90,7 @@ async fn the_secret_header_is_required_and_checked() {
         Submission::Message(e) => assert_eq!(e.body.expose(), "hi"),
         other => panic!("{other:?}"),
     });
+    assert_eq!(run.health.get(), Health::Up, "a listening webhook server reports itself up");
     // The path is exact: a token-looking path elsewhere is not served.
     assert_eq!(post(&format!("http://{}/tg/other", run.addr), Some(SECRET), update(2, "x")).await, 404);
     run.stop().await;
@@ -125,8 +132,12 @@ async fn set_webhook_registers_the_secret_and_telegram_pushes_updates() {
     let cx = common::build_context(common::config_dir(fake.token()));
     let inbound = carebridge_telegram::build_inbound(&cfg, &cx).expect("builds").expect("inbound");
     let shutdown = CancellationToken::new();
-    let icx =
-        InboundContext { account: common::account(), submitter: router.submitter.clone(), shutdown: shutdown.clone() };
+    let icx = InboundContext {
+        account: common::account(),
+        submitter: router.submitter.clone(),
+        shutdown: shutdown.clone(),
+        health: Default::default(),
+    };
     let task = tokio::spawn(inbound.run(icx));
 
     let u = fake.patient_text(42, "Ann", "pushed to us");

@@ -109,8 +109,10 @@ impl WebhookInbound {
         let local = listener.local_addr().map_err(|e| AdapterError::Config(format!("listener: {e}")))?;
         let account = cx.account.clone();
         let shutdown = cx.shutdown.clone();
+        let health = cx.health.clone();
         let app = router(Arc::new(Shared { account: cx.account, submitter: cx.submitter, settings: self.settings }));
         info!(account = %account, listen = %local, "Webhook listening.");
+        health.up();
         let listener = listener.tap_io(|tcp| {
             // Answers are small single writes; Nagle would only add latency on keep-alive.
             let _ = tcp.set_nodelay(true);

@@ -5,7 +5,7 @@
 mod common;
 
 use carebridge_contract::config::BuildContext;
-use carebridge_contract::{AdapterError, AddressKind, InboundContext, Submitter};
+use carebridge_contract::{AdapterError, AddressKind, Health, HealthReporter, InboundContext, Submitter};
 use common::{Behaviour, Seen, answer, post, post_signed, start};
 use serde_json::json;
 use sha2::Digest as _;
@@ -305,7 +305,9 @@ async fn the_daemon_path_builds_binds_and_runs() {
     let (submitter, rx) = Submitter::channel(4);
     let mut seen = common::spawn_router(rx, Behaviour::Answer);
     let shutdown = CancellationToken::new();
-    let cx = InboundContext { account: common::account(), submitter, shutdown: shutdown.clone() };
+    let health = HealthReporter::new();
+    let cx =
+        InboundContext { account: common::account(), submitter, shutdown: shutdown.clone(), health: health.clone() };
     let task = tokio::spawn(inbound.run(cx));
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/messages");
@@ -324,6 +326,7 @@ async fn the_daemon_path_builds_binds_and_runs() {
     let (status, _) = answer(post(&client, &url, message("d-1")).await).await;
     assert_eq!(status, 202);
     assert!(matches!(seen.recv().await, Some(Seen::Message(_))));
+    assert_eq!(health.get(), Health::Up, "a listening webhook reports itself up");
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
@@ -338,11 +341,18 @@ async fn a_bind_failure_is_a_config_error_naming_the_address() {
     let bcx = BuildContext { account: common::account(), config_dir: dir };
     let inbound = carebridge_webhook::build_inbound(&cfg, &bcx).unwrap().unwrap();
     let (submitter, _rx) = Submitter::channel(1);
-    let cx = InboundContext { account: common::account(), submitter, shutdown: CancellationToken::new() };
+    let health = HealthReporter::new();
+    let cx = InboundContext {
+        account: common::account(),
+        submitter,
+        shutdown: CancellationToken::new(),
+        health: health.clone(),
+    };
     match inbound.run(cx).await {
         Err(AdapterError::Config(m)) => assert!(m.contains(&addr.to_string()), "{m}"),
         other => panic!("expected a config error, got {other:?}"),
     }
+    assert_eq!(health.get(), Health::Starting, "a listener that never bound never reported up");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 use async_imap::Session;
 use async_imap::types::Flag;
 use carebridge_contract::config::BuildContext;
-use carebridge_contract::{AccountId, AdapterError, InboundContext, SubmitRequest, Submitter};
+use carebridge_contract::{AccountId, AdapterError, HealthReporter, InboundContext, SubmitRequest, Submitter};
 use carebridge_email::Config;
 use futures::TryStreamExt;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -188,6 +188,8 @@ pub struct Running {
     pub router: TestRouter,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), AdapterError>>,
+    /// What the reader reports about its connection.
+    pub health: HealthReporter,
 }
 
 impl Running {
@@ -205,9 +207,10 @@ pub fn start_inbound(env: &MailEnv, account: &str, cfg: &Config) -> Running {
     let (submitter, rx) = Submitter::channel(4);
     let shutdown = CancellationToken::new();
     let account: AccountId = account.parse().unwrap();
-    let cx = InboundContext { account, submitter, shutdown: shutdown.clone() };
+    let health = HealthReporter::new();
+    let cx = InboundContext { account, submitter, shutdown: shutdown.clone(), health: health.clone() };
     let task = tokio::spawn(inbound.run(cx));
-    Running { router: TestRouter { rx }, shutdown, task }
+    Running { router: TestRouter { rx }, shutdown, task, health }
 }
 
 /// Everything logged in this test binary (one global subscriber), for the no-PHI checks.

@@ -128,7 +128,7 @@ pub async fn start_with(cfg: Config, submitter: Submitter, seen: mpsc::Unbounded
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let cx = InboundContext { account: account(), submitter, shutdown: shutdown.clone() };
+    let cx = InboundContext { account: account(), submitter, shutdown: shutdown.clone(), health: Default::default() };
     let task = tokio::spawn(inbound.serve(listener, cx));
     Server { addr, url: format!("http://{addr}{}", cfg.path()), seen, shutdown, task }
 }
