@@ -11,9 +11,14 @@ cd "$(dirname "$0")/.."
 export CAREBRIDGE_MAIL_DIR=${CAREBRIDGE_MAIL_DIR:-/tmp/carebridge-mail}
 export CAREBRIDGE_MAIL_ENV="$CAREBRIDGE_MAIL_DIR/env"
 export CAREBRIDGE_REQUIRE_MAIL=1
+export CAREBRIDGE_REQUIRE_FHIR_VALIDATOR=1
 
 tests/mail-servers.sh start "$CAREBRIDGE_MAIL_DIR" >/dev/null
 trap 'tests/mail-servers.sh stop "$CAREBRIDGE_MAIL_DIR" >/dev/null 2>&1 || true' EXIT
+
+# The FHIR R4 validators tests/fhir_export.rs runs the export through (required here: pinned in
+# tests/fhir/package-lock.json; node_modules stays out of git).
+npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=error
 
 # Two test threads per binary: end-to-end tests each run a daemon, and CI has two cores.
 cargo test --workspace --locked -- --test-threads=2

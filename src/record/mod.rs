@@ -9,6 +9,7 @@
 //! `quarantine`, `review`, `links`, `link_codes`, `consents`, `notices`, `meta`. Keys are big-endian ids or
 //! `\0`-joined strings; values are versioned JSON ([`schema`]).
 
+pub mod fhir;
 pub mod flusher;
 pub mod schema;
 
