@@ -5,24 +5,43 @@
 //! "recorded but never queued" and "queued but not recorded" cannot happen. Nothing written here
 //! is durable until [`Flusher`] has flushed it; receipts and outbox wake-ups go out only after.
 //!
+//! **At rest** (schema v2): every value that can hold PHI is versioned JSON ([`schema`]) sealed
+//! with XChaCha20-Poly1305 under the key file's active key ([`keys`]); every tree key that would
+//! hold an address, a patient id or a channel's message id is blinded with a keyed HMAC. Every
+//! entry of the patient's file (exchange, event, quarantined input, audit entry, tombstone) is
+//! chained in the PHI-free `journal` ([`chain`]). A schema-v1 store (plain JSON, unchained) is
+//! upgraded in place when opened ([`migrate`]).
+//!
 //! Trees: `records`, `by_source`, `conversations`, `by_native`, `outbox`, `dead`, `events`,
-//! `quarantine`, `review`, `links`, `link_codes`, `consents`, `notices`, `meta`. Keys are big-endian ids or
-//! `\0`-joined strings; values are versioned JSON ([`schema`]).
+//! `quarantine`, `review`, `links`, `link_codes`, `consents`, `notices`, `audit`, `tombstones`,
+//! `journal`, `chain_heads`, `meta`. Ids are big-endian `u64`s.
 
+mod audit;
+pub mod chain;
+mod dead;
 pub mod fhir;
 pub mod flusher;
+pub mod keys;
+mod migrate;
+pub mod retention;
 pub mod schema;
+pub mod settings;
 
+pub use audit::Actor;
 pub use flusher::Flusher;
+pub use keys::Keyring;
+pub use settings::StoreConfig;
 
 use crate::policy::ConsentGrant;
 use carebridge_contract::{AccountId, DeliveryId, RecordId, SourceKey};
+use chain::{Append, ChainKey, Kind};
 use schema::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why the store failed. Callers answer `Receipt::Unavailable` and log loudly: the source keeps
@@ -51,6 +70,14 @@ pub enum StoreError {
     /// The data directory is in use by another carebridge.
     #[error("the data directory {0} is locked by another running carebridge")]
     Locked(String),
+    /// A sealed value could not be opened: altered, moved, or the wrong key file.
+    #[error("a value under `{tree}` could not be opened: {source}")]
+    Sealed {
+        /// The tree.
+        tree: &'static str,
+        /// Why.
+        source: keys::KeyError,
+    },
 }
 
 /// A key into the outbox: destination account plus FIFO sequence number.
@@ -209,7 +236,39 @@ pub struct Store {
     link_codes: Tree,
     consents: Tree,
     notices: Tree,
+    audit: Tree,
+    tombstones: Tree,
+    journal: Tree,
+    chain_heads: Tree,
+    keys: Arc<Keyring>,
+    chain_key: ChainKey,
     log_key: [u8; 32],
+}
+
+/// Tree names, which are also the sealing context of their values.
+mod t {
+    pub const RECORDS: &str = "records";
+    pub const BY_NATIVE: &str = "by_native";
+    pub const CONVERSATIONS: &str = "conversations";
+    pub const OUTBOX: &str = "outbox";
+    pub const DEAD: &str = "dead";
+    pub const EVENTS: &str = "events";
+    pub const QUARANTINE: &str = "quarantine";
+    pub const REVIEW: &str = "review";
+    pub const LINKS: &str = "links";
+    pub const LINK_CODES: &str = "link_codes";
+    pub const CONSENTS: &str = "consents";
+    pub const AUDIT: &str = "audit";
+    pub const TOMBSTONES: &str = "tombstones";
+}
+
+/// Opens the store a config names, with its key file: what `run` and every CLI command that
+/// reads the store do.
+pub fn open_configured(config: &crate::config::Config) -> anyhow::Result<Store> {
+    use anyhow::Context;
+    let data_dir = &config.daemon.data_dir;
+    let keys = config.store.keyring(&config.config_dir, data_dir).context("loading the record store's key file")?;
+    Store::open(data_dir, keys).with_context(|| format!("opening the record store in {}", data_dir.display()))
 }
 
 /// Unix milliseconds now.
@@ -222,6 +281,7 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// Decodes plain (already opened, or schema-v1) JSON.
 fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     // serde's message can quote the offending value (PHI in a record): keep only its category
     // and position, since this error is logged.
@@ -239,35 +299,70 @@ fn join(a: &str, b: &str) -> Vec<u8> {
     k
 }
 
-fn source_key(s: &SourceKey) -> Vec<u8> {
-    join(&s.account.to_string(), &s.native_id)
+fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new().path(db_path).flush_every_ms(Some(500)).open().map_err(|e| match &e {
+        sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(dir.display().to_string()),
+        _ => StoreError::Sled(e),
+    })
+}
+
+fn id_of32(v: &[u8]) -> u32 {
+    v.try_into().map(u32::from_be_bytes).unwrap_or(u32::MAX)
+}
+
+fn id_of(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn abort<E>(e: E) -> ConflictableTransactionError<E> {
     ConflictableTransactionError::Abort(e)
 }
-
 impl Store {
-    /// Opens (or creates) the store in `dir`. Fails at once if another process holds it.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store in `dir`, sealing with `keys`. Fails at once if another
+    /// process holds it, if it was written by a newer carebridge, or if `keys` cannot open it
+    /// (the wrong key file). A schema-v1 store is upgraded first.
+    pub fn open(dir: &Path, keys: Keyring) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let db = sled::Config::new().path(dir.join("db")).flush_every_ms(Some(500)).open().map_err(|e| match &e {
-            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(dir.display().to_string()),
-            _ => StoreError::Sled(e),
-        })?;
-        let t = |n: &str| db.open_tree(n);
-        let meta = t("meta")?;
-        match meta.get("schema_version")? {
-            Some(v) => {
-                let found = v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(u32::MAX);
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::Schema { found, supported: SCHEMA_VERSION });
-                }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The patient's file: nobody but the carebridge user.
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let db_path = dir.join("db");
+        let db = open_db(dir, &db_path)?;
+        let found = db.open_tree("meta")?.get("schema_version")?.map(|v| id_of32(&v));
+        match found {
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::Schema { found, supported: SCHEMA_VERSION });
             }
+            Some(found) if found < SCHEMA_VERSION => {
+                let store = Store::assemble(db, keys.clone())?;
+                migrate::upgrade(&store, found)?;
+                drop(store);
+                // sled keeps superseded values in its log until it reuses the space: copy every
+                // tree into a fresh database so no plaintext of the old schema stays on disk.
+                migrate::rewrite_fresh(&db_path)?;
+                let store = Store::assemble(open_db(dir, &db_path)?, keys)?;
+                store.db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                store.check_key()?;
+                store.db.flush()?;
+                return Ok(store);
+            }
+            Some(_) => {}
             None => {
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
             }
         }
+        let store = Store::assemble(db, keys)?;
+        store.check_key()?;
+        store.db.flush()?;
+        Ok(store)
+    }
+
+    fn assemble(db: sled::Db, keys: Keyring) -> Result<Store, StoreError> {
+        let t = |n: &str| db.open_tree(n);
+        let meta = t("meta")?;
         let log_key: [u8; 32] = match meta.get("log_key")? {
             Some(k) if k.len() == 32 => k.as_ref().try_into().unwrap_or([0; 32]),
             _ => {
@@ -276,7 +371,6 @@ impl Store {
                 k
             }
         };
-        db.flush()?;
         Ok(Store {
             records: t("records")?,
             by_source: t("by_source")?,
@@ -291,10 +385,79 @@ impl Store {
             link_codes: t("link_codes")?,
             consents: t("consents")?,
             notices: t("notices")?,
-
+            audit: t("audit")?,
+            tombstones: t("tombstones")?,
+            journal: t("journal")?,
+            chain_heads: t("chain_heads")?,
+            chain_key: ChainKey::from_keys(&keys),
+            keys: Arc::new(keys),
             log_key,
             db,
         })
+    }
+
+    /// Proves the key file fits this store: a canary sealed at creation must open. A wrong key
+    /// file is refused at startup instead of failing on the first old record.
+    fn check_key(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree("meta")?;
+        match meta.get("key_canary")? {
+            Some(c) => {
+                self.keys
+                    .open("meta", b"key_canary", &c)
+                    .map_err(|source| StoreError::Sealed { tree: "meta", source })?;
+            }
+            None => {
+                meta.insert("key_canary", self.keys.seal("meta", b"key_canary", b"carebridge"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal<T: Serialize>(&self, tree: &str, key: &[u8], v: &T) -> Vec<u8> {
+        self.keys.seal(tree, key, &enc(v))
+    }
+
+    fn unseal<T: DeserializeOwned>(&self, tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+        let plain = self.keys.open(tree, key, bytes).map_err(|source| StoreError::Sealed { tree, source })?;
+        dec(tree, &plain)
+    }
+
+    fn get_sealed<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        tree.get(key)?.map(|v| self.unseal(name, key, &v)).transpose()
+    }
+
+    fn all_sealed<T: DeserializeOwned>(&self, tree: &Tree, name: &'static str) -> Result<Vec<T>, StoreError> {
+        tree.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(name, &k, &v))).collect()
+    }
+
+    /// The blinded key of a patient: their chain head and journal references.
+    pub(crate) fn patient_key(&self, patient_id: &str) -> Vec<u8> {
+        self.keys.blind("patient", patient_id.as_bytes())
+    }
+
+    fn source_key(&self, s: &SourceKey) -> Vec<u8> {
+        self.keys.blind("source", &join(&s.account.to_string(), &s.native_id))
+    }
+
+    fn native_key(&self, kind: &str, native: &str) -> Vec<u8> {
+        self.keys.blind("native", &join(kind, native))
+    }
+
+    fn link_key(&self, address_key: &str) -> Vec<u8> {
+        self.keys.blind("address", address_key.as_bytes())
+    }
+
+    fn consent_key(&self, patient_id: &str, account: &str) -> Vec<u8> {
+        self.keys.blind("consent", &join(patient_id, account))
+    }
+
+    fn notice_key(&self, mark: &str) -> Vec<u8> {
+        self.keys.blind("notice", mark.as_bytes())
     }
 
     /// A fresh monotonic id (records, deliveries, outbox sequence, events).
@@ -323,86 +486,87 @@ impl Store {
 
     /// The record a source key was recorded under, if any.
     pub fn lookup_source(&self, source: &SourceKey) -> Result<Option<RecordId>, StoreError> {
-        Ok(self
-            .by_source
-            .get(source_key(source))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes).map(RecordId)))
+        Ok(self.by_source.get(self.source_key(source))?.map(|v| RecordId(id_of(&v))))
     }
 
     /// A record.
     pub fn record(&self, id: RecordId) -> Result<Option<RecordV1>, StoreError> {
-        self.records.get(id.0.to_be_bytes())?.map(|v| dec("records", &v)).transpose()
+        self.get_sealed(&self.records, t::RECORDS, &id.0.to_be_bytes())
     }
 
     /// All records, oldest first (for audits and tests).
     pub fn records(&self) -> impl Iterator<Item = Result<RecordV1, StoreError>> + '_ {
-        self.records.iter().map(|r| r.map_err(StoreError::from).and_then(|(_, v)| dec("records", &v)))
+        self.records.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::RECORDS, &k, &v)))
     }
 
     /// Events appended to a record, oldest first.
     pub fn events(&self, id: RecordId) -> Result<Vec<EventV1>, StoreError> {
-        self.events.scan_prefix(id.0.to_be_bytes()).map(|r| dec("events", &r?.1)).collect()
+        self.events
+            .scan_prefix(id.0.to_be_bytes())
+            .map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::EVENTS, &k, &v)))
+            .collect()
     }
 
     /// A conversation by token.
     pub fn conversation(&self, token: &str) -> Result<Option<ConversationV1>, StoreError> {
-        self.conversations.get(token.as_bytes())?.map(|v| dec("conversations", &v)).transpose()
+        self.get_sealed(&self.conversations, t::CONVERSATIONS, token.as_bytes())
     }
 
     /// What a channel-native id (of a given channel kind) points at.
     pub fn native_ref(&self, kind: &str, native: &str) -> Result<Option<NativeRefV1>, StoreError> {
-        self.by_native.get(join(kind, native))?.map(|v| dec("by_native", &v)).transpose()
+        self.get_sealed(&self.by_native, t::BY_NATIVE, &self.native_key(kind, native))
     }
 
     /// The patient an address was linked to (by code), if any.
     pub fn linked_patient(&self, address_key: &str) -> Result<Option<LinkV1>, StoreError> {
-        self.links.get(address_key.as_bytes())?.map(|v| dec("links", &v)).transpose()
+        self.get_sealed(&self.links, t::LINKS, &self.link_key(address_key))
     }
 
     /// Consents in force for a patient on an account.
     pub fn consents(&self, patient_id: &str, account: &str) -> Result<Vec<ConsentGrant>, StoreError> {
-        Ok(self.consents.get(join(patient_id, account))?.map(|v| dec("consents", &v)).transpose()?.unwrap_or_default())
+        Ok(self.get_sealed(&self.consents, t::CONSENTS, &self.consent_key(patient_id, account))?.unwrap_or_default())
     }
 
     /// Records a consent (CLI / admin API). Durable after the next flush.
     pub fn grant_consent(&self, patient_id: &str, grant: ConsentGrant) -> Result<(), StoreError> {
-        let key = join(patient_id, &grant.account);
+        let key = self.consent_key(patient_id, &grant.account);
         let mut all = self.consents(patient_id, &grant.account)?;
         all.retain(|g| g.purpose != grant.purpose);
         all.push(grant);
-        self.consents.insert(key, enc(&all))?;
+        self.consents.insert(key.as_slice(), self.seal(t::CONSENTS, &key, &all))?;
         Ok(())
     }
 
     /// Withdraws all consents of a patient on an account.
     pub fn withdraw_consent(&self, patient_id: &str, account: &str) -> Result<bool, StoreError> {
-        Ok(self.consents.remove(join(patient_id, account))?.is_some())
+        Ok(self.consents.remove(self.consent_key(patient_id, account))?.is_some())
     }
 
     /// When an unprompted notice with this mark last went out (unix ms).
     pub fn notice_sent_at(&self, mark: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.notices.get(mark.as_bytes())?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+        Ok(self.notices.get(self.notice_key(mark))?.map(|v| id_of(&v)))
     }
 
     /// Stores a link code (only its hash is kept).
     pub fn put_link_code(&self, code_hash: &str, code: &LinkCodeV1) -> Result<(), StoreError> {
-        self.link_codes.insert(code_hash.as_bytes(), enc(code))?;
+        self.link_codes.insert(code_hash.as_bytes(), self.seal(t::LINK_CODES, code_hash.as_bytes(), code))?;
         Ok(())
     }
 
     /// Looks up a link code by its hash.
     pub fn link_code(&self, code_hash: &str) -> Result<Option<LinkCodeV1>, StoreError> {
-        self.link_codes.get(code_hash.as_bytes())?.map(|v| dec("link_codes", &v)).transpose()
+        self.get_sealed(&self.link_codes, t::LINK_CODES, code_hash.as_bytes())
     }
 
     /// Writes a batch of exchanges in **one** transaction: each one whole or (if its source key is
-    /// already recorded, also earlier in the same batch) not at all, reported per exchange.
+    /// already recorded, also earlier in the same batch) not at all, reported per exchange. Each
+    /// record is sealed and appended to the global and the patient's chain.
     ///
     /// One transaction per batch, not per message, because sled's transactions take a global
     /// write lock that waits for any flush in progress (a flush holds the read side through its
     /// fsync): per-message transactions each waited for a flush.
     pub fn commit_exchanges(&self, batch: &[Exchange]) -> Result<Vec<Committed>, StoreError> {
-        let trees: [&Tree; 10] = [
+        let trees: [&Tree; 12] = [
             &self.records,
             &self.by_source,
             &self.conversations,
@@ -413,45 +577,119 @@ impl Store {
             &self.link_codes,
             &self.consents,
             &self.notices,
+            &self.journal,
+            &self.chain_heads,
         ];
-        let encoded: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> =
-            batch.iter().map(|ex| (source_key(&ex.record.source), enc(&ex.record), enc(&ex.conversation))).collect();
-        let r = trees[..].transaction(|t: &Vec<TransactionalTree>| {
+        // Sealed once, outside the closure: sled may run it more than once.
+        struct Prepared {
+            skey: Vec<u8>,
+            rkey: [u8; 8],
+            record: Vec<u8>,
+            conv: Vec<u8>,
+            patient: Option<Vec<u8>>,
+            native: Vec<(Vec<u8>, Vec<u8>)>,
+            outbox: Vec<(Vec<u8>, Vec<u8>)>,
+            review: Vec<(Vec<u8>, Vec<u8>)>,
+            link: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+            notices: Vec<Vec<u8>>,
+        }
+        let prepared: Vec<Prepared> = batch
+            .iter()
+            .map(|ex| {
+                let rkey = ex.record.id.0.to_be_bytes();
+                Prepared {
+                    skey: self.source_key(&ex.record.source),
+                    rkey,
+                    record: self.seal(t::RECORDS, &rkey, &ex.record),
+                    conv: self.seal(t::CONVERSATIONS, ex.conversation.token.as_bytes(), &ex.conversation),
+                    patient: ex.record.patient_id.as_deref().map(|p| self.patient_key(p)),
+                    native: ex
+                        .native_refs
+                        .iter()
+                        .map(|(k, v)| {
+                            let (kind, native) = k.split_once('\0').unwrap_or(("", k));
+                            let key = self.native_key(kind, native);
+                            let val = self.seal(t::BY_NATIVE, &key, v);
+                            (key, val)
+                        })
+                        .collect(),
+                    outbox: ex
+                        .outbox
+                        .iter()
+                        .map(|(k, v)| {
+                            let key = k.encode();
+                            let val = self.seal(t::OUTBOX, &key, v);
+                            (key, val)
+                        })
+                        .collect(),
+                    review: ex
+                        .review
+                        .iter()
+                        .map(|item| {
+                            let key = item.item.delivery.id.0.to_be_bytes().to_vec();
+                            let val = self.seal(t::REVIEW, &key, item);
+                            (key, val)
+                        })
+                        .collect(),
+                    link: ex.link.as_ref().map(|(addr, link, _, _)| {
+                        let key = self.link_key(addr);
+                        let val = self.seal(t::LINKS, &key, link);
+                        (key, val, self.consent_key(&link.patient_id, &link.account))
+                    }),
+                    notices: ex.notice_marks.iter().map(|m| self.notice_key(m)).collect(),
+                }
+            })
+            .collect();
+        let r = trees[..].transaction(|tx: &Vec<TransactionalTree>| {
             let (records, by_source, conversations, by_native, outbox, review, links, link_codes, consents) =
-                (&t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8]);
-            let notices = &t[9];
+                (&tx[0], &tx[1], &tx[2], &tx[3], &tx[4], &tx[5], &tx[6], &tx[7], &tx[8]);
+            let (notices, journal, heads) = (&tx[9], &tx[10], &tx[11]);
             let mut results = Vec::with_capacity(batch.len());
-            for (ex, (skey, record, conv)) in batch.iter().zip(&encoded) {
-                if let Some(existing) = by_source.get(skey)? {
-                    let id = existing.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-                    results.push(Committed::Duplicate(RecordId(id)));
+            for (ex, p) in batch.iter().zip(&prepared) {
+                if let Some(existing) = by_source.get(&p.skey)? {
+                    results.push(Committed::Duplicate(RecordId(id_of(&existing))));
                     continue;
                 }
-                let rid = ex.record.id;
-                records.insert(&rid.0.to_be_bytes(), record.as_slice())?;
-                by_source.insert(skey.as_slice(), &rid.0.to_be_bytes())?;
-                conversations.insert(ex.conversation.token.as_bytes(), conv.as_slice())?;
-                for (k, v) in &ex.native_refs {
-                    by_native.insert(k.as_bytes(), enc(v))?;
+                records.insert(&p.rkey, p.record.as_slice())?;
+                chain::append(
+                    &self.chain_key,
+                    journal,
+                    heads,
+                    Append {
+                        kind: Kind::Record,
+                        tree: t::RECORDS,
+                        key: &p.rkey,
+                        sealed: &p.record,
+                        patient: p.patient.as_deref(),
+                        at_ms: ex.record.recorded_at_ms,
+                    },
+                )?;
+                by_source.insert(p.skey.as_slice(), &p.rkey)?;
+                conversations.insert(ex.conversation.token.as_bytes(), p.conv.as_slice())?;
+                for (k, v) in &p.native {
+                    by_native.insert(k.as_slice(), v.as_slice())?;
                 }
-                for (k, v) in &ex.outbox {
-                    outbox.insert(k.encode(), enc(v))?;
+                for (k, v) in &p.outbox {
+                    outbox.insert(k.as_slice(), v.as_slice())?;
                 }
-                for item in &ex.review {
-                    review.insert(&item.item.delivery.id.0.to_be_bytes(), enc(item))?;
+                for (k, v) in &p.review {
+                    review.insert(k.as_slice(), v.as_slice())?;
                 }
-                if let Some((addr, link, code_hash, grant)) = &ex.link {
-                    links.insert(addr.as_bytes(), enc(link))?;
+                if let (Some((_, link, code_hash, grant)), Some((lkey, lval, ckey))) = (&ex.link, &p.link) {
+                    links.insert(lkey.as_slice(), lval.as_slice())?;
                     link_codes.remove(code_hash.as_bytes())?;
-                    let key = join(&link.patient_id, &link.account);
-                    let mut all: Vec<ConsentGrant> =
-                        consents.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or_default();
+                    let mut all: Vec<ConsentGrant> = consents
+                        .get(ckey)?
+                        .and_then(|v| self.keys.open(t::CONSENTS, ckey, &v).ok())
+                        .and_then(|v| serde_json::from_slice(&v).ok())
+                        .unwrap_or_default();
                     all.retain(|g| g.purpose != grant.purpose);
                     all.push(grant.clone());
-                    consents.insert(key, enc(&all))?;
+                    let _ = link;
+                    consents.insert(ckey.as_slice(), self.seal(t::CONSENTS, ckey, &all))?;
                 }
-                for mark in &ex.notice_marks {
-                    notices.insert(mark.as_bytes(), &now_ms().to_be_bytes())?;
+                for mark in &p.notices {
+                    notices.insert(mark.as_slice(), &now_ms().to_be_bytes())?;
                 }
                 results.push(Committed::New);
             }
@@ -460,19 +698,35 @@ impl Store {
         r.map_err(tx_err)
     }
 
-    /// Stores malformed input in quarantine, unless its source key was already seen.
+    /// Stores malformed input in quarantine (sealed, chained), unless its source key was already
+    /// seen.
     pub fn commit_quarantine(&self, q: &QuarantineV1) -> Result<Committed, StoreError> {
-        let skey = source_key(&q.source);
-        let value = enc(q);
-        let r = (&self.quarantine, &self.by_source).transaction(|(quarantine, by_source)| {
-            if let Some(existing) = by_source.get(&skey)? {
-                let id = existing.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-                return Err(abort(RecordId(id)));
-            }
-            quarantine.insert(&q.id.0.to_be_bytes(), value.as_slice())?;
-            by_source.insert(skey.as_slice(), &q.id.0.to_be_bytes())?;
-            Ok(())
-        });
+        let skey = self.source_key(&q.source);
+        let qkey = q.id.0.to_be_bytes();
+        let value = self.seal(t::QUARANTINE, &qkey, q);
+        let r = (&self.quarantine, &self.by_source, &self.journal, &self.chain_heads).transaction(
+            |(quarantine, by_source, journal, heads)| {
+                if let Some(existing) = by_source.get(&skey)? {
+                    return Err(abort(RecordId(id_of(&existing))));
+                }
+                quarantine.insert(&qkey, value.as_slice())?;
+                chain::append(
+                    &self.chain_key,
+                    journal,
+                    heads,
+                    Append {
+                        kind: Kind::Quarantine,
+                        tree: t::QUARANTINE,
+                        key: &qkey,
+                        sealed: &value,
+                        patient: None,
+                        at_ms: q.at_ms,
+                    },
+                )?;
+                by_source.insert(skey.as_slice(), &qkey)?;
+                Ok(())
+            },
+        );
         match r {
             Ok(()) => Ok(Committed::New),
             Err(TransactionError::Abort(id)) => Ok(Committed::Duplicate(id)),
@@ -482,7 +736,7 @@ impl Store {
 
     /// Quarantined inputs, oldest first (for the privacy officer's export).
     pub fn quarantine_entries(&self) -> Result<Vec<QuarantineV1>, StoreError> {
-        self.quarantine.iter().map(|r| dec("quarantine", &r?.1)).collect()
+        self.all_sealed(&self.quarantine, t::QUARANTINE)
     }
 
     /// Outbox keys of one account, FIFO order.
@@ -493,72 +747,111 @@ impl Store {
             .keys()
             .map(|k| {
                 let k = k?;
-                let seq = k[prefix.len()..].try_into().map(u64::from_be_bytes).unwrap_or(0);
-                Ok(OutboxKey { account: account.clone(), seq })
+                Ok(OutboxKey { account: account.clone(), seq: id_of(&k[prefix.len()..]) })
             })
             .collect()
     }
 
     /// One outbox row.
     pub fn outbox_item(&self, key: &OutboxKey) -> Result<Option<OutboxItemV1>, StoreError> {
-        self.outbox.get(key.encode())?.map(|v| dec("outbox", &v)).transpose()
+        self.get_sealed(&self.outbox, t::OUTBOX, &key.encode())
+    }
+
+    /// Prepares an event for [`chain::append`]: its key, sealed body and patient.
+    fn prepare_event(
+        &self,
+        record: RecordId,
+        patient: Option<&str>,
+        kind: &EventKind,
+    ) -> Result<PreparedEvent, StoreError> {
+        let key = self.event_key(record)?;
+        let at_ms = now_ms();
+        let body = self.seal(t::EVENTS, &key, &EventV1 { v: 1, at_ms, kind: kind.clone() });
+        Ok(PreparedEvent { key, body, patient: patient.map(|p| self.patient_key(p)), at_ms })
     }
 
     /// Applies what a worker's attempts did to their outbox rows, all in one transaction (one
     /// per completed group of sends, not per send: sled transactions wait for any flush in
-    /// progress). Each update also appends its events to the record; a sent delivery's channel
-    /// ids are remembered so replies to it find the conversation.
+    /// progress). Each update also appends its events to the record (chained); a sent
+    /// delivery's channel ids are remembered so replies to it find the conversation.
     pub fn apply_outbox(&self, updates: &[OutboxUpdate]) -> Result<(), StoreError> {
+        struct Prepared {
+            okey: Vec<u8>,
+            events: Vec<PreparedEvent>,
+            row: Option<Vec<u8>>,
+            native: Vec<(Vec<u8>, Vec<u8>)>,
+            moved: Option<(Vec<u8>, Vec<u8>)>,
+        }
         let mut prepared = Vec::with_capacity(updates.len());
         for u in updates {
             let item = u.item();
-            let mut evs = Vec::new();
+            let okey = u.key().encode();
+            let mut events = Vec::new();
             for e in u.events() {
-                evs.push((
-                    self.event_key(item.delivery.record_id)?,
-                    enc(&EventV1 { v: 1, at_ms: now_ms(), kind: e.clone() }),
-                ));
+                events.push(self.prepare_event(item.delivery.record_id, item.patient_id.as_deref(), e)?);
             }
-            prepared.push((u.key().encode(), evs));
+            let did = item.delivery.id.0.to_be_bytes().to_vec();
+            let (row, native, moved) = match u {
+                OutboxUpdate::Retry { item, .. } => (Some(self.seal(t::OUTBOX, &okey, item)), vec![], None),
+                OutboxUpdate::Sent { item, native_ids, .. } => {
+                    let kind = item.delivery.account.kind().as_str();
+                    let nref = NativeRefV1 {
+                        v: 1,
+                        conversation: item.delivery.conversation.expose().clone(),
+                        record: item.delivery.record_id,
+                    };
+                    let native = native_ids
+                        .iter()
+                        .map(|n| {
+                            let k = self.native_key(kind, n);
+                            let v = self.seal(t::BY_NATIVE, &k, &nref);
+                            (k, v)
+                        })
+                        .collect();
+                    (None, native, None)
+                }
+                OutboxUpdate::Dead { item, reason, .. } => {
+                    let d = DeadLetterV1 { v: 1, at_ms: now_ms(), item: item.clone(), reason: reason.clone() };
+                    let v = self.seal(t::DEAD, &did, &d);
+                    (None, vec![], Some((did, v)))
+                }
+                OutboxUpdate::Review { item, rule, .. } => {
+                    let r = ReviewItemV1 {
+                        v: 1,
+                        at_ms: now_ms(),
+                        item: item.clone(),
+                        rules: vec![rule.clone()],
+                        reject_notice: None,
+                    };
+                    let v = self.seal(t::REVIEW, &did, &r);
+                    (None, vec![], Some((did, v)))
+                }
+            };
+            prepared.push(Prepared { okey, events, row, native, moved });
         }
-        (&self.outbox, &self.events, &self.by_native, &self.dead, &self.review)
-            .transaction(|(outbox, events, by_native, dead, review)| {
-                for (u, (okey, evs)) in updates.iter().zip(&prepared) {
-                    for (k, v) in evs {
-                        events.insert(k.as_slice(), v.as_slice())?;
+        (&self.outbox, &self.events, &self.by_native, &self.dead, &self.review, &self.journal, &self.chain_heads)
+            .transaction(|(outbox, events, by_native, dead, review, journal, heads)| {
+                for (u, p) in updates.iter().zip(&prepared) {
+                    for e in &p.events {
+                        events.insert(e.key.as_slice(), e.body.as_slice())?;
+                        chain::append(&self.chain_key, journal, heads, e.append())?;
                     }
-                    match u {
-                        OutboxUpdate::Retry { item, .. } => {
-                            outbox.insert(okey.as_slice(), enc(item))?;
+                    match (u, &p.row) {
+                        (OutboxUpdate::Retry { .. }, Some(row)) => {
+                            outbox.insert(p.okey.as_slice(), row.as_slice())?;
                         }
-                        OutboxUpdate::Sent { item, native_ids, .. } => {
-                            outbox.remove(okey.as_slice())?;
-                            let kind = item.delivery.account.kind().as_str();
-                            let nref = enc(&NativeRefV1 {
-                                v: 1,
-                                conversation: item.delivery.conversation.expose().clone(),
-                                record: item.delivery.record_id,
-                            });
-                            for n in native_ids {
-                                by_native.insert(join(kind, n), nref.as_slice())?;
-                            }
+                        _ => {
+                            outbox.remove(p.okey.as_slice())?;
                         }
-                        OutboxUpdate::Dead { item, reason, .. } => {
-                            outbox.remove(okey.as_slice())?;
-                            let d = DeadLetterV1 { v: 1, at_ms: now_ms(), item: item.clone(), reason: reason.clone() };
-                            dead.insert(&item.delivery.id.0.to_be_bytes(), enc(&d))?;
-                        }
-                        OutboxUpdate::Review { item, rule, .. } => {
-                            outbox.remove(okey.as_slice())?;
-                            let r = ReviewItemV1 {
-                                v: 1,
-                                at_ms: now_ms(),
-                                item: item.clone(),
-                                rules: vec![rule.clone()],
-                                reject_notice: None,
-                            };
-                            review.insert(&item.delivery.id.0.to_be_bytes(), enc(&r))?;
-                        }
+                    }
+                    for (k, v) in &p.native {
+                        by_native.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    if let Some((k, v)) = &p.moved {
+                        match u {
+                            OutboxUpdate::Dead { .. } => dead.insert(k.as_slice(), v.as_slice())?,
+                            _ => review.insert(k.as_slice(), v.as_slice())?,
+                        };
                     }
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
@@ -568,12 +861,12 @@ impl Store {
 
     /// Dead letters, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterV1>, StoreError> {
-        self.dead.iter().map(|r| dec("dead", &r?.1)).collect()
+        self.all_sealed(&self.dead, t::DEAD)
     }
 
     /// Deliveries held for review, oldest first.
     pub fn held(&self) -> Result<Vec<ReviewItemV1>, StoreError> {
-        self.review.iter().map(|r| dec("review", &r?.1)).collect()
+        self.all_sealed(&self.review, t::REVIEW)
     }
 
     /// Resolves a held delivery: approved → queued in the outbox (returns its key); rejected →
@@ -584,8 +877,8 @@ impl Store {
         approve: bool,
         by: &str,
     ) -> Result<Option<Vec<OutboxKey>>, StoreError> {
-        let Some(raw) = self.review.get(delivery.0.to_be_bytes())? else { return Ok(None) };
-        let held: ReviewItemV1 = dec("review", &raw)?;
+        let dkey = delivery.0.to_be_bytes();
+        let Some(held) = self.get_sealed::<ReviewItemV1>(&self.review, t::REVIEW, &dkey)? else { return Ok(None) };
         let mut queue = Vec::new();
         if approve {
             let mut item = held.item.clone();
@@ -604,23 +897,31 @@ impl Store {
             };
             queue.push((OutboxKey { account: item.delivery.account.clone(), seq: self.next_id()? }, item));
         }
-        let ekey = self.event_key(held.item.delivery.record_id)?;
-        let ev = enc(&EventV1 {
-            v: 1,
-            at_ms: now_ms(),
-            kind: EventKind::Reviewed {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = queue
+            .iter()
+            .map(|(k, v)| {
+                let key = k.encode();
+                let val = self.seal(t::OUTBOX, &key, v);
+                (key, val)
+            })
+            .collect();
+        let ev = self.prepare_event(
+            held.item.delivery.record_id,
+            held.item.patient_id.as_deref(),
+            &EventKind::Reviewed {
                 delivery,
                 verdict: if approve { "approved" } else { "rejected" }.into(),
                 by: by.to_string(),
             },
-        });
-        (&self.review, &self.outbox, &self.events)
-            .transaction(|(review, outbox, events)| {
-                review.remove(&delivery.0.to_be_bytes())?;
-                for (k, v) in &queue {
-                    outbox.insert(k.encode(), enc(v))?;
+        )?;
+        (&self.review, &self.outbox, &self.events, &self.journal, &self.chain_heads)
+            .transaction(|(review, outbox, events, journal, heads)| {
+                review.remove(&dkey)?;
+                for (k, v) in &rows {
+                    outbox.insert(k.as_slice(), v.as_slice())?;
                 }
-                events.insert(ekey.as_slice(), ev.as_slice())?;
+                events.insert(ev.key.as_slice(), ev.body.as_slice())?;
+                chain::append(&self.chain_key, journal, heads, ev.append())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(tx_err)?;
@@ -633,6 +934,17 @@ impl Store {
         Ok(k)
     }
 
+    /// Walks the journal and checks every link ([`chain::verify`]).
+    pub fn verify(&self) -> Result<chain::Report, StoreError> {
+        Ok(chain::verify(&self.db, &self.keys)?)
+    }
+
+    /// The head of the global chain (sequence number, hash in hex), PHI-free: logged in the
+    /// status line so that logs anchor the chain.
+    pub fn chain_head(&self) -> Result<(u64, String), StoreError> {
+        Ok(chain::global_head(&self.chain_heads)?)
+    }
+
     /// Counts for the status line.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -641,6 +953,27 @@ impl Store {
             dead: self.dead.len(),
             quarantined: self.quarantine.len(),
             held: self.review.len(),
+        }
+    }
+}
+
+/// An event ready to write: its key, sealed body, patient (blinded) and time.
+struct PreparedEvent {
+    key: Vec<u8>,
+    body: Vec<u8>,
+    patient: Option<Vec<u8>>,
+    at_ms: u64,
+}
+
+impl PreparedEvent {
+    fn append(&self) -> Append<'_> {
+        Append {
+            kind: Kind::Event,
+            tree: t::EVENTS,
+            key: &self.key,
+            sealed: &self.body,
+            patient: self.patient.as_deref(),
+            at_ms: self.at_ms,
         }
     }
 }

@@ -7,8 +7,10 @@ use crate::policy::{Class, ConsentGrant};
 use carebridge_contract::{Address, Attachment, Delivery, DeliveryId, RecordId, Redacted, SourceKey};
 use serde::{Deserialize, Serialize};
 
-/// Schema version written into `meta` at creation and checked at open.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Schema version written into `meta` at creation and checked at open. v1: plain JSON values;
+/// v2: sealed values, blinded index keys, the journal (hash chain), audit and tombstones. The
+/// value types (`…V1`) did not change between the two: their own `v` tag versions them.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Who sent a message, as the directory (or a Telegram link) placed them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +189,21 @@ pub enum EventKind {
         /// The delivery.
         delivery: DeliveryId,
     },
+    /// An operator put a dead letter back in the outbox (`carebridge outbox retry`), attempts
+    /// reset, same delivery id.
+    Requeued {
+        /// The delivery.
+        delivery: DeliveryId,
+        /// Who (staff id or `cli`).
+        by: String,
+    },
+    /// An operator dropped a dead letter (`carebridge outbox drop`): it will not be sent.
+    Dropped {
+        /// The delivery.
+        delivery: DeliveryId,
+        /// Who (staff id or `cli`).
+        by: String,
+    },
 }
 
 /// Input that could not be parsed, kept for review.
@@ -260,4 +277,29 @@ pub struct LinkV1 {
     pub account: String,
     /// Unix milliseconds.
     pub linked_at_ms: u64,
+}
+
+/// An audited access to the patient's file or change to it: reading is an auditable event
+/// (PHIPA s.10.1, HIPAA §164.312(b)), so every read and export through carebridge leaves one.
+/// Chained like the records it is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditV1 {
+    /// Always 1.
+    pub v: u32,
+    /// Its id.
+    pub id: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Who: the name the operator gave (`--actor`, default their login name).
+    pub actor: String,
+    /// Through what: `cli` (store opened directly) or `admin-api`.
+    pub via: String,
+    /// What: `records.list`, `records.show`, `records.export`, `records.purge`, `review.show`, …
+    pub action: String,
+    /// Whose file, if one patient's.
+    pub patient_id: Option<String>,
+    /// The records read.
+    pub records: Vec<RecordId>,
+    /// PHI-free detail (the export format, a count, a retention rule).
+    pub detail: Option<String>,
 }

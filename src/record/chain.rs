@@ -1,0 +1,426 @@
+//! The record's hash chain: every entry of the patient's file (exchange, event, quarantined
+//! input, audit entry, tombstone) gets a **journal** entry, written in the same transaction as
+//! the entry itself, that carries the hash of the sealed body and the hash of the previous
+//! journal entry, both of the whole store (the global chain) and of the same patient (the
+//! patient's chain). Deleting, altering, reordering or inserting an entry breaks a link, and
+//! [`verify`] names the first broken one.
+//!
+//! Entry hashes are HMAC-SHA-256 under a key derived from the key file's index key, not plain
+//! SHA-256: whoever can write the data directory but does not hold the key file cannot forge a
+//! consistent chain, not even by appending. The `Status.` log line prints the head, so the
+//! journal (or a log archive) anchors it against someone who holds both.
+//!
+//! A journal entry is PHI-free by construction (ids, hashes, a blinded patient reference), so it
+//! is stored unsealed: verifying walks it without decrypting anything but tombstones.
+//!
+//! Layout of one entry (big-endian): `version (1) | kind (1) | seq (8) | at_ms (8) |
+//! body_hash (32) | prev (32) | patient (32, zero if none) | patient_prev (32, zero if first) |
+//! tree_len (1) | tree | key_len (2) | key`. Its hash is the MAC of those bytes.
+
+use super::keys::Keyring;
+use hmac::Mac;
+use sha2::{Digest, Sha256};
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use std::collections::{BTreeSet, HashMap};
+
+/// What a journal entry stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An exchange ([`RecordV1`](super::schema::RecordV1)).
+    Record = 1,
+    /// Something that happened to an exchange ([`EventV1`](super::schema::EventV1)).
+    Event = 2,
+    /// Input that could not be parsed.
+    Quarantine = 3,
+    /// Someone read or exported records, or changed consent.
+    Audit = 4,
+    /// Bodies removed by a retention purge, named with their hashes.
+    Tombstone = 5,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Record,
+            2 => Kind::Event,
+            3 => Kind::Quarantine,
+            4 => Kind::Audit,
+            5 => Kind::Tombstone,
+            _ => return None,
+        })
+    }
+}
+
+/// The trees whose every entry is in the journal.
+pub const CHAINED_TREES: &[&str] = &["records", "events", "quarantine", "audit", "tombstones"];
+
+/// The journal's own layout version.
+const VERSION: u8 = 1;
+/// The key of the global head in the `chain_heads` tree (patients' heads are 33-byte blinds).
+const GLOBAL_HEAD: &[u8] = b"global";
+
+/// One decoded journal entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// What it stands for.
+    pub kind: Kind,
+    /// Position in the global chain, from 1, without gaps.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// SHA-256 of the sealed body as stored.
+    pub body_hash: [u8; 32],
+    /// Hash of the previous entry (zero for the first).
+    pub prev: [u8; 32],
+    /// The blinded patient, if the entry belongs to a patient's file.
+    pub patient: Option<[u8; 32]>,
+    /// Hash of the patient's previous entry (zero for their first).
+    pub patient_prev: [u8; 32],
+    /// The tree holding the body.
+    pub tree: String,
+    /// The body's key in that tree.
+    pub key: Vec<u8>,
+}
+
+impl Entry {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(150 + self.tree.len() + self.key.len());
+        b.push(VERSION);
+        b.push(self.kind as u8);
+        b.extend_from_slice(&self.seq.to_be_bytes());
+        b.extend_from_slice(&self.at_ms.to_be_bytes());
+        b.extend_from_slice(&self.body_hash);
+        b.extend_from_slice(&self.prev);
+        b.extend_from_slice(&self.patient.unwrap_or([0; 32]));
+        b.extend_from_slice(&self.patient_prev);
+        b.push(self.tree.len() as u8);
+        b.extend_from_slice(self.tree.as_bytes());
+        b.extend_from_slice(&(self.key.len() as u16).to_be_bytes());
+        b.extend_from_slice(&self.key);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Entry> {
+        let fixed = 2 + 8 + 8 + 32 * 4;
+        if b.len() < fixed + 3 || b[0] != VERSION {
+            return None;
+        }
+        let arr = |at: usize| -> [u8; 32] { b[at..at + 32].try_into().unwrap_or([0; 32]) };
+        let u64_at = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+        let patient = arr(82);
+        let tl = b[fixed] as usize;
+        let tree = std::str::from_utf8(b.get(fixed + 1..fixed + 1 + tl)?).ok()?.to_string();
+        let at = fixed + 1 + tl;
+        let kl = u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
+        let key = b.get(at + 2..at + 2 + kl)?.to_vec();
+        if at + 2 + kl != b.len() {
+            return None;
+        }
+        Some(Entry {
+            kind: Kind::from_u8(b[1])?,
+            seq: u64_at(2),
+            at_ms: u64_at(10),
+            body_hash: arr(18),
+            prev: arr(50),
+            patient: (patient != [0; 32]).then_some(patient),
+            patient_prev: arr(114),
+            tree,
+            key,
+        })
+    }
+}
+
+/// The MAC that chains entries.
+#[derive(Clone)]
+pub struct ChainKey(hmac::Hmac<Sha256>);
+
+impl ChainKey {
+    /// Derived from the key file's index key (which never rotates, so the chain never breaks
+    /// for a key rotation).
+    pub fn from_keys(keys: &Keyring) -> ChainKey {
+        let derived = keys.blind("carebridge-chain-key-v1", b"");
+        ChainKey(
+            <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&derived[1..]).unwrap_or_else(|_| unreachable_mac()),
+        )
+    }
+
+    fn hash(&self, encoded: &[u8]) -> [u8; 32] {
+        let mut m = self.0.clone();
+        m.update(encoded);
+        m.finalize().into_bytes().into()
+    }
+}
+
+// HMAC accepts keys of any length, so `new_from_slice` cannot fail; this keeps the code free of
+// `unwrap` without pretending there is an error to handle.
+fn unreachable_mac() -> hmac::Hmac<Sha256> {
+    <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable_mac())
+}
+
+/// SHA-256 of a sealed body.
+pub fn body_hash(sealed: &[u8]) -> [u8; 32] {
+    Sha256::digest(sealed).into()
+}
+
+/// What to append: the body just written (sealed) and whose file it belongs to.
+pub struct Append<'a> {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its tree.
+    pub tree: &'static str,
+    /// Its key there.
+    pub key: &'a [u8],
+    /// The sealed bytes stored there.
+    pub sealed: &'a [u8],
+    /// The patient's blinded id (from [`Keyring::blind`] with domain `patient`).
+    pub patient: Option<&'a [u8]>,
+    /// When.
+    pub at_ms: u64,
+}
+
+fn head(v: Option<sled::IVec>) -> (u64, [u8; 32]) {
+    match v {
+        Some(v) if v.len() == 40 => {
+            (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), v[8..].try_into().unwrap_or([0; 32]))
+        }
+        _ => (0, [0; 32]),
+    }
+}
+
+fn head_value(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut v = seq.to_be_bytes().to_vec();
+    v.extend_from_slice(hash);
+    v
+}
+
+/// Appends one entry inside a transaction over the `journal` and `chain_heads` trees; returns its
+/// sequence number. sled runs transactions one at a time (a global write lock), so sequence
+/// numbers have no gaps.
+pub fn append(
+    ck: &ChainKey,
+    journal: &TransactionalTree,
+    heads: &TransactionalTree,
+    a: Append<'_>,
+) -> Result<u64, UnabortableTransactionError> {
+    let (gseq, gprev) = head(heads.get(GLOBAL_HEAD)?);
+    let patient: Option<[u8; 32]> = a.patient.and_then(|p| p.get(p.len().saturating_sub(32)..)?.try_into().ok());
+    let patient_prev = match a.patient {
+        Some(p) => head(heads.get(p)?).1,
+        None => [0; 32],
+    };
+    let e = Entry {
+        kind: a.kind,
+        seq: gseq + 1,
+        at_ms: a.at_ms,
+        body_hash: body_hash(a.sealed),
+        prev: gprev,
+        patient,
+        patient_prev,
+        tree: a.tree.to_string(),
+        key: a.key.to_vec(),
+    };
+    let bytes = e.encode();
+    let h = ck.hash(&bytes);
+    journal.insert(&e.seq.to_be_bytes(), bytes)?;
+    heads.insert(GLOBAL_HEAD, head_value(e.seq, &h))?;
+    if let Some(p) = a.patient {
+        heads.insert(p, head_value(e.seq, &h))?;
+    }
+    Ok(e.seq)
+}
+
+/// The head of the global chain: its last sequence number and hash (hex), for the status line
+/// and `records verify`.
+pub fn global_head(heads: &sled::Tree) -> Result<(u64, String), sled::Error> {
+    let (seq, h) = head(heads.get(GLOBAL_HEAD)?);
+    Ok((seq, hex::encode(h)))
+}
+
+/// Iterates the journal (oldest first), decoded. Undecodable entries come back as `Err(seq)`.
+pub fn entries(journal: &sled::Tree) -> impl Iterator<Item = Result<Result<Entry, u64>, sled::Error>> + '_ {
+    journal.iter().map(|r| {
+        r.map(|(k, v)| Entry::decode(&v).ok_or_else(|| k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)))
+    })
+}
+
+/// The first problem [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Break {
+    /// The journal entry at fault (or the first missing one).
+    pub seq: u64,
+    /// What is wrong (PHI-free).
+    pub reason: String,
+}
+
+/// What [`verify`] saw.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Report {
+    /// Journal entries walked.
+    pub entries: u64,
+    /// Per kind.
+    pub by_kind: HashMap<String, u64>,
+    /// Bodies removed by purges, accounted for by tombstones.
+    pub purged: u64,
+    /// Patients' chains walked.
+    pub patients: u64,
+    /// The last entry and its hash (hex).
+    pub head_seq: u64,
+    /// Hash of the last entry.
+    pub head_hash: String,
+    /// The first break, if any.
+    pub first_break: Option<Break>,
+}
+
+/// A tombstone's body (sealed like everything else): which entries a purge emptied.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TombstoneV1 {
+    /// Always 1.
+    pub v: u32,
+    /// The journal entries whose bodies were removed.
+    pub purged: Vec<u64>,
+    /// The retention rule applied (`exchanges`, `quarantine`, `audit`).
+    pub rule: String,
+    /// Entries older than this (unix ms) were eligible.
+    pub cutoff_ms: u64,
+    /// Who ran the purge.
+    pub by: String,
+}
+
+fn fail(r: &mut Report, seq: u64, reason: String) {
+    if r.first_break.is_none() {
+        r.first_break = Some(Break { seq, reason });
+    }
+}
+
+/// Walks the whole journal and checks every link: sequence without gaps, each entry's `prev`
+/// equal to the previous entry's hash, each patient's chain likewise, every body present with
+/// the hash recorded (or removed by a purge a later tombstone accounts for), and every body in
+/// a chained tree covered by the journal. Stops at the first break.
+pub fn verify(db: &sled::Db, keys: &Keyring) -> Result<Report, sled::Error> {
+    let ck = ChainKey::from_keys(keys);
+    let journal = db.open_tree("journal")?;
+    let heads = db.open_tree("chain_heads")?;
+    let mut trees: HashMap<String, sled::Tree> = HashMap::new();
+    let mut r = Report::default();
+    let mut prev = [0u8; 32];
+    let mut patients: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
+    let mut missing: BTreeSet<u64> = BTreeSet::new();
+    let mut present: HashMap<String, u64> = HashMap::new();
+    for item in entries(&journal) {
+        let e = match item? {
+            Ok(e) => e,
+            Err(seq) => {
+                fail(&mut r, seq, "journal entry is not decodable".into());
+                break;
+            }
+        };
+        let expected = r.entries + 1;
+        if e.seq != expected {
+            fail(&mut r, expected, format!("journal entry {expected} is missing (next is {})", e.seq));
+            break;
+        }
+        if e.prev != prev {
+            fail(&mut r, e.seq, "its link to the previous entry does not match (altered or reordered)".into());
+            break;
+        }
+        let h = ck.hash(&e.encode());
+        if let Some(p) = e.patient {
+            let last = patients.get(&p).copied().unwrap_or([0; 32]);
+            if e.patient_prev != last {
+                fail(&mut r, e.seq, "its link to the patient's previous entry does not match".into());
+                break;
+            }
+            patients.insert(p, h);
+        }
+        let tree = match trees.get(&e.tree) {
+            Some(t) => t.clone(),
+            None => {
+                let t = db.open_tree(&e.tree)?;
+                trees.insert(e.tree.clone(), t.clone());
+                t
+            }
+        };
+        match tree.get(&e.key)? {
+            Some(body) => {
+                if body_hash(&body) != e.body_hash {
+                    fail(&mut r, e.seq, format!("its body in `{}` was altered", e.tree));
+                    break;
+                }
+                *present.entry(e.tree.clone()).or_default() += 1;
+                if e.kind == Kind::Tombstone {
+                    let plain = keys.open(&e.tree, &e.key, &body).ok();
+                    let t: Option<TombstoneV1> = plain.and_then(|p| serde_json::from_slice(&p).ok());
+                    match t {
+                        Some(t) => {
+                            for s in t.purged {
+                                if missing.remove(&s) {
+                                    r.purged += 1;
+                                }
+                            }
+                        }
+                        None => {
+                            fail(&mut r, e.seq, "its tombstone cannot be opened".into());
+                            break;
+                        }
+                    }
+                }
+            }
+            None => {
+                missing.insert(e.seq);
+            }
+        }
+        *r.by_kind.entry(format!("{:?}", e.kind).to_lowercase()).or_default() += 1;
+        prev = h;
+        r.entries += 1;
+    }
+    if let Some(&seq) = missing.iter().next()
+        && r.first_break.as_ref().is_none_or(|b| b.seq > seq)
+    {
+        r.first_break = Some(Break { seq, reason: "its body was deleted and no purge accounts for it".into() });
+    }
+    let (hseq, hhash) = global_head(&heads)?;
+    if r.first_break.is_none() && (hseq != r.entries || hhash != hex::encode(prev)) {
+        let seq = r.entries + 1;
+        fail(&mut r, seq, "the journal ends before the recorded head (entries were cut off)".into());
+    }
+    if r.first_break.is_none() {
+        for name in CHAINED_TREES {
+            let n = present.get(*name).copied().unwrap_or(0);
+            let t = db.open_tree(name)?;
+            if t.len() as u64 != n {
+                let seq = r.entries + 1;
+                fail(&mut r, seq, format!("`{name}` holds entries the journal does not cover"));
+                break;
+            }
+        }
+    }
+    r.patients = patients.len() as u64;
+    r.head_seq = r.entries;
+    r.head_hash = hex::encode(prev);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_their_encoding() {
+        let e = Entry {
+            kind: Kind::Event,
+            seq: 7,
+            at_ms: 123,
+            body_hash: [1; 32],
+            prev: [2; 32],
+            patient: Some([3; 32]),
+            patient_prev: [4; 32],
+            tree: "events".into(),
+            key: vec![9, 8, 7],
+        };
+        assert_eq!(Entry::decode(&e.encode()), Some(e.clone()));
+        let mut bytes = e.encode();
+        bytes.push(0);
+        assert_eq!(Entry::decode(&bytes), None, "trailing bytes are refused");
+    }
+}

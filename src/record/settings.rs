@@ -1,0 +1,141 @@
+//! `[store]`: where the record store's key file is, and how long each kind of entry is kept.
+//!
+//! ```toml
+//! [store]
+//! key_file = "/etc/carebridge/store.key"  # default: <data_dir>/store.key, created at first start
+//! [store.retention]
+//! exchanges_days = 3650                   # messages and what happened to them
+//! quarantine_days = 90                    # input that could not be parsed
+//! audit_days = 3650                       # who read or exported what
+//! ```
+
+use super::Keyring;
+use anyhow::{Context, Result, bail};
+use carebridge_contract::config::Problem;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tracing::warn;
+
+/// `[store]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The key file (see [`super::keys`]); relative paths resolve from the config file's
+    /// directory. Unset: `<data_dir>/store.key`, generated at first start — convenient, but a
+    /// copy of the data directory then carries its key: set it for a clinic.
+    pub key_file: Option<PathBuf>,
+    /// `[store.retention]`.
+    pub retention: RetentionConfig,
+}
+
+/// `[store.retention]`: how long entries are kept before `carebridge records purge` may remove
+/// them. These are also the floors below which a purge is refused.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Exchanges and their events (Ontario physicians: ten years).
+    pub exchanges_days: u32,
+    /// Quarantined input (junk, malformed requests).
+    pub quarantine_days: u32,
+    /// Audit entries (reads, exports, purges).
+    pub audit_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { exchanges_days: 3650, quarantine_days: 90, audit_days: 3650 }
+    }
+}
+
+impl StoreConfig {
+    /// Pure checks, every problem with its path.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        for (key, days) in [
+            ("store.retention.exchanges_days", self.retention.exchanges_days),
+            ("store.retention.quarantine_days", self.retention.quarantine_days),
+            ("store.retention.audit_days", self.retention.audit_days),
+        ] {
+            if days == 0 {
+                p.push(Problem::new(key, "must be at least 1 day"));
+            }
+        }
+        if self.retention.audit_days < self.retention.exchanges_days {
+            p.push(Problem::new(
+                "store.retention.audit_days",
+                "must be at least store.retention.exchanges_days: the trail of who read a record must outlive it",
+            ));
+        }
+        p
+    }
+
+    /// Where the key file is for this config.
+    pub fn key_path(&self, config_dir: &Path, data_dir: &Path) -> PathBuf {
+        match &self.key_file {
+            Some(f) if f.is_absolute() => f.clone(),
+            Some(f) => config_dir.join(f),
+            None => data_dir.join("store.key"),
+        }
+    }
+
+    /// Loads the keys. The default key file is generated only on a first start (no store yet); a
+    /// configured key file must exist (`carebridge keys generate`), and so must the key of an
+    /// existing store: inventing a key in the wrong place would lock the clinic out of its
+    /// records.
+    pub fn keyring(&self, config_dir: &Path, data_dir: &Path) -> Result<Keyring> {
+        let path = self.key_path(config_dir, data_dir);
+        if path.exists() {
+            return Keyring::load(&path).map_err(anyhow::Error::from);
+        }
+        if self.key_file.is_some() {
+            bail!(
+                "the key file {} does not exist; create it with `carebridge keys generate --file {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        if data_dir.join("db").exists() {
+            bail!(
+                "the store in {} exists but its key file {} does not: restore the key file from backup; \
+                 if the store predates encryption (schema v1), create one with \
+                 `carebridge keys generate --file {}` and start again to encrypt it",
+                data_dir.display(),
+                path.display(),
+                path.display()
+            );
+        }
+        warn!(
+            key_file = %path.display(),
+            "Generating the record store's key inside the data directory; set store.key_file to keep it apart."
+        );
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        Keyring::generate(&path).map_err(anyhow::Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_must_be_positive_and_audit_must_outlive_exchanges() {
+        let c: StoreConfig =
+            toml::from_str("[retention]\nexchanges_days = 0\nquarantine_days = 5\naudit_days = 0\n").unwrap();
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["store.retention.exchanges_days", "store.retention.audit_days"]);
+        let c: StoreConfig = toml::from_str("[retention]\nexchanges_days = 3650\naudit_days = 365\n").unwrap();
+        assert_eq!(c.validate().len(), 1);
+        assert!(toml::from_str::<StoreConfig>("keyfile = \"x\"\n").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn a_configured_key_file_must_exist_but_the_default_is_generated() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = StoreConfig { key_file: Some("keys/store.key".into()), ..Default::default() };
+        let e = c.keyring(dir.path(), &dir.path().join("data")).unwrap_err().to_string();
+        assert!(e.contains("carebridge keys generate"), "{e}");
+        let d = StoreConfig::default();
+        d.keyring(dir.path(), &dir.path().join("data")).unwrap();
+        assert!(dir.path().join("data/store.key").exists());
+    }
+}

@@ -1,0 +1,332 @@
+//! The patient's file as the privacy officer sees it, through the real daemon and CLI: nothing
+//! readable at rest, every read audited, the chain verifiable and tampering found, purges that
+//! keep the chain whole and refuse to cut into retention, and a store written by schema v1 read
+//! by this version.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use carebridge::record::retention::Cutoffs;
+use carebridge::record::{Keyring, Store};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::clinic::{Clinic, PATIENT_PHONE, msg};
+use support::daemon::cli;
+use support::post_message;
+
+/// Synthetic PHI planted in one message: a name, an OHIP number, an email address, a phrase.
+const NAME: &str = "Zebulon Quixote-Marchetti";
+const OHIP: &str = "9876543217";
+const EMAIL: &str = "zebulon.quixote@example.org";
+const PHRASE: &str = "my left kidney stone came back";
+const ATTACHMENT: &str = "SYNTHETIC-ULTRASOUND-REPORT-4471";
+
+fn data_dir(c: &Clinic) -> PathBuf {
+    c.d.config.parent().unwrap().join("data")
+}
+
+/// Every byte of every file under `dir`.
+fn raw_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A patient writes (with planted PHI and an attachment), the clinician answers; returns once
+/// both are delivered.
+async fn exchange(c: &Clinic) {
+    let client = reqwest::Client::new();
+    let att = base64_encode(ATTACHMENT.as_bytes());
+    let text = format!("Hello, this is {NAME}, OHIP {OHIP}, email {EMAIL}: {PHRASE}.");
+    let body = msg(serde_json::json!({
+        "id": "sms-1", "from": PATIENT_PHONE, "text": text,
+        "attachments": [{"filename": "report.txt", "content_type": "text/plain", "data_base64": att}],
+    }));
+    assert_eq!(post_message(&client, c.sms_port, &body).await.0, 202);
+    assert!(c.ehr.wait_for(1, Duration::from_secs(20)).await, "forwarded to the EHR");
+    let token = c.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+    let reply = msg(serde_json::json!({
+        "id": "ehr-1", "from": "dr-lee", "text": "Thanks, we will call you.", "conversation": token,
+    }));
+    assert_eq!(post_message(&client, c.ehr_port, &reply).await.0, 202);
+    assert!(c.sms.wait_for(1, Duration::from_secs(20)).await, "answer sent to the patient");
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn records_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["records", "--actor", "privacy-officer"];
+    all.extend_from_slice(args);
+    cli(config, &all)
+}
+
+fn lines(out: &str) -> Vec<Value> {
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn planted_phi_never_reaches_the_raw_store_files() {
+    let mut c = Clinic::start("", "").await;
+    exchange(&c).await;
+    assert!(c.d.terminate(), "clean shutdown");
+    let files = raw_files(&data_dir(&c).join("db"));
+    assert!(!files.is_empty());
+    // Positive control: the grep does see what is stored in the clear (tree names, ids).
+    assert!(files.iter().any(|(_, b)| contains(b, b"journal")), "the files are read");
+    for needle in
+        [NAME, OHIP, EMAIL, PHRASE, ATTACHMENT, PATIENT_PHONE, &PATIENT_PHONE[2..], "p-0001", "Thanks, we will"]
+    {
+        for (path, bytes) in &files {
+            assert!(!contains(bytes, needle.as_bytes()), "{needle:?} found in {}", path.display());
+        }
+    }
+    // And yet the record is all there for whoever holds the key.
+    let out = c.d.export();
+    let rec = out.iter().find(|l| l["type"] == "record" && l["record"]["source"]["native_id"] == "sms-1").unwrap();
+    assert!(rec["record"]["body"].as_str().unwrap().contains(PHRASE));
+}
+
+#[tokio::test]
+async fn every_read_is_audited_and_the_chain_verifies() {
+    let c = Clinic::start("", "").await;
+    exchange(&c).await;
+    let cfg = c.d.config.clone();
+
+    let (ok, out, err) = records_cli(&cfg, &["list", "--patient", "p-0001"]);
+    assert!(ok, "{err}");
+    let list = lines(&out);
+    assert_eq!(list.len(), 2, "the patient's message and the clinician's answer: {out}");
+    assert!(!out.contains(PHRASE) && !out.contains(PATIENT_PHONE), "a listing shows no content");
+    let first = list[0]["record"].as_str().unwrap().to_string();
+
+    let (ok, out, err) = records_cli(&cfg, &["show", &first]);
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert!(shown["record"]["body"].as_str().unwrap().contains(PHRASE));
+    assert!(!shown["events"].as_array().unwrap().is_empty(), "the forward's attempt is an event");
+
+    let (ok, out, err) = records_cli(&cfg, &["export", "--patient", "p-0001", "--format", "jsonl"]);
+    assert!(ok, "{err}");
+    let exported = lines(&out);
+    assert_eq!(exported.iter().filter(|l| l["type"] == "record").count(), 2);
+
+    let (ok, out, err) = records_cli(&cfg, &["export", "--patient", "p-0001", "--format", "fhir"]);
+    assert!(ok, "{err}");
+    let bundle: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let comms: Vec<&Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Communication")
+        .collect();
+    assert!(comms.len() >= 2, "one Communication per exchange at least");
+
+    let (ok, out, err) = records_cli(&cfg, &["audit", "--patient", "p-0001"]);
+    assert!(ok, "{err}");
+    let trail = lines(&out);
+    let actions: Vec<&str> = trail.iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["records.list", "records.show", "records.export", "records.export"], "{out}");
+    assert!(trail.iter().all(|a| a["actor"] == "privacy-officer" && a["via"] == "admin-api"));
+    let first_id: u64 = first.trim_start_matches("rec-").parse().unwrap();
+    assert_eq!(trail[1]["records"], serde_json::json!([first_id]), "the show names the record read");
+    assert_eq!(trail[3]["detail"], "fhir-r4");
+
+    let (ok, out, err) = records_cli(&cfg, &["verify"]);
+    assert!(ok, "{err}\n{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(report["first_break"].is_null());
+    // 2 records, their events (attempts) and 5 audit entries, each in the chain.
+    assert!(report["by_kind"]["record"].as_u64().unwrap() >= 2);
+    assert_eq!(report["by_kind"]["audit"].as_u64().unwrap(), 5, "{out}");
+    assert_eq!(report["head_seq"], report["entries"]);
+}
+
+/// Opens the stopped daemon's store with its key (as the privacy officer's tools would).
+fn open_store(c: &Clinic) -> Store {
+    let data = data_dir(c);
+    Store::open(&data, Keyring::load(&data.join("store.key")).unwrap()).unwrap()
+}
+
+fn verify(cfg: &Path) -> (bool, Value) {
+    let (ok, out, err) = records_cli(cfg, &["verify"]);
+    (ok, serde_json::from_str(&out).unwrap_or_else(|_| panic!("verify printed no report: {out} {err}")))
+}
+
+/// Copies a stopped store so each tampering starts from the same good one.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn verify_finds_deleted_altered_and_missing_entries() {
+    let mut c = Clinic::start("", "").await;
+    exchange(&c).await;
+    assert!(c.d.terminate());
+    let cfg = c.d.config.clone();
+    let (ok, good) = verify(&cfg);
+    assert!(ok, "{good}");
+    let entries = good["entries"].as_u64().unwrap();
+    let pristine = cfg.parent().unwrap().join("pristine");
+    copy_dir(&data_dir(&c), &pristine);
+
+    let tamper = |what: &dyn Fn(&sled::Db)| {
+        let data = data_dir(&c);
+        std::fs::remove_dir_all(&data).unwrap();
+        copy_dir(&pristine, &data);
+        let db = sled::open(data.join("db")).unwrap();
+        what(&db);
+        db.flush().unwrap();
+        drop(db);
+        verify(&cfg)
+    };
+    // A record deleted outright.
+    let (ok, r) = tamper(&|db| {
+        let records = db.open_tree("records").unwrap();
+        let (k, _) = records.first().unwrap().unwrap();
+        records.remove(k).unwrap();
+    });
+    assert!(!ok, "a deleted record breaks the chain");
+    assert_eq!(r["first_break"]["seq"], 1);
+    assert!(r["first_break"]["reason"].as_str().unwrap().contains("deleted"), "{r}");
+    // One byte of an event changed.
+    let (ok, r) = tamper(&|db| {
+        let events = db.open_tree("events").unwrap();
+        let (k, v) = events.last().unwrap().unwrap();
+        let mut v = v.to_vec();
+        let n = v.len();
+        v[n - 1] ^= 0x01;
+        events.insert(k, v).unwrap();
+    });
+    assert!(!ok);
+    assert!(r["first_break"]["reason"].as_str().unwrap().contains("altered"), "{r}");
+    // A journal entry in the middle removed.
+    let middle = entries / 2;
+    let (ok, r) = tamper(&|db| {
+        db.open_tree("journal").unwrap().remove(middle.to_be_bytes()).unwrap();
+    });
+    assert!(!ok);
+    assert_eq!(r["first_break"]["seq"], middle);
+    // The tail cut off (the last entry and its head no longer agree).
+    let (ok, r) = tamper(&|db| {
+        db.open_tree("journal").unwrap().remove(entries.to_be_bytes()).unwrap();
+    });
+    assert!(!ok, "{r}");
+    // Back to the pristine copy: whole again.
+    let (ok, _) = tamper(&|_| {});
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn purges_leave_tombstones_and_refuse_to_cut_into_retention() {
+    let mut c = Clinic::start("", "").await;
+    exchange(&c).await;
+    let cfg = c.d.config.clone();
+    // Inside the default retention (ten years for exchanges): refused, nothing changes.
+    let (ok, _, err) = records_cli(&cfg, &["purge", "--older-than-days", "30"]);
+    assert!(!ok);
+    assert!(err.contains("refused") && err.contains("3650 days"), "{err}");
+    let (ok, out, err) = records_cli(&cfg, &["purge", "--dry-run"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["records"], 0, "nothing is that old");
+    assert!(c.d.terminate());
+
+    // Ten years later (the cutoff moved past everything): purge through the library.
+    let before = {
+        let store = open_store(&c);
+        let all = Cutoffs { exchanges_ms: u64::MAX, quarantine_ms: u64::MAX, audit_ms: 0 };
+        let report = store.purge(all, "retention-test", false).unwrap();
+        assert_eq!(report.records, 2);
+        assert!(report.events >= 2 && report.tombstones >= 1);
+        store.flush_blocking().unwrap();
+        report
+    };
+    let (ok, r) = verify(&cfg);
+    assert!(ok, "tombstones keep the chain verifiable: {r}");
+    assert_eq!(r["purged"].as_u64().unwrap(), before.records + before.events);
+    let (ok, out, _) = records_cli(&cfg, &["list", "--patient", "p-0001"]);
+    assert!(ok);
+    assert!(out.trim().is_empty(), "the purged records are gone: {out}");
+}
+
+#[test]
+fn a_store_written_by_schema_v1_is_upgraded_sealed_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1.tar.gz");
+    let st = std::process::Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir.path()).status().unwrap();
+    assert!(st.success());
+    assert!(
+        raw_files(&dir.path().join("data/db")).iter().any(|(_, b)| contains(b, b"Jane Fixture")),
+        "the v1 fixture is plaintext"
+    );
+    let cfg = dir.path().join("carebridge.toml");
+    let data = dir.path().join("data");
+    std::fs::write(&cfg, format!("[daemon]\ndata_dir = \"{}\"\n[store]\nkey_file = \"store.key\"\n", data.display()))
+        .unwrap();
+    // Without a key file the upgrade refuses, saying how to make one.
+    let (ok, _, err) = records_cli(&cfg, &["verify"]);
+    assert!(!ok && err.contains("keys generate"), "{err}");
+    let out = std::process::Command::new(support::daemon::bin())
+        .args(["keys", "generate", "--file"])
+        .arg(dir.path().join("store.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = |args: &[&str]| records_cli(&cfg, args);
+    let (ok, out, err) = run(&["list", "--patient", "p-0001"]);
+    assert!(ok, "{err}");
+    let list = lines(&out);
+    assert_eq!(list.len(), 2, "{out}");
+    let (ok, out, err) = run(&["show", list[0]["record"].as_str().unwrap()]);
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert!(shown["record"]["body"].as_str().unwrap().contains("Jane Fixture"));
+    assert_eq!(shown["record"]["attachments"][0]["filename"], "bp.pdf");
+    let (ok, out, err) = run(&["verify"]);
+    assert!(ok, "{err} {out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["by_kind"]["quarantine"], 1);
+    // After the upgrade nothing of the old plaintext is left in the files.
+    for (path, bytes) in raw_files(&dir.path().join("data/db")) {
+        assert!(!contains(&bytes, b"Jane Fixture"), "plaintext left in {}", path.display());
+    }
+}
