@@ -149,6 +149,21 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
+/// `[ops]`: the operations endpoint (`/healthz`, `/readyz`, `/metrics`; see `crate::ops`). It
+/// has no authentication, and says nothing but ids, states and counts; without this section it
+/// is not served.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Listen address, e.g. `127.0.0.1:9187`.
+    pub listen: std::net::SocketAddr,
+    /// Serve on an address other than loopback. Off by default: the endpoint is unauthenticated,
+    /// so exposing it beyond the host must be a deliberate choice (behind a firewall that only
+    /// lets the monitoring host in).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
 /// `[[route]]`: messages from any `from` account go to every `to` account.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +221,8 @@ struct RawConfig {
     outbox: OutboxConfig,
     #[serde(default)]
     admin: AdminConfig,
+    #[serde(default)]
+    ops: Option<OpsConfig>,
     #[serde(default, rename = "route")]
     routes: Vec<RouteConfig>,
     #[serde(default)]
@@ -231,6 +248,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[ops]`; `None` = not served.
+    pub ops: Option<OpsConfig>,
     /// `[[route]]`.
     pub routes: Vec<RouteConfig>,
     /// `[directory]` plus the directory file's entries.
@@ -315,6 +334,7 @@ impl Config {
             router: raw.router,
             outbox: raw.outbox,
             admin: raw.admin,
+            ops: raw.ops,
             routes: raw.routes,
             directory,
             policy: raw.policy,
@@ -360,6 +380,19 @@ impl Config {
                 true,
                 &mut p,
             );
+        }
+        if let Some(ops) = &self.ops
+            && !ops.listen.ip().is_loopback()
+            && !ops.allow_non_loopback
+        {
+            p.push(Problem::new(
+                "ops.listen",
+                format!(
+                    "{} is not a loopback address and the ops endpoint has no authentication: \
+                     use 127.0.0.1, or set ops.allow_non_loopback = true behind a firewall",
+                    ops.listen
+                ),
+            ));
         }
         for (id, account) in &self.accounts {
             p.extend(account.validate(&id.to_string()));
@@ -634,6 +667,26 @@ to = ["webhook.b"]
         let text = err.to_string();
         assert!(!text.contains("4165550199"), "{text}");
         assert!(text.contains("invalid type") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn ops_is_optional_loopback_by_default_and_strict_about_keys() {
+        let none = parse("", Path::new(".")).unwrap();
+        assert!(none.ops.is_none());
+        let local = parse("[ops]\nlisten = \"127.0.0.1:9187\"\n", Path::new(".")).unwrap();
+        assert!(local.validate().is_empty(), "{:?}", local.validate());
+        assert_eq!(local.ops.as_ref().map(|o| o.listen.port()), Some(9187));
+
+        let open = parse("[ops]\nlisten = \"0.0.0.0:9187\"\n", Path::new(".")).unwrap();
+        let problems = open.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "ops.listen");
+        assert!(problems[0].message.contains("allow_non_loopback"), "{}", problems[0].message);
+        let allowed = parse("[ops]\nlisten = \"0.0.0.0:9187\"\nallow_non_loopback = true\n", Path::new(".")).unwrap();
+        assert!(allowed.validate().is_empty());
+
+        let typo = parse("[ops]\nlisten = \"127.0.0.1:1\"\nallow_nonloopback = true\n", Path::new(".")).unwrap_err();
+        assert!(typo.to_string().contains("allow_nonloopback"), "{typo}");
     }
 
     #[test]

@@ -32,6 +32,9 @@ use tracing::{error, info, warn};
 /// Runs the daemon until `shutdown` resolves (a signal) or an adapter fails fatally.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let config = Arc::new(config);
+    if config.ops.is_some() {
+        crate::ops::install_metrics(); // before any worker runs, so no count is missed
+    }
     let data_dir = config.daemon.data_dir.clone();
     let store =
         Store::open(&data_dir).with_context(|| format!("opening the record store in {}", data_dir.display()))?;
@@ -100,12 +103,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .spawn(move || router.run(rx))
         .context("starting the router thread")?;
 
+    let adapter_health = crate::ops::AdapterHealth::default();
+    let ops_stop = CancellationToken::new();
+    let ops_task = crate::ops::start(
+        config.ops.as_ref(),
+        store.clone(),
+        flusher.clone(),
+        pending.clone(),
+        adapter_health.clone(),
+        ops_stop.clone(),
+    )
+    .await?;
     let inbound_stop = CancellationToken::new();
     let fatal = CancellationToken::new();
     let inbound_tasks = TaskTracker::new();
     for (account, task) in inbound {
-        let cx =
-            InboundContext { account: account.clone(), submitter: submitter.clone(), shutdown: inbound_stop.clone() };
+        let cx = InboundContext {
+            account: account.clone(),
+            submitter: submitter.clone(),
+            shutdown: inbound_stop.clone(),
+            health: adapter_health.register(&account),
+        };
         let fatal = fatal.clone();
         let stopping = inbound_stop.clone();
         inbound_tasks.spawn(async move {
@@ -161,6 +179,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let status_store = store.clone();
     let status_pending = pending.clone();
+    let status_adapters = adapter_health.clone();
     let interval = Duration::from_secs(config.daemon.status_interval_secs);
     let status_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
@@ -180,6 +199,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 dead_letters = s.dead,
                 quarantined = s.quarantined,
                 held_for_review = s.held,
+                adapters = %status_adapters,
                 "Status."
             );
         }
@@ -198,6 +218,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!(timeout_secs = deadline.as_secs(), "Shutting down: stopping receivers.");
     inbound_stop.cancel();
     admin_stop.cancel();
+    ops_stop.cancel();
     status_task.abort();
     if tokio::time::timeout(left(), inbound_tasks.wait()).await.is_err() {
         warn!(remaining = inbound_tasks.len(), "Receivers did not stop in time; abandoning them.");
@@ -206,6 +227,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         warn!("Router did not drain in time; unacknowledged messages will be redelivered by their sources.");
     }
     if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(left(), t).await;
+    }
+    if let Some(t) = ops_task {
         let _ = tokio::time::timeout(left(), t).await;
     }
     let _ = tokio::time::timeout(left(), flusher.flush()).await;

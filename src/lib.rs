@@ -10,6 +10,7 @@
 //! - [`record`]: the record store over sled (the only module that touches sled) and the flusher.
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
 //! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.
+//! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: builds and runs everything; owns the shutdown order.
 //! - [`telemetry`]: logging (never PHI).
 //! - [`cli`]: the command-line interface behind `main.rs`.
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod ops;
 pub mod outbox;
 pub mod policy;
 pub mod record;

@@ -322,6 +322,7 @@ impl Worker {
             Ok(()) => {
                 let mut again = Vec::new();
                 for u in updates {
+                    crate::ops::outbox_update(&self.account, &u);
                     match u {
                         OutboxUpdate::Retry { key, item, .. } => again.push((key, item)),
                         _ => {

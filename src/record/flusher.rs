@@ -6,8 +6,10 @@
 //! only one task ever flushes (sled's `flush_async` hangs when many tasks call it at once, sled
 //! issue 1308).
 
-use super::{OutboxKey, Store};
+use super::{OutboxKey, Store, now_ms};
 use carebridge_contract::Receipt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
@@ -26,6 +28,24 @@ pub struct FlushJob {
 #[derive(Clone, Debug)]
 pub struct Flusher {
     tx: mpsc::UnboundedSender<FlushJob>,
+    last: Arc<LastFlush>,
+}
+
+/// When flushes last succeeded and failed (unix ms, 0 = never), so readiness can tell whether the
+/// store takes writes without a flush of its own per probe.
+#[derive(Debug, Default)]
+struct LastFlush {
+    ok_ms: AtomicU64,
+    failed_ms: AtomicU64,
+}
+
+/// What [`Flusher::last_flush`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushStatus {
+    /// Unix ms of the last successful flush.
+    pub ok_ms: Option<u64>,
+    /// Unix ms of the last failed flush.
+    pub failed_ms: Option<u64>,
 }
 
 impl Flusher {
@@ -37,6 +57,8 @@ impl Flusher {
         wake: impl Fn(Vec<OutboxKey>) + Send + 'static,
     ) -> std::io::Result<(Flusher, std::thread::JoinHandle<()>)> {
         let (tx, mut rx) = mpsc::unbounded_channel::<FlushJob>();
+        let last = Arc::new(LastFlush::default());
+        let seen = last.clone();
         let handle = std::thread::Builder::new().name("carebridge-flusher".into()).spawn(move || {
             let mut jobs = Vec::new();
             while let Some(first) = rx.blocking_recv() {
@@ -53,6 +75,8 @@ impl Flusher {
                     }
                 };
                 let receipts: usize = jobs.iter().map(|j| j.receipts.len()).sum();
+                (if ok { &seen.ok_ms } else { &seen.failed_ms }).store(now_ms().max(1), Ordering::Relaxed);
+                crate::ops::flushed(ok, started.elapsed(), receipts);
                 debug!(jobs = jobs.len(), receipts, flush_us = started.elapsed().as_micros() as u64, "Flushed.");
                 let mut wake_keys = Vec::new();
                 for job in jobs.drain(..) {
@@ -71,13 +95,19 @@ impl Flusher {
                 }
             }
         })?;
-        Ok((Flusher { tx }, handle))
+        Ok((Flusher { tx, last }, handle))
     }
 
     /// Queues a job for the next flush. If the flusher is gone the receipts drop, which
     /// adapters read as `Unavailable`: nothing is acked without a flush.
     pub fn submit(&self, job: FlushJob) {
         let _ = self.tx.send(job);
+    }
+
+    /// When flushes last succeeded and failed.
+    pub fn last_flush(&self) -> FlushStatus {
+        let at = |a: &AtomicU64| Some(a.load(Ordering::Relaxed)).filter(|&ms| ms > 0);
+        FlushStatus { ok_ms: at(&self.last.ok_ms), failed_ms: at(&self.last.failed_ms) }
     }
 
     /// Waits until everything written before this call is durable.

@@ -64,15 +64,21 @@ impl Router {
                         );
                         saturated_logged = true;
                     }
+                    crate::ops::received(&req.submission.source().account, &Receipt::Unavailable);
                     job.receipts.push((req.reply, Receipt::Unavailable));
                     continue;
                 }
                 saturated_logged = false;
+                let account = req.submission.source().account.clone();
                 match self.planner.prepare(req.submission) {
-                    Ok(Step::Done(receipt)) => job.receipts.push((req.reply, receipt)),
+                    Ok(Step::Done(receipt)) => {
+                        crate::ops::received(&account, &receipt);
+                        job.receipts.push((req.reply, receipt));
+                    }
                     Ok(Step::Commit(ex)) => pending.push((req.reply, *ex)),
                     Err(e) => {
                         error!(error = %e, "Could not record message; answering unavailable so the source redelivers.");
+                        crate::ops::received(&account, &Receipt::Unavailable);
                         job.receipts.push((req.reply, Receipt::Unavailable));
                     }
                 }
@@ -82,7 +88,12 @@ impl Router {
                 match self.planner.store.commit_exchanges(&exchanges) {
                     Ok(results) => {
                         for ((reply, ex), committed) in replies.into_iter().zip(exchanges).zip(results) {
+                            let account = ex.record.source.account.clone();
+                            if matches!(committed, crate::record::Committed::New) {
+                                crate::ops::decisions(&ex.record);
+                            }
                             let (receipt, wake) = self.planner.finish(ex, committed);
+                            crate::ops::received(&account, &receipt);
                             self.outbox_pending.fetch_add(wake.len() as u64, Ordering::Relaxed);
                             job.wake.extend(wake);
                             job.receipts.push((reply, receipt));
@@ -90,6 +101,9 @@ impl Router {
                     }
                     Err(e) => {
                         error!(error = %e, messages = replies.len(), "Could not record messages; answering unavailable so the sources redeliver.");
+                        for ex in &exchanges {
+                            crate::ops::received(&ex.record.source.account, &Receipt::Unavailable);
+                        }
                         job.receipts.extend(replies.into_iter().map(|r| (r, Receipt::Unavailable)));
                     }
                 }
