@@ -4,7 +4,7 @@
 //!
 //! Routes: `GET /admin/status`, `GET /admin/review`, `GET /admin/review/{delivery}`,
 //! `POST /admin/review/{delivery}/approve|reject`, `POST /admin/link-codes`,
-//! `POST /admin/consents`.
+//! `POST /admin/consents`, `GET /admin/outbox/dead`, `POST /admin/outbox/dead/{delivery}/retry|drop`.
 
 use crate::config::Config;
 use crate::outbox::Wakers;
@@ -54,6 +54,42 @@ pub struct HeldSummary {
     pub rules: Vec<String>,
     /// Unix milliseconds held.
     pub held_at_ms: u64,
+}
+
+/// One dead letter, as listed (no PHI: ids, account, kind, the PHI-free reason, counts, time).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeadSummary {
+    /// Delivery id.
+    pub delivery: String,
+    /// Record id.
+    pub record: String,
+    /// Destination account.
+    pub account: String,
+    /// `forward`, `reply` or `notice`.
+    pub kind: carebridge_contract::DeliveryKind,
+    /// Why it was given up (PHI-free, as the adapter reported it).
+    pub reason: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Unix milliseconds dead-lettered.
+    pub dead_at_ms: u64,
+}
+
+/// Lists dead letters, oldest first.
+pub fn dead_list(store: &Store) -> Result<Vec<DeadSummary>, StoreError> {
+    Ok(store
+        .dead_letters()?
+        .into_iter()
+        .map(|d| DeadSummary {
+            delivery: d.item.delivery.id.to_string(),
+            record: d.item.delivery.record_id.to_string(),
+            account: d.item.delivery.account.to_string(),
+            kind: d.item.delivery.kind,
+            reason: d.reason,
+            attempts: d.item.attempts,
+            dead_at_ms: d.at_ms,
+        })
+        .collect())
 }
 
 /// Lists held deliveries.
@@ -179,6 +215,8 @@ pub fn router(state: State) -> Router {
         .route("/admin/review/{delivery}/{verdict}", post(decide))
         .route("/admin/link-codes", post(link))
         .route("/admin/consents", post(consent))
+        .route("/admin/outbox/dead", get(dead))
+        .route("/admin/outbox/dead/{delivery}/{action}", post(dead_action))
         .with_state(state)
 }
 
@@ -290,6 +328,53 @@ async fn consent(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<Consent
             info!(account = %r.account, patient = %s.store.patient_ref(&r.patient_id), granted = r.grant, "Consent updated.");
             Json(json!({ "ok": true })).into_response()
         }
+        Err(e) => store_err(e),
+    }
+}
+
+async fn dead(AxState(s): AxState<State>, h: HeaderMap) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    match dead_list(&s.store) {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => store_err(e),
+    }
+}
+
+async fn dead_action(
+    AxState(s): AxState<State>,
+    h: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Option<Json<ReviewRequest>>,
+) -> Response {
+    if !authorised(&s, &h) {
+        return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Ok(id) = id.parse::<DeliveryId>() else { return err(StatusCode::BAD_REQUEST, "not a delivery id") };
+    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "admin-api".into());
+    let done = match action.as_str() {
+        "retry" => s.store.retry_dead(id, &by).map(|key| {
+            key.map(|k| {
+                info!(delivery_id = %id, account = %k.account, "Dead letter requeued.");
+                vec![k]
+            })
+        }),
+        "drop" => s.store.drop_dead(id, &by).map(|record| {
+            record.map(|r| {
+                info!(delivery_id = %id, record_id = %r, "Dead letter dropped.");
+                Vec::new()
+            })
+        }),
+        _ => return err(StatusCode::NOT_FOUND, "use retry or drop"),
+    };
+    match done {
+        Ok(Some(keys)) => {
+            durable_then_wake(&s, keys).await;
+            let outcome = if action == "retry" { "requeued" } else { "dropped" };
+            Json(json!({ "delivery": id.to_string(), "outcome": outcome })).into_response()
+        }
+        Ok(None) => err(StatusCode::NOT_FOUND, "no such dead letter"),
         Err(e) => store_err(e),
     }
 }

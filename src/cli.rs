@@ -1,5 +1,5 @@
 //! The command line: `run`, `check-config`, `print-default-config`, `policy explain`, `review`,
-//! `link`, `consent`, `export`. Errors are reported with context here, at the edge (`anyhow`).
+//! `outbox`, `link`, `consent`, `export`. Errors are reported with context here, at the edge (`anyhow`).
 
 use crate::config::{Config, ConfigErrors, DEFAULT_TOML};
 use crate::policy::{Audience, CheckInput, Class, Direction, Policy};
@@ -54,6 +54,15 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: ReviewCommand,
+    },
+    /// Dead letters: deliveries given up on (permanent failure or too many attempts).
+    Outbox {
+        /// The TOML config file (for the admin API address or the store).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: OutboxCommand,
     },
     /// Issue a one-time code that links a patient's chat (Telegram: `/start CODE`).
     Link {
@@ -152,6 +161,29 @@ pub enum ReviewCommand {
     },
 }
 
+/// `outbox` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List dead letters (ids, account, reason, attempts, time; no message content).
+    List,
+    /// Send a dead letter again: back in the outbox, attempts reset, same delivery id.
+    Retry {
+        /// Delivery id (`dlv-…`).
+        id: String,
+        /// Who decided (recorded in the patient's file).
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
+    /// Drop a dead letter for good (recorded in the patient's file).
+    Drop {
+        /// Delivery id.
+        id: String,
+        /// Who decided.
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
+}
+
 /// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -213,6 +245,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Review { config, command } => {
             let config = load(config.as_deref())?;
             review(&config, command)
+        }
+        Command::Outbox { config, command } => {
+            let config = load(config.as_deref())?;
+            outbox(&config, command)
         }
         Command::Link { config, patient, account, purpose } => {
             let config = load(config.as_deref())?;
@@ -348,6 +384,40 @@ fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
                     serde_json::json!({ "delivery": id, "verdict": if approve { "approved" } else { "rejected" }, "note": "queued; sent when the daemon next runs" })
                 }
             }
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `outbox list|retry|drop`: through the admin API while the daemon runs, else on the store.
+fn outbox(config: &Config, command: OutboxCommand) -> Result<ExitCode> {
+    let (method, path, body) = match &command {
+        OutboxCommand::List => ("GET", "/admin/outbox/dead".to_string(), None),
+        OutboxCommand::Retry { id, by } => {
+            ("POST", format!("/admin/outbox/dead/{id}/retry"), Some(serde_json::json!({ "by": by })))
+        }
+        OutboxCommand::Drop { id, by } => {
+            ("POST", format!("/admin/outbox/dead/{id}/drop"), Some(serde_json::json!({ "by": by })))
+        }
+    };
+    let out = match admin_call(config, method, &path, body)? {
+        Some(v) => v,
+        None => {
+            let store = open_store(config)?;
+            let out = match command {
+                OutboxCommand::List => serde_json::to_value(crate::admin::dead_list(&store)?)?,
+                OutboxCommand::Retry { id, by } => {
+                    store.retry_dead(parse_delivery(&id)?, &by)?.ok_or_else(|| anyhow!("no such dead letter"))?;
+                    serde_json::json!({ "delivery": id, "outcome": "requeued", "note": "sent when the daemon next runs" })
+                }
+                OutboxCommand::Drop { id, by } => {
+                    store.drop_dead(parse_delivery(&id)?, &by)?.ok_or_else(|| anyhow!("no such dead letter"))?;
+                    serde_json::json!({ "delivery": id, "outcome": "dropped" })
+                }
+            };
+            store.flush_blocking()?;
+            out
         }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
