@@ -11,6 +11,7 @@ use crate::outbox::Wakers;
 use crate::policy::ConsentGrant;
 use crate::record::schema::{LinkCodeV1, ReviewItemV1};
 use crate::record::{Flusher, OutboxKey, Store, StoreError, now_ms};
+use crate::reload::Live;
 use crate::router::plan::{LINK_CODE_TTL_MS, link_code_hash};
 use axum::extract::{Path, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,14 +32,14 @@ pub struct State {
     pub store: Store,
     /// For durability before answering.
     pub flusher: Flusher,
-    /// To wake outbox workers after approving.
+    /// To wake outbox workers after approving (follows the workers a reload starts and stops).
     pub wakers: Wakers,
     /// Pending count shared with the router.
     pub pending: Arc<AtomicU64>,
     /// Bearer token.
     pub token: Redacted<String>,
-    /// The config (to check account ids).
-    pub config: Arc<Config>,
+    /// The config in force (to check account ids and patients); a reload replaces it.
+    pub config: Live<Config>,
 }
 
 /// One held delivery, as listed (no PHI: ids, account, rules, time).
@@ -302,10 +303,11 @@ async fn link(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<LinkReques
         return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let Ok(account) = r.account.parse::<AccountId>() else { return err(StatusCode::BAD_REQUEST, "not an account id") };
-    if !s.config.accounts.contains_key(&account) {
+    let config = s.config.get();
+    if !config.accounts.contains_key(&account) {
         return err(StatusCode::BAD_REQUEST, "unknown account");
     }
-    if !s.config.directory.patient.iter().any(|p| p.id == r.patient_id) {
+    if !config.directory.patient.iter().any(|p| p.id == r.patient_id) {
         return err(StatusCode::BAD_REQUEST, "unknown patient id (add the patient to the directory first)");
     }
     match create_link_code(&s.store, &r.patient_id, &account, &r.purpose) {

@@ -260,6 +260,11 @@ pub struct Config {
     pub accounts: BTreeMap<AccountId, AccountConfig>,
     /// The directory of the config file (relative secret and directory files resolve from it).
     pub config_dir: PathBuf,
+    /// The file it was read from, which SIGHUP reads again; `None` for the embedded default.
+    pub file: Option<PathBuf>,
+    /// Each account's table as written, so a reload restarts exactly the accounts whose
+    /// section changed.
+    pub sections: BTreeMap<AccountId, toml::Table>,
 }
 
 impl Config {
@@ -268,7 +273,9 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![Problem::new(path.display().to_string(), format!("cannot read: {e}"))]))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::from_toml(&text, &dir)
+        let mut config = Config::from_toml(&text, &dir)?;
+        config.file = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// The embedded default config (see [`DEFAULT_TOML`]).
@@ -290,6 +297,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e: toml::de::Error| ConfigErrors(vec![Problem::new("(file)", toml_message(&e, text))]))?;
         let mut accounts = BTreeMap::new();
+        let mut sections = BTreeMap::new();
         for (kind, tables) in [
             (ChannelKind::Email, raw.email),
             (ChannelKind::Telegram, raw.telegram),
@@ -304,9 +312,10 @@ impl Config {
                         continue;
                     }
                 };
-                match AccountConfig::parse(kind, table) {
+                match AccountConfig::parse(kind, table.clone()) {
                     Ok(c) => {
-                        accounts.insert(id, c);
+                        accounts.insert(id.clone(), c);
+                        sections.insert(id, table);
                     }
                     Err(e) => problems.push(Problem::new(path, e)),
                 }
@@ -340,6 +349,8 @@ impl Config {
             policy: raw.policy,
             accounts,
             config_dir: config_dir.to_path_buf(),
+            file: None,
+            sections,
         })
     }
 

@@ -8,18 +8,24 @@
 //! 5. a last flush, then `Shutdown complete.`
 //!
 //! Each step is bounded by `shutdown_timeout_secs` in total; stragglers are named in the log.
+//!
+//! SIGHUP reloads the config file ([`crate::reload`]): accounts start and stop one by one, the
+//! router takes the new routes and policy between batches, and the order above applies to
+//! whatever runs when the daemon stops.
 
 use crate::admin;
 use crate::config::Config;
-use crate::outbox::{self, Bookkeeper, Worker};
+use crate::outbox::{Bookkeeper, Workers};
 use crate::policy::Policy;
+use crate::receivers::Receivers;
 use crate::record::{Flusher, Store};
+use crate::reload::{Hangups, Live, Reloader};
 use crate::router::Router;
 use crate::router::identify::Directory;
 use crate::router::plan::Planner;
 use anyhow::{Context, Result, anyhow};
+use carebridge_contract::Submitter;
 use carebridge_contract::config::BuildContext;
-use carebridge_contract::{InboundContext, Submitter};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -29,8 +35,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-/// Runs the daemon until `shutdown` resolves (a signal) or an adapter fails fatally.
+/// Runs the daemon until `shutdown` resolves (a signal) or an adapter fails fatally; SIGHUP
+/// meanwhile reloads the config file.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // First, so a SIGHUP during start-up waits for `ready` instead of killing the process.
+    let mut hangups = Hangups::new();
     let config = Arc::new(config);
     if config.ops.is_some() {
         crate::ops::install_metrics(); // before any worker runs, so no count is missed
@@ -44,7 +53,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
 
     // Senders first: the outbox needs them, and a bad secret should stop us before we listen.
-    let mut workers = Vec::new();
+    let mut sending = Vec::new();
     let mut senders = BTreeSet::new();
     let pending = Arc::new(AtomicU64::new(0));
     let (books, books_thread) = Bookkeeper::spawn(store.clone()).context("starting the outbox bookkeeping thread")?;
@@ -55,14 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let cx = BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
         if let Some(sender) = account.build_outbound(&cx).with_context(|| format!("building the sender of {id}"))? {
             senders.insert(id.clone());
-            workers.push(Worker {
-                account: id.clone(),
-                sender,
-                store: store.clone(),
-                config: config.outbox.clone(),
-                pending: pending.clone(),
-                books: books.clone(),
-            });
+            sending.push((id.clone(), sender));
         }
     }
     let mut inbound = Vec::new();
@@ -76,16 +78,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
-    drop(books);
     let outbox_stop = CancellationToken::new();
     let outbox_tasks = TaskTracker::new();
-    let wakers = outbox::spawn_workers(workers, outbox_stop.clone(), &outbox_tasks)?;
-    outbox_tasks.close();
+    let mut workers = Workers::new(
+        store.clone(),
+        pending.clone(),
+        books,
+        config.outbox.clone(),
+        outbox_stop.clone(),
+        outbox_tasks.clone(),
+    );
+    for (id, sender) in sending {
+        workers.start(id, sender).await?;
+    }
+    let wakers = workers.wakers();
     let wake = wakers.clone();
     let (flusher, flusher_thread) =
         Flusher::spawn(store.clone(), move |keys| wake.wake(keys)).context("starting the flusher thread")?;
+    workers.set_flusher(flusher.clone());
 
     let (submitter, rx) = Submitter::channel(config.daemon.queue_capacity);
+    let (planners, planner_updates) = std::sync::mpsc::channel();
     let router = Router {
         planner: Planner {
             store: store.clone(),
@@ -97,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         flusher: flusher.clone(),
         outbox_pending: pending.clone(),
         max_outbox_pending: config.router.max_outbox_pending,
+        updates: planner_updates,
     };
     let router_thread = std::thread::Builder::new()
         .name("carebridge-router".into())
@@ -117,32 +131,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let inbound_stop = CancellationToken::new();
     let fatal = CancellationToken::new();
     let inbound_tasks = TaskTracker::new();
+    let mut receivers =
+        Receivers::new(submitter, inbound_stop.clone(), fatal.clone(), inbound_tasks.clone(), adapter_health.clone());
     for (account, task) in inbound {
-        let cx = InboundContext {
-            account: account.clone(),
-            submitter: submitter.clone(),
-            shutdown: inbound_stop.clone(),
-            health: adapter_health.register(&account),
-        };
-        let fatal = fatal.clone();
-        let stopping = inbound_stop.clone();
-        inbound_tasks.spawn(async move {
-            match task.run(cx).await {
-                Ok(()) if stopping.is_cancelled() => info!(account = %account, "Receiver stopped."),
-                Ok(()) => {
-                    error!(account = %account, "Receiver ended unexpectedly; stopping the daemon.");
-                    fatal.cancel();
-                }
-                Err(e) => {
-                    error!(account = %account, error = %e, "Receiver failed; stopping the daemon.");
-                    fatal.cancel();
-                }
-            }
-        });
+        receivers.start(account, task);
     }
-    inbound_tasks.close();
-    drop(submitter);
 
+    let live = Live::new(config.clone());
     let admin_stop = CancellationToken::new();
     let admin_task = match config.admin.listen {
         Some(addr) => {
@@ -159,7 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 wakers,
                 pending: pending.clone(),
                 token,
-                config: config.clone(),
+                config: live.clone(),
             };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -205,24 +200,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     });
 
+    let mut reloader = Reloader { current: live, store: store.clone(), receivers, workers, planners };
     info!(accounts = config.accounts.len(), routes = config.routes.len(), data_dir = %data_dir.display(), "carebridge ready.");
-    let failed = tokio::select! {
-        _ = shutdown => false,
-        _ = fatal.cancelled() => true,
+    tokio::pin!(shutdown);
+    let failed = loop {
+        tokio::select! {
+            _ = &mut shutdown => break false,
+            _ = fatal.cancelled() => break true,
+            _ = hangups.recv() => reloader.reload().await,
+        }
     };
 
-    // The shutdown order from the module docs, under one deadline.
+    // The shutdown order from the module docs, under one deadline, for the accounts running now.
     let started = Instant::now();
-    let deadline = Duration::from_secs(config.daemon.shutdown_timeout_secs);
+    let deadline = Duration::from_secs(reloader.current.get().daemon.shutdown_timeout_secs);
     let left = || deadline.saturating_sub(started.elapsed());
     info!(timeout_secs = deadline.as_secs(), "Shutting down: stopping receivers.");
     inbound_stop.cancel();
     admin_stop.cancel();
     ops_stop.cancel();
     status_task.abort();
+    inbound_tasks.close();
     if tokio::time::timeout(left(), inbound_tasks.wait()).await.is_err() {
         warn!(remaining = inbound_tasks.len(), "Receivers did not stop in time; abandoning them.");
     }
+    reloader.receivers.close();
     if tokio::time::timeout(left(), join(router_thread)).await.is_err() {
         warn!("Router did not drain in time; unacknowledged messages will be redelivered by their sources.");
     }
@@ -235,6 +237,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(left(), flusher.flush()).await;
     info!("Receivers stopped and records flushed; finishing deliveries in flight.");
     outbox_stop.cancel();
+    outbox_tasks.close();
     if tokio::time::timeout(left(), outbox_tasks.wait()).await.is_err() {
         warn!(
             remaining = outbox_tasks.len(),
@@ -242,6 +245,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     drop(flusher);
+    drop(reloader); // the workers' handle on the bookkeeping thread
     let _ = tokio::time::timeout(left(), join(flusher_thread)).await;
     let _ = tokio::time::timeout(left(), join(books_thread)).await;
     let s = store.clone();

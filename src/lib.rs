@@ -12,6 +12,8 @@
 //! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.
 //! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: builds and runs everything; owns the shutdown order.
+//! - [`receivers`]: the running inbound tasks, started and stopped per account.
+//! - [`reload`]: SIGHUP: check the config file again and apply it, or refuse it whole.
 //! - [`telemetry`]: logging (never PHI).
 //! - [`cli`]: the command-line interface behind `main.rs`.
 pub mod accounts;
@@ -22,6 +24,8 @@ pub mod daemon;
 pub mod ops;
 pub mod outbox;
 pub mod policy;
+pub mod receivers;
 pub mod record;
+pub mod reload;
 pub mod router;
 pub mod telemetry;

@@ -6,36 +6,48 @@
 //! ([`order_key`]): a recipient whose delivery is in backoff waits, in order, while other
 //! recipients' deliveries go on (no head-of-line blocking across patients).
 //!
-//! A worker learns about rows only (a) by scanning the outbox at start-up, before the router
-//! runs, and (b) from the [`Flusher`](crate::record::Flusher) after the rows are durable. So a
-//! delivery is never sent before its record is on disk (record before forward).
+//! A worker learns about rows only (a) by scanning its account's outbox when it starts (when a
+//! reload starts it while the router runs, after a flush, since the scan can see rows committed
+//! but not yet flushed), and (b) from the [`Flusher`](crate::record::Flusher) after the rows are
+//! durable. So a delivery is never sent before its record is on disk (record before forward).
+//!
+//! The set of workers follows the config ([`Workers`]): a reload starts the worker of an added
+//! account, stops a removed account's worker after the sends in hand (its unsent rows stay in
+//! the store for a later config), and restarts a changed one. A worker registers its queue
+//! *before* it scans, so a row committed meanwhile is both woken and scanned: the worker ignores
+//! a key it already holds, so nothing is sent twice and nothing is missed. The retry settings
+//! (`[outbox]`) are read at each use, so a reload changes them for every worker in place.
 
 use crate::config::OutboxConfig;
 use crate::record::schema::{EventKind, OutboxItemV1};
-use crate::record::{OutboxKey, OutboxUpdate, Store, StoreError, now_ms};
+use crate::record::{Flusher, OutboxKey, OutboxUpdate, Store, StoreError, now_ms};
 use carebridge_contract::{AccountId, Outbound, SendError};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-/// Hands durable outbox rows to the worker of their account.
+/// Hands durable outbox rows to the worker of their account. Clones share one registry, so the
+/// flusher and the admin API see workers that a reload starts or stops.
 #[derive(Clone, Debug, Default)]
 pub struct Wakers {
-    queues: BTreeMap<AccountId, mpsc::UnboundedSender<OutboxKey>>,
+    queues: Arc<RwLock<BTreeMap<AccountId, mpsc::UnboundedSender<OutboxKey>>>>,
 }
 
 impl Wakers {
     /// Passes each key to its account's worker. Keys of accounts without a worker stay in the
-    /// outbox (they are sent after a restart with that account configured).
+    /// outbox (they are sent after a restart or reload with that account configured).
     pub fn wake(&self, keys: Vec<OutboxKey>) {
+        let queues = self.queues.read().unwrap_or_else(PoisonError::into_inner);
         for k in keys {
-            match self.queues.get(&k.account) {
+            match queues.get(&k.account) {
                 Some(q) => {
                     let _ = q.send(k);
                 }
@@ -44,6 +56,19 @@ impl Wakers {
                 }
             }
         }
+    }
+
+    /// The accounts that have a worker now.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        self.queues.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    fn register(&self, account: AccountId, queue: mpsc::UnboundedSender<OutboxKey>) {
+        self.queues.write().unwrap_or_else(PoisonError::into_inner).insert(account, queue);
+    }
+
+    fn unregister(&self, account: &AccountId) {
+        self.queues.write().unwrap_or_else(PoisonError::into_inner).remove(account);
     }
 }
 
@@ -59,19 +84,150 @@ pub fn backoff(cfg: &OutboxConfig, attempt: u32, remote: Option<Duration>) -> Du
 }
 
 /// One destination's worker and what it needs.
-pub struct Worker {
-    /// The account.
-    pub account: AccountId,
-    /// Its sender.
-    pub sender: Arc<dyn Outbound>,
-    /// The store.
-    pub store: Store,
-    /// Retry schedule.
-    pub config: OutboxConfig,
+struct Worker {
+    account: AccountId,
+    sender: Arc<dyn Outbound>,
+    store: Store,
+    /// Retry schedule and concurrency, as the config now says (a reload updates it in place).
+    config: watch::Receiver<OutboxConfig>,
     /// Pending count shared with the router.
-    pub pending: Arc<AtomicU64>,
+    pending: Arc<AtomicU64>,
     /// Writes finished attempts (shared by all workers).
-    pub books: Bookkeeper,
+    books: Bookkeeper,
+}
+
+/// The running outbox workers, one per sending account, and what starting one needs. The
+/// daemon starts the workers of the config it starts with; a reload starts, stops and restarts
+/// them per account.
+pub struct Workers {
+    wakers: Wakers,
+    store: Store,
+    pending: Arc<AtomicU64>,
+    books: Bookkeeper,
+    settings: watch::Sender<OutboxConfig>,
+    /// Cancelling it stops every worker (shutdown); each worker has a child token of its own.
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    running: BTreeMap<AccountId, (CancellationToken, JoinHandle<()>)>,
+    /// Workers told to stop that had sends in flight at the deadline.
+    stopping: BTreeMap<AccountId, JoinHandle<()>>,
+    /// Set once the router runs: a worker started then scans rows the router may have
+    /// committed but not flushed yet, and must not send them before they are durable.
+    flusher: Option<Flusher>,
+}
+
+impl Workers {
+    /// No workers yet. `stop` stops them all (after the sends in hand); `tracker` tracks them
+    /// for the shutdown deadline.
+    pub fn new(
+        store: Store,
+        pending: Arc<AtomicU64>,
+        books: Bookkeeper,
+        settings: OutboxConfig,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Workers {
+        Workers {
+            wakers: Wakers::default(),
+            store,
+            pending,
+            books,
+            settings: watch::Sender::new(settings),
+            stop,
+            tracker,
+            running: BTreeMap::new(),
+            stopping: BTreeMap::new(),
+            flusher: None,
+        }
+    }
+
+    /// From now on, a worker that starts waits for a flush after its scan (record before
+    /// forward while the router commits concurrently).
+    pub fn set_flusher(&mut self, flusher: Flusher) {
+        self.flusher = Some(flusher);
+    }
+
+    /// The registry the flusher and the admin API wake workers through.
+    pub fn wakers(&self) -> Wakers {
+        self.wakers.clone()
+    }
+
+    /// The accounts with a running worker.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        self.running.keys().cloned().collect()
+    }
+
+    /// New retry settings for every worker, effective at their next decision.
+    pub fn set_settings(&self, settings: OutboxConfig) {
+        self.settings.send_replace(settings);
+    }
+
+    /// Starts the worker of `account`: registers its queue, then loads the account's outbox
+    /// rows (what was unsent at the last stop or reload). If the account already has a worker
+    /// (a restart), that one first finishes the sends in hand, so no row is in two workers.
+    pub async fn start(&mut self, account: AccountId, sender: Arc<dyn Outbound>) -> Result<(), StoreError> {
+        if let Some((stop, handle)) = self.running.remove(&account) {
+            stop.cancel();
+            let _ = handle.await;
+        }
+        if let Some(handle) = self.stopping.remove(&account) {
+            let _ = handle.await;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Registered first: a row committed during the scan is woken as well as scanned, and
+        // the worker ignores the second copy. (Wakes while an old worker stopped reached its
+        // queue or none; those rows are durable, so the scan finds them.)
+        self.wakers.register(account.clone(), tx);
+        let mut backlog: VecDeque<OutboxKey> = match self.store.outbox_keys(&account) {
+            Ok(keys) => keys.into(),
+            Err(e) => {
+                self.wakers.unregister(&account);
+                return Err(e);
+            }
+        };
+        // Rows the router committed just now are on disk only after the next flush.
+        if let Some(f) = &self.flusher
+            && !backlog.is_empty()
+            && !f.flush().await
+        {
+            warn!(account = %account, "Store flush failed; the account's waiting deliveries go out after the next start.");
+            backlog.clear();
+        }
+        self.pending.fetch_add(backlog.len() as u64, Ordering::Relaxed);
+        if !backlog.is_empty() {
+            info!(account = %account, pending = backlog.len(), "Resuming deliveries left in the outbox.");
+        }
+        let w = Worker {
+            account: account.clone(),
+            sender,
+            store: self.store.clone(),
+            config: self.settings.subscribe(),
+            pending: self.pending.clone(),
+            books: self.books.clone(),
+        };
+        let stop = self.stop.child_token();
+        let handle = self.tracker.spawn({
+            let stop = stop.clone();
+            async move { w.run(backlog, rx, stop).await }
+        });
+        self.running.insert(account, (stop, handle));
+        Ok(())
+    }
+
+    /// Stops the worker of `account` after the sends in hand and unregisters it; its unsent
+    /// rows stay in the store. Waits at most `within`; returns false if sends were still in
+    /// flight then (the worker ends after them; a later start of the account waits for it).
+    pub async fn stop(&mut self, account: &AccountId, within: Duration) -> bool {
+        self.wakers.unregister(account);
+        let Some((stop, mut handle)) = self.running.remove(account) else { return true };
+        stop.cancel();
+        if tokio::time::timeout(within, &mut handle).await.is_ok() {
+            return true;
+        }
+        warn!(account = %account, "Deliveries still in flight; the worker stops after them.");
+        self.stopping.insert(account.clone(), handle);
+        false
+    }
 }
 
 /// One request to the bookkeeper: updates to write, and where to hand them back with the result.
@@ -124,28 +280,6 @@ impl Bookkeeper {
     }
 }
 
-/// Creates the queues for every sending account and spawns their workers. Each worker first
-/// loads its account's existing outbox rows (what was unsent at the last stop).
-pub fn spawn_workers(
-    workers: Vec<Worker>,
-    shutdown: CancellationToken,
-    tracker: &tokio_util::task::TaskTracker,
-) -> Result<Wakers, StoreError> {
-    let mut wakers = Wakers::default();
-    for w in workers {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let backlog: VecDeque<OutboxKey> = w.store.outbox_keys(&w.account)?.into();
-        w.pending.fetch_add(backlog.len() as u64, Ordering::Relaxed);
-        if !backlog.is_empty() {
-            info!(account = %w.account, pending = backlog.len(), "Resuming deliveries left in the outbox.");
-        }
-        wakers.queues.insert(w.account.clone(), tx);
-        let stop = shutdown.clone();
-        tracker.spawn(async move { w.run(backlog, rx, stop).await });
-    }
-    Ok(wakers)
-}
-
 /// The ordering key: deliveries with the same key are sent one at a time, in queue order.
 /// Same recipient → same key (a patient never sees answers out of order). The account's default
 /// destination is one chat or one inbox for Telegram and email, so it is one key (staff read
@@ -179,15 +313,20 @@ impl Worker {
         stop: CancellationToken,
     ) {
         let me = Arc::new(self);
+        // Every key queued or in flight: a key woken twice (registered before the scan, or a
+        // stale wake) is held once.
+        let mut known: HashSet<OutboxKey> = backlog.iter().cloned().collect();
         let mut queue: VecDeque<Queued> = backlog.into_iter().map(|key| Queued { key, item: None }).collect();
         let mut busy: HashSet<String> = HashSet::new();
         let mut running = FuturesUnordered::new();
-        let limit = me.config.max_in_flight.max(1);
         let mut rx_open = true;
         loop {
             while let Ok(key) = rx.try_recv() {
-                queue.push_back(Queued { key, item: None });
+                if known.insert(key.clone()) {
+                    queue.push_back(Queued { key, item: None });
+                }
             }
+            let limit = me.config.borrow().max_in_flight.max(1);
             // Start what may start: not in backoff, recipient not busy, under the limit.
             let mut wake_at: Option<u64> = None;
             if !stop.is_cancelled() {
@@ -199,7 +338,9 @@ impl Worker {
                         match me.store.outbox_item(&queue[i].key) {
                             Ok(Some(item)) => queue[i].item = Some(item),
                             Ok(None) => {
-                                queue.remove(i);
+                                if let Some(gone) = queue.remove(i) {
+                                    known.remove(&gone.key);
+                                }
                                 continue;
                             }
                             Err(e) => {
@@ -225,10 +366,17 @@ impl Worker {
                     let Some(item) = q.item else { continue };
                     busy.insert(ok.clone());
                     let w = me.clone();
-                    running.push(async move { (ok, w.attempt(q.key, item).await) });
+                    running.push(async move { (ok, q.key.clone(), w.attempt(q.key, item).await) });
                 }
             }
             if stop.is_cancelled() && running.is_empty() {
+                // What stays unsent is no longer this process's to send (a reload may have
+                // removed the account; the next worker for it counts it again when it scans).
+                while let Ok(key) = rx.try_recv() {
+                    known.insert(key);
+                }
+                let left = known.len() as u64;
+                let _ = me.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(left)));
                 return;
             }
             let sleep = wake_at.map(|w| Duration::from_millis(w.saturating_sub(now_ms()).max(1)));
@@ -240,17 +388,29 @@ impl Worker {
                         done.push(more);
                     }
                     let mut updates = Vec::with_capacity(done.len());
-                    for (ok, update) in done {
+                    let mut finished = Vec::with_capacity(done.len());
+                    for (ok, key, update) in done {
                         busy.remove(&ok);
+                        finished.push(key);
                         updates.push(update);
                     }
-                    for (key, item) in me.record(updates).await.into_iter().rev() {
+                    let again = me.record(updates).await;
+                    for key in finished {
+                        if !again.iter().any(|(k, _)| *k == key) {
+                            known.remove(&key);
+                        }
+                    }
+                    for (key, item) in again.into_iter().rev() {
                         // Back to the front: it stays ahead of later rows for the same recipient.
                         queue.push_front(Queued { key, item: Some(item) });
                     }
                 }
                 k = rx.recv(), if rx_open && !stop.is_cancelled() => match k {
-                    Some(key) => queue.push_back(Queued { key, item: None }),
+                    Some(key) => {
+                        if known.insert(key.clone()) {
+                            queue.push_back(Queued { key, item: None });
+                        }
+                    }
                     None => rx_open = false,
                 },
                 _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))), if sleep.is_some() && !stop.is_cancelled() => {}
@@ -299,13 +459,14 @@ impl Worker {
             Err(SendError::Retry { after, reason }) => {
                 let ev =
                     EventKind::Attempt { delivery: d, attempt, outcome: "retry".into(), reason: Some(reason.clone()) };
-                if attempt >= self.config.max_attempts {
+                let config = self.config.borrow().clone();
+                if attempt >= config.max_attempts {
                     let why = format!("gave up after {attempt} attempts; last: {reason}");
                     error!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, "Delivery failed too often; dead-lettered.");
                     let events = vec![ev, EventKind::DeadLettered { delivery: d, reason: why.clone() }];
                     return OutboxUpdate::Dead { key, item, reason: why, events };
                 }
-                let delay = backoff(&self.config, attempt, after);
+                let delay = backoff(&config, attempt, after);
                 warn!(delivery_id = %d, record_id = %r, account = %self.account, attempt, reason = %reason, retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry.");
                 item.not_before_ms = now_ms() + delay.as_millis() as u64;
                 OutboxUpdate::Retry { key, item, events: vec![ev] }

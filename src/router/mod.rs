@@ -3,6 +3,9 @@
 //! the [`Flusher`] so they are answered only after one shared flush (group commit).
 //!
 //! Pipeline per message: dedup → identify → link → conversation → policy → one transaction.
+//!
+//! A config reload hands the router a new [`Planner`]; it takes it between batches, so every
+//! batch is planned under one config.
 
 pub mod identify;
 pub mod plan;
@@ -30,6 +33,8 @@ pub struct Router {
     pub outbox_pending: Arc<AtomicU64>,
     /// Above this many pending outbox rows, answer `Unavailable`.
     pub max_outbox_pending: u64,
+    /// Planners of reloaded configs, newest last; checked once per batch.
+    pub updates: std::sync::mpsc::Receiver<Planner>,
 }
 
 impl Router {
@@ -38,7 +43,7 @@ impl Router {
     ///
     /// Runs on a thread of its own, not an async task: its store transactions block (they wait
     /// for any flush in progress) and it is busy all the time under load.
-    pub fn run(self, mut rx: mpsc::Receiver<SubmitRequest>) {
+    pub fn run(mut self, mut rx: mpsc::Receiver<SubmitRequest>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut saturated_logged = false;
         while let Some(first) = rx.blocking_recv() {
@@ -48,6 +53,12 @@ impl Router {
                     Ok(more) => batch.push(more),
                     Err(_) => break,
                 }
+            }
+            // A reloaded config applies from the next batch on, whole.
+            while let Ok(planner) = self.updates.try_recv() {
+                self.max_outbox_pending = planner.config.router.max_outbox_pending;
+                self.planner = planner;
+                debug!("Router switched to the reloaded configuration.");
             }
             let started = std::time::Instant::now();
             let size = batch.len();

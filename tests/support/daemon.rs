@@ -98,6 +98,35 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: the daemon reads its config file again.
+    pub fn sighup(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg("-HUP").arg(c.id().to_string()).status();
+        }
+    }
+
+    /// Writes `toml` over the config file, sends SIGHUP and waits for the daemon's verdict:
+    /// true if it logged `Configuration reloaded.`, false if `Configuration reload refused.`
+    /// (or nothing within 30 s).
+    pub fn reload(&self, toml: &str) -> bool {
+        let from = self.log_len();
+        std::fs::write(&self.config, toml).unwrap();
+        self.sighup();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            for l in self.log.lock().unwrap().iter().skip(from) {
+                if l.contains("Configuration reloaded.") {
+                    return true;
+                }
+                if l.contains("Configuration reload refused.") {
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
