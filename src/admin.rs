@@ -108,9 +108,17 @@ pub fn review_list(store: &Store) -> Result<Vec<HeldSummary>, StoreError> {
         .collect())
 }
 
-/// One held delivery in full (for the clinician deciding; contains PHI).
-pub fn review_show(store: &Store, id: DeliveryId) -> Result<Option<serde_json::Value>, StoreError> {
-    Ok(store.held()?.into_iter().find(|h| h.item.delivery.id == id).map(|h: ReviewItemV1| {
+/// One held delivery in full (for the clinician deciding; contains PHI, so the read is audited
+/// as `review.show`).
+pub fn review_show(
+    store: &Store,
+    id: DeliveryId,
+    actor: &crate::record::Actor,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let Some(h) = store.held()?.into_iter().find(|h| h.item.delivery.id == id) else { return Ok(None) };
+    store.audit(actor, "review.show", h.item.patient_id.as_deref(), vec![h.item.delivery.record_id], None)?;
+    Ok(Some({
+        let h: ReviewItemV1 = h;
         json!({
             "delivery": h.item.delivery.id.to_string(),
             "record": h.item.delivery.record_id.to_string(),
@@ -121,6 +129,18 @@ pub fn review_show(store: &Store, id: DeliveryId) -> Result<Option<serde_json::V
             "attachments": h.item.delivery.attachments.len(),
         })
     }))
+}
+
+/// Query of `GET /admin/review/{delivery}`: who is reading.
+#[derive(Debug, Deserialize)]
+pub struct ShowQuery {
+    /// Recorded in the audit trail.
+    #[serde(default = "unnamed")]
+    pub actor: String,
+}
+
+fn unnamed() -> String {
+    "unnamed".into()
 }
 
 /// Creates a one-time link code for a patient on an account. Only the code's hash is stored.
@@ -218,21 +238,22 @@ pub fn router(state: State) -> Router {
         .route("/admin/consents", post(consent))
         .route("/admin/outbox/dead", get(dead))
         .route("/admin/outbox/dead/{delivery}/{action}", post(dead_action))
+        .merge(crate::records::http::routes())
         .with_state(state)
 }
 
-fn authorised(state: &State, headers: &HeaderMap) -> bool {
+pub(crate) fn authorised(state: &State, headers: &HeaderMap) -> bool {
     let want = format!("Bearer {}", state.token.expose());
     let got = headers.get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
     // Constant-time compare of equal-length strings.
     got.len() == want.len() && got.iter().zip(want.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn store_err(e: StoreError) -> Response {
+pub(crate) fn store_err(e: StoreError) -> Response {
     err(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
@@ -258,13 +279,22 @@ async fn list(AxState(s): AxState<State>, h: HeaderMap) -> Response {
     }
 }
 
-async fn show(AxState(s): AxState<State>, h: HeaderMap, Path(id): Path<String>) -> Response {
+async fn show(
+    AxState(s): AxState<State>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ShowQuery>,
+) -> Response {
     if !authorised(&s, &h) {
         return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let Ok(id) = id.parse::<DeliveryId>() else { return err(StatusCode::BAD_REQUEST, "not a delivery id") };
-    match review_show(&s.store, id) {
-        Ok(Some(v)) => Json(v).into_response(),
+    let actor = crate::record::Actor { name: q.actor, via: "admin-api" };
+    match review_show(&s.store, id, &actor) {
+        Ok(Some(v)) => {
+            s.flusher.flush().await;
+            Json(v).into_response()
+        }
         Ok(None) => err(StatusCode::NOT_FOUND, "no such held delivery"),
         Err(e) => store_err(e),
     }

@@ -99,6 +99,25 @@ pub enum Command {
         #[arg(long, default_value = "cli")]
         source: String,
     },
+    /// The patient's file: list, show, export (JSON lines or FHIR), audit trail, verify, purge.
+    /// Every read is recorded in the audit trail.
+    Records {
+        /// The TOML config file (for the admin API address or the store).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Who is reading (recorded in the audit trail); default: your login name.
+        #[arg(long, global = true)]
+        actor: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::records::cli::RecordsCommand,
+    },
+    /// The record store's encryption keys.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::records::cli::KeysCommand,
+    },
     /// Print the record store as JSON lines (records with their events, quarantined input, dead
     /// letters, held messages)
     /// for the privacy officer. The daemon must be stopped. Output contains PHI.
@@ -242,6 +261,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let config = load(config.as_deref())?;
             explain(&config, &channel, patient.as_deref(), &direction, &audience)
         }
+        Command::Records { config, actor, command } => {
+            let config = load(config.as_deref())?;
+            let actor = crate::records::cli::actor_name(actor);
+            crate::records::cli::check_actor(&actor)?;
+            crate::records::cli::records(&config, actor, command)
+        }
+        Command::Keys { command } => crate::records::cli::keys(command),
         Command::Review { config, command } => {
             let config = load(config.as_deref())?;
             review(&config, command)
@@ -317,13 +343,12 @@ fn check_environment(config: &Config) -> Result<()> {
 }
 
 fn open_store(config: &Config) -> Result<Store> {
-    Store::open(&config.daemon.data_dir)
-        .with_context(|| format!("opening the record store in {}", config.daemon.data_dir.display()))
+    crate::record::open_configured(config)
 }
 
 /// Calls the admin API if it is configured and answering; `Ok(None)` if the daemon is not running
 /// (the caller then opens the store directly).
-fn admin_call(
+pub(crate) fn admin_call(
     config: &Config,
     method: &str,
     path: &str,
@@ -359,7 +384,14 @@ fn admin_call(
 fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
     let (method, path, body) = match &command {
         ReviewCommand::List => ("GET", "/admin/review".to_string(), None),
-        ReviewCommand::Show { id } => ("GET", format!("/admin/review/{id}"), None),
+        ReviewCommand::Show { id } => (
+            "GET",
+            format!(
+                "/admin/review/{id}?actor={}",
+                crate::records::cli::query_value(&crate::records::cli::actor_name(None))
+            ),
+            None,
+        ),
         ReviewCommand::Approve { id, by } => {
             ("POST", format!("/admin/review/{id}/approve"), Some(serde_json::json!({ "by": by })))
         }
@@ -373,8 +405,11 @@ fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
             let store = open_store(config)?;
             match command {
                 ReviewCommand::List => serde_json::to_value(crate::admin::review_list(&store)?)?,
-                ReviewCommand::Show { id } => crate::admin::review_show(&store, parse_delivery(&id)?)?
-                    .ok_or_else(|| anyhow!("no such held delivery"))?,
+                ReviewCommand::Show { id } => {
+                    let actor = crate::record::Actor { name: crate::records::cli::actor_name(None), via: "cli" };
+                    crate::admin::review_show(&store, parse_delivery(&id)?, &actor)?
+                        .ok_or_else(|| anyhow!("no such held delivery"))?
+                }
                 ReviewCommand::Approve { id, by } | ReviewCommand::Reject { id, by } => {
                     let approve = path.ends_with("approve");
                     store
@@ -446,7 +481,7 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("reading the message from stdin (it must be UTF-8)")?;
     let consents = match patient {
-        Some(p) => Store::open(&config.daemon.data_dir)
+        Some(p) => crate::record::open_configured(config)
             .ok()
             .map(|s| s.consents(p, &account.to_string()).unwrap_or_default())
             .unwrap_or_default(),
@@ -470,6 +505,10 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
 
 fn export(config: &Config) -> Result<ExitCode> {
     let store = open_store(config)?;
+    // The whole store is every patient's file: the read is audited before anything is printed.
+    let actor = crate::record::Actor { name: crate::records::cli::actor_name(None), via: "cli" };
+    store.audit(&actor, "store.export", None, vec![], None)?;
+    store.flush_blocking()?;
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     for r in store.records() {

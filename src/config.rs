@@ -223,6 +223,8 @@ struct RawConfig {
     admin: AdminConfig,
     #[serde(default)]
     ops: Option<OpsConfig>,
+    #[serde(default)]
+    store: crate::record::StoreConfig,
     #[serde(default, rename = "route")]
     routes: Vec<RouteConfig>,
     #[serde(default)]
@@ -250,6 +252,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[ops]`; `None` = not served.
     pub ops: Option<OpsConfig>,
+    /// `[store]`: the key file and retention.
+    pub store: crate::record::StoreConfig,
     /// `[[route]]`.
     pub routes: Vec<RouteConfig>,
     /// `[directory]` plus the directory file's entries.
@@ -344,6 +348,7 @@ impl Config {
             outbox: raw.outbox,
             admin: raw.admin,
             ops: raw.ops,
+            store: raw.store,
             routes: raw.routes,
             directory,
             policy: raw.policy,
@@ -367,6 +372,7 @@ impl Config {
         if d.status_interval_secs == 0 {
             p.push(Problem::new("daemon.status_interval_secs", "must be at least 1"));
         }
+        p.extend(self.store.validate());
         if tracing_subscriber::EnvFilter::try_new(&d.log_level).is_err() {
             p.push(Problem::new("daemon.log_level", format!("`{}` is not a log filter (try `info`)", d.log_level)));
         }

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::outbox::{Bookkeeper, Workers};
 use crate::policy::Policy;
 use crate::receivers::Receivers;
-use crate::record::{Flusher, Store};
+use crate::record::Flusher;
 use crate::reload::{Hangups, Live, Reloader};
 use crate::router::Router;
 use crate::router::identify::Directory;
@@ -45,8 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         crate::ops::install_metrics(); // before any worker runs, so no count is missed
     }
     let data_dir = config.daemon.data_dir.clone();
-    let store =
-        Store::open(&data_dir).with_context(|| format!("opening the record store in {}", data_dir.display()))?;
+    let store = crate::record::open_configured(&config)?;
     let policy = Arc::new(
         Policy::compile(&config.policy)
             .map_err(|p| anyhow!("policy: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?,
@@ -195,6 +194,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 quarantined = s.quarantined,
                 held_for_review = s.held,
                 adapters = %status_adapters,
+                chain_seq = s.chain_seq,
+                chain_head = %s.chain_head,
                 "Status."
             );
         }

@@ -8,6 +8,7 @@
 //! - [`policy`]: the privacy engine; pure, never fails.
 //! - [`router`]: the router thread: identify, thread, decide, record (group commit).
 //! - [`record`]: the record store over sled (the only module that touches sled) and the flusher.
+//! - [`records`]: the privacy officer's view: list, show, export, verify, purge — all audited.
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
 //! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.
 //! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
@@ -26,6 +27,7 @@ pub mod outbox;
 pub mod policy;
 pub mod receivers;
 pub mod record;
+pub mod records;
 pub mod reload;
 pub mod router;
 pub mod telemetry;

@@ -377,7 +377,8 @@ pub mod cli {
             .unwrap_or_else(|| "unknown".into())
     }
 
-    fn enc(s: &str) -> String {
+    /// Percent-encodes a query value.
+    pub fn query_value(s: &str) -> String {
         s.bytes()
             .map(|b| match b {
                 b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
@@ -388,18 +389,18 @@ pub mod cli {
 
     /// Runs a `records` command.
     pub fn records(config: &Config, actor: String, command: RecordsCommand) -> Result<ExitCode> {
-        let a = enc(&actor);
+        let a = query_value(&actor);
         let (method, path, body) = match &command {
             RecordsCommand::List { patient } => {
-                ("GET", format!("/admin/records?actor={a}&patient={}", enc(patient)), None)
+                ("GET", format!("/admin/records?actor={a}&patient={}", query_value(patient)), None)
             }
-            RecordsCommand::Show { id } => ("GET", format!("/admin/records/{}?actor={a}", enc(id)), None),
+            RecordsCommand::Show { id } => ("GET", format!("/admin/records/{}?actor={a}", query_value(id)), None),
             RecordsCommand::Export { patient, format, .. } => {
                 let f = if *format == Format::Fhir { "fhir" } else { "jsonl" };
-                ("GET", format!("/admin/records/export?actor={a}&patient={}&format={f}", enc(patient)), None)
+                ("GET", format!("/admin/records/export?actor={a}&patient={}&format={f}", query_value(patient)), None)
             }
             RecordsCommand::Audit { patient } => {
-                let p = patient.as_deref().map(|p| format!("&patient={}", enc(p))).unwrap_or_default();
+                let p = patient.as_deref().map(|p| format!("&patient={}", query_value(p))).unwrap_or_default();
                 ("GET", format!("/admin/records/audit?actor={a}{p}"), None)
             }
             RecordsCommand::Verify => ("POST", "/admin/records/verify".to_string(), None),

@@ -289,6 +289,14 @@ fn delivery_state(decision: &RouteDecisionV1, id: DeliveryId, events: &[EventV1]
                 s.status = "on-hold";
                 s.reason = Some("Held: the patient's consent was withdrawn".into());
             }
+            EventKind::Requeued { delivery, by } if *delivery == id => {
+                s.status = "in-progress";
+                s.reason = Some(format!("Put back in the outbox by {by}"));
+            }
+            EventKind::Dropped { delivery, by } if *delivery == id => {
+                s.status = "stopped";
+                s.reason = Some(format!("Dropped by {by}"));
+            }
             _ => {}
         }
     }

@@ -205,8 +205,12 @@ pub enum Committed {
 }
 
 /// Counts for the `Status.` log line.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
+    /// The chain's last entry (logging it anchors the chain: see [`chain`]).
+    pub chain_seq: u64,
+    /// Its hash, hex.
+    pub chain_head: String,
     /// Records.
     pub records: usize,
     /// Outbox rows waiting.
@@ -947,7 +951,10 @@ impl Store {
 
     /// Counts for the status line.
     pub fn stats(&self) -> Stats {
+        let (chain_seq, chain_head) = self.chain_head().unwrap_or_default();
         Stats {
+            chain_seq,
+            chain_head,
             records: self.records.len(),
             outbox_pending: self.outbox.len(),
             dead: self.dead.len(),
