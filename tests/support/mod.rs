@@ -4,6 +4,8 @@
 
 pub mod clinic;
 pub mod daemon;
+pub mod gate;
+pub mod load;
 pub mod mail_env;
 pub mod sink;
 
