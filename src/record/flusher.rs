@@ -5,13 +5,37 @@
 //! waiting, calls one `flush` for all of them, then answers. Many messages share one fsync, and
 //! only one task ever flushes (sled's `flush_async` hangs when many tasks call it at once, sled
 //! issue 1308).
+//!
+//! A failed flush ends the process with [`EXIT_STORE_UNWRITABLE`]: sled 0.34 latches its first
+//! write error (`ENOSPC`, `EIO`) for the life of the database handle, so every later transaction
+//! and flush fails with it even once the disk has space again (tested: `tests/disk_full.rs`), and
+//! only reopening the database clears it. A daemon that stayed up would refuse every message
+//! forever (and resend its deliveries every few seconds, unable to record them as sent). Exiting
+//! loses nothing: every acknowledgement waited for a successful flush, and a send whose outcome
+//! was not recorded is resent with the same delivery id. The supervisor (systemd,
+//! `Restart=on-failure`) starts carebridge again, which reopens the store.
 
 use super::{OutboxKey, Store, now_ms};
 use carebridge_contract::Receipt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::oneshot;
 use tracing::{debug, error};
+
+/// The exit code of a daemon whose record store stopped taking writes (sysexits' `EX_IOERR`):
+/// distinct from 1 (failed to start, a receiver failed) and 2 (invalid config), so the operator
+/// sees why in `systemctl status`.
+pub const EXIT_STORE_UNWRITABLE: i32 = 74;
+
+/// How long the flusher waits for work before it flushes anyway, so a store that stopped taking
+/// writes while no message arrives (only the outbox's bookkeeping wrote) is noticed within this.
+/// A flush with nothing new to write returns at once.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the last "unavailable" answers get to leave before the process exits.
+const ANSWER_GRACE: Duration = Duration::from_millis(200);
 
 /// What to do once a flush has completed.
 #[derive(Debug, Default)]
@@ -27,7 +51,7 @@ pub struct FlushJob {
 /// Handle on the flusher thread.
 #[derive(Clone, Debug)]
 pub struct Flusher {
-    tx: mpsc::UnboundedSender<FlushJob>,
+    tx: mpsc::Sender<FlushJob>,
     last: Arc<LastFlush>,
 }
 
@@ -56,24 +80,28 @@ impl Flusher {
         store: Store,
         wake: impl Fn(Vec<OutboxKey>) + Send + 'static,
     ) -> std::io::Result<(Flusher, std::thread::JoinHandle<()>)> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<FlushJob>();
+        let (tx, rx) = mpsc::channel::<FlushJob>();
         let last = Arc::new(LastFlush::default());
         let seen = last.clone();
         let handle = std::thread::Builder::new().name("carebridge-flusher".into()).spawn(move || {
             let mut jobs = Vec::new();
-            while let Some(first) = rx.blocking_recv() {
-                jobs.push(first);
+            loop {
+                match rx.recv_timeout(PROBE_EVERY) {
+                    Ok(first) => jobs.push(first),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = store.flush_blocking() {
+                            unwritable(&e);
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
                 while let Ok(more) = rx.try_recv() {
                     jobs.push(more);
                 }
                 let started = std::time::Instant::now();
-                let ok = match store.flush_blocking() {
-                    Ok(()) => true,
-                    Err(e) => {
-                        error!(error = %e, "Store flush failed; answering unavailable so sources redeliver.");
-                        false
-                    }
-                };
+                let failed = store.flush_blocking().err();
+                let ok = failed.is_none();
                 let receipts: usize = jobs.iter().map(|j| j.receipts.len()).sum();
                 (if ok { &seen.ok_ms } else { &seen.failed_ms }).store(now_ms().max(1), Ordering::Relaxed);
                 crate::ops::flushed(ok, started.elapsed(), receipts);
@@ -89,6 +117,9 @@ impl Flusher {
                     if let Some(d) = job.done {
                         let _ = d.send(ok);
                     }
+                }
+                if let Some(e) = failed {
+                    unwritable(&e);
                 }
                 if !wake_keys.is_empty() {
                     wake(wake_keys);
@@ -110,10 +141,25 @@ impl Flusher {
         FlushStatus { ok_ms: at(&self.last.ok_ms), failed_ms: at(&self.last.failed_ms) }
     }
 
-    /// Waits until everything written before this call is durable.
+    /// Waits until everything written before this call is durable (`false`: it will not be; the
+    /// process is about to exit with [`EXIT_STORE_UNWRITABLE`]).
     pub async fn flush(&self) -> bool {
         let (tx, rx) = oneshot::channel();
         self.submit(FlushJob { done: Some(tx), ..Default::default() });
         rx.await.unwrap_or(false)
     }
+}
+
+/// The store did not take a flush: it never will again in this process (see the module docs).
+/// The waiting receipts were answered "unavailable"; after a moment for the listeners to send
+/// those answers (503 + `Retry-After`; a source that gets no answer at all redelivers just the
+/// same), exit so the supervisor restarts carebridge.
+fn unwritable(e: &super::StoreError) -> ! {
+    error!(
+        error = %e,
+        exit_code = EXIT_STORE_UNWRITABLE,
+        "Record store unwritable (disk full or I/O error); exiting so the supervisor restarts carebridge once it can write. Nothing acknowledged is lost; unacknowledged messages are redelivered by their sources."
+    );
+    std::thread::sleep(ANSWER_GRACE);
+    std::process::exit(EXIT_STORE_UNWRITABLE)
 }

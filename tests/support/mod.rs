@@ -8,6 +8,7 @@ pub mod gate;
 pub mod load;
 pub mod mail_env;
 pub mod sink;
+pub mod supervisor;
 
 /// A port that was free a moment ago on 127.0.0.1 (the daemon binds it itself).
 pub fn free_port() -> u16 {
