@@ -123,7 +123,9 @@ impl Load {
                             retry.push_back((Instant::now() + wait, id));
                         }
                         Err(()) => {
-                            // The daemon is down or restarting: do not spin through new ids.
+                            // The daemon is down or restarting: back off a little before the
+                            // next request (new messages keep arriving meanwhile, as they do
+                            // at a real gateway; they queue behind this one).
                             counters.errors.fetch_add(1, Ordering::Relaxed);
                             let wait = Duration::from_millis(rand::random_range(20..100));
                             retry.push_front((Instant::now() + wait, id));
