@@ -203,7 +203,8 @@ pub enum OutboxCommand {
     },
 }
 
-/// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config).
+/// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config, 74 = the record
+/// store cannot be written: disk full or an I/O error, which a supervisor should retry).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -214,6 +215,9 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             eprintln!("carebridge: error: {e:#}");
+            if matches!(e.downcast_ref::<crate::record::StoreError>(), Some(crate::record::StoreError::Sled(sled::Error::Io(_)))) {
+                return ExitCode::from(crate::record::flusher::EXIT_STORE_UNWRITABLE as u8);
+            }
             ExitCode::FAILURE
         }
     }
