@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: the `[telegram.<name>]` table and its pure validation.
 //! - `api`: a thin Bot API client over reqwest (why not teloxide's `Bot`: see its docs).
-//! - `parse`: one raw update → an `Envelope` draft, something to ignore, or malformed input.
+//! - [`parse`]: one raw update → an `Envelope` draft, something to ignore, or malformed input
+//!   (public for fuzzing: `fuzz/fuzz_targets/bot_update.rs`).
 //! - `intake`: one update end to end (parse, download files, submit, decide whether to ack),
 //!   shared by both inbound modes.
 //! - `inbound`: the long-polling loop, where the getUpdates offset is the ack.
@@ -18,12 +19,12 @@
 
 pub mod config;
 pub mod format;
+pub mod parse;
 
 mod api;
 mod inbound;
 mod intake;
 mod outbound;
-mod parse;
 mod ratelimit;
 mod webhook;
 

@@ -5,6 +5,9 @@
 //! parsed with teloxide's [`Update`] from the *text* (never from a `serde_json::Value`, which
 //! teloxide silently turns into `UpdateKind::Error`).
 //!
+//! Public only so the fuzz target `fuzz/fuzz_targets/bot_update.rs` can call [`parse_update`]
+//! exactly as the intake does; nothing else outside the crate should use it.
+//!
 //! Mapping:
 //! - `SourceKey.native_id` = `u<update_id>-<unix date>` (the date of the message, or of the edit):
 //!   stable across redelivery, and still unique when Telegram restarts its update ids at a random
@@ -23,27 +26,27 @@ use teloxide::types::{Message, MessageKind, Update, UpdateKind};
 
 /// What the parser needs to know besides the update.
 #[derive(Clone, Debug)]
-pub(crate) struct ParseOptions {
+pub struct ParseOptions {
     /// The inbound account (for the `SourceKey`).
-    pub(crate) account: AccountId,
+    pub account: AccountId,
     /// The only group whose messages are accepted.
-    pub(crate) staff_chat_id: Option<i64>,
+    pub staff_chat_id: Option<i64>,
     /// Photos: the largest size at most this big is chosen.
-    pub(crate) max_attachment_bytes: u64,
+    pub max_attachment_bytes: u64,
 }
 
 /// A parsed update.
 #[derive(Debug)]
-pub(crate) struct Parsed {
+pub struct Parsed {
     /// `update_id`, if the update had one (it decides the getUpdates offset).
-    pub(crate) update_id: Option<i64>,
+    pub update_id: Option<i64>,
     /// What to do with it.
-    pub(crate) action: Action,
+    pub action: Action,
 }
 
 /// What the adapter does with an update.
 #[derive(Debug)]
-pub(crate) enum Action {
+pub enum Action {
     /// Submit it (after fetching `files`).
     Submit(Box<Draft>),
     /// Confirm it without submitting (another group, a service message, an update kind we do
@@ -60,28 +63,28 @@ pub(crate) enum Action {
 
 /// An envelope still missing its attachments.
 #[derive(Debug)]
-pub(crate) struct Draft {
+pub struct Draft {
     /// The envelope; attachments and notes are added by [`crate::intake`].
-    pub(crate) envelope: Envelope,
+    pub envelope: Envelope,
     /// Files to download.
-    pub(crate) files: Vec<FileRef>,
+    pub files: Vec<FileRef>,
     /// PHI-free notes to append to the body (content that is not forwarded).
-    pub(crate) notes: Vec<String>,
+    pub notes: Vec<String>,
 }
 
 /// A file referenced by a message.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct FileRef {
+pub struct FileRef {
     /// Telegram's id for getFile.
-    pub(crate) file_id: String,
+    pub file_id: String,
     /// Size announced by Telegram, if any.
-    pub(crate) size: Option<u64>,
+    pub size: Option<u64>,
     /// The sender's file name (PHI).
-    pub(crate) filename: Option<Redacted<String>>,
+    pub filename: Option<Redacted<String>>,
     /// Declared MIME type.
-    pub(crate) content_type: String,
+    pub content_type: String,
     /// "photo" or "document", for PHI-free notes and logs.
-    pub(crate) what: &'static str,
+    pub what: &'static str,
 }
 
 #[derive(Deserialize)]
@@ -90,19 +93,19 @@ struct Head {
 }
 
 /// Reads just the `update_id` of a raw update, for the offset.
-pub(crate) fn update_id(raw: &str) -> Option<i64> {
+pub fn update_id(raw: &str) -> Option<i64> {
     serde_json::from_str::<Head>(raw).ok().map(|h| h.update_id)
 }
 
 /// The dedup id of input that has no usable `update_id`: a hash of its bytes.
-pub(crate) fn hashed_native_id(raw: &[u8]) -> String {
+pub fn hashed_native_id(raw: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(raw);
     format!("x{}", hex::encode(&digest[..12]))
 }
 
 /// Parses one raw update.
-pub(crate) fn parse_update(raw: &str, opts: &ParseOptions) -> Parsed {
+pub fn parse_update(raw: &str, opts: &ParseOptions) -> Parsed {
     let source = |native_id: String| SourceKey { account: opts.account.clone(), native_id };
     let Some(id) = update_id(raw) else {
         return Parsed {

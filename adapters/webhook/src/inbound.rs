@@ -261,7 +261,10 @@ async fn submit(shared: &Shared, submission: Submission) -> Receipt {
 }
 
 /// Parses and checks a request body into an envelope, or says (PHI-free) what is wrong.
-fn parse(body: &[u8], account: &AccountId, from_kind: FromKind) -> Result<Envelope, String> {
+///
+/// Public for fuzzing (`fuzz/fuzz_targets/webhook_body.rs`): the listener calls it on every
+/// authenticated body, so it must be total on any bytes.
+pub fn parse(body: &[u8], account: &AccountId, from_kind: FromKind) -> Result<Envelope, String> {
     let text = std::str::from_utf8(body)
         .map_err(|e| format!("body is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
     let msg: InboundMessage<'_> = serde_json::from_str(text).map_err(|e| describe_json_error(&e))?;
