@@ -22,3 +22,7 @@ npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=erro
 
 # Two test threads per binary: end-to-end tests each run a daemon, and CI has two cores.
 cargo test --workspace --locked -- --test-threads=2
+
+# Last, a short fuzzing run of the input parsers and the privacy engine (docs/fuzzing.md):
+# FUZZ_SECONDS (default 20) per target; the instrumented build takes a few minutes the first time.
+tests/fuzz.sh
