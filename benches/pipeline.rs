@@ -1,51 +1,145 @@
-//! Throughput and latency of the whole webhook → record → webhook path, through the real daemon
-//! binary, with durable records (group commit) — not a timed test, a measurement to read.
+//! Throughput, latency and memory of the whole webhook → record → webhook path, through the
+//! real daemon binary with durable, chained, encrypted records (group commit) and the policy's
+//! default detectors on (the config below sets no `[policy]` detector options) — not a timed
+//! test, a measurement to read (issue #7, "Performance").
 //!
-//! Run: `cargo bench --bench pipeline` (env: `BENCH_CONNS` (32), `BENCH_MESSAGES` (40000)).
-//! Two phases in one run, each with a fresh daemon and store: *recorded only* (no route out) and
-//! *recorded and forwarded* (to a signature-checking HTTP sink). Each prints accepted msgs/s
-//! (202s), p50/p99 latency of the 202, the rate at which the sink received the forwards, and the
-//! group-commit figures (messages per router batch, receipts and time per flush). The load
-//! generator and the sink share the machine with the daemon, so compare figures from one run,
-//! not across machines.
+//! Run: `cargo bench --bench pipeline`. Env: `BENCH_MESSAGES` (40000 per run), `BENCH_CONNS`
+//! (32), `BENCH_CONNS_LOW` (4), `BENCH_PREFILL` (1000000 records written into the store of the
+//! last run before its daemon starts; 0 skips that run).
+//!
+//! Runs, each with a fresh daemon and data directory, in one invocation:
+//! 1. empty store, `BENCH_CONNS_LOW` connections, forwarded to a signature-checking HTTP sink;
+//! 2. empty store, `BENCH_CONNS` connections, forwarded;
+//! 3. empty store, `BENCH_CONNS` connections, recorded only (no route: the cost of forwarding);
+//! 4. a store pre-filled with `BENCH_PREFILL` records through the library (`Store::open` +
+//!    `commit_exchanges`, with the key file the daemon then loads), `BENCH_CONNS`, forwarded.
+//!
+//! Each prints accepted msgs/s (the `202`s) with p50/p99 of the `202`, the end-to-end rate
+//! (until the sink had every forward), the daemon's idle RSS (after start, nothing sent) and its
+//! peak RSS (VmHWM) after the load, and the group-commit figures. A summary compares the figures
+//! with the issue's targets. The load generator and the sink run on the same cores as the
+//! daemon (and other work may too): compare figures within one run, not across machines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed bench should panic with the value
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "common/synth.rs"]
+mod synth;
+
+use carebridge::record::{Exchange, Keyring, Store};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::daemon::{Daemon, wait_http};
 use support::sink::{Mode, Sink};
 use support::{SECRET, free_port, message};
+use synth::{PATIENTS, Synth, disk_usage, env, mb};
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+/// Bytes a prefilled record may take on disk, rounded up from `cargo bench --bench store` (about
+/// 6.7 kB per message there, flushed every batch), to refuse a prefill the disk cannot hold.
+const PREFILL_BYTES_PER_RECORD: u64 = 8_000;
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    label: String,
+    conns: usize,
+    accepted: f64,
+    end_to_end: Option<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    idle_rss_kb: u64,
+    peak_rss_kb: u64,
+}
+
+/// `VmRSS`, `VmHWM`, … of a process, in kB.
+fn proc_kb(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let only = rt.block_on(phase(false));
-    let full = rt.block_on(phase(true));
-    println!("ratio forwarded/recorded-only accepted msgs/s: {:.2}", full / only);
+    let low = env("BENCH_CONNS_LOW", 4);
+    let high = env("BENCH_CONNS", 32);
+    let prefill = env("BENCH_PREFILL", 1_000_000);
+    let mut runs = vec![
+        rt.block_on(run("empty store, forwarded", low, true, 0)),
+        rt.block_on(run("empty store, forwarded", high, true, 0)),
+        rt.block_on(run("empty store, recorded only", high, false, 0)),
+    ];
+    if prefill > 0 {
+        runs.push(rt.block_on(run(&format!("{prefill} records in store, forwarded"), high, true, prefill)));
+    }
+    summary(&runs, high, prefill);
 }
 
-/// One phase; returns accepted msgs/s.
-async fn phase(deliver: bool) -> f64 {
-    let conns = env("BENCH_CONNS", 32);
-    let total = env("BENCH_MESSAGES", 40_000);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
-    let sink = Sink::start(Mode::Accept).await;
-    let port = free_port();
+/// Writes `count` synthetic records into the store in `data_dir`, as the router would have, with a
+/// fresh key file where the daemon looks by default (`<data_dir>/store.key`).
+fn prefill_store(data_dir: &Path, count: usize) {
+    let need = count as u64 * PREFILL_BYTES_PER_RECORD;
+    let avail = available_bytes(data_dir.parent().unwrap());
+    if let Some(avail) = avail {
+        assert!(
+            avail > need + 2_000_000_000,
+            "prefilling {count} records needs about {} but only {} is free; lower BENCH_PREFILL",
+            mb(need),
+            mb(avail)
+        );
+    }
+    let keys = Keyring::generate(&data_dir.join("store.key")).unwrap();
+    let store = Store::open(data_dir, keys).unwrap();
+    let mut synth = Synth::new(11, "pre");
+    let start = Instant::now();
+    let batch = 256;
+    let mut done = 0;
+    while done < count {
+        let size = batch.min(count - done);
+        let b: Vec<Exchange> =
+            (0..size).map(|i| synth.exchange((done + i) as u64, &mut || store.next_id().unwrap())).collect();
+        store.commit_exchanges(&b).unwrap();
+        done += size;
+        if done % 200_000 < batch {
+            eprintln!("  prefill: {done}/{count} records, {:.0} s", start.elapsed().as_secs_f64());
+        }
+    }
+    store.flush_blocking().unwrap();
+    drop(store);
+    let took = start.elapsed();
+    let (used, _) = disk_usage(data_dir);
+    println!(
+        "  prefill: {count} records through the library in {:.1} s ({:.0} records/s), store {} on disk",
+        took.as_secs_f64(),
+        count as f64 / took.as_secs_f64(),
+        mb(used)
+    );
+}
+
+/// Free bytes on the file system holding `dir` (`df -Pk`), if `df` answers.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kb: u64 = text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A daemon config: webhook in, webhook out to the sink (when `deliver`), a directory of the
+/// synthetic patients. No `[policy]` options beyond the destination's trust: every default
+/// detector runs on every message.
+fn config(data: &Path, port: u16, sink_url: &str, deliver: bool) -> String {
     let route =
         if deliver { "[[route]]\nname = \"bench\"\nfrom = [\"webhook.in\"]\nto = [\"webhook.out\"]" } else { "" };
-    let toml = format!(
+    let mut toml = format!(
         r#"
 [daemon]
 data_dir = "{data}"
-# Per-batch figures only (router and flusher); per-message lines are info.
+# Per-batch figures (router and flusher) and the per-message `Message recorded.` lines, as a
+# clinic running at `info` writes them.
 log_level = "warn,carebridge::router=debug,carebridge::record::flusher=debug"
 queue_capacity = 4096
 [outbox]
@@ -56,32 +150,55 @@ secret_file = "secret"
 from_kind = "phone"
 submit_timeout_ms = 10000
 [webhook.out]
-url = "{url}"
+url = "{sink_url}"
 secret_file = "secret"
 {route}
-[[directory.patient]]
-id = "p-bench"
-addresses = ["phone:+15550001111"]
 [policy.channels]
 "webhook.out" = "secure"
 "#,
-        data = dir.path().join("data").display(),
-        url = sink.url()
+        data = data.display(),
     );
-    let mut d = Daemon::start(dir.path(), &toml);
-    assert!(wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(30)).await);
+    for p in 0..PATIENTS {
+        toml.push_str(&format!("[[directory.patient]]\nid = \"p-{p:04}\"\naddresses = [\"phone:+1416555{p:04}\"]\n"));
+    }
+    toml
+}
 
-    // Pre-sign every body so the generator spends its CPU on HTTP, not HMAC.
+/// One run with a fresh daemon; `prefill` records are written into its store first.
+async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
+    let total = env("BENCH_MESSAGES", 40_000);
+    println!("pipeline, {label}: {total} messages, {conns} connections");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let data = dir.path().join("data");
+    if prefill > 0 {
+        prefill_store(&data, prefill);
+    }
+    let sink = Sink::start(Mode::Accept).await;
+    let port = free_port();
+    let mut d = Daemon::start(dir.path(), &config(&data, port, &sink.url(), deliver));
+    let started = Instant::now();
+    assert!(
+        wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(600)).await,
+        "daemon did not start: {:?}",
+        d.logs().iter().rev().take(5).collect::<Vec<_>>()
+    );
+    let ready = started.elapsed();
+    // Let start-up settle (sled's first flush, adapters connecting) before reading idle memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = d.pid().unwrap();
+    let idle_rss_kb = proc_kb(pid, "VmRSS");
+
+    // Pre-signed bodies from the synthetic patients, ~300-byte texts, so the generator spends
+    // its CPU on HTTP, not HMAC.
     let key = carebridge_webhook::SigningKey::new(SECRET.as_bytes());
     let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut texts = Synth::new(3, "b");
     let bodies: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
         (0..total)
             .map(|i| {
-                let b = message(
-                    &format!("b{i}"),
-                    "+15550001111",
-                    "Hello, I would like to book an appointment next week please.",
-                );
+                let phone = format!("+1416555{:04}", i % PATIENTS);
+                let b = message(&format!("b{i}"), &phone, &texts.text());
                 let s = key.sign(ts, &b);
                 (b, s)
             })
@@ -89,10 +206,11 @@ addresses = ["phone:+15550001111"]
     );
     let url = format!("http://127.0.0.1:{port}/v1/messages");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        let (bodies, url, next) = (bodies.clone(), url.clone(), next.clone());
+        let (bodies, url, next, refused) = (bodies.clone(), url.clone(), next.clone(), refused.clone());
         // One client per task: one keep-alive connection each.
         let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
         tasks.push(tokio::spawn(async move {
@@ -104,16 +222,28 @@ addresses = ["phone:+15550001111"]
                 }
                 let (b, s) = &bodies[i];
                 let t = Instant::now();
-                let r = client
-                    .post(&url)
-                    .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
-                    .header(carebridge_webhook::SIGNATURE_HEADER, s.as_str())
-                    .body(b.clone())
-                    .send()
-                    .await
-                    .expect("request");
-                assert_eq!(r.status().as_u16(), 202);
-                let _ = r.bytes().await;
+                // A 503 (outbox full, queue full) is the daemon pushing back: count it, wait a
+                // little and send again, as a gateway would; latency is until the 202.
+                loop {
+                    let r = client
+                        .post(&url)
+                        .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
+                        .header(carebridge_webhook::SIGNATURE_HEADER, s.as_str())
+                        .body(b.clone())
+                        .send()
+                        .await
+                        .expect("request");
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    match status {
+                        202 => break,
+                        503 => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
                 lat.push(t.elapsed());
             }
         }));
@@ -122,48 +252,129 @@ addresses = ["phone:+15550001111"]
     for t in tasks {
         lat.extend(t.await.unwrap());
     }
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
     let accepted = start.elapsed();
+    let mut end_to_end = None;
     if deliver {
-        assert!(sink.wait_for(total, Duration::from_secs(600)).await, "sink got {}", sink.received().len());
+        // `attempts()` is a counter (every answer is 200 in `Accept` mode); `received()` would
+        // clone every body on each poll and steal CPU from the daemon.
+        let end = Instant::now() + Duration::from_secs(600);
+        while sink.attempts() < total && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(sink.attempts() >= total, "the sink got {} of {total}", sink.attempts());
+        end_to_end = Some(total as f64 / start.elapsed().as_secs_f64());
     }
-    let delivered = start.elapsed();
+    let peak_rss_kb = proc_kb(pid, "VmHWM");
+    let rss_after_kb = proc_kb(pid, "VmRSS");
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    let rate = total as f64 / accepted.as_secs_f64();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let r = Run {
+        label: label.to_string(),
+        conns,
+        accepted: total as f64 / accepted.as_secs_f64(),
+        end_to_end,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        idle_rss_kb,
+        peak_rss_kb,
+    };
+    println!("  ready after {:.1} s", ready.as_secs_f64());
     println!(
-        "pipeline, {}: {total} messages, {conns} connections, durable records (group commit)",
-        if deliver { "recorded and forwarded" } else { "recorded only" }
+        "  accepted (202): {:>8.0} msgs/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({refused} answers 503, sent again)",
+        r.accepted, r.p50_ms, r.p99_ms
     );
-    println!(
-        "  accepted (202): {:>8.0} msgs/s   p50 {:>6.2} ms   p99 {:>6.2} ms",
-        rate,
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3
-    );
-    if deliver {
-        println!(
-            "  delivered:      {:>8.0} msgs/s   (all {total} at the sink after {:.2} s)",
-            total as f64 / delivered.as_secs_f64(),
-            delivered.as_secs_f64()
-        );
+    if let Some(e) = r.end_to_end {
+        println!("  end to end:     {e:>8.0} msgs/s   (every forward at the sink)");
     }
+    println!(
+        "  RSS: idle {:.1} MB, peak (VmHWM) {:.1} MB, after the load {:.1} MB",
+        idle_rss_kb as f64 / 1024.0,
+        peak_rss_kb as f64 / 1024.0,
+        rss_after_kb as f64 / 1024.0
+    );
     d.terminate();
     let logs = d.logs();
     let num = |l: &str, k: &str| -> f64 {
         l.split(&format!("{k}="))
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+            .and_then(|v| v.trim_matches('"').parse().ok())
             .unwrap_or(0.0)
     };
-    for (needle, label, keys) in
+    for (needle, what, keys) in
         [("Batch planned", "router batches", ["messages", "micros"]), ("Flushed.", "flushes", ["receipts", "flush_us"])]
     {
         let ls: Vec<&String> = logs.iter().filter(|l| l.contains(needle)).collect();
         let n = ls.len().max(1) as f64;
         let avgs: Vec<String> =
             keys.iter().map(|k| format!("avg {k} {:.1}", ls.iter().map(|l| num(l, k)).sum::<f64>() / n)).collect();
-        println!("  {label}: {}  {}", ls.len(), avgs.join("  "));
+        println!("  {what}: {}  {}", ls.len(), avgs.join("  "));
     }
-    rate
+    // Proof that the detectors ran: the texts name a medication in about half the messages.
+    let recorded: Vec<&String> = logs.iter().filter(|l| l.contains("Message recorded.")).collect();
+    let with_findings = recorded.iter().filter(|l| num(l, "findings") > 0.0).count();
+    println!("  detectors: {with_findings} of {} recorded messages had findings", recorded.len());
+    r
+}
+
+fn summary(runs: &[Run], high: usize, prefill: usize) {
+    println!();
+    println!("| run | conns | accepted msgs/s | end to end msgs/s | p50 ms | p99 ms | idle RSS MB | peak RSS MB |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in runs {
+        println!(
+            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} |",
+            r.label,
+            r.conns,
+            r.accepted,
+            r.end_to_end.map(|e| format!("{e:.0}")).unwrap_or_else(|| "–".into()),
+            r.p50_ms,
+            r.p99_ms,
+            r.idle_rss_kb as f64 / 1024.0,
+            r.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    let empty = &runs[1];
+    let full = runs.get(3);
+    // The path is webhook → record → webhook: its sustained rate is the end-to-end one (an
+    // outbox that falls behind the 202s only grows).
+    let e2e = empty.end_to_end.unwrap_or(0.0);
+    let flat = full.map(|f| f.end_to_end.unwrap_or(0.0) / e2e.max(1e-9));
+    let flat_accepted = full.map(|f| f.accepted / empty.accepted);
+    let yes = |b: bool| if b { "yes" } else { "NO" };
+    println!();
+    println!("issue #7 targets (one run, noisy shared machine):");
+    println!("| target | measured | met |");
+    println!("| --- | --- | --- |");
+    println!(
+        "| >= 15k msgs/s at {high} connections, end to end | {e2e:.0} msgs/s (accepted {:.0}) | {} |",
+        empty.accepted,
+        yes(e2e >= 15_000.0)
+    );
+    println!(
+        "| p99 < 10 ms | {:.2} ms at {high} conns, {:.2} ms at {} | {} |",
+        empty.p99_ms,
+        runs[0].p99_ms,
+        runs[0].conns,
+        yes(empty.p99_ms < 10.0 && runs[0].p99_ms < 10.0)
+    );
+    println!(
+        "| idle RSS < 30 MB | {:.1} MB (empty store){} | {} |",
+        empty.idle_rss_kb as f64 / 1024.0,
+        full.map(|f| format!(", {:.1} MB with {prefill} records", f.idle_rss_kb as f64 / 1024.0)).unwrap_or_default(),
+        // A clinic's daemon runs with a full store, so both must be under the target.
+        yes(runs.iter().filter(|r| r.conns == high && r.end_to_end.is_some()).all(|r| r.idle_rss_kb < 30 * 1024))
+    );
+    match (flat, flat_accepted) {
+        (Some(f), Some(a)) => println!(
+            "| flat (±10%) with store size | {prefill} records / empty: {f:.2} end to end, {a:.2} accepted | {} |",
+            yes((0.9..=1.1).contains(&f) && (0.9..=1.1).contains(&a))
+        ),
+        _ => println!("| flat (±10%) with store size | not run (BENCH_PREFILL=0) | – |"),
+    }
+    println!(
+        "ratio forwarded/recorded-only accepted msgs/s at {high} conns: {:.2}",
+        runs[1].accepted / runs[2].accepted
+    );
 }
