@@ -273,10 +273,12 @@ async fn purges_leave_tombstones_and_refuse_to_cut_into_retention() {
     // Ten years later (the cutoff moved past everything): purge through the library.
     let before = {
         let store = open_store(&c);
+        assert_eq!(store.stats().records, 2, "the record counter (not a tree walk) agrees");
         let all = Cutoffs { exchanges_ms: u64::MAX, quarantine_ms: u64::MAX, audit_ms: 0 };
         let report = store.purge(all, "retention-test", false).unwrap();
         assert_eq!(report.records, 2);
         assert!(report.events >= 2 && report.tombstones >= 1);
+        assert_eq!(store.stats().records, 0, "purged records leave the counter");
         store.flush_blocking().unwrap();
         report
     };

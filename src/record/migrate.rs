@@ -77,6 +77,7 @@ pub(super) fn upgrade(store: &Store, from: u32) -> Result<(), StoreError> {
     rekey(k, &store.consents, "consent", Some(t::CONSENTS))?;
     rekey(k, &store.notices, "notice", None)?;
     rebuild_chain(store)?;
+    store.chain_heads.insert(super::RECORDS_COUNT, &(store.records.len() as u64).to_be_bytes())?;
     store.db.flush()?;
     info!("Record store upgraded.");
     Ok(())

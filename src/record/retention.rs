@@ -143,6 +143,10 @@ impl Store {
                     &self.chain_heads,
                 )
                     .transaction(|(records, events, quarantine, audit, tombstones, journal, heads)| {
+                        let records_gone = chunk.iter().filter(|(_, tree, _)| *tree == t::RECORDS).count();
+                        if records_gone > 0 {
+                            super::add_records(heads, -(records_gone as i64))?;
+                        }
                         for (_, tree, k) in chunk {
                             match *tree {
                                 t::RECORDS => records.remove(k.as_slice())?,
