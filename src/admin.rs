@@ -193,6 +193,9 @@ pub struct ConsentRequest {
     /// Where the consent came from (`paper-form`, `phone`), for the record.
     #[serde(default = "default_source")]
     pub source: String,
+    /// Who recorded it (the audit trail's actor).
+    #[serde(default = "unnamed")]
+    pub actor: String,
 }
 
 /// Request body of review decisions.
@@ -211,7 +214,12 @@ fn default_source() -> String {
 }
 
 /// Applies a consent request.
-pub fn apply_consent(store: &Store, r: &ConsentRequest) -> Result<(), StoreError> {
+pub fn apply_consent(store: &Store, r: &ConsentRequest, via: &'static str) -> Result<(), StoreError> {
+    // A change to what may be sent where, for whom: in the patient's chain like a read.
+    let actor = crate::record::Actor { name: r.actor.clone(), via };
+    let action = if r.grant { "consent.grant" } else { "consent.withdraw" };
+    let detail = format!("account={} purpose={} source={}", r.account, r.purpose, r.source);
+    store.audit(&actor, action, Some(&r.patient_id), vec![], Some(detail))?;
     if r.grant {
         store.grant_consent(
             &r.patient_id,
@@ -354,7 +362,7 @@ async fn consent(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<Consent
     if !authorised(&s, &h) {
         return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
-    match apply_consent(&s.store, &r) {
+    match apply_consent(&s.store, &r, "admin-api") {
         Ok(()) => {
             s.flusher.flush().await;
             info!(account = %r.account, patient = %s.store.patient_ref(&r.patient_id), granted = r.grant, "Consent updated.");

@@ -215,7 +215,10 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             eprintln!("carebridge: error: {e:#}");
-            if matches!(e.downcast_ref::<crate::record::StoreError>(), Some(crate::record::StoreError::Sled(sled::Error::Io(_)))) {
+            if matches!(
+                e.downcast_ref::<crate::record::StoreError>(),
+                Some(crate::record::StoreError::Sled(sled::Error::Io(_)))
+            ) {
                 return ExitCode::from(crate::record::flusher::EXIT_STORE_UNWRITABLE as u8);
             }
             ExitCode::FAILURE
@@ -306,10 +309,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "withdraw" => false,
                 other => bail!("unknown consent action `{other}` (grant or withdraw)"),
             };
-            let req = crate::admin::ConsentRequest { patient_id: patient, account, purpose, grant, source };
+            let actor = crate::records::cli::actor_name(None);
+            let req = crate::admin::ConsentRequest { patient_id: patient, account, purpose, grant, source, actor };
             if admin_call(&config, "POST", "/admin/consents", Some(serde_json::to_value(&req)?))?.is_none() {
                 let store = open_store(&config)?;
-                crate::admin::apply_consent(&store, &req)?;
+                crate::admin::apply_consent(&store, &req, "cli")?;
                 store.flush_blocking()?;
             }
             println!("ok");

@@ -170,6 +170,17 @@ async fn every_read_is_audited_and_the_chain_verifies() {
     assert!(report["by_kind"]["record"].as_u64().unwrap() >= 2);
     assert_eq!(report["by_kind"]["audit"].as_u64().unwrap(), 5, "{out}");
     assert_eq!(report["head_seq"], report["entries"]);
+
+    // A consent change is in the patient's trail too, with who made it and from what source.
+    let (ok, _, err) =
+        cli(&cfg, &["consent", "grant", "--patient", "p-0001", "--account", "webhook.sms", "--source", "paper-form"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = records_cli(&cfg, &["audit", "--patient", "p-0001"]);
+    assert!(ok, "{err}");
+    let trail = lines(&out);
+    let grant = trail.iter().find(|a| a["action"] == "consent.grant").expect("consent change audited");
+    assert_eq!(grant["via"], "admin-api");
+    assert!(grant["detail"].as_str().unwrap().contains("source=paper-form"), "{grant}");
 }
 
 /// Opens the stopped daemon's store with its key (as the privacy officer's tools would).
