@@ -262,6 +262,12 @@ async fn verify_finds_deleted_altered_and_missing_entries() {
         db.open_tree("journal").unwrap().remove(entries.to_be_bytes()).unwrap();
     });
     assert!(!ok, "{r}");
+    // A body slipped in that no journal entry names.
+    let (ok, r) = tamper(&|db| {
+        db.open_tree("records").unwrap().insert(u64::MAX.to_be_bytes(), b"forged".to_vec()).unwrap();
+    });
+    assert!(!ok);
+    assert!(r["first_break"]["reason"].as_str().unwrap().contains("does not cover"), "{r}");
     // Back to the pristine copy: whole again.
     let (ok, _) = tamper(&|_| {});
     assert!(ok);
@@ -342,4 +348,29 @@ fn a_store_written_by_schema_v1_is_upgraded_sealed_and_read() {
     for (path, bytes) in raw_files(&dir.path().join("data/db")) {
         assert!(!contains(&bytes, b"Jane Fixture"), "plaintext left in {}", path.display());
     }
+}
+
+#[tokio::test]
+async fn verify_while_the_daemon_is_recording_reports_no_false_break() {
+    let c = Clinic::start("", "").await;
+    exchange(&c).await;
+    let port = c.sms_port;
+    let load = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        for i in 0..400 {
+            let body =
+                msg(serde_json::json!({"id": format!("load-{i}"), "from": PATIENT_PHONE, "text": "Synthetic load."}));
+            assert_eq!(post_message(&client, port, &body).await.0, 202);
+        }
+    });
+    let cfg = c.d.config.clone();
+    let mut runs = 0;
+    while !load.is_finished() || runs < 3 {
+        let cfg = cfg.clone();
+        let (ok, r) = tokio::task::spawn_blocking(move || verify(&cfg)).await.unwrap();
+        assert!(ok, "verify under load: {r}");
+        runs += 1;
+    }
+    load.await.unwrap();
+    println!("verify: {runs} runs while recording");
 }
