@@ -141,7 +141,8 @@ impl ChainKey {
     pub fn from_keys(keys: &Keyring) -> ChainKey {
         let derived = keys.blind("carebridge-chain-key-v1", b"");
         ChainKey(
-            <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&derived[1..]).unwrap_or_else(|_| unreachable_mac()),
+            <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&derived[1..])
+                .expect("HMAC accepts keys of any length"),
         )
     }
 
@@ -150,12 +151,6 @@ impl ChainKey {
         m.update(encoded);
         m.finalize().into_bytes().into()
     }
-}
-
-// HMAC accepts keys of any length, so `new_from_slice` cannot fail; this keeps the code free of
-// `unwrap` without pretending there is an error to handle.
-fn unreachable_mac() -> hmac::Hmac<Sha256> {
-    <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&[0u8; 32]).unwrap_or_else(|_| unreachable_mac())
 }
 
 /// SHA-256 of a sealed body.

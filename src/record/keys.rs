@@ -195,7 +195,8 @@ impl Keyring {
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: p.clone(), source })?;
         let mut file: KeyFile = toml::from_str(&text)
             .map_err(|_| KeyError::Invalid { path: p.clone(), reason: "not a carebridge key file (TOML)".into() })?;
-        Keyring::from_file(&p, KeyFile { ..clone_file(&file) })?;
+        // Refuse to extend a file that is not valid as it stands.
+        Keyring::from_file(&p, clone_file(&file))?;
         let id = file.keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
         file.keys.push(KeyEntry { id, created: now_rfc3339(), key: hex::encode(rand::random::<[u8; 32]>()) });
         file.active = id;
