@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use support::daemon::{Daemon, wait_http};
 use support::load::{Load, LoadConfig, by_idempotency_key, id_of_text};
 use support::sink::{Mode, Sink};
-use support::{SECRET, free_port};
+use support::{free_port, relay_config};
 
 const KILLS: usize = 20;
 
@@ -39,36 +39,13 @@ async fn twenty_sigkills_under_load_lose_nothing_accepted_and_record_nothing_twi
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     let sink = Sink::start(Mode::Accept).await;
     let port = free_port();
-    let toml = format!(
-        r#"
-[daemon]
-data_dir = "{data}"
-[outbox]
-retry_initial_ms = 50
-retry_max_secs = 1
-max_attempts = 1000
-[webhook.in]
-listen = "127.0.0.1:{port}"
-secret_file = "secret"
-from_kind = "phone"
-[webhook.out]
-url = "{url}"
-secret_file = "secret"
-[[route]]
-name = "in-to-out"
-from = ["webhook.in"]
-to = ["webhook.out"]
-[[directory.patient]]
-id = "p-0042"
-addresses = ["phone:{phone}"]
-"#,
-        data = dir.path().join("data").display(),
-        url = sink.url(),
-        phone = support::load::LOAD_PHONE.replace(' ', ""),
+    let patient = format!(
+        "[[directory.patient]]\nid = \"p-0042\"\naddresses = [\"phone:{}\"]",
+        support::load::LOAD_PHONE.replace(' ', "")
     );
+    let toml = relay_config(dir.path(), &dir.path().join("data"), port, &sink.url(), Some(1000), &patient);
     let health = format!("http://127.0.0.1:{port}/healthz");
     let mut d = Daemon::start(dir.path(), &toml);
     assert!(wait_http(&health, Duration::from_secs(30)).await, "daemon did not come up: {:?}", d.logs());

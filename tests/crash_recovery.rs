@@ -10,36 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::daemon::{Daemon, wait_http};
 use support::sink::{Mode, Sink};
-use support::{SECRET, free_port, message, post_message};
+use support::{free_port, message, post_message, relay_config, signed_post};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_sigkill_and_are_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     let sink = Sink::start(Mode::Accept).await;
     let port = free_port();
-    let toml = format!(
-        r#"
-[daemon]
-data_dir = "{data}"
-[outbox]
-retry_initial_ms = 50
-retry_max_secs = 1
-[webhook.in]
-listen = "127.0.0.1:{port}"
-secret_file = "secret"
-from_kind = "phone"
-[webhook.out]
-url = "{url}"
-secret_file = "secret"
-[[route]]
-name = "r"
-from = ["webhook.in"]
-to = ["webhook.out"]
-"#,
-        data = dir.path().join("data").display(),
-        url = sink.url()
-    );
+    let toml = relay_config(dir.path(), &dir.path().join("data"), port, &sink.url(), None, "");
     let mut d = Daemon::start(dir.path(), &toml);
     let health = format!("http://127.0.0.1:{port}/healthz");
     assert!(wait_http(&health, Duration::from_secs(20)).await);
@@ -56,15 +34,7 @@ to = ["webhook.out"]
             for i in 0..400 {
                 let id = format!("w{w}-{i}");
                 let body = message(&id, "+15550000000", &format!("msg {id}"));
-                let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-                let sig = carebridge_webhook::SigningKey::new(SECRET.as_bytes()).sign(ts, &body);
-                let r = c
-                    .post(format!("http://127.0.0.1:{port}/v1/messages"))
-                    .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
-                    .header(carebridge_webhook::SIGNATURE_HEADER, sig)
-                    .body(body)
-                    .send()
-                    .await;
+                let r = signed_post(&c, port, &body).send().await;
                 match r {
                     Ok(r) if r.status().as_u16() == 202 => {
                         acked.lock().unwrap().insert(id);

@@ -24,7 +24,7 @@ use support::daemon::wait_http;
 use support::load::by_idempotency_key;
 use support::sink::{Mode, Sink};
 use support::supervisor::Supervised;
-use support::{SECRET, free_port, message};
+use support::{free_port, message, relay_config, signed_post};
 
 /// The exit code of a daemon whose store stopped taking writes (sysexits' EX_IOERR).
 const STORE_UNWRITABLE: i32 = 74;
@@ -92,15 +92,7 @@ enum Answer {
 
 async fn post(c: &reqwest::Client, port: u16, id: &str) -> Answer {
     let body = message(id, PHONE, &format!("disk test message {id}"));
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let sig = carebridge_webhook::SigningKey::new(SECRET.as_bytes()).sign(ts, &body);
-    let r = c
-        .post(format!("http://127.0.0.1:{port}/v1/messages"))
-        .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
-        .header(carebridge_webhook::SIGNATURE_HEADER, sig)
-        .body(body)
-        .send()
-        .await;
+    let r = signed_post(c, port, &body).send().await;
     match r {
         Err(_) => Answer::Silence,
         Ok(r) if r.status().is_success() => Answer::Accepted,
@@ -130,33 +122,8 @@ fn mount_or_skip(at: &Path) -> Option<Tmpfs> {
 
 /// One webhook listener on `port` routed to `sink`, the store in `data`.
 fn config(dir: &Path, data: &Path, port: u16, sink: &Sink) -> String {
-    std::fs::write(dir.join("secret"), SECRET).unwrap();
-    format!(
-        r#"
-[daemon]
-data_dir = "{data}"
-[outbox]
-retry_initial_ms = 50
-retry_max_secs = 1
-max_attempts = 10000
-[webhook.in]
-listen = "127.0.0.1:{port}"
-secret_file = "secret"
-from_kind = "phone"
-[webhook.out]
-url = "{url}"
-secret_file = "secret"
-[[route]]
-name = "in-to-out"
-from = ["webhook.in"]
-to = ["webhook.out"]
-[[directory.patient]]
-id = "p-0077"
-addresses = ["phone:{PHONE}"]
-"#,
-        data = data.display(),
-        url = sink.url(),
-    )
+    let patient = format!("[[directory.patient]]\nid = \"p-0077\"\naddresses = [\"phone:{PHONE}\"]");
+    relay_config(dir, data, port, &sink.url(), Some(10000), &patient)
 }
 
 /// Waits until the daemon answers its health check (`true`) or its run ends (`false`).

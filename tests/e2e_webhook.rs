@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 use support::daemon::{Daemon, wait_http};
 use support::sink::{Mode, Sink};
-use support::{SECRET, free_port, message, post_message, post_raw};
+use support::{SECRET, free_port, message, post_message, post_raw, signed_post};
 
 fn config(dir: &std::path::Path, in_port: u16, sink_url: &str, extra: &str) -> String {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
@@ -238,16 +238,7 @@ async fn a_full_outbox_answers_503_with_retry_after_and_recovers() {
     }
     // The outbox is at its limit: the next message is refused, not dropped, with a hint.
     let body = message("f2", "+14165550199", "refused for now");
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let sig = carebridge_webhook::SigningKey::new(SECRET.as_bytes()).sign(ts, &body);
-    let r = c
-        .post(format!("http://127.0.0.1:{port}/v1/messages"))
-        .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
-        .header(carebridge_webhook::SIGNATURE_HEADER, sig)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = signed_post(&c, port, &body).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().get("retry-after").is_some(), "tells the client when to come back");
     // The receiver recovers, the outbox drains, and the same message is accepted on resend.

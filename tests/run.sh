@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs carebridge's whole test suite on a fresh Debian machine (as root, as CI does):
 #   1. starts real Postfix + Dovecot on 127.0.0.1 (installing them if missing),
-#   2. runs every test of the workspace (unit, adapter integration, end-to-end against the real
+#   2. installs the pinned FHIR validators (npm; Node.js from Debian if missing),
+#   3. runs every test of the workspace (unit, adapter integration, end-to-end against the real
 #      daemon binary, a local Bot API server and loopback HTTP),
-#   3. stops the mail servers, whatever happened.
+#   4. runs each fuzz target briefly (tests/fuzz.sh, which installs cargo-fuzz if missing),
+#   5. stops the mail servers, whatever happened.
 # The email tests are required here (CAREBRIDGE_REQUIRE_MAIL=1): a missing server is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,9 @@ trap 'tests/mail-servers.sh stop "$CAREBRIDGE_MAIL_DIR" >/dev/null 2>&1 || true'
 
 # The FHIR R4 validators tests/fhir_export.rs runs the export through (required here: pinned in
 # tests/fhir/package-lock.json; node_modules stays out of git).
+if ! command -v npm >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
 npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=error
 
 # Two test threads per binary: end-to-end tests each run a daemon, and CI has two cores.

@@ -174,17 +174,7 @@ impl Load {
 
 /// One signed POST; `Err(())` when there is no HTTP answer at all.
 async fn send(client: &reqwest::Client, port: u16, body: &[u8]) -> Result<(u16, serde_json::Value), ()> {
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let sig = carebridge_webhook::SigningKey::new(super::SECRET.as_bytes()).sign(ts, body);
-    let r = client
-        .post(format!("http://127.0.0.1:{port}/v1/messages"))
-        .header("content-type", "application/json")
-        .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
-        .header(carebridge_webhook::SIGNATURE_HEADER, sig)
-        .body(body.to_vec())
-        .send()
-        .await
-        .map_err(|_| ())?;
+    let r = super::signed_post(client, port, body).send().await.map_err(|_| ())?;
     let status = r.status().as_u16();
     // A gateway acts on the status; the body (cut off if the daemon dies right after answering)
     // is only informative.
