@@ -336,7 +336,7 @@ impl Store {
         let db_path = dir.join("db");
         let db = open_db(dir, &db_path)?;
         let found = db.open_tree("meta")?.get("schema_version")?.map(|v| id_of32(&v));
-        match found {
+        let db = match found {
             Some(found) if found > SCHEMA_VERSION => {
                 return Err(StoreError::Schema { found, supported: SCHEMA_VERSION });
             }
@@ -347,17 +347,16 @@ impl Store {
                 // sled keeps superseded values in its log until it reuses the space: copy every
                 // tree into a fresh database so no plaintext of the old schema stays on disk.
                 migrate::rewrite_fresh(&db_path)?;
-                let store = Store::assemble(open_db(dir, &db_path)?, keys)?;
-                store.db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                store.check_key()?;
-                store.db.flush()?;
-                return Ok(store);
+                let db = open_db(dir, &db_path)?;
+                db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db
             }
-            Some(_) => {}
+            Some(_) => db,
             None => {
                 db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db
             }
-        }
+        };
         let store = Store::assemble(db, keys)?;
         store.check_key()?;
         store.db.flush()?;
@@ -679,7 +678,7 @@ impl Store {
                 for (k, v) in &p.review {
                     review.insert(k.as_slice(), v.as_slice())?;
                 }
-                if let (Some((_, link, code_hash, grant)), Some((lkey, lval, ckey))) = (&ex.link, &p.link) {
+                if let (Some((_, _, code_hash, grant)), Some((lkey, lval, ckey))) = (&ex.link, &p.link) {
                     links.insert(lkey.as_slice(), lval.as_slice())?;
                     link_codes.remove(code_hash.as_bytes())?;
                     let mut all: Vec<ConsentGrant> = consents
@@ -689,7 +688,6 @@ impl Store {
                         .unwrap_or_default();
                     all.retain(|g| g.purpose != grant.purpose);
                     all.push(grant.clone());
-                    let _ = link;
                     consents.insert(ckey.as_slice(), self.seal(t::CONSENTS, ckey, &all))?;
                 }
                 for mark in &p.notices {
