@@ -307,17 +307,17 @@ impl Engine {
 
         let mut candidates = Vec::new();
         if let Some(set) = &self.set {
-            for k in set.matches(&plain.text).iter() {
+            for k in set.matches(plain.text()).iter() {
                 if let Some((spec, re)) = self.regexes.get(k) {
                     self.run_regex(*spec, re, &plain, &mut candidates);
                 }
             }
         }
         if let Some(ac) = &self.keywords
-            && let Ok(matches) = ac.try_find_overlapping_iter(folded.text.as_str())
+            && let Ok(matches) = ac.try_find_overlapping_iter(folded.text())
         {
             for m in matches {
-                if !whole_word(&folded.text, m.start(), m.end()) {
+                if !whole_word(folded.text(), m.start(), m.end()) {
                     continue;
                 }
                 let Some((start, end)) = folded.original(m.start(), m.end()) else { continue };
@@ -349,9 +349,9 @@ impl Engine {
         resolve_overlaps(kept, &self.specs)
     }
 
-    fn run_regex(&self, spec_index: usize, re: &Regex, view: &View, out: &mut Vec<Hit>) {
+    fn run_regex(&self, spec_index: usize, re: &Regex, view: &View<'_>, out: &mut Vec<Hit>) {
         let Some(spec) = self.specs.get(spec_index) else { return };
-        let hay = view.text.as_str();
+        let hay = view.text();
         let mut push = |m_start: usize, j: Judged| {
             if let Some((start, end)) = view.original(m_start, j.end) {
                 out.push(Hit { spec: spec_index, start, end, pct: j.pct });
@@ -379,12 +379,12 @@ impl Engine {
         }
     }
 
-    fn context_hits(&self, folded: &View) -> Vec<ContextHit> {
+    fn context_hits(&self, folded: &View<'_>) -> Vec<ContextHit> {
         let mut hits = Vec::new();
         let Some(ac) = &self.context else { return hits };
-        let Ok(matches) = ac.try_find_overlapping_iter(folded.text.as_str()) else { return hits };
+        let Ok(matches) = ac.try_find_overlapping_iter(folded.text()) else { return hits };
         for m in matches {
-            if !whole_word(&folded.text, m.start(), m.end()) {
+            if !whole_word(folded.text(), m.start(), m.end()) {
                 continue;
             }
             if let Some((start, end)) = folded.original(m.start(), m.end()) {

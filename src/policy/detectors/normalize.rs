@@ -14,26 +14,53 @@
 //!   French and other Latin accents stripped (`é` → `e`, `œ` → `oe`) and runs of whitespace
 //!   collapsed to one space, so `Résultats`, `RESULTATS` and `résultats` all match `resultats`.
 
+use std::borrow::Cow;
+
 /// A rewritten copy of a text with a byte map back to the original.
 #[derive(Debug)]
-pub(crate) struct View {
-    /// The rewritten text.
-    pub text: String,
-    /// For each byte of `text`: the original start of the character it came from.
+pub(crate) struct View<'a> {
+    /// The rewritten text (the original itself when the plain view changes nothing).
+    text: Cow<'a, str>,
+    /// The original text.
+    src: &'a str,
+    /// Where each byte of `text` came from; `None` while every original character became as
+    /// many bytes as it had (ASCII text, the common case), so byte `i` of `text` came from the
+    /// character of `src` containing byte `i` and no table is needed.
+    map: Option<ByteMap>,
+}
+
+/// For each byte of a view's text: the original start and end of the character it came from.
+#[derive(Debug, Default)]
+struct ByteMap {
     starts: Vec<u32>,
-    /// For each byte of `text`: the original end of the character it came from.
     ends: Vec<u32>,
 }
 
-impl View {
+impl ByteMap {
+    /// Records that the next `bytes` bytes of the view came from the original `start..end`.
+    fn push(&mut self, start: usize, end: usize, bytes: usize) {
+        // Texts are bounded by `detection.max_text_bytes` (at most 64 MiB) before they get here.
+        let s = u32::try_from(start).unwrap_or(u32::MAX);
+        let e = u32::try_from(end).unwrap_or(u32::MAX);
+        self.starts.extend(std::iter::repeat_n(s, bytes));
+        self.ends.extend(std::iter::repeat_n(e, bytes));
+    }
+}
+
+impl<'a> View<'a> {
     /// The view for regex detectors.
-    pub fn plain(src: &str) -> View {
+    pub fn plain(src: &'a str) -> View<'a> {
         build(src, false)
     }
 
     /// The view for keyword and context matching.
-    pub fn folded(src: &str) -> View {
+    pub fn folded(src: &'a str) -> View<'a> {
         build(src, true)
+    }
+
+    /// The rewritten text.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Maps the view's byte range `start..end` back to the original text. `None` for an
@@ -42,9 +69,29 @@ impl View {
         if start >= end {
             return None;
         }
-        let s = *self.starts.get(start)?;
-        let e = *self.ends.get(end - 1)?;
-        Some((s as usize, e as usize))
+        match &self.map {
+            Some(m) => {
+                let s = *m.starts.get(start)?;
+                let e = *m.ends.get(end - 1)?;
+                Some((s as usize, e as usize))
+            }
+            None => {
+                // The text has the original's length and char boundaries: widen the span to
+                // the original characters holding its first and last bytes.
+                if end > self.src.len() {
+                    return None;
+                }
+                let mut s = start;
+                while !self.src.is_char_boundary(s) {
+                    s -= 1;
+                }
+                let mut e = end;
+                while !self.src.is_char_boundary(e) {
+                    e += 1;
+                }
+                Some((s, e))
+            }
+        }
     }
 }
 
@@ -87,41 +134,72 @@ fn unaccent(c: char) -> Option<&'static str> {
     })
 }
 
-fn build(src: &str, fold: bool) -> View {
+fn build(src: &str, fold: bool) -> View<'_> {
+    // Most texts are plain already: borrow them instead of copying.
+    if !fold && src.chars().all(|c| c.is_ascii() || plain_char(c) == Some(c)) {
+        return View { text: Cow::Borrowed(src), src, map: None };
+    }
     let mut text = String::with_capacity(src.len());
-    let mut starts = Vec::with_capacity(src.len());
-    let mut ends = Vec::with_capacity(src.len());
+    let mut map: Option<ByteMap> = None;
     let mut last_space = false;
     for (i, c) in src.char_indices() {
-        let Some(p) = plain_char(c) else { continue };
         let before = text.len();
-        if fold {
-            if p.is_whitespace() {
+        if c.is_ascii() {
+            // ASCII is its own plain form, lower-cases to ASCII and has no accents.
+            if !fold {
+                text.push(c);
+            } else if c.is_ascii_whitespace() || c == '\u{0B}' {
                 if !last_space {
                     text.push(' ');
                 }
                 last_space = true;
             } else {
                 last_space = false;
-                for l in p.to_lowercase() {
-                    match unaccent(l) {
-                        Some(s) => text.push_str(s),
-                        None => text.push(l),
-                    }
-                }
+                text.push(c.to_ascii_lowercase());
             }
         } else {
-            text.push(p);
+            let Some(p) = plain_char(c) else {
+                map.get_or_insert_with(|| identity_map(src, i)).push(i, i + c.len_utf8(), 0);
+                continue;
+            };
+            if fold {
+                if p.is_whitespace() {
+                    if !last_space {
+                        text.push(' ');
+                    }
+                    last_space = true;
+                } else {
+                    last_space = false;
+                    for l in p.to_lowercase() {
+                        match unaccent(l) {
+                            Some(s) => text.push_str(s),
+                            None => text.push(l),
+                        }
+                    }
+                }
+            } else {
+                text.push(p);
+            }
         }
-        // Texts are bounded by `detection.max_text_bytes` (at most 64 MiB) before they get here.
-        let s = u32::try_from(i).unwrap_or(u32::MAX);
-        let e = u32::try_from(i + c.len_utf8()).unwrap_or(u32::MAX);
-        for _ in before..text.len() {
-            starts.push(s);
-            ends.push(e);
+        let bytes = text.len() - before;
+        let len = c.len_utf8();
+        match &mut map {
+            None if bytes == len => {}
+            None => map.get_or_insert_with(|| identity_map(src, i)).push(i, i + len, bytes),
+            Some(m) => m.push(i, i + len, bytes),
         }
     }
-    View { text, starts, ends }
+    View { text: Cow::Owned(text), src, map }
+}
+
+/// The byte map of a view whose first `upto` bytes came one for one from `src` (each
+/// character became as many bytes as it had), ready for the rest.
+fn identity_map(src: &str, upto: usize) -> ByteMap {
+    let mut m = ByteMap { starts: Vec::with_capacity(src.len()), ends: Vec::with_capacity(src.len()) };
+    for (i, c) in src.get(..upto).unwrap_or_default().char_indices() {
+        m.push(i, i + c.len_utf8(), c.len_utf8());
+    }
+    m
 }
 
 /// The character just before byte `i` of `s`, if any.
@@ -181,14 +259,14 @@ pub(crate) fn whole_word(s: &str, start: usize, end: usize) -> bool {
 
 /// Folds a configured term the way the folded view folds text (so terms match it).
 pub(crate) fn fold_term(term: &str) -> String {
-    build(term.trim(), true).text
+    build(term.trim(), true).text.into_owned()
 }
 
 /// The letters and digits of `s`, lower-cased: how allow-list entries and findings compare
 /// (`+1 (416) 555-0100` and `416.555.0100` are the same number).
 pub(crate) fn compact(s: &str) -> String {
-    let p = build(s, true).text;
-    let c: String = p.chars().filter(|c| c.is_alphanumeric()).collect();
+    let p = build(s, true);
+    let c: String = p.text().chars().filter(|c| c.is_alphanumeric()).collect();
     if c.len() == 11 && c.starts_with('1') && c.bytes().all(|b| b.is_ascii_digit()) { c[1..].to_string() } else { c }
 }
 
@@ -200,13 +278,13 @@ mod tests {
     fn plain_view_maps_back_to_char_boundaries() {
         let src = "n°\u{FF11}\u{FF12}\u{200B}3–4\u{00A0}é";
         let v = View::plain(src);
-        assert_eq!(v.text, "n°123-4 é");
+        assert_eq!(v.text(), "n°123-4 é");
         // "12" in the view comes from two full-width digits (3 bytes each).
-        let at = v.text.find("12").unwrap_or(0);
+        let at = v.text().find("12").unwrap_or(0);
         let (s, e) = v.original(at, at + 2).unwrap_or((0, 0));
         assert_eq!(&src[s..e], "\u{FF11}\u{FF12}");
         // "3" is preceded by a dropped zero-width space: the span does not include it.
-        let at = v.text.find('3').unwrap_or(0);
+        let at = v.text().find('3').unwrap_or(0);
         let (s, e) = v.original(at, at + 1).unwrap_or((0, 0));
         assert_eq!(&src[s..e], "3");
         assert_eq!(v.original(3, 3), None);
@@ -217,11 +295,60 @@ mod tests {
     fn folded_view_lowercases_strips_accents_and_collapses_spaces() {
         let src = "RÉSULTATS  de\n\nla Prise  de sang — Œuvre";
         let v = View::folded(src);
-        assert_eq!(v.text, "resultats de la prise de sang - oeuvre");
-        let at = v.text.find("oeuvre").unwrap_or(0);
+        assert_eq!(v.text(), "resultats de la prise de sang - oeuvre");
+        let at = v.text().find("oeuvre").unwrap_or(0);
         let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
         assert_eq!(&src[s..e], "Œuvre");
         assert_eq!(fold_term("  Carte Santé "), "carte sante");
+    }
+
+    /// The straightforward build: a table entry for every byte, however plain the text.
+    fn reference(src: &str, fold: bool) -> (String, Vec<(usize, usize)>) {
+        let (mut text, mut map, mut last_space) = (String::new(), Vec::new(), false);
+        for (i, c) in src.char_indices() {
+            let Some(p) = plain_char(c) else { continue };
+            let before = text.len();
+            if fold && p.is_whitespace() {
+                if !last_space {
+                    text.push(' ');
+                }
+                last_space = true;
+            } else if fold {
+                last_space = false;
+                for l in p.to_lowercase() {
+                    text.push_str(unaccent(l).unwrap_or(l.encode_utf8(&mut [0; 4])));
+                }
+            } else {
+                text.push(p);
+            }
+            map.extend((before..text.len()).map(|_| (i, i + c.len_utf8())));
+        }
+        (text, map)
+    }
+
+    #[test]
+    fn views_without_a_table_map_back_like_the_table() {
+        let texts = [
+            "plain ascii, Upper Case\tand\x0btabs",
+            "double  space and\r\nnewlines",
+            "œuvre Œuvre ß é É \u{0130} ﬁ",
+            "\u{200B}lead \u{FF11}\u{FF12} – \u{00A0}trail\u{00AD}",
+            "mixed é then ascii then\u{2019}s",
+            "",
+        ];
+        for src in texts {
+            for fold in [false, true] {
+                let v = build(src, fold);
+                let (text, map) = reference(src, fold);
+                assert_eq!(v.text(), text, "{src:?} fold={fold}");
+                for start in 0..=text.len() + 1 {
+                    for end in 0..=text.len() + 1 {
+                        let want = (start < end).then(|| Some((map.get(start)?.0, map.get(end - 1)?.1))).flatten();
+                        assert_eq!(v.original(start, end), want, "{src:?} fold={fold} {start}..{end}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
