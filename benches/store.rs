@@ -179,6 +179,7 @@ impl Spent {
 }
 
 /// A store under test.
+#[allow(clippy::large_enum_variant)] // four values for the whole bench: size does not matter
 enum Variant {
     /// The real store, schema v2.
     Sealed(Store),

@@ -8,7 +8,6 @@ use super::chain::{self, Append, Kind};
 use super::schema::{AuditV1, RecordV1};
 use super::{Store, StoreError, now_ms, t};
 use carebridge_contract::RecordId;
-use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 /// Who is reading, through what.
@@ -47,9 +46,10 @@ impl Store {
         let key = id.to_be_bytes();
         let body = self.seal(t::AUDIT, &key, &entry);
         let patient = patient_id.map(|p| self.patient_key(p));
-        (&self.audit, &self.journal, &self.chain_heads)
-            .transaction(|(audit, journal, heads)| {
-                audit.insert(&key, body.as_slice())?;
+        self.log
+            .transact(|tx| {
+                let (audit, journal, heads) = (&tx.on(&self.audit), &tx.on(&self.journal), &tx.on(&self.chain_heads));
+                audit.insert(key, body.as_slice())?;
                 chain::append(
                     &self.chain_key,
                     journal,

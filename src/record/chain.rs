@@ -18,9 +18,10 @@
 //! tree_len (1) | tree | key_len (2) | key`. Its hash is the MAC of those bytes.
 
 use super::keys::Keyring;
+use super::log::TxTree;
 use hmac::Mac;
 use sha2::{Digest, Sha256};
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use sled::transaction::UnabortableTransactionError;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// What a journal entry stands for.
@@ -189,13 +190,13 @@ fn head_value(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     v
 }
 
-/// Appends one entry inside a transaction over the `journal` and `chain_heads` trees; returns its
-/// sequence number. sled runs transactions one at a time (a global write lock), so sequence
-/// numbers have no gaps.
+/// Appends one entry inside a log record over the `journal` and `chain_heads` trees; returns its
+/// sequence number. The log writes records one at a time (a mutex), so sequence numbers have no
+/// gaps.
 pub fn append(
     ck: &ChainKey,
-    journal: &TransactionalTree,
-    heads: &TransactionalTree,
+    journal: &TxTree<'_, '_>,
+    heads: &TxTree<'_, '_>,
     a: Append<'_>,
 ) -> Result<u64, UnabortableTransactionError> {
     let (gseq, gprev) = head(heads.get(GLOBAL_HEAD)?);
@@ -217,7 +218,7 @@ pub fn append(
     };
     let bytes = e.encode();
     let h = ck.hash(&bytes);
-    journal.insert(&e.seq.to_be_bytes(), bytes)?;
+    journal.insert(e.seq.to_be_bytes(), bytes)?;
     heads.insert(GLOBAL_HEAD, head_value(e.seq, &h))?;
     if let Some(p) = a.patient {
         heads.insert(p, head_value(e.seq, &h))?;

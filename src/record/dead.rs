@@ -3,11 +3,11 @@
 //! appends (and chains) to the record, in the style of [`Store::resolve_review`].
 
 use super::chain;
+use super::log::Tx;
 use super::schema::{DeadLetterV1, EventKind};
 use super::{OutboxKey, PreparedEvent, Store, StoreError, abort, t};
 use carebridge_contract::{DeliveryId, RecordId};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 impl Store {
     /// One dead letter.
@@ -30,15 +30,13 @@ impl Store {
         let row = self.seal(t::OUTBOX, &okey, &item);
         let kind = EventKind::Requeued { delivery, by: by.to_string() };
         let event = self.prepare_event(item.delivery.record_id, item.patient_id.as_deref(), &kind)?;
-        let r = (&self.dead, &self.outbox, &self.events, &self.journal, &self.chain_heads).transaction(
-            |(dead, outbox, events, journal, heads)| {
-                if dead.remove(&delivery.0.to_be_bytes())?.is_none() {
-                    return Err(abort(()));
-                }
-                outbox.insert(okey.as_slice(), row.as_slice())?;
-                self.append_dead_event(&event, events, journal, heads)
-            },
-        );
+        let r = self.log.transact(|tx| {
+            if tx.on(&self.dead).remove(delivery.0.to_be_bytes())?.is_none() {
+                return Err(abort(()));
+            }
+            tx.on(&self.outbox).insert(okey.as_slice(), row.as_slice())?;
+            self.append_dead_event(&event, tx)
+        });
         settle(r).map(|done| done.then_some(key))
     }
 
@@ -50,38 +48,30 @@ impl Store {
         let record = dead.item.delivery.record_id;
         let kind = EventKind::Dropped { delivery, by: by.to_string() };
         let event = self.prepare_event(record, dead.item.patient_id.as_deref(), &kind)?;
-        let r = (&self.dead, &self.events, &self.journal, &self.chain_heads).transaction(
-            |(dead, events, journal, heads)| {
-                if dead.remove(&delivery.0.to_be_bytes())?.is_none() {
-                    return Err(abort(()));
-                }
-                self.append_dead_event(&event, events, journal, heads)
-            },
-        );
+        let r = self.log.transact(|tx| {
+            if tx.on(&self.dead).remove(delivery.0.to_be_bytes())?.is_none() {
+                return Err(abort(()));
+            }
+            self.append_dead_event(&event, tx)
+        });
         settle(r).map(|done| done.then_some(record))
     }
 
     /// Dead letters waiting for an operator (a gauge; cheap while the list is short, as it
     /// should be).
     pub fn dead_count(&self) -> usize {
-        self.dead.len()
+        self.log.count(&self.dead)
     }
 
     /// Deliveries held for review (a gauge).
     pub fn held_count(&self) -> usize {
-        self.review.len()
+        self.log.count(&self.review)
     }
 
     /// Writes a prepared event and links it into the chain, inside a transaction.
-    fn append_dead_event(
-        &self,
-        ev: &PreparedEvent,
-        events: &TransactionalTree,
-        journal: &TransactionalTree,
-        heads: &TransactionalTree,
-    ) -> Result<(), ConflictableTransactionError<()>> {
-        events.insert(ev.key.as_slice(), ev.body.as_slice())?;
-        chain::append(&self.chain_key, journal, heads, ev.append())?;
+    fn append_dead_event(&self, ev: &PreparedEvent, tx: &Tx<'_>) -> Result<(), ConflictableTransactionError<()>> {
+        tx.on(&self.events).insert(ev.key.as_slice(), ev.body.as_slice())?;
+        chain::append(&self.chain_key, &tx.on(&self.journal), &tx.on(&self.chain_heads), ev.append())?;
         Ok(())
     }
 }
@@ -128,6 +118,7 @@ mod tests {
         store
             .apply_outbox(&[OutboxUpdate::Dead { key: key.clone(), item, reason: "HTTP 400".into(), events: vec![] }])
             .unwrap();
+        store.flush_blocking().unwrap();
         key
     }
 
@@ -138,6 +129,7 @@ mod tests {
         dead_letter(&store, 7, 70);
         assert_eq!(store.dead_count(), 1);
         let key = store.retry_dead(DeliveryId(7), "ops-1").unwrap().expect("requeued");
+        store.flush_blocking().unwrap();
         assert_eq!(store.dead_count(), 0);
         let row = store.outbox_item(&key).unwrap().expect("back in the outbox");
         assert_eq!((row.attempts, row.not_before_ms, row.delivery.id), (0, 0, DeliveryId(7)));
@@ -155,6 +147,7 @@ mod tests {
         let store = test_store(dir.path());
         dead_letter(&store, 8, 80);
         assert_eq!(store.drop_dead(DeliveryId(8), "ops-2").unwrap(), Some(RecordId(80)));
+        store.flush_blocking().unwrap();
         assert!(store.dead_letters().unwrap().is_empty());
         assert!(store.drop_dead(DeliveryId(8), "ops-2").unwrap().is_none());
         assert!(store.retry_dead(DeliveryId(8), "ops-2").unwrap().is_none(), "a dropped letter cannot come back");

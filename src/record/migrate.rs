@@ -15,7 +15,6 @@ use super::chain::{self, Append, Kind};
 use super::keys::{self, Keyring};
 use super::schema::{EventV1, QuarantineV1, RecordV1};
 use super::{Store, StoreError, t};
-use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 use tracing::info;
 
@@ -77,8 +76,11 @@ pub(super) fn upgrade(store: &Store, from: u32) -> Result<(), StoreError> {
     rekey(k, &store.consents, "consent", Some(t::CONSENTS))?;
     rekey(k, &store.notices, "notice", None)?;
     rebuild_chain(store)?;
+    // Applied and checkpointed before the fresh copy, which takes sled's trees as they are.
+    store.flush_blocking()?;
     store.chain_heads.insert(super::RECORDS_COUNT, &(store.records.len() as u64).to_be_bytes())?;
     store.db.flush()?;
+    store.checkpoint()?;
     info!("Record store upgraded.");
     Ok(())
 }
@@ -160,8 +162,10 @@ fn rebuild_chain(store: &Store) -> Result<(), StoreError> {
     }
     all.sort_by(|a, b| (a.at_ms, a.order, &a.key).cmp(&(b.at_ms, b.order, &b.key)));
     for chunk in all.chunks(CHUNK) {
-        (&store.journal, &store.chain_heads)
-            .transaction(|(journal, heads)| {
+        store
+            .log
+            .transact(|tx| {
+                let (journal, heads) = (&tx.on(&store.journal), &tx.on(&store.chain_heads));
                 for p in chunk {
                     chain::append(
                         &store.chain_key,

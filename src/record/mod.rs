@@ -1,9 +1,11 @@
 //! The record store: the patient's file, over sled. Only this module touches sled.
 //!
-//! Every exchange is written in **one transaction** together with its dedup index entry, its
-//! conversation, its native-id references and its outbox rows (a transactional outbox), so
-//! "recorded but never queued" and "queued but not recorded" cannot happen. Nothing written here
-//! is durable until [`Flusher`] has flushed it; receipts and outbox wake-ups go out only after.
+//! Every exchange is written as **one record of the write-ahead log** ([`log`]) together with its
+//! dedup index entry, its conversation, its native-id references and its outbox rows (a
+//! transactional outbox), so "recorded but never queued" and "queued but not recorded" cannot
+//! happen. Nothing written here is durable until [`Flusher`] has synced the log; receipts and
+//! outbox wake-ups go out only after. sled is the index behind the log: records reach it once
+//! they are durable, and a crash replays the log into it.
 //!
 //! **At rest** (schema v2): every value that can hold PHI is versioned JSON ([`schema`]) sealed
 //! with XChaCha20-Poly1305 under the key file's active key ([`keys`]); every tree key that would
@@ -22,6 +24,7 @@ mod dead;
 pub mod fhir;
 pub mod flusher;
 pub mod keys;
+pub mod log;
 mod migrate;
 pub mod retention;
 pub mod schema;
@@ -35,11 +38,11 @@ pub use settings::StoreConfig;
 use crate::policy::ConsentGrant;
 use carebridge_contract::{AccountId, DeliveryId, RecordId, SourceKey};
 use chain::{Append, ChainKey, Kind};
+use log::{Log, Tr};
 use schema::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Transactional, Tree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -70,6 +73,9 @@ pub enum StoreError {
     /// The data directory is in use by another carebridge.
     #[error("the data directory {0} is locked by another running carebridge")]
     Locked(String),
+    /// The write-ahead log could not be written, synced or replayed.
+    #[error(transparent)]
+    Log(#[from] log::LogError),
     /// A sealed value could not be opened: altered, moved, or the wrong key file.
     #[error("a value under `{tree}` could not be opened: {source}")]
     Sealed {
@@ -227,23 +233,24 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    records: Tree,
-    by_source: Tree,
-    conversations: Tree,
-    by_native: Tree,
-    outbox: Tree,
-    dead: Tree,
-    events: Tree,
-    quarantine: Tree,
-    review: Tree,
-    links: Tree,
-    link_codes: Tree,
-    consents: Tree,
-    notices: Tree,
-    audit: Tree,
-    tombstones: Tree,
-    journal: Tree,
-    chain_heads: Tree,
+    records: Tr,
+    by_source: Tr,
+    conversations: Tr,
+    by_native: Tr,
+    outbox: Tr,
+    dead: Tr,
+    events: Tr,
+    quarantine: Tr,
+    review: Tr,
+    links: Tr,
+    link_codes: Tr,
+    consents: Tr,
+    notices: Tr,
+    audit: Tr,
+    tombstones: Tr,
+    journal: Tr,
+    chain_heads: Tr,
+    log: Arc<Log>,
     keys: Arc<Keyring>,
     chain_key: ChainKey,
     log_key: [u8; 32],
@@ -265,6 +272,28 @@ mod t {
     pub const AUDIT: &str = "audit";
     pub const TOMBSTONES: &str = "tombstones";
 }
+
+/// Every tree written through the log ([`log`]); `meta` is written only while opening, which
+/// flushes.
+const LOGGED_TREES: &[&str] = &[
+    "records",
+    "by_source",
+    "conversations",
+    "by_native",
+    "outbox",
+    "dead",
+    "events",
+    "quarantine",
+    "review",
+    "links",
+    "link_codes",
+    "consents",
+    "notices",
+    "audit",
+    "tombstones",
+    "journal",
+    "chain_heads",
+];
 
 /// Opens the store a config names, with its key file: what `run` and every CLI command that
 /// reads the store do.
@@ -304,7 +333,9 @@ fn join(a: &str, b: &str) -> Vec<u8> {
 }
 
 fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, StoreError> {
-    sled::Config::new().path(db_path).flush_every_ms(Some(500)).open().map_err(|e| match &e {
+    // No background flush: the write-ahead log makes writes durable; sled is flushed by
+    // checkpoints (see [`log`]).
+    sled::Config::new().path(db_path).flush_every_ms(None).open().map_err(|e| match &e {
         sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(dir.display().to_string()),
         _ => StoreError::Sled(e),
     })
@@ -341,7 +372,7 @@ impl Store {
                 return Err(StoreError::Schema { found, supported: SCHEMA_VERSION });
             }
             Some(found) if found < SCHEMA_VERSION => {
-                let store = Store::assemble(db, keys.clone())?;
+                let store = Store::assemble(dir, db, keys.clone())?;
                 migrate::upgrade(&store, found)?;
                 drop(store);
                 // sled keeps superseded values in its log until it reuses the space: copy every
@@ -357,15 +388,20 @@ impl Store {
                 db
             }
         };
-        let store = Store::assemble(db, keys)?;
+        let store = Store::assemble(dir, db, keys)?;
         store.check_key()?;
+        // sled restarts its id generator 2 × 1M past the last counter it persisted, and persists
+        // the new counter on the first id, but makes it durable only at its next flush: a crash
+        // before that flush restarts from the same counter and hands out the same ids again
+        // (found by `tests/crash_loop.rs`: two deliveries under one id). Take that first id now,
+        // before the flush below.
+        store.next_id()?;
         store.db.flush()?;
         Ok(store)
     }
 
-    fn assemble(db: sled::Db, keys: Keyring) -> Result<Store, StoreError> {
-        let t = |n: &str| db.open_tree(n);
-        let meta = t("meta")?;
+    fn assemble(dir: &Path, db: sled::Db, keys: Keyring) -> Result<Store, StoreError> {
+        let meta = db.open_tree("meta")?;
         let log_key: [u8; 32] = match meta.get("log_key")? {
             Some(k) if k.len() == 32 => k.as_ref().try_into().unwrap_or([0; 32]),
             _ => {
@@ -374,6 +410,8 @@ impl Store {
                 k
             }
         };
+        let log = Arc::new(Log::open(dir, &db, LOGGED_TREES)?);
+        let t = |n: &'static str| Tr::open(&db, n);
         Ok(Store {
             records: t("records")?,
             by_source: t("by_source")?,
@@ -392,6 +430,7 @@ impl Store {
             tombstones: t("tombstones")?,
             journal: t("journal")?,
             chain_heads: t("chain_heads")?,
+            log,
             chain_key: ChainKey::from_keys(&keys),
             keys: Arc::new(keys),
             log_key,
@@ -427,15 +466,15 @@ impl Store {
 
     fn get_sealed<T: DeserializeOwned>(
         &self,
-        tree: &Tree,
+        tree: &Tr,
         name: &'static str,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        tree.get(key)?.map(|v| self.unseal(name, key, &v)).transpose()
+        self.log.read(tree, key)?.map(|v| self.unseal(name, key, &v)).transpose()
     }
 
-    fn all_sealed<T: DeserializeOwned>(&self, tree: &Tree, name: &'static str) -> Result<Vec<T>, StoreError> {
-        tree.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(name, &k, &v))).collect()
+    fn all_sealed<T: DeserializeOwned>(&self, tree: &Tr, name: &'static str) -> Result<Vec<T>, StoreError> {
+        self.log.scan(tree, b"")?.into_iter().map(|(k, v)| self.unseal(name, &k, &v)).collect()
     }
 
     /// The blinded key of a patient: their chain head and journal references.
@@ -468,10 +507,31 @@ impl Store {
         Ok(self.db.generate_id()? + 1)
     }
 
-    /// Makes everything written so far durable. Blocking: call it from [`Flusher`] only (sled's
-    /// `flush_async` hangs when many tasks call it at once, sled issue 1308).
+    /// Makes everything written so far durable: one `fdatasync` of the log for all of it, then
+    /// it is applied to sled (see [`log`]). Blocking: the flusher's, the CLI's.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.log.sync()?;
+        Ok(())
+    }
+
+    /// The flusher's half of [`Store::flush_blocking`]: everything written so far is durable
+    /// when it returns (receipts may go out), and reads already see it; [`Store::apply_durable`]
+    /// then moves it into sled.
+    pub fn make_durable(&self) -> Result<(), StoreError> {
+        self.log.make_durable()?;
+        Ok(())
+    }
+
+    /// The second half of [`Store::flush_blocking`] (see [`Store::make_durable`]).
+    pub fn apply_durable(&self) -> Result<(), StoreError> {
+        self.log.apply_durable()?;
+        Ok(())
+    }
+
+    /// Flushes sled and moves the log's checkpoint (see [`log`]): bounds the log and the replay
+    /// after a crash. Blocking; the flusher's checkpoint thread calls it.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.log.checkpoint()?;
         Ok(())
     }
 
@@ -489,7 +549,7 @@ impl Store {
 
     /// The record a source key was recorded under, if any.
     pub fn lookup_source(&self, source: &SourceKey) -> Result<Option<RecordId>, StoreError> {
-        Ok(self.by_source.get(self.source_key(source))?.map(|v| RecordId(id_of(&v))))
+        Ok(self.log.read(&self.by_source, &self.source_key(source))?.map(|v| RecordId(id_of(&v))))
     }
 
     /// A record.
@@ -504,9 +564,10 @@ impl Store {
 
     /// Events appended to a record, oldest first.
     pub fn events(&self, id: RecordId) -> Result<Vec<EventV1>, StoreError> {
-        self.events
-            .scan_prefix(id.0.to_be_bytes())
-            .map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::EVENTS, &k, &v)))
+        self.log
+            .scan(&self.events, &id.0.to_be_bytes())?
+            .into_iter()
+            .map(|(k, v)| self.unseal(t::EVENTS, &k, &v))
             .collect()
     }
 
@@ -533,27 +594,43 @@ impl Store {
     /// Records a consent (CLI / admin API). Durable after the next flush.
     pub fn grant_consent(&self, patient_id: &str, grant: ConsentGrant) -> Result<(), StoreError> {
         let key = self.consent_key(patient_id, &grant.account);
-        let mut all = self.consents(patient_id, &grant.account)?;
-        all.retain(|g| g.purpose != grant.purpose);
-        all.push(grant);
-        self.consents.insert(key.as_slice(), self.seal(t::CONSENTS, &key, &all))?;
-        Ok(())
+        self.log
+            .transact(|tx| {
+                let consents = tx.on(&self.consents);
+                let mut all: Vec<ConsentGrant> = match consents.get(&key)? {
+                    Some(v) => self.unseal(t::CONSENTS, &key, &v).map_err(abort)?,
+                    None => Vec::new(),
+                };
+                all.retain(|g| g.purpose != grant.purpose);
+                all.push(grant.clone());
+                consents.insert(key.as_slice(), self.seal(t::CONSENTS, &key, &all))?;
+                Ok(())
+            })
+            .map_err(tx_store_err)
     }
 
     /// Withdraws all consents of a patient on an account.
     pub fn withdraw_consent(&self, patient_id: &str, account: &str) -> Result<bool, StoreError> {
-        Ok(self.consents.remove(self.consent_key(patient_id, account))?.is_some())
+        let key = self.consent_key(patient_id, account);
+        self.log
+            .transact(|tx| Ok::<_, ConflictableTransactionError<()>>(tx.on(&self.consents).remove(&key)?.is_some()))
+            .map_err(tx_err)
     }
 
     /// When an unprompted notice with this mark last went out (unix ms).
     pub fn notice_sent_at(&self, mark: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.notices.get(self.notice_key(mark))?.map(|v| id_of(&v)))
+        Ok(self.log.read(&self.notices, &self.notice_key(mark))?.map(|v| id_of(&v)))
     }
 
     /// Stores a link code (only its hash is kept).
     pub fn put_link_code(&self, code_hash: &str, code: &LinkCodeV1) -> Result<(), StoreError> {
-        self.link_codes.insert(code_hash.as_bytes(), self.seal(t::LINK_CODES, code_hash.as_bytes(), code))?;
-        Ok(())
+        let value = self.seal(t::LINK_CODES, code_hash.as_bytes(), code);
+        self.log
+            .transact(|tx| {
+                tx.on(&self.link_codes).insert(code_hash.as_bytes(), value.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)
     }
 
     /// Looks up a link code by its hash.
@@ -569,21 +646,7 @@ impl Store {
     /// write lock that waits for any flush in progress (a flush holds the read side through its
     /// fsync): per-message transactions each waited for a flush.
     pub fn commit_exchanges(&self, batch: &[Exchange]) -> Result<Vec<Committed>, StoreError> {
-        let trees: [&Tree; 12] = [
-            &self.records,
-            &self.by_source,
-            &self.conversations,
-            &self.by_native,
-            &self.outbox,
-            &self.review,
-            &self.links,
-            &self.link_codes,
-            &self.consents,
-            &self.notices,
-            &self.journal,
-            &self.chain_heads,
-        ];
-        // Sealed once, outside the closure: sled may run it more than once.
+        // Sealed outside the log's mutex: sealing is most of the cost of a write.
         struct Prepared {
             skey: Vec<u8>,
             rkey: [u8; 8],
@@ -643,17 +706,26 @@ impl Store {
                 }
             })
             .collect();
-        let r = trees[..].transaction(|tx: &Vec<TransactionalTree>| {
-            let (records, by_source, conversations, by_native, outbox, review, links, link_codes, consents) =
-                (&tx[0], &tx[1], &tx[2], &tx[3], &tx[4], &tx[5], &tx[6], &tx[7], &tx[8]);
-            let (notices, journal, heads) = (&tx[9], &tx[10], &tx[11]);
+        let r = self.log.transact(|tx| {
+            let (records, by_source, conversations, by_native, outbox, review, links, link_codes, consents) = (
+                &tx.on(&self.records),
+                &tx.on(&self.by_source),
+                &tx.on(&self.conversations),
+                &tx.on(&self.by_native),
+                &tx.on(&self.outbox),
+                &tx.on(&self.review),
+                &tx.on(&self.links),
+                &tx.on(&self.link_codes),
+                &tx.on(&self.consents),
+            );
+            let (notices, journal, heads) = (&tx.on(&self.notices), &tx.on(&self.journal), &tx.on(&self.chain_heads));
             let mut results = Vec::with_capacity(batch.len());
             for (ex, p) in batch.iter().zip(&prepared) {
                 if let Some(existing) = by_source.get(&p.skey)? {
                     results.push(Committed::Duplicate(RecordId(id_of(&existing))));
                     continue;
                 }
-                records.insert(&p.rkey, p.record.as_slice())?;
+                records.insert(p.rkey, p.record.as_slice())?;
                 chain::append(
                     &self.chain_key,
                     journal,
@@ -710,12 +782,14 @@ impl Store {
         let skey = self.source_key(&q.source);
         let qkey = q.id.0.to_be_bytes();
         let value = self.seal(t::QUARANTINE, &qkey, q);
-        let r = (&self.quarantine, &self.by_source, &self.journal, &self.chain_heads).transaction(
-            |(quarantine, by_source, journal, heads)| {
+        let r = self.log.transact(|tx| {
+            let (quarantine, by_source, journal, heads) =
+                (&tx.on(&self.quarantine), &tx.on(&self.by_source), &tx.on(&self.journal), &tx.on(&self.chain_heads));
+            {
                 if let Some(existing) = by_source.get(&skey)? {
                     return Err(abort(RecordId(id_of(&existing))));
                 }
-                quarantine.insert(&qkey, value.as_slice())?;
+                quarantine.insert(qkey, value.as_slice())?;
                 chain::append(
                     &self.chain_key,
                     journal,
@@ -731,8 +805,8 @@ impl Store {
                 )?;
                 by_source.insert(skey.as_slice(), &qkey)?;
                 Ok(())
-            },
-        );
+            }
+        });
         match r {
             Ok(()) => Ok(Committed::New),
             Err(TransactionError::Abort(id)) => Ok(Committed::Duplicate(id)),
@@ -748,9 +822,11 @@ impl Store {
     /// Outbox keys of one account, FIFO order.
     pub fn outbox_keys(&self, account: &AccountId) -> Result<Vec<OutboxKey>, StoreError> {
         let prefix = join(&account.to_string(), "");
+        // A row whose removal (sent, dead) is logged but not yet applied is done: skip it.
         self.outbox
             .scan_prefix(&prefix)
             .keys()
+            .filter(|k| k.as_ref().map_or(true, |k| !self.log.pending_removal(&self.outbox, k)))
             .map(|k| {
                 let k = k?;
                 Ok(OutboxKey { account: account.clone(), seq: id_of(&k[prefix.len()..]) })
@@ -835,8 +911,17 @@ impl Store {
             };
             prepared.push(Prepared { okey, events, row, native, moved });
         }
-        (&self.outbox, &self.events, &self.by_native, &self.dead, &self.review, &self.journal, &self.chain_heads)
-            .transaction(|(outbox, events, by_native, dead, review, journal, heads)| {
+        self.log
+            .transact(|tx| {
+                let (outbox, events, by_native, dead, review, journal, heads) = (
+                    &tx.on(&self.outbox),
+                    &tx.on(&self.events),
+                    &tx.on(&self.by_native),
+                    &tx.on(&self.dead),
+                    &tx.on(&self.review),
+                    &tx.on(&self.journal),
+                    &tx.on(&self.chain_heads),
+                );
                 for (u, p) in updates.iter().zip(&prepared) {
                     for e in &p.events {
                         events.insert(e.key.as_slice(), e.body.as_slice())?;
@@ -920,9 +1005,16 @@ impl Store {
                 by: by.to_string(),
             },
         )?;
-        (&self.review, &self.outbox, &self.events, &self.journal, &self.chain_heads)
-            .transaction(|(review, outbox, events, journal, heads)| {
-                review.remove(&dkey)?;
+        self.log
+            .transact(|tx| {
+                let (review, outbox, events, journal, heads) = (
+                    &tx.on(&self.review),
+                    &tx.on(&self.outbox),
+                    &tx.on(&self.events),
+                    &tx.on(&self.journal),
+                    &tx.on(&self.chain_heads),
+                );
+                review.remove(dkey)?;
                 for (k, v) in &rows {
                     outbox.insert(k.as_slice(), v.as_slice())?;
                 }
@@ -958,14 +1050,14 @@ impl Store {
         Stats {
             chain_seq,
             chain_head,
-            records: match self.chain_heads.get(RECORDS_COUNT) {
+            records: match self.log.read(&self.chain_heads, RECORDS_COUNT) {
                 Ok(Some(v)) => id_of(&v) as usize,
                 _ => self.records.len(),
             },
-            outbox_pending: self.outbox.len(),
-            dead: self.dead.len(),
-            quarantined: self.quarantine.len(),
-            held: self.review.len(),
+            outbox_pending: self.log.count(&self.outbox),
+            dead: self.log.count(&self.dead),
+            quarantined: self.log.count(&self.quarantine),
+            held: self.log.count(&self.review),
         }
     }
 }
@@ -974,7 +1066,7 @@ impl Store {
 /// records already holds that tree), because sled's `Tree::len` walks the whole tree.
 const RECORDS_COUNT: &[u8] = b"records_count";
 
-fn add_records(heads: &TransactionalTree, delta: i64) -> Result<(), sled::transaction::UnabortableTransactionError> {
+fn add_records(heads: &log::TxTree<'_, '_>, delta: i64) -> Result<(), sled::transaction::UnabortableTransactionError> {
     let now = heads.get(RECORDS_COUNT)?.map(|v| id_of(&v)).unwrap_or(0);
     heads.insert(RECORDS_COUNT, &now.saturating_add_signed(delta).to_be_bytes())?;
     Ok(())
@@ -998,6 +1090,14 @@ impl PreparedEvent {
             patient: self.patient.as_deref(),
             at_ms: self.at_ms,
         }
+    }
+}
+
+/// A transaction that aborted with a store error (a stored value that did not open).
+fn tx_store_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Storage(e) => StoreError::Sled(e),
+        TransactionError::Abort(e) => e,
     }
 }
 

@@ -12,7 +12,6 @@
 use super::chain::{self, Append, Kind, TombstoneV1};
 use super::settings::RetentionConfig;
 use super::{Store, StoreError, now_ms, t};
-use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
 /// A body due for removal: its journal entry, tree and key.
@@ -133,16 +132,17 @@ impl Store {
                         by: by.to_string(),
                     },
                 );
-                (
-                    &self.records,
-                    &self.events,
-                    &self.quarantine,
-                    &self.audit,
-                    &self.tombstones,
-                    &self.journal,
-                    &self.chain_heads,
-                )
-                    .transaction(|(records, events, quarantine, audit, tombstones, journal, heads)| {
+                self.log
+                    .transact(|tx| {
+                        let (records, events, quarantine, audit, tombstones, journal, heads) = (
+                            &tx.on(&self.records),
+                            &tx.on(&self.events),
+                            &tx.on(&self.quarantine),
+                            &tx.on(&self.audit),
+                            &tx.on(&self.tombstones),
+                            &tx.on(&self.journal),
+                            &tx.on(&self.chain_heads),
+                        );
                         let records_gone = chunk.iter().filter(|(_, tree, _)| *tree == t::RECORDS).count();
                         if records_gone > 0 {
                             super::add_records(heads, -(records_gone as i64))?;
@@ -155,7 +155,7 @@ impl Store {
                                 _ => audit.remove(k.as_slice())?,
                             };
                         }
-                        tombstones.insert(&key, body.as_slice())?;
+                        tombstones.insert(key, body.as_slice())?;
                         chain::append(
                             &self.chain_key,
                             journal,
