@@ -34,7 +34,7 @@ use super::config::{
 use super::detectors::custom::{assemble, pct};
 use super::detectors::{Engine, Hit, Params};
 use super::notices::{NoticeKind, Notices};
-use super::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Trust};
+use super::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan, Trust};
 use carebridge_contract::AccountId;
 use carebridge_contract::config::Problem;
 use std::collections::BTreeSet;
@@ -157,14 +157,22 @@ impl Compiled {
     }
 
     pub(crate) fn check(&self, input: &CheckInput<'_>) -> Decision {
-        if input.text.len() > self.max_text_bytes {
-            return self.too_long(input);
-        }
-        let hits = self.engine.detect(input.text);
-        let class = classify::text_class(&self.engine, &hits);
+        self.decide(input, &self.scan(input.text))
+    }
+
+    /// The detectors' findings in `text`; none for a text too long to scan.
+    pub(crate) fn scan<'t>(&self, text: &'t str) -> Scan<'t> {
+        let hits = (text.len() <= self.max_text_bytes).then(|| self.engine.detect(text));
+        Scan { text, hits }
+    }
+
+    /// Decides on the findings of `scan`, which must be of `input.text`.
+    pub(crate) fn decide(&self, input: &CheckInput<'_>, scan: &Scan<'_>) -> Decision {
+        let Some(hits) = &scan.hits else { return self.too_long(input) };
+        let class = classify::text_class(&self.engine, hits);
         match input.direction {
-            Direction::In => self.inbound(input, &hits, class),
-            Direction::Out => self.outbound(input, &hits, class),
+            Direction::In => self.inbound(input, hits, class),
+            Direction::Out => self.outbound(input, hits, class),
         }
     }
 

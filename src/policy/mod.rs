@@ -323,6 +323,23 @@ impl fmt::Debug for Decision {
     }
 }
 
+/// What the detectors found in one text (see [`Policy::scan`]).
+pub struct Scan<'t> {
+    /// The text scanned.
+    text: &'t str,
+    /// The findings; `None` for a text longer than `detection.max_text_bytes` (not scanned).
+    hits: Option<Vec<detectors::Hit>>,
+}
+
+impl fmt::Debug for Scan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scan")
+            .field("text", &format_args!("<redacted {} bytes>", self.text.len()))
+            .field("findings", &self.hits.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 /// The compiled policy. Cheap to clone (the compiled state is shared).
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -355,6 +372,20 @@ impl Policy {
     /// Decides. Pure, total, deterministic.
     pub fn check(&self, input: &CheckInput<'_>) -> Decision {
         self.inner.check(input)
+    }
+
+    /// Runs the detectors over `text` once, for [`Policy::check_scanned`]: the router decides
+    /// every hop of a message (inbound, each destination) on the same text, and the detectors
+    /// are most of the cost of a check.
+    pub fn scan<'t>(&self, text: &'t str) -> Scan<'t> {
+        self.inner.scan(text)
+    }
+
+    /// [`Policy::check`] with the findings of an earlier [`Policy::scan`]. The same decision
+    /// as `check`: a scan of another text than `input.text` is ignored and the text scanned
+    /// afresh.
+    pub fn check_scanned(&self, input: &CheckInput<'_>, scan: &Scan<'_>) -> Decision {
+        if scan.text == input.text { self.inner.decide(input, scan) } else { self.inner.check(input) }
     }
 
     /// The stable JSON of `carebridge policy explain` (see docs/policy.md, "Explain format").

@@ -968,3 +968,33 @@ fn policy_is_shareable_across_tasks() {
     assert_send_sync::<Policy>();
     assert_send_sync::<Decision>();
 }
+
+#[test]
+fn a_scan_decides_every_hop_as_a_fresh_check_would() {
+    let p = policy(&format!("{CLINIC}\n[policy.detection]\nmax_text_bytes = 60\n"));
+    let texts = [
+        "Please renew my metformin 500 mg, my OHIP is 1234 567 897.",
+        "Call me at 416-555-0199 about the appointment.",
+        "See you Monday.",
+        "This text is longer than the sixty bytes this policy scans, so it is held unscanned.",
+    ];
+    let hops = [
+        ("telegram.front_desk", Direction::In, Audience::Staff),
+        ("telegram.staff", Direction::Out, Audience::Staff),
+        ("telegram.front_desk", Direction::Out, Audience::Patient),
+        ("webhook.ehr", Direction::Out, Audience::Staff),
+    ];
+    for text in texts {
+        let scan = p.scan(text);
+        for (account, direction, audience) in hops {
+            let a = acct(account);
+            let i = input(text, &a, direction, audience);
+            assert!(p.check_scanned(&i, &scan) == p.check(&i), "{text:?} on {account}");
+        }
+    }
+    // A scan of another text is not used for this one.
+    let a = acct("telegram.staff");
+    let i = input(texts[0], &a, Direction::Out, Audience::Staff);
+    assert!(p.check_scanned(&i, &p.scan(texts[2])) == p.check(&i));
+    assert_eq!(p.check(&i).action, Action::Reroute { to: Some("webhook.ehr".into()) });
+}

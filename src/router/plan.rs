@@ -6,7 +6,9 @@
 
 use super::identify::Directory;
 use crate::config::{Config, UnknownSender};
-use crate::policy::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy};
+use crate::policy::{
+    Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy, Scan,
+};
 use crate::record::schema::*;
 use crate::record::{Committed, Exchange, OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::{
@@ -61,6 +63,8 @@ enum Thread {
 
 struct Draft<'a> {
     env: &'a Envelope,
+    /// The detectors' findings in the body: every hop is decided on them.
+    scan: &'a Scan<'a>,
     record_id: RecordId,
     conversation: &'a ConversationV1,
     patient_id: Option<String>,
@@ -180,15 +184,19 @@ impl Planner {
             None => None,
         };
 
-        let inbound = self.policy.check(&CheckInput {
-            text: env.body.expose(),
-            direction: Direction::In,
-            account: &account,
-            audience: Audience::Staff,
-            consents: &[],
-            conversation_class: Class::None,
-            has_attachments: !env.attachments.is_empty(),
-        });
+        let scan = self.policy.scan(env.body.expose());
+        let inbound = self.policy.check_scanned(
+            &CheckInput {
+                text: env.body.expose(),
+                direction: Direction::In,
+                account: &account,
+                audience: Audience::Staff,
+                consents: &[],
+                conversation_class: Class::None,
+                has_attachments: !env.attachments.is_empty(),
+            },
+            &scan,
+        );
 
         let patient_id = match (&thread, &sender) {
             (Thread::Reply(c) | Thread::FollowUp(c), _) => c.patient_id.clone(),
@@ -219,6 +227,7 @@ impl Planner {
         let record_id = RecordId(self.store.next_id()?);
         let mut d = Draft {
             env: &env,
+            scan: &scan,
             record_id,
             conversation: &conversation,
             patient_id: patient_id.clone(),
@@ -425,15 +434,18 @@ impl Planner {
             (Some(p), Audience::Patient) => self.store.consents(p, &dest.to_string())?,
             _ => Vec::new(),
         };
-        let decision = self.policy.check(&CheckInput {
-            text: d.env.body.expose(),
-            direction: Direction::Out,
-            account: dest,
-            audience,
-            consents: &consents,
-            conversation_class: d.conversation.class,
-            has_attachments: !d.env.attachments.is_empty(),
-        });
+        let decision = self.policy.check_scanned(
+            &CheckInput {
+                text: d.env.body.expose(),
+                direction: Direction::Out,
+                account: dest,
+                audience,
+                consents: &consents,
+                conversation_class: d.conversation.class,
+                has_attachments: !d.env.attachments.is_empty(),
+            },
+            d.scan,
+        );
         for c in consents {
             if !d.consents.contains(&c) {
                 d.consents.push(c);
