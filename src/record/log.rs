@@ -283,7 +283,12 @@ impl Log {
     /// [`Log::apply_durable`]. The CLI's and the final one on close.
     pub fn sync(&self) -> Result<(), LogError> {
         self.make_durable()?;
-        self.apply_durable()
+        self.apply_durable()?;
+        // Without the daemon's checkpoint thread (a bulk import, the CLI), bound the log here.
+        if lock(&self.segments).closed.len() >= 4 {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Makes every committed record durable: one write and one `fdatasync` for all of them
