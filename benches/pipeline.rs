@@ -63,6 +63,26 @@ fn proc_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system, in clock ticks) of each of a process's threads, summed per thread
+/// name with digits dropped (`tokio-rt-worker`, `sled-io-`), so a run can say which part of the
+/// daemon the CPU went to.
+fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid …`: comm may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name: String = stat[open + 1..close].chars().filter(|c| !c.is_ascii_digit()).collect();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the comm: state is field 0, utime field 11, stime field 12.
+        let ticks = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        *out.entry(name).or_default() += ticks;
+    }
+    out
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let low = env("BENCH_CONNS_LOW", 4);
@@ -207,6 +227,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
     let url = format!("http://127.0.0.1:{port}/v1/messages");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu_before = thread_ticks(pid);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -265,6 +286,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
         assert!(sink.attempts() >= total, "the sink got {} of {total}", sink.attempts());
         end_to_end = Some(total as f64 / start.elapsed().as_secs_f64());
     }
+    let cpu_after = thread_ticks(pid);
     let peak_rss_kb = proc_kb(pid, "VmHWM");
     let rss_after_kb = proc_kb(pid, "VmRSS");
     lat.sort();
@@ -292,6 +314,20 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
         idle_rss_kb as f64 / 1024.0,
         peak_rss_kb as f64 / 1024.0,
         rss_after_kb as f64 / 1024.0
+    );
+    // Where the daemon's CPU went, per message (clock ticks are 10 ms: a rough split).
+    let per_msg_us = |ticks: u64| ticks as f64 * 10_000.0 / total as f64;
+    let mut parts: Vec<(String, u64)> = cpu_after
+        .iter()
+        .map(|(n, a)| (n.clone(), a.saturating_sub(cpu_before.get(n).copied().unwrap_or(0))))
+        .filter(|(_, t)| *t > 0)
+        .collect();
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+    let all: u64 = parts.iter().map(|(_, t)| t).sum();
+    println!(
+        "  daemon CPU: {:.0} µs/msg ({})",
+        per_msg_us(all),
+        parts.iter().map(|(n, t)| format!("{n} {:.0}", per_msg_us(*t))).collect::<Vec<_>>().join(", ")
     );
     d.terminate();
     let logs = d.logs();
