@@ -125,9 +125,10 @@ impl Planner {
     }
 
     fn message(&self, env: Envelope) -> Result<Step, StoreError> {
-        // No dedup lookup here: the commit checks the source key under the log's lock (also
-        // against earlier messages of the same batch) and `finish` answers a redelivery with the
-        // first record's id. Looking up first cost a second index read for every new message.
+        if let Some(prev) = self.store.lookup_source(&env.source)? {
+            info!(record_id = %prev, account = %env.source.account, "Redelivered message de-duplicated.");
+            return Ok(Step::Done(Receipt::Duplicate(prev)));
+        }
         let account = env.source.account.clone();
         let kind = account.kind().as_str();
         let mut notes = Vec::new();
@@ -305,16 +306,17 @@ impl Planner {
             id: record_id,
             recorded_at_ms: now_ms(),
             sent_at_ms: env.received_at.duration_since(UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0),
-            source: env.source.clone(),
-            from: env.from.clone(),
-            sender: sender.clone(),
-            display_name: env.display_name.clone(),
-            subject: env.subject.clone(),
-            body: env.body.clone(),
-            attachments: env.attachments.clone(),
-            native_message_id: env.native_message_id.clone(),
+            // The envelope's last use: its fields move into the record instead of copying.
+            source: env.source,
+            from: env.from,
+            sender,
+            display_name: env.display_name,
+            subject: env.subject,
+            body: env.body,
+            attachments: env.attachments,
+            native_message_id: env.native_message_id,
             conversation: conversation.token.clone(),
-            patient_id: patient_id.clone(),
+            patient_id,
             edit_of,
             class: inbound.class,
             finding_kinds: inbound.findings.iter().map(|f| f.kind.clone()).collect(),
@@ -380,11 +382,11 @@ impl Planner {
     ) -> Result<(), StoreError> {
         let audience = if kind == DeliveryKind::Reply { Audience::Patient } else { Audience::Staff };
         let decision = self.check_out(d, dest, audience)?;
-        let original = d.env.body.expose().clone();
+        let original = d.env.body.expose();
         let mut delivery_id = None;
         match &decision.action {
             Action::Allow | Action::Redact => {
-                let body = decision.body_to_send(&original).unwrap_or(&original).to_string();
+                let body = decision.body_to_send(original).unwrap_or(original).to_string();
                 let requires_consent = audience == Audience::Patient && !d.consents.is_empty();
                 let item =
                     self.item(d, dest, kind, to.clone(), body, requires_consent, decision.action == Action::Allow)?;
@@ -392,7 +394,7 @@ impl Planner {
                 d.outbox.push(item);
             }
             Action::Hold => {
-                let (_, item) = self.item(d, dest, kind, to.clone(), original, false, true)?;
+                let (_, item) = self.item(d, dest, kind, to.clone(), original.clone(), false, true)?;
                 delivery_id = Some(item.delivery.id);
                 // Sent if a clinician rejects the held message (PHI-free, from the policy).
                 let reject_notice = self.notice_for(d, &decision, dest, to.clone())?.map(|(_, i)| i.delivery);
@@ -478,8 +480,8 @@ impl Planner {
             _ => None,
         };
         let decision = self.check_out(d, &target, audience)?;
-        let original = d.env.body.expose().clone();
-        match decision.body_to_send(&original) {
+        let original = d.env.body.expose();
+        match decision.body_to_send(original) {
             Some(body) => {
                 let body = body.to_string();
                 let item = self.item(d, &target, kind, to, body, false, decision.action == Action::Allow)?;
@@ -488,7 +490,7 @@ impl Planner {
                 Ok(Some(id))
             }
             None => {
-                let (_, item) = self.item(d, &target, kind, to, original, false, true)?;
+                let (_, item) = self.item(d, &target, kind, to, original.clone(), false, true)?;
                 let id = item.delivery.id;
                 d.review.push(ReviewItemV1 { v: 1, at_ms: now_ms(), item, rules: decision.rules, reject_notice: None });
                 Ok(Some(id))
