@@ -210,11 +210,11 @@ pub(crate) struct Engine {
     regexes: Vec<(usize, Regex)>,
     /// Pre-filter: which regexes match anywhere.
     set: Option<RegexSet>,
-    keywords: Option<AhoCorasick>,
-    /// For each keyword pattern: the detectors listing it.
+    /// Keywords and context words in one automaton, so the folded text is searched once.
+    terms: Option<AhoCorasick>,
+    /// For each pattern of `terms`: the detectors listing it as a keyword.
     keyword_owners: Vec<Vec<usize>>,
-    context: Option<AhoCorasick>,
-    /// For each context pattern: the detectors using it (sorted).
+    /// For each pattern of `terms`: the detectors using it as a context word (sorted).
     context_users: Vec<Vec<usize>>,
     /// Longest context term (bytes of the folded term), to bound window look-ups.
     context_max_len: usize,
@@ -247,40 +247,29 @@ impl Engine {
             )
         };
 
-        let mut kw: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-        let mut ctx: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        // Folded term -> (detectors listing it as a keyword, detectors using it as context).
+        let mut all: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = BTreeMap::new();
+        let mut context_max_len = 0;
         for (i, s) in specs.iter().enumerate() {
             for t in &s.terms {
                 let f = normalize::fold_term(t);
                 if !f.is_empty() {
-                    kw.entry(f).or_default().insert(i);
+                    all.entry(f).or_default().0.insert(i);
                 }
             }
             for t in &s.context {
                 let f = normalize::fold_term(t);
                 if !f.is_empty() {
-                    ctx.entry(f).or_default().insert(i);
+                    context_max_len = context_max_len.max(f.len());
+                    all.entry(f).or_default().1.insert(i);
                 }
             }
         }
-        let (keywords, keyword_owners) = automaton(kw)?;
-        let context_max_len = ctx.keys().map(String::len).max().unwrap_or(0);
-        let (context, context_users) = automaton(ctx)?;
+        let (terms, keyword_owners, context_users) = automaton(all)?;
         let mut allow: Vec<String> = allow.iter().map(|a| normalize::compact(a)).filter(|a| !a.is_empty()).collect();
         allow.sort();
         allow.dedup();
-        Ok(Engine {
-            specs,
-            regexes,
-            set,
-            keywords,
-            keyword_owners,
-            context,
-            context_users,
-            context_max_len,
-            allow,
-            params,
-        })
+        Ok(Engine { specs, regexes, set, terms, keyword_owners, context_users, context_max_len, allow, params })
     }
 
     /// The detectors, in evaluation order.
@@ -303,7 +292,6 @@ impl Engine {
     pub(crate) fn detect(&self, text: &str) -> Vec<Hit> {
         let plain = View::plain(text);
         let folded = View::folded(text);
-        let context = self.context_hits(&folded);
 
         let mut candidates = Vec::new();
         if let Some(set) = &self.set {
@@ -313,7 +301,9 @@ impl Engine {
                 }
             }
         }
-        if let Some(ac) = &self.keywords
+        // One pass over the folded text finds keyword matches (candidates) and context words.
+        let mut context = Vec::new();
+        if let Some(ac) = &self.terms
             && let Ok(matches) = ac.try_find_overlapping_iter(folded.text())
         {
             for m in matches {
@@ -321,12 +311,17 @@ impl Engine {
                     continue;
                 }
                 let Some((start, end)) = folded.original(m.start(), m.end()) else { continue };
-                for &spec in self.keyword_owners.get(m.pattern().as_usize()).into_iter().flatten() {
+                let term = m.pattern().as_usize();
+                for &spec in self.keyword_owners.get(term).into_iter().flatten() {
                     let pct = self.specs.get(spec).map_or(0, |s| s.term_pct);
                     candidates.push(Hit { spec, start, end, pct });
                 }
+                if self.context_users.get(term).is_some_and(|u| !u.is_empty()) {
+                    context.push(ContextHit { term, start, end });
+                }
             }
         }
+        context.sort_by_key(|h| (h.start, h.end, h.term));
 
         let mut kept = Vec::with_capacity(candidates.len());
         for mut h in candidates {
@@ -379,22 +374,6 @@ impl Engine {
         }
     }
 
-    fn context_hits(&self, folded: &View<'_>) -> Vec<ContextHit> {
-        let mut hits = Vec::new();
-        let Some(ac) = &self.context else { return hits };
-        let Ok(matches) = ac.try_find_overlapping_iter(folded.text()) else { return hits };
-        for m in matches {
-            if !whole_word(folded.text(), m.start(), m.end()) {
-                continue;
-            }
-            if let Some((start, end)) = folded.original(m.start(), m.end()) {
-                hits.push(ContextHit { term: m.pattern().as_usize(), start, end });
-            }
-        }
-        hits.sort_by_key(|h| (h.start, h.end, h.term));
-        hits
-    }
-
     /// Whether a context word of detector `spec` lies within the window around `start..end`.
     fn context_near(&self, text: &str, hits: &[ContextHit], spec: usize, start: usize, end: usize) -> bool {
         let from = window_start(text, start, self.params.words_before);
@@ -422,17 +401,26 @@ pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).build()
 }
 
-fn automaton(terms: BTreeMap<String, BTreeSet<usize>>) -> Result<(Option<AhoCorasick>, Vec<Vec<usize>>), String> {
+/// The automaton of every folded term, with each pattern's keyword owners and context users.
+#[allow(clippy::type_complexity)]
+fn automaton(
+    terms: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
+) -> Result<(Option<AhoCorasick>, Vec<Vec<usize>>, Vec<Vec<usize>>), String> {
     if terms.is_empty() {
-        return Ok((None, Vec::new()));
+        return Ok((None, Vec::new(), Vec::new()));
     }
-    let (patterns, owners): (Vec<String>, Vec<Vec<usize>>) =
-        terms.into_iter().map(|(t, s)| (t, s.into_iter().collect())).unzip();
+    let mut patterns = Vec::with_capacity(terms.len());
+    let (mut owners, mut users) = (Vec::with_capacity(terms.len()), Vec::with_capacity(terms.len()));
+    for (t, (o, u)) in terms {
+        patterns.push(t);
+        owners.push(o.into_iter().collect());
+        users.push(u.into_iter().collect());
+    }
     let ac = AhoCorasick::builder()
         .match_kind(MatchKind::Standard)
         .build(&patterns)
         .map_err(|e| format!("keyword automaton: {e}"))?;
-    Ok((Some(ac), owners))
+    Ok((Some(ac), owners, users))
 }
 
 fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
