@@ -228,6 +228,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpu_before = thread_ticks(pid);
+    let harness_before: u64 = thread_ticks(std::process::id()).values().sum();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -287,6 +288,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
         end_to_end = Some(total as f64 / start.elapsed().as_secs_f64());
     }
     let cpu_after = thread_ticks(pid);
+    let harness: u64 = thread_ticks(std::process::id()).values().sum::<u64>().saturating_sub(harness_before);
     let peak_rss_kb = proc_kb(pid, "VmHWM");
     let rss_after_kb = proc_kb(pid, "VmRSS");
     lat.sort();
@@ -329,6 +331,9 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
         per_msg_us(all),
         parts.iter().map(|(n, t)| format!("{n} {:.0}", per_msg_us(*t))).collect::<Vec<_>>().join(", ")
     );
+    // The load generator and the sink share the cores: what they cost bounds what any daemon
+    // could reach on this machine.
+    println!("  load generator + sink CPU (this process): {:.0} µs/msg", per_msg_us(harness));
     d.terminate();
     let logs = d.logs();
     let num = |l: &str, k: &str| -> f64 {

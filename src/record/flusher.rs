@@ -38,7 +38,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two applications of durable records to sled. Until applied, reads see
 /// records through the log's overlay; applied together, an outbox row written and removed within
 /// this time never reaches sled, and the chain's heads and counters are written once.
-const APPLY_EVERY: Duration = Duration::from_millis(5);
+const APPLY_EVERY: Duration = Duration::from_millis(10);
 
 /// How long the last "unavailable" answers get to leave before the process exits.
 const ANSWER_GRACE: Duration = Duration::from_millis(200);
