@@ -84,6 +84,7 @@ impl Store {
         let blind = self.patient_key(patient_id);
         let want: [u8; 32] = blind[1..].try_into().unwrap_or([0; 32]);
         let mut out = Vec::new();
+        self.settle()?;
         for e in chain::entries(&self.journal) {
             let Ok(e) = e? else { continue };
             if e.kind == Kind::Record && e.patient == Some(want) {

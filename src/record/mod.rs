@@ -559,7 +559,12 @@ impl Store {
 
     /// All records, oldest first (for audits and tests).
     pub fn records(&self) -> impl Iterator<Item = Result<RecordV1, StoreError>> + '_ {
-        self.records.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::RECORDS, &k, &v)))
+        // A walk of sled: first bring it up to date with everything durable. An error here
+        // comes back on the first item.
+        let settled = self.settle().err();
+        let rest =
+            self.records.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::RECORDS, &k, &v)));
+        settled.into_iter().map(Err).chain(rest)
     }
 
     /// Events appended to a record, oldest first.
@@ -1034,7 +1039,15 @@ impl Store {
 
     /// Walks the journal and checks every link ([`chain::verify`]).
     pub fn verify(&self) -> Result<chain::Report, StoreError> {
+        self.settle()?;
         Ok(chain::verify(&self.db, &self.keys)?)
+    }
+
+    /// Applies every durable record to sled now, so a walk of sled's trees (the journal, every
+    /// record) sees everything acknowledged so far, not only what the apply thread has reached.
+    fn settle(&self) -> Result<(), StoreError> {
+        self.log.apply_durable()?;
+        Ok(())
     }
 
     /// The head of the global chain (sequence number, hash in hex), PHI-free: logged in the

@@ -90,6 +90,7 @@ impl Store {
             ("quarantine", c.quarantine_ms, vec![]),
             ("audit", c.audit_ms, vec![]),
         ];
+        self.settle()?;
         for e in chain::entries(&self.journal) {
             let Ok(e) = e? else { continue };
             let (slot, tree, counter) = match e.kind {
