@@ -12,7 +12,8 @@
 //! 2. empty store, `BENCH_CONNS` connections, forwarded;
 //! 3. empty store, `BENCH_CONNS` connections, recorded only (no route: the cost of forwarding);
 //! 4. a store pre-filled with `BENCH_PREFILL` records through the library (`Store::open` +
-//!    `commit_exchanges`, with the key file the daemon then loads), `BENCH_CONNS`, forwarded.
+//!    `commit_exchanges`, each delivery then recorded as sent with `apply_outbox`, as a drained
+//!    outbox leaves it; with the key file the daemon then loads), `BENCH_CONNS`, forwarded.
 //!
 //! Each prints accepted msgs/s (the `202`s) with p50/p99 of the `202`, the end-to-end rate
 //! (until the sink had every forward), the daemon's idle RSS (after start, nothing sent) and its
@@ -28,7 +29,8 @@ mod support;
 #[path = "common/synth.rs"]
 mod synth;
 
-use carebridge::record::{Exchange, Keyring, Store};
+use carebridge::record::schema::EventKind;
+use carebridge::record::{Exchange, Keyring, OutboxUpdate, Store};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,6 +125,23 @@ fn prefill_store(data_dir: &Path, count: usize) {
         let b: Vec<Exchange> =
             (0..size).map(|i| synth.exchange((done + i) as u64, &mut || store.next_id().unwrap())).collect();
         store.commit_exchanges(&b).unwrap();
+        // A clinic's store has its outbox drained: every prefilled delivery was sent (an attempt
+        // event, the receiver's id remembered), as the outbox would have written it. Left in the
+        // outbox, the daemon would send a million old rows during the measurement.
+        let sent: Vec<OutboxUpdate> = b
+            .into_iter()
+            .flat_map(|ex| ex.outbox)
+            .map(|(key, item)| {
+                let delivery = item.delivery.id;
+                OutboxUpdate::Sent {
+                    native_ids: vec![format!("sink-{}", key.seq)],
+                    key,
+                    item,
+                    events: vec![EventKind::Attempt { delivery, attempt: 1, outcome: "sent".into(), reason: None }],
+                }
+            })
+            .collect();
+        store.apply_outbox(&sent).unwrap();
         done += size;
         if done % 200_000 < batch {
             eprintln!("  prefill: {done}/{count} records, {:.0} s", start.elapsed().as_secs_f64());
