@@ -139,8 +139,11 @@ pub struct Log {
     writer: Mutex<Pending>,
     overlay: RwLock<Overlay>,
     segments: Mutex<Segments>,
-    /// Durable records not yet applied to sled, oldest first; applied under this lock, in order.
+    /// Durable records not yet applied to sled, oldest first.
     unapplied: Mutex<Vec<(u64, Vec<Op>)>>,
+    /// Held while applying, so records reach sled in order; not `unapplied`'s lock, which the
+    /// flusher must get at once.
+    applying: Mutex<()>,
     applied: AtomicU64,
     checkpointed: AtomicU64,
     /// Tests simulate a crash: dropped without the final sync.
@@ -182,6 +185,7 @@ impl Log {
             overlay: RwLock::new(HashMap::new()),
             segments: Mutex::new(Segments { file, first, size: 0, closed: Vec::new() }),
             unapplied: Mutex::new(Vec::new()),
+            applying: Mutex::new(()),
             applied: AtomicU64::new(last),
             checkpointed: AtomicU64::new(last),
             #[cfg(test)]
@@ -323,10 +327,9 @@ impl Log {
 
     /// Applies every durable record to sled, in order, and drops it from the overlay.
     pub fn apply_durable(&self) -> Result<(), LogError> {
-        let mut queue = lock(&self.unapplied);
-        let records = std::mem::take(&mut *queue);
+        let order = lock(&self.applying);
+        let records = std::mem::take(&mut *lock(&self.unapplied));
         let Some(&(last, _)) = records.last() else { return Ok(()) };
-        // Still holding the queue's lock: a second caller waits, so records apply in order.
         self.apply(&records)?;
         {
             let mut ov = self.overlay.write().unwrap_or_else(|e| e.into_inner());
@@ -341,7 +344,7 @@ impl Log {
             }
         }
         self.applied.store(last, Ordering::Release);
-        drop(queue);
+        drop(order);
         Ok(())
     }
 
