@@ -215,10 +215,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             eprintln!("carebridge: error: {e:#}");
-            if matches!(
-                e.downcast_ref::<crate::record::StoreError>(),
-                Some(crate::record::StoreError::Sled(sled::Error::Io(_)))
-            ) {
+            if e.downcast_ref::<crate::record::StoreError>().is_some_and(crate::record::StoreError::is_io) {
                 return ExitCode::from(crate::record::flusher::EXIT_STORE_UNWRITABLE as u8);
             }
             ExitCode::FAILURE

@@ -86,6 +86,20 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// An operating-system I/O error (disk full, `EIO`) from sled or the write-ahead log: the
+    /// store cannot be written now but may be after a restart (exit 74), unlike a corrupt or
+    /// newer store.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Io(_))
+                | StoreError::Log(log::LogError::Io { .. })
+                | StoreError::Log(log::LogError::Sled(sled::Error::Io(_)))
+        )
+    }
+}
+
 /// A key into the outbox: destination account plus FIFO sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OutboxKey {
