@@ -291,7 +291,8 @@ impl Log {
     pub fn sync(&self) -> Result<(), LogError> {
         self.make_durable()?;
         self.apply_durable()?;
-        // Without the daemon's checkpoint thread (a bulk import, the CLI), bound the log here.
+        // Without the daemon's apply thread, which checkpoints (a bulk import, the CLI), bound
+        // the log here.
         if lock(&self.segments).closed.len() >= 4 {
             self.checkpoint()?;
         }

@@ -543,7 +543,7 @@ impl Store {
     }
 
     /// Flushes sled and moves the log's checkpoint (see [`log`]): bounds the log and the replay
-    /// after a crash. Blocking; the flusher's checkpoint thread calls it.
+    /// after a crash. Blocking; the apply thread (see [`Flusher`]) calls it.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.log.checkpoint()?;
         Ok(())
