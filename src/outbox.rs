@@ -3,12 +3,12 @@
 //! Every attempt's outcome is appended to the record.
 //!
 //! A worker keeps up to `max_in_flight` sends going, but never two for the same recipient
-//! ([`order_key`]): a recipient whose delivery is in backoff waits, in order, while other
+//! (`order_key`): a recipient whose delivery is in backoff waits, in order, while other
 //! recipients' deliveries go on (no head-of-line blocking across patients).
 //!
 //! A worker learns about rows only (a) by scanning its account's outbox when it starts (when a
 //! reload starts it while the router runs, after a flush, since the scan can see rows committed
-//! but not yet flushed), and (b) from the [`Flusher`](crate::record::Flusher) after the rows are
+//! but not yet flushed), and (b) from the [`crate::record::Flusher`] after the rows are
 //! durable. So a delivery is never sent before its record is on disk (record before forward).
 //!
 //! The set of workers follows the config ([`Workers`]): a reload starts the worker of an added

@@ -4,7 +4,7 @@
 //! wake once what they refer to is on disk. The flusher, on its own thread, takes every job
 //! waiting, syncs the write-ahead log once for all of them ([`super::log`]: one `fdatasync`),
 //! then answers. Many messages share one fsync. A second thread applies durable records to sled
-//! (at most every [`APPLY_EVERY`]) and checkpoints the log every [`CHECKPOINT_EVERY`].
+//! (at most every `APPLY_EVERY`) and checkpoints the log every [`CHECKPOINT_EVERY`].
 //!
 //! A failed flush ends the process with [`EXIT_STORE_UNWRITABLE`]: sled 0.34 latches its first
 //! write error (`ENOSPC`, `EIO`) for the life of the database handle, so every later transaction

@@ -12,7 +12,7 @@
 //! hold an address, a patient id or a channel's message id is blinded with a keyed HMAC. Every
 //! entry of the patient's file (exchange, event, quarantined input, audit entry, tombstone) is
 //! chained in the PHI-free `journal` ([`chain`]). A schema-v1 store (plain JSON, unchained) is
-//! upgraded in place when opened ([`migrate`]).
+//! upgraded in place when opened (`migrate`).
 //!
 //! Trees: `records`, `by_source`, `conversations`, `by_native`, `outbox`, `dead`, `events`,
 //! `quarantine`, `review`, `links`, `link_codes`, `consents`, `notices`, `audit`, `tombstones`,
@@ -215,7 +215,7 @@ pub struct Exchange {
     pub notice_marks: Vec<String>,
 }
 
-/// What [`Store::commit_exchange`] did.
+/// What [`Store::commit_exchanges`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Committed {
     /// Written.

@@ -2,7 +2,7 @@
 //! where it goes, what the privacy policy allows there, and the rows to write.
 //!
 //! Everything here is synchronous and reads the store; the only write is the final
-//! [`Store::commit_exchange`]. Logs carry ids, channels, actions and rule ids only.
+//! [`Store::commit_exchanges`]. Logs carry ids, channels, actions and rule ids only.
 
 use super::identify::Directory;
 use crate::config::{Config, UnknownSender};
