@@ -71,7 +71,7 @@ impl Store {
 
     /// The audit trail, oldest first; one patient's if `patient_id` is given.
     pub fn audit_entries(&self, patient_id: Option<&str>) -> Result<Vec<AuditV1>, StoreError> {
-        let all: Vec<AuditV1> = self.all_sealed(&self.audit, t::AUDIT)?;
+        let all: Vec<AuditV1> = self.all_sealed(&self.audit)?;
         Ok(match patient_id {
             Some(p) => all.into_iter().filter(|a| a.patient_id.as_deref() == Some(p)).collect(),
             None => all,

@@ -12,7 +12,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 impl Store {
     /// One dead letter.
     pub fn dead_letter(&self, delivery: DeliveryId) -> Result<Option<DeadLetterV1>, StoreError> {
-        self.get_sealed(&self.dead, t::DEAD, &delivery.0.to_be_bytes())
+        self.get_sealed(&self.dead, &delivery.0.to_be_bytes())
     }
 
     /// Puts a dead letter back in the outbox with its attempts reset and no backoff, and appends

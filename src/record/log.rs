@@ -82,10 +82,11 @@ impl std::ops::Deref for Tr {
     }
 }
 
-/// One write of a record.
-#[derive(Clone, Debug)]
+/// One write of a record. It carries its tree's handle, so applying it needs no lookup by name
+/// (a tree the log did not know of could otherwise be skipped).
+#[derive(Clone)]
 struct Op {
-    tree: &'static str,
+    tree: Tr,
     key: IVec,
     value: Option<IVec>,
 }
@@ -135,7 +136,6 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> LogError {
 pub struct Log {
     dir: PathBuf,
     db: sled::Db,
-    trees: HashMap<&'static str, sled::Tree>,
     writer: Mutex<Pending>,
     overlay: RwLock<Overlay>,
     segments: Mutex<Segments>,
@@ -156,15 +156,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Log {
-    /// Opens the log in `<data_dir>/wal` for `db`, whose trees are `names`: replays every record
-    /// after the last checkpoint into sled, flushes, and starts a fresh segment.
-    pub fn open(data_dir: &Path, db: &sled::Db, names: &[&'static str]) -> Result<Log, LogError> {
+    /// Opens the log in `<data_dir>/wal` for `db`: replays every record after the last
+    /// checkpoint into sled, flushes, and starts a fresh segment.
+    pub fn open(data_dir: &Path, db: &sled::Db) -> Result<Log, LogError> {
         let dir = data_dir.join("wal");
         std::fs::create_dir_all(&dir).map_err(io("creating its directory"))?;
-        let mut trees = HashMap::new();
-        for n in names {
-            trees.insert(*n, db.open_tree(n)?);
-        }
         let checkpoint = read_checkpoint(&dir)?;
         let (last, replayed) = replay(&dir, db, checkpoint)?;
         if replayed > 0 {
@@ -180,7 +176,6 @@ impl Log {
         Ok(Log {
             dir,
             db: db.clone(),
-            trees,
             writer: Mutex::new(Pending { next_seq: first, ..Default::default() }),
             overlay: RwLock::new(HashMap::new()),
             segments: Mutex::new(Segments { file, first, size: 0, closed: Vec::new() }),
@@ -274,7 +269,7 @@ impl Log {
         {
             let mut ov = self.overlay.write().unwrap_or_else(|e| e.into_inner());
             for op in &ops {
-                ov.entry(op.tree).or_default().insert(op.key.clone(), (seq, op.value.clone()));
+                ov.entry(op.tree.name).or_default().insert(op.key.clone(), (seq, op.value.clone()));
             }
         }
         w.records.push((seq, ops));
@@ -315,9 +310,7 @@ impl Log {
         lock(&self.unapplied).extend(records);
         if seg.size >= SEGMENT_BYTES {
             let next = last + 1;
-            let file = create_segment(&self.dir, next)?;
-            let old = std::mem::replace(&mut seg.file, file);
-            drop(old);
+            seg.file = create_segment(&self.dir, next)?;
             let closed = (seg.first, segment_path(&self.dir, seg.first));
             seg.closed.push(closed);
             seg.first = next;
@@ -336,7 +329,7 @@ impl Log {
             let mut ov = self.overlay.write().unwrap_or_else(|e| e.into_inner());
             for (seq, ops) in &records {
                 for op in ops {
-                    if let Some(t) = ov.get_mut(op.tree)
+                    if let Some(t) = ov.get_mut(op.tree.name)
                         && t.get(&op.key).is_some_and(|(s, _)| s == seq)
                     {
                         t.remove(&op.key);
@@ -356,7 +349,7 @@ impl Log {
         let mut last: HashMap<(&str, &[u8]), (usize, usize)> = HashMap::new();
         for (i, (_, ops)) in records.iter().enumerate() {
             for (j, op) in ops.iter().enumerate() {
-                last.insert((op.tree, op.key.as_ref()), (i, j));
+                last.insert((op.tree.name, op.key.as_ref()), (i, j));
             }
         }
         let phase = |tree: &str| match tree {
@@ -367,13 +360,12 @@ impl Log {
         for p in 0..3 {
             for (i, (_, ops)) in records.iter().enumerate() {
                 for (j, op) in ops.iter().enumerate() {
-                    if phase(op.tree) != p || last.get(&(op.tree, op.key.as_ref())) != Some(&(i, j)) {
+                    if phase(op.tree.name) != p || last.get(&(op.tree.name, op.key.as_ref())) != Some(&(i, j)) {
                         continue;
                     }
-                    let Some(tree) = self.trees.get(op.tree) else { continue };
                     match &op.value {
-                        Some(v) => tree.insert(&op.key, v.clone())?,
-                        None => tree.remove(&op.key)?,
+                        Some(v) => op.tree.insert(&op.key, v.clone())?,
+                        None => op.tree.remove(&op.key)?,
                     };
                 }
             }
@@ -443,16 +435,16 @@ impl<'a> Tx<'a> {
         TxTree { tx: self, tr }
     }
 
-    fn put(&self, tree: &'static str, key: &[u8], value: Option<IVec>) {
+    fn put(&self, tree: &Tr, key: &[u8], value: Option<IVec>) {
         let key = IVec::from(key);
         let mut ops = self.ops.borrow_mut();
         let mut local = self.local.borrow_mut();
-        let slots = local.entry(tree).or_default();
+        let slots = local.entry(tree.name).or_default();
         if let Some(&i) = slots.get(&key) {
             ops[i] = None;
         }
         slots.insert(key.clone(), ops.len());
-        ops.push(Some(Op { tree, key, value }));
+        ops.push(Some(Op { tree: tree.clone(), key, value }));
     }
 }
 
@@ -476,7 +468,7 @@ impl TxTree<'_, '_> {
 
     /// Writes `key`.
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl Into<IVec>) -> Result<(), UnabortableTransactionError> {
-        self.tx.put(self.tr.name, key.as_ref(), Some(value.into()));
+        self.tx.put(self.tr, key.as_ref(), Some(value.into()));
         Ok(())
     }
 
@@ -484,7 +476,7 @@ impl TxTree<'_, '_> {
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<IVec>, UnabortableTransactionError> {
         let old = self.get(key.as_ref())?;
         if old.is_some() {
-            self.tx.put(self.tr.name, key.as_ref(), None);
+            self.tx.put(self.tr, key.as_ref(), None);
         }
         Ok(old)
     }
@@ -496,8 +488,8 @@ fn encode(buf: &mut Vec<u8>, seq: u64, ops: &[Op]) {
     buf.extend_from_slice(&[0; 8]); // body_len, crc: filled below
     buf.extend_from_slice(&seq.to_be_bytes());
     for op in ops {
-        buf.push(op.tree.len() as u8);
-        buf.extend_from_slice(op.tree.as_bytes());
+        buf.push(op.tree.name.len() as u8);
+        buf.extend_from_slice(op.tree.name.as_bytes());
         buf.push(u8::from(op.value.is_some()));
         buf.extend_from_slice(&(op.key.len() as u32).to_be_bytes());
         buf.extend_from_slice(&op.key);
@@ -700,7 +692,7 @@ mod tests {
 
     fn open(dir: &Path) -> (sled::Db, Log, Tr) {
         let db = sled::Config::new().path(dir.join("db")).open().unwrap();
-        let log = Log::open(dir, &db, &["a"]).unwrap();
+        let log = Log::open(dir, &db).unwrap();
         let tr = Tr::open(&db, "a").unwrap();
         (db, log, tr)
     }

@@ -287,28 +287,6 @@ mod t {
     pub const TOMBSTONES: &str = "tombstones";
 }
 
-/// Every tree written through the log ([`log`]); `meta` is written only while opening, which
-/// flushes.
-const LOGGED_TREES: &[&str] = &[
-    "records",
-    "by_source",
-    "conversations",
-    "by_native",
-    "outbox",
-    "dead",
-    "events",
-    "quarantine",
-    "review",
-    "links",
-    "link_codes",
-    "consents",
-    "notices",
-    "audit",
-    "tombstones",
-    "journal",
-    "chain_heads",
-];
-
 /// Opens the store a config names, with its key file: what `run` and every CLI command that
 /// reads the store do.
 pub fn open_configured(config: &crate::config::Config) -> anyhow::Result<Store> {
@@ -424,7 +402,7 @@ impl Store {
                 k
             }
         };
-        let log = Arc::new(Log::open(dir, &db, LOGGED_TREES)?);
+        let log = Arc::new(Log::open(dir, &db)?);
         let t = |n: &'static str| Tr::open(&db, n);
         Ok(Store {
             records: t("records")?,
@@ -478,17 +456,14 @@ impl Store {
         dec(tree, &plain)
     }
 
-    fn get_sealed<T: DeserializeOwned>(
-        &self,
-        tree: &Tr,
-        name: &'static str,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        self.log.read(tree, key)?.map(|v| self.unseal(name, key, &v)).transpose()
+    /// A sealed value of `tree`, opened (the tree's name is its sealing context).
+    fn get_sealed<T: DeserializeOwned>(&self, tree: &Tr, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.log.read(tree, key)?.map(|v| self.unseal(tree.name, key, &v)).transpose()
     }
 
-    fn all_sealed<T: DeserializeOwned>(&self, tree: &Tr, name: &'static str) -> Result<Vec<T>, StoreError> {
-        self.log.scan(tree, b"")?.into_iter().map(|(k, v)| self.unseal(name, &k, &v)).collect()
+    /// Every value of `tree`, opened, in key order.
+    fn all_sealed<T: DeserializeOwned>(&self, tree: &Tr) -> Result<Vec<T>, StoreError> {
+        self.log.scan(tree, b"")?.into_iter().map(|(k, v)| self.unseal(tree.name, &k, &v)).collect()
     }
 
     /// The blinded key of a patient: their chain head and journal references.
@@ -568,7 +543,7 @@ impl Store {
 
     /// A record.
     pub fn record(&self, id: RecordId) -> Result<Option<RecordV1>, StoreError> {
-        self.get_sealed(&self.records, t::RECORDS, &id.0.to_be_bytes())
+        self.get_sealed(&self.records, &id.0.to_be_bytes())
     }
 
     /// All records, oldest first (for audits and tests).
@@ -592,22 +567,22 @@ impl Store {
 
     /// A conversation by token.
     pub fn conversation(&self, token: &str) -> Result<Option<ConversationV1>, StoreError> {
-        self.get_sealed(&self.conversations, t::CONVERSATIONS, token.as_bytes())
+        self.get_sealed(&self.conversations, token.as_bytes())
     }
 
     /// What a channel-native id (of a given channel kind) points at.
     pub fn native_ref(&self, kind: &str, native: &str) -> Result<Option<NativeRefV1>, StoreError> {
-        self.get_sealed(&self.by_native, t::BY_NATIVE, &self.native_key(kind, native))
+        self.get_sealed(&self.by_native, &self.native_key(kind, native))
     }
 
     /// The patient an address was linked to (by code), if any.
     pub fn linked_patient(&self, address_key: &str) -> Result<Option<LinkV1>, StoreError> {
-        self.get_sealed(&self.links, t::LINKS, &self.link_key(address_key))
+        self.get_sealed(&self.links, &self.link_key(address_key))
     }
 
     /// Consents in force for a patient on an account.
     pub fn consents(&self, patient_id: &str, account: &str) -> Result<Vec<ConsentGrant>, StoreError> {
-        Ok(self.get_sealed(&self.consents, t::CONSENTS, &self.consent_key(patient_id, account))?.unwrap_or_default())
+        Ok(self.get_sealed(&self.consents, &self.consent_key(patient_id, account))?.unwrap_or_default())
     }
 
     /// Records a consent (CLI / admin API). Durable after the next flush.
@@ -654,7 +629,7 @@ impl Store {
 
     /// Looks up a link code by its hash.
     pub fn link_code(&self, code_hash: &str) -> Result<Option<LinkCodeV1>, StoreError> {
-        self.get_sealed(&self.link_codes, t::LINK_CODES, code_hash.as_bytes())
+        self.get_sealed(&self.link_codes, code_hash.as_bytes())
     }
 
     /// Writes a batch of exchanges in **one** transaction: each one whole or (if its source key is
@@ -835,7 +810,7 @@ impl Store {
 
     /// Quarantined inputs, oldest first (for the privacy officer's export).
     pub fn quarantine_entries(&self) -> Result<Vec<QuarantineV1>, StoreError> {
-        self.all_sealed(&self.quarantine, t::QUARANTINE)
+        self.all_sealed(&self.quarantine)
     }
 
     /// Outbox keys of one account, FIFO order.
@@ -855,7 +830,7 @@ impl Store {
 
     /// One outbox row.
     pub fn outbox_item(&self, key: &OutboxKey) -> Result<Option<OutboxItemV1>, StoreError> {
-        self.get_sealed(&self.outbox, t::OUTBOX, &key.encode())
+        self.get_sealed(&self.outbox, &key.encode())
     }
 
     /// Prepares an event for [`chain::append`]: its key, sealed body and patient.
@@ -971,12 +946,12 @@ impl Store {
 
     /// Dead letters, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterV1>, StoreError> {
-        self.all_sealed(&self.dead, t::DEAD)
+        self.all_sealed(&self.dead)
     }
 
     /// Deliveries held for review, oldest first.
     pub fn held(&self) -> Result<Vec<ReviewItemV1>, StoreError> {
-        self.all_sealed(&self.review, t::REVIEW)
+        self.all_sealed(&self.review)
     }
 
     /// Resolves a held delivery: approved → queued in the outbox (returns its key); rejected →
@@ -988,7 +963,7 @@ impl Store {
         by: &str,
     ) -> Result<Option<Vec<OutboxKey>>, StoreError> {
         let dkey = delivery.0.to_be_bytes();
-        let Some(held) = self.get_sealed::<ReviewItemV1>(&self.review, t::REVIEW, &dkey)? else { return Ok(None) };
+        let Some(held) = self.get_sealed::<ReviewItemV1>(&self.review, &dkey)? else { return Ok(None) };
         let mut queue = Vec::new();
         if approve {
             let mut item = held.item.clone();
