@@ -207,7 +207,10 @@ pub enum OutboxCommand {
 /// store cannot be written: disk full or an I/O error, which a supervisor should retry).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli) {
+    let outcome = dispatch(cli);
+    // The daemon's last log lines, before any error below.
+    crate::telemetry::flush();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigErrors>() {
