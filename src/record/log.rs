@@ -28,10 +28,10 @@
 //! seq (8) | body`; the body is its writes, each `tree_len (1) | tree | op (1: 1 insert, 0
 //! remove) | key_len (4) | key | [value_len (4) | value]`. Segments are `wal/<first seq>.log`.
 
+use rustc_hash::FxHashMap as HashMap;
 use sled::IVec;
 use sled::transaction::{ConflictableTransactionError, TransactionError, UnabortableTransactionError};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -177,7 +177,7 @@ impl Log {
             dir,
             db: db.clone(),
             writer: Mutex::new(Pending { next_seq: first, ..Default::default() }),
-            overlay: RwLock::new(HashMap::new()),
+            overlay: RwLock::new(HashMap::default()),
             segments: Mutex::new(Segments { file, first, size: 0, closed: Vec::new() }),
             unapplied: Mutex::new(Vec::new()),
             applying: Mutex::new(()),
@@ -252,7 +252,7 @@ impl Log {
         f: impl FnOnce(&Tx<'_>) -> Result<R, ConflictableTransactionError<E>>,
     ) -> Result<R, TransactionError<E>> {
         let mut w = lock(&self.writer);
-        let tx = Tx { log: self, ops: RefCell::new(Vec::new()), local: RefCell::new(HashMap::new()) };
+        let tx = Tx { log: self, ops: RefCell::new(Vec::new()), local: RefCell::new(HashMap::default()) };
         let r = match f(&tx) {
             Ok(r) => r,
             Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),
@@ -346,7 +346,7 @@ impl Log {
     /// chain's heads last, so a concurrent `verify` (which reads the head, then the journal, then
     /// the bodies) never sees a head without its entries or a body without its entry.
     fn apply(&self, records: &[(u64, Vec<Op>)]) -> Result<(), sled::Error> {
-        let mut last: HashMap<(&str, &[u8]), (usize, usize)> = HashMap::new();
+        let mut last: HashMap<(&str, &[u8]), (usize, usize)> = HashMap::default();
         for (i, (_, ops)) in records.iter().enumerate() {
             for (j, op) in ops.iter().enumerate() {
                 last.insert((op.tree.name, op.key.as_ref()), (i, j));
@@ -584,7 +584,7 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 fn replay(dir: &Path, db: &sled::Db, checkpoint: u64) -> Result<(u64, usize), LogError> {
     let mut last = checkpoint;
     let mut replayed = 0;
-    let mut trees: HashMap<String, sled::Tree> = HashMap::new();
+    let mut trees: HashMap<String, sled::Tree> = HashMap::default();
     let files = segment_files(dir)?;
     for (n, (_, path)) in files.iter().enumerate() {
         let mut bytes = Vec::new();
