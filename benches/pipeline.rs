@@ -9,11 +9,14 @@
 //!
 //! Runs, each with a fresh daemon and data directory, in one invocation:
 //! 1. empty store, `BENCH_CONNS_LOW` connections, forwarded to a signature-checking HTTP sink;
-//! 2. empty store, `BENCH_CONNS` connections, forwarded;
+//! 2. empty store, `BENCH_CONNS` connections, forwarded, then a second pass of new messages on
+//!    the same daemon;
 //! 3. empty store, `BENCH_CONNS` connections, recorded only (no route: the cost of forwarding);
 //! 4. a store pre-filled with `BENCH_PREFILL` records through the library (`Store::open` +
 //!    `commit_exchanges`, each delivery then recorded as sent with `apply_outbox`, as a drained
-//!    outbox leaves it; with the key file the daemon then loads), `BENCH_CONNS`, forwarded.
+//!    outbox leaves it; with the key file the daemon then loads), `BENCH_CONNS`, forwarded, then
+//!    a second pass. The first pass meets sled's cache cold, as after a restart; the second one
+//!    warm, as a daemon that has been running. Flatness is reported for both.
 //!
 //! Each prints accepted msgs/s (the `202`s) with p50/p99 of the `202`, the end-to-end rate
 //! (until the sink had every forward), the daemon's idle RSS (after start, nothing sent) and its
@@ -47,6 +50,9 @@ const PREFILL_BYTES_PER_RECORD: u64 = 8_000;
 #[derive(Clone, Debug, Default)]
 struct Run {
     label: String,
+    /// 0: the first load after the daemon started (sled's cache cold); 1: the same load again on
+    /// the same daemon, new messages (cache warm).
+    pass: usize,
     conns: usize,
     accepted: f64,
     end_to_end: Option<f64>,
@@ -90,13 +96,12 @@ fn main() {
     let low = env("BENCH_CONNS_LOW", 4);
     let high = env("BENCH_CONNS", 32);
     let prefill = env("BENCH_PREFILL", 1_000_000);
-    let mut runs = vec![
-        rt.block_on(run("empty store, forwarded", low, true, 0)),
-        rt.block_on(run("empty store, forwarded", high, true, 0)),
-        rt.block_on(run("empty store, recorded only", high, false, 0)),
-    ];
+    let mut runs = Vec::new();
+    runs.extend(rt.block_on(run("empty store, forwarded", low, true, 0, 1)));
+    runs.extend(rt.block_on(run("empty store, forwarded", high, true, 0, 2)));
+    runs.extend(rt.block_on(run("empty store, recorded only", high, false, 0, 1)));
     if prefill > 0 {
-        runs.push(rt.block_on(run(&format!("{prefill} records in store, forwarded"), high, true, prefill)));
+        runs.extend(rt.block_on(run(&format!("{prefill} records in store, forwarded"), high, true, prefill, 2)));
     }
     summary(&runs, high, prefill);
 }
@@ -203,8 +208,10 @@ secret_file = "secret"
     toml
 }
 
-/// One run with a fresh daemon; `prefill` records are written into its store first.
-async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
+/// One run with a fresh daemon; `prefill` records are written into its store first. `passes`
+/// loads of `BENCH_MESSAGES` new messages each are sent one after the other: the first meets
+/// sled's cache cold, as after a restart, the second warm, as a daemon that has been running.
+async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: usize) -> Vec<Run> {
     let total = env("BENCH_MESSAGES", 40_000);
     println!("pipeline, {label}: {total} messages, {conns} connections");
     let dir = tempfile::tempdir().unwrap();
@@ -228,131 +235,141 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
     let pid = d.pid().unwrap();
     let idle_rss_kb = proc_kb(pid, "VmRSS");
 
-    // Pre-signed bodies from the synthetic patients, ~300-byte texts, so the generator spends
-    // its CPU on HTTP, not HMAC.
-    let key = carebridge_webhook::SigningKey::new(SECRET.as_bytes());
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let mut texts = Synth::new(3, "b");
-    let bodies: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
-        (0..total)
-            .map(|i| {
-                let phone = format!("+1416555{:04}", i % PATIENTS);
-                let b = message(&format!("b{i}"), &phone, &texts.text());
-                let s = key.sign(ts, &b);
-                (b, s)
-            })
-            .collect(),
-    );
-    let url = format!("http://127.0.0.1:{port}/v1/messages");
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let cpu_before = thread_ticks(pid);
-    let harness_before: u64 = thread_ticks(std::process::id()).values().sum();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (bodies, url, next, refused) = (bodies.clone(), url.clone(), next.clone(), refused.clone());
-        // One client per task: one keep-alive connection each.
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= bodies.len() {
-                    return lat;
-                }
-                let (b, s) = &bodies[i];
-                let t = Instant::now();
-                // A 503 (outbox full, queue full) is the daemon pushing back: count it, wait a
-                // little and send again, as a gateway would; latency is until the 202.
+    let mut out = Vec::new();
+    for pass in 0..passes {
+        // Pre-signed bodies from the synthetic patients, ~300-byte texts, so the generator spends
+        // its CPU on HTTP, not HMAC.
+        let key = carebridge_webhook::SigningKey::new(SECRET.as_bytes());
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let mut texts = Synth::new(3 + pass as u64, "b");
+        let bodies: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
+            (0..total)
+                .map(|i| {
+                    let phone = format!("+1416555{:04}", i % PATIENTS);
+                    let b = message(&format!("b{pass}-{i}"), &phone, &texts.text());
+                    let s = key.sign(ts, &b);
+                    (b, s)
+                })
+                .collect(),
+        );
+        let url = format!("http://127.0.0.1:{port}/v1/messages");
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cpu_before = thread_ticks(pid);
+        let harness_before: u64 = thread_ticks(std::process::id()).values().sum();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (bodies, url, next, refused) = (bodies.clone(), url.clone(), next.clone(), refused.clone());
+            // One client per task: one keep-alive connection each.
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
                 loop {
-                    let r = client
-                        .post(&url)
-                        .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
-                        .header(carebridge_webhook::SIGNATURE_HEADER, s.as_str())
-                        .body(b.clone())
-                        .send()
-                        .await
-                        .expect("request");
-                    let status = r.status().as_u16();
-                    let _ = r.bytes().await;
-                    match status {
-                        202 => break,
-                        503 => {
-                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        other => panic!("unexpected status {other}"),
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= bodies.len() {
+                        return lat;
                     }
+                    let (b, s) = &bodies[i];
+                    let t = Instant::now();
+                    // A 503 (outbox full, queue full) is the daemon pushing back: count it, wait a
+                    // little and send again, as a gateway would; latency is until the 202.
+                    loop {
+                        let r = client
+                            .post(&url)
+                            .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
+                            .header(carebridge_webhook::SIGNATURE_HEADER, s.as_str())
+                            .body(b.clone())
+                            .send()
+                            .await
+                            .expect("request");
+                        let status = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        match status {
+                            202 => break,
+                            503 => {
+                                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            other => panic!("unexpected status {other}"),
+                        }
+                    }
+                    lat.push(t.elapsed());
                 }
-                lat.push(t.elapsed());
-            }
-        }));
-    }
-    let mut lat = Vec::with_capacity(total);
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
-    let accepted = start.elapsed();
-    let mut end_to_end = None;
-    if deliver {
-        // `attempts()` is a counter (every answer is 200 in `Accept` mode); `received()` would
-        // clone every body on each poll and steal CPU from the daemon.
-        let end = Instant::now() + Duration::from_secs(600);
-        while sink.attempts() < total && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            }));
         }
-        assert!(sink.attempts() >= total, "the sink got {} of {total}", sink.attempts());
-        end_to_end = Some(total as f64 / start.elapsed().as_secs_f64());
+        let mut lat = Vec::with_capacity(total);
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+        let accepted = start.elapsed();
+        let mut end_to_end = None;
+        if deliver {
+            // `attempts()` is a counter (every answer is 200 in `Accept` mode); `received()` would
+            // clone every body on each poll and steal CPU from the daemon.
+            let end = Instant::now() + Duration::from_secs(600);
+            let want = total * (pass + 1);
+            while sink.attempts() < want && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(sink.attempts() >= want, "the sink got {} of {want}", sink.attempts());
+            end_to_end = Some(total as f64 / start.elapsed().as_secs_f64());
+        }
+        let cpu_after = thread_ticks(pid);
+        let harness: u64 = thread_ticks(std::process::id()).values().sum::<u64>().saturating_sub(harness_before);
+        let peak_rss_kb = proc_kb(pid, "VmHWM");
+        let rss_after_kb = proc_kb(pid, "VmRSS");
+        lat.sort();
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+        let r = Run {
+            label: if pass == 0 { label.to_string() } else { format!("{label}, second pass (warm)") },
+            pass,
+            conns,
+            accepted: total as f64 / accepted.as_secs_f64(),
+            end_to_end,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            idle_rss_kb,
+            peak_rss_kb,
+        };
+        if pass == 0 {
+            println!("  ready after {:.1} s", ready.as_secs_f64());
+        } else {
+            println!("  second pass, {total} new messages on the same daemon:");
+        }
+        println!(
+            "  accepted (202): {:>8.0} msgs/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({refused} answers 503, sent again)",
+            r.accepted, r.p50_ms, r.p99_ms
+        );
+        if let Some(e) = r.end_to_end {
+            println!("  end to end:     {e:>8.0} msgs/s   (every forward at the sink)");
+        }
+        println!(
+            "  RSS: idle {:.1} MB, peak (VmHWM) {:.1} MB, after the load {:.1} MB",
+            idle_rss_kb as f64 / 1024.0,
+            peak_rss_kb as f64 / 1024.0,
+            rss_after_kb as f64 / 1024.0
+        );
+        // Where the daemon's CPU went, per message (clock ticks are 10 ms: a rough split).
+        let per_msg_us = |ticks: u64| ticks as f64 * 10_000.0 / total as f64;
+        let mut parts: Vec<(String, u64)> = cpu_after
+            .iter()
+            .map(|(n, a)| (n.clone(), a.saturating_sub(cpu_before.get(n).copied().unwrap_or(0))))
+            .filter(|(_, t)| *t > 0)
+            .collect();
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+        let all: u64 = parts.iter().map(|(_, t)| t).sum();
+        println!(
+            "  daemon CPU: {:.0} µs/msg ({})",
+            per_msg_us(all),
+            parts.iter().map(|(n, t)| format!("{n} {:.0}", per_msg_us(*t))).collect::<Vec<_>>().join(", ")
+        );
+        // The load generator and the sink share the cores: what they cost bounds what any daemon
+        // could reach on this machine.
+        println!("  load generator + sink CPU (this process): {:.0} µs/msg", per_msg_us(harness));
+        out.push(r);
     }
-    let cpu_after = thread_ticks(pid);
-    let harness: u64 = thread_ticks(std::process::id()).values().sum::<u64>().saturating_sub(harness_before);
-    let peak_rss_kb = proc_kb(pid, "VmHWM");
-    let rss_after_kb = proc_kb(pid, "VmRSS");
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
-    let r = Run {
-        label: label.to_string(),
-        conns,
-        accepted: total as f64 / accepted.as_secs_f64(),
-        end_to_end,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        idle_rss_kb,
-        peak_rss_kb,
-    };
-    println!("  ready after {:.1} s", ready.as_secs_f64());
-    println!(
-        "  accepted (202): {:>8.0} msgs/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({refused} answers 503, sent again)",
-        r.accepted, r.p50_ms, r.p99_ms
-    );
-    if let Some(e) = r.end_to_end {
-        println!("  end to end:     {e:>8.0} msgs/s   (every forward at the sink)");
-    }
-    println!(
-        "  RSS: idle {:.1} MB, peak (VmHWM) {:.1} MB, after the load {:.1} MB",
-        idle_rss_kb as f64 / 1024.0,
-        peak_rss_kb as f64 / 1024.0,
-        rss_after_kb as f64 / 1024.0
-    );
-    // Where the daemon's CPU went, per message (clock ticks are 10 ms: a rough split).
-    let per_msg_us = |ticks: u64| ticks as f64 * 10_000.0 / total as f64;
-    let mut parts: Vec<(String, u64)> = cpu_after
-        .iter()
-        .map(|(n, a)| (n.clone(), a.saturating_sub(cpu_before.get(n).copied().unwrap_or(0))))
-        .filter(|(_, t)| *t > 0)
-        .collect();
-    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
-    let all: u64 = parts.iter().map(|(_, t)| t).sum();
-    println!(
-        "  daemon CPU: {:.0} µs/msg ({})",
-        per_msg_us(all),
-        parts.iter().map(|(n, t)| format!("{n} {:.0}", per_msg_us(*t))).collect::<Vec<_>>().join(", ")
-    );
-    // The load generator and the sink share the cores: what they cost bounds what any daemon
-    // could reach on this machine.
-    println!("  load generator + sink CPU (this process): {:.0} µs/msg", per_msg_us(harness));
     d.terminate();
     let logs = d.logs();
     let num = |l: &str, k: &str| -> f64 {
@@ -375,7 +392,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize) -> Run {
     let recorded: Vec<&String> = logs.iter().filter(|l| l.contains("Message recorded.")).collect();
     let with_findings = recorded.iter().filter(|l| num(l, "findings") > 0.0).count();
     println!("  detectors: {with_findings} of {} recorded messages had findings", recorded.len());
-    r
+    out
 }
 
 fn summary(runs: &[Run], high: usize, prefill: usize) {
@@ -395,26 +412,38 @@ fn summary(runs: &[Run], high: usize, prefill: usize) {
             r.peak_rss_kb as f64 / 1024.0
         );
     }
-    let empty = &runs[1];
-    let full = runs.get(3);
+    let find = |full: bool, forwarded: bool, pass: usize| {
+        runs.iter().find(|r| {
+            r.conns == high
+                && r.label.contains("records in store") == full
+                && r.end_to_end.is_some() == forwarded
+                && r.pass == pass
+        })
+    };
+    let (Some(empty), Some(recorded)) = (find(false, true, 0), find(false, false, 0)) else { return };
+    let (empty_warm, full, full_warm) = (find(false, true, 1), find(true, true, 0), find(true, true, 1));
     // The path is webhook → record → webhook: its sustained rate is the end-to-end one (an
     // outbox that falls behind the 202s only grows).
-    let e2e = empty.end_to_end.unwrap_or(0.0);
-    let flat = full.map(|f| f.end_to_end.unwrap_or(0.0) / e2e.max(1e-9));
-    let flat_accepted = full.map(|f| f.accepted / empty.accepted);
+    let e2e = |r: &Run| r.end_to_end.unwrap_or(0.0);
+    let ratio = |f: Option<&Run>, e: Option<&Run>| Some((e2e(f?) / e2e(e?).max(1e-9), f?.accepted / e?.accepted));
+    let (flat, flat_warm) = (ratio(full, Some(empty)), ratio(full_warm, empty_warm));
     let yes = |b: bool| if b { "yes" } else { "NO" };
+    let within = |(f, a): (f64, f64)| (0.9..=1.1).contains(&f) && (0.9..=1.1).contains(&a);
     println!();
     println!("issue #7 targets (one run, noisy shared machine):");
     println!("| target | measured | met |");
     println!("| --- | --- | --- |");
     println!(
-        "| >= 15k msgs/s at {high} connections, end to end | {e2e:.0} msgs/s (accepted {:.0}) | {} |",
+        "| >= 15k msgs/s at {high} connections, end to end | {:.0} msgs/s (accepted {:.0}){} | {} |",
+        e2e(empty),
         empty.accepted,
-        yes(e2e >= 15_000.0)
+        empty_warm.map(|w| format!("; second pass {:.0}", e2e(w))).unwrap_or_default(),
+        yes(e2e(empty) >= 15_000.0)
     );
     println!(
-        "| p99 < 10 ms | {:.2} ms at {high} conns, {:.2} ms at {} | {} |",
+        "| p99 < 10 ms | {:.2} ms at {high} conns{}, {:.2} ms at {} | {} |",
         empty.p99_ms,
+        empty_warm.map(|w| format!(" (second pass {:.2})", w.p99_ms)).unwrap_or_default(),
         runs[0].p99_ms,
         runs[0].conns,
         yes(empty.p99_ms < 10.0 && runs[0].p99_ms < 10.0)
@@ -426,15 +455,16 @@ fn summary(runs: &[Run], high: usize, prefill: usize) {
         // A clinic's daemon runs with a full store, so both must be under the target.
         yes(runs.iter().filter(|r| r.conns == high && r.end_to_end.is_some()).all(|r| r.idle_rss_kb < 30 * 1024))
     );
-    match (flat, flat_accepted) {
-        (Some(f), Some(a)) => println!(
-            "| flat (±10%) with store size | {prefill} records / empty: {f:.2} end to end, {a:.2} accepted | {} |",
-            yes((0.9..=1.1).contains(&f) && (0.9..=1.1).contains(&a))
+    match flat {
+        Some((f, a)) => println!(
+            "| flat (±10%) with store size | {prefill} records / empty: {f:.2} end to end, {a:.2} accepted{} | {} |",
+            flat_warm.map(|(f, a)| format!("; second pass (warm) {f:.2} and {a:.2}")).unwrap_or_default(),
+            yes(within((f, a)) && flat_warm.is_none_or(within))
         ),
-        _ => println!("| flat (±10%) with store size | not run (BENCH_PREFILL=0) | – |"),
+        None => println!("| flat (±10%) with store size | not run (BENCH_PREFILL=0) | – |"),
     }
     println!(
         "ratio forwarded/recorded-only accepted msgs/s at {high} conns: {:.2}",
-        runs[1].accepted / runs[2].accepted
+        empty.accepted / recorded.accepted
     );
 }
