@@ -228,7 +228,7 @@ async fn verify_finds_deleted_altered_and_missing_entries() {
         let data = data_dir(&c);
         std::fs::remove_dir_all(&data).unwrap();
         copy_dir(&pristine, &data);
-        let db = carebridge::record::open_sled(&data.join("db")).unwrap();
+        let db = sled::open(data.join("db")).unwrap();
         what(&db);
         db.flush().unwrap();
         drop(db);

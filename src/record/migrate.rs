@@ -30,8 +30,8 @@ pub(super) fn rewrite_fresh(db_path: &std::path::Path) -> Result<(), StoreError>
         std::fs::remove_dir_all(&fresh).map_err(io)?;
     }
     {
-        let src = super::open_sled(db_path)?;
-        let dst = super::open_sled(&fresh)?;
+        let src = sled::Config::new().path(db_path).open()?;
+        let dst = sled::Config::new().path(&fresh).open()?;
         dst.import(src.export());
         dst.flush()?;
     }
