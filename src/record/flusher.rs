@@ -37,10 +37,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// The least time between two applications of durable records to sled. Until applied, reads see
 /// records through the log's overlay; applied together, an outbox row written and removed within
-/// this time never reaches sled, and the chain's heads and counters are written once. 50 ms, not
-/// 10: the apply thread's CPU per message in the pipeline bench at 32 connections fell from
-/// 50–57 µs (four runs) to 40 (one run; 200 ms gave 40–42 but a worse p99, 12.9 ms).
-const APPLY_EVERY: Duration = Duration::from_millis(50);
+/// this time never reaches sled, and the chain's heads and counters are written once.
+const APPLY_EVERY: Duration = Duration::from_millis(10);
 
 /// How long the last "unavailable" answers get to leave before the process exits.
 const ANSWER_GRACE: Duration = Duration::from_millis(200);
