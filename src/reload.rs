@@ -103,6 +103,9 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<Problem> {
     if old.store.key_file != new.store.key_file {
         keys.push("store.key_file");
     }
+    if old.store.cache_mb != new.store.cache_mb {
+        keys.push("store.cache_mb");
+    }
     if o.log_format != n.log_format {
         keys.push("daemon.log_format");
     }
@@ -471,13 +474,20 @@ to = ["webhook.b"]
         let old = parse(BASE);
         let new = parse(&BASE.replace(
             "[daemon]\ndata_dir = \"data\"\n",
-            "[daemon]\ndata_dir = \"elsewhere\"\nlog_format = \"json\"\nqueue_capacity = 7\nshutdown_timeout_secs = 5\n[admin]\nlisten = \"127.0.0.1:4\"\ntoken_env = \"T\"\n",
+            "[daemon]\ndata_dir = \"elsewhere\"\nlog_format = \"json\"\nqueue_capacity = 7\nshutdown_timeout_secs = 5\n[admin]\nlisten = \"127.0.0.1:4\"\ntoken_env = \"T\"\n[store]\ncache_mb = 64\n",
         ));
         let p = restart_only(&old, &new);
         let keys: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             keys,
-            ["daemon.data_dir", "daemon.log_format", "daemon.queue_capacity", "admin.listen", "admin.token_env"]
+            [
+                "daemon.data_dir",
+                "store.cache_mb",
+                "daemon.log_format",
+                "daemon.queue_capacity",
+                "admin.listen",
+                "admin.token_env"
+            ]
         );
         assert!(p.iter().all(|p| p.message.contains("requires a restart")));
     }

@@ -293,7 +293,8 @@ pub fn open_configured(config: &crate::config::Config) -> anyhow::Result<Store> 
     use anyhow::Context;
     let data_dir = &config.daemon.data_dir;
     let keys = config.store.keyring(&config.config_dir, data_dir).context("loading the record store's key file")?;
-    Store::open(data_dir, keys).with_context(|| format!("opening the record store in {}", data_dir.display()))
+    Store::open_with_cache(data_dir, keys, config.store.cache_mb)
+        .with_context(|| format!("opening the record store in {}", data_dir.display()))
 }
 
 /// Unix milliseconds now.
@@ -324,10 +325,11 @@ fn join(a: &str, b: &str) -> Vec<u8> {
     k
 }
 
-fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, StoreError> {
+fn open_db(dir: &Path, db_path: &Path, cache_mb: u32) -> Result<sled::Db, StoreError> {
     // No background flush: the write-ahead log makes writes durable; sled is flushed by
     // checkpoints (see [`log`]).
-    sled::Config::new().path(db_path).flush_every_ms(None).open().map_err(|e| match &e {
+    let config = sled::Config::new().path(db_path).flush_every_ms(None).cache_capacity(u64::from(cache_mb) << 20);
+    config.open().map_err(|e| match &e {
         sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(dir.display().to_string()),
         _ => StoreError::Sled(e),
     })
@@ -347,8 +349,14 @@ fn abort<E>(e: E) -> ConflictableTransactionError<E> {
 impl Store {
     /// Opens (or creates) the store in `dir`, sealing with `keys`. Fails at once if another
     /// process holds it, if it was written by a newer carebridge, or if `keys` cannot open it
-    /// (the wrong key file). A schema-v1 store is upgraded first.
+    /// (the wrong key file). A schema-v1 store is upgraded first. sled's page cache is
+    /// [`settings::DEFAULT_CACHE_MB`].
     pub fn open(dir: &Path, keys: Keyring) -> Result<Store, StoreError> {
+        Store::open_with_cache(dir, keys, settings::DEFAULT_CACHE_MB)
+    }
+
+    /// [`Store::open`] with sled's page cache at most `cache_mb` MiB (`[store] cache_mb`).
+    pub fn open_with_cache(dir: &Path, keys: Keyring, cache_mb: u32) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         #[cfg(unix)]
         {
@@ -357,7 +365,7 @@ impl Store {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let db_path = dir.join("db");
-        let db = open_db(dir, &db_path)?;
+        let db = open_db(dir, &db_path, cache_mb)?;
         let found = db.open_tree("meta")?.get("schema_version")?.map(|v| id_of32(&v));
         let db = match found {
             Some(found) if found > SCHEMA_VERSION => {
@@ -370,7 +378,7 @@ impl Store {
                 // sled keeps superseded values in its log until it reuses the space: copy every
                 // tree into a fresh database so no plaintext of the old schema stays on disk.
                 migrate::rewrite_fresh(&db_path)?;
-                let db = open_db(dir, &db_path)?;
+                let db = open_db(dir, &db_path, cache_mb)?;
                 db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
                 db
             }
