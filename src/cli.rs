@@ -207,10 +207,7 @@ pub enum OutboxCommand {
 /// store cannot be written: disk full or an I/O error, which a supervisor should retry).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = dispatch(cli);
-    // The daemon's last log lines, before any error below.
-    crate::telemetry::flush();
-    match outcome {
+    match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigErrors>() {

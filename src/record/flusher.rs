@@ -194,6 +194,5 @@ fn unwritable(e: &super::StoreError) -> ! {
         "Record store unwritable (disk full or I/O error); exiting so the supervisor restarts carebridge once it can write. Nothing acknowledged is lost; unacknowledged messages are redelivered by their sources."
     );
     std::thread::sleep(ANSWER_GRACE);
-    crate::telemetry::flush();
     std::process::exit(EXIT_STORE_UNWRITABLE)
 }
