@@ -60,6 +60,11 @@ struct Run {
     p99_ms: f64,
     idle_rss_kb: u64,
     peak_rss_kb: u64,
+    /// The daemon's CPU per message, µs.
+    daemon_us: f64,
+    /// This process's (load generator and sink) CPU per message, µs: a fixed amount of work per
+    /// message, so the ratio of the two does not move with the machine's speed.
+    harness_us: f64,
 }
 
 /// `VmRSS`, `VmHWM`, … of a process, in kB.
@@ -322,7 +327,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: u
         let rss_after_kb = proc_kb(pid, "VmRSS");
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
-        let r = Run {
+        let mut r = Run {
             label: if pass == 0 { label.to_string() } else { format!("{label}, second pass (warm)") },
             pass,
             conns,
@@ -332,6 +337,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: u
             p99_ms: pct(0.99),
             idle_rss_kb,
             peak_rss_kb,
+            ..Run::default()
         };
         if pass == 0 {
             println!("  ready after {:.1} s", ready.as_secs_f64());
@@ -368,6 +374,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: u
         // The load generator and the sink share the cores: what they cost bounds what any daemon
         // could reach on this machine.
         println!("  load generator + sink CPU (this process): {:.0} µs/msg", per_msg_us(harness));
+        (r.daemon_us, r.harness_us) = (per_msg_us(all), per_msg_us(harness));
         out.push(r);
     }
     d.terminate();
@@ -455,9 +462,21 @@ fn summary(runs: &[Run], high: usize, prefill: usize) {
         // A clinic's daemon runs with a full store, so both must be under the target.
         yes(runs.iter().filter(|r| r.conns == high && r.end_to_end.is_some()).all(|r| r.idle_rss_kb < 30 * 1024))
     );
+    // The machine's speed drifts within a run (the bench's own CPU per message, a fixed amount
+    // of work, has moved by 40% between runs of one invocation): the daemon's CPU per message
+    // measured against the bench's is a ratio that drift does not move.
+    let by_cpu = |f: Option<&Run>, e: Option<&Run>| {
+        let (f, e) = (f?, e?);
+        Some((e.daemon_us / e.harness_us.max(1e-9)) / (f.daemon_us / f.harness_us.max(1e-9)).max(1e-9))
+    };
+    let cpu_flat = match (by_cpu(full, Some(empty)), by_cpu(full_warm, empty_warm)) {
+        (Some(c), Some(w)) => format!("; by CPU per message against the bench's own: {c:.2}, second pass {w:.2}"),
+        (Some(c), None) => format!("; by CPU per message against the bench's own: {c:.2}"),
+        _ => String::new(),
+    };
     match flat {
         Some((f, a)) => println!(
-            "| flat (±10%) with store size | {prefill} records / empty: {f:.2} end to end, {a:.2} accepted{} | {} |",
+            "| flat (±10%) with store size | {prefill} records / empty: {f:.2} end to end, {a:.2} accepted{}{cpu_flat} | {} |",
             flat_warm.map(|(f, a)| format!("; second pass (warm) {f:.2} and {a:.2}")).unwrap_or_default(),
             yes(within((f, a)) && flat_warm.is_none_or(within))
         ),
