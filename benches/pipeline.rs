@@ -257,57 +257,10 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: u
                 })
                 .collect(),
         );
-        let url = format!("http://127.0.0.1:{port}/v1/messages");
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let cpu_before = thread_ticks(pid);
         let harness_before: u64 = thread_ticks(std::process::id()).values().sum();
         let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..conns {
-            let (bodies, url, next, refused) = (bodies.clone(), url.clone(), next.clone(), refused.clone());
-            // One client per task: one keep-alive connection each.
-            let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= bodies.len() {
-                        return lat;
-                    }
-                    let (b, s) = &bodies[i];
-                    let t = Instant::now();
-                    // A 503 (outbox full, queue full) is the daemon pushing back: count it, wait a
-                    // little and send again, as a gateway would; latency is until the 202.
-                    loop {
-                        let r = client
-                            .post(&url)
-                            .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
-                            .header(carebridge_webhook::SIGNATURE_HEADER, s.as_str())
-                            .body(b.clone())
-                            .send()
-                            .await
-                            .expect("request");
-                        let status = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        match status {
-                            202 => break,
-                            503 => {
-                                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            other => panic!("unexpected status {other}"),
-                        }
-                    }
-                    lat.push(t.elapsed());
-                }
-            }));
-        }
-        let mut lat = Vec::with_capacity(total);
-        for t in tasks {
-            lat.extend(t.await.unwrap());
-        }
-        let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+        let (mut lat, refused) = send_all(port, ts, bodies, conns).await;
         let accepted = start.elapsed();
         let mut end_to_end = None;
         if deliver {
@@ -400,6 +353,59 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: u
     let with_findings = recorded.iter().filter(|l| num(l, "findings") > 0.0).count();
     println!("  detectors: {with_findings} of {} recorded messages had findings", recorded.len());
     out
+}
+
+/// Sends every body to the daemon on `port` over `conns` keep-alive connections at once, each
+/// taking the next body not yet sent: the latency of each `202`, and how many `503`s came back.
+async fn send_all(port: u16, ts: i64, bodies: Arc<Vec<(Vec<u8>, String)>>, conns: usize) -> (Vec<Duration>, usize) {
+    let url = format!("http://127.0.0.1:{port}/v1/messages");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (bodies, url, next, refused) = (bodies.clone(), url.clone(), next.clone(), refused.clone());
+        // One client per task: one keep-alive connection each.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= bodies.len() {
+                    return lat;
+                }
+                let (b, s) = &bodies[i];
+                let t = Instant::now();
+                // A 503 (outbox full, queue full) is the daemon pushing back: count it, wait a
+                // little and send again, as a gateway would; latency is until the 202.
+                loop {
+                    let r = client
+                        .post(&url)
+                        .header(carebridge_webhook::TIMESTAMP_HEADER, ts.to_string())
+                        .header(carebridge_webhook::SIGNATURE_HEADER, s.as_str())
+                        .body(b.clone())
+                        .send()
+                        .await
+                        .expect("request");
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    match status {
+                        202 => break,
+                        503 => {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut lat = Vec::with_capacity(bodies.len());
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    (lat, refused.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 fn summary(runs: &[Run], high: usize, prefill: usize) {

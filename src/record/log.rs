@@ -84,7 +84,6 @@ impl std::ops::Deref for Tr {
 
 /// One write of a record. It carries its tree's handle, so applying it needs no lookup by name
 /// (a tree the log did not know of could otherwise be skipped).
-#[derive(Clone)]
 struct Op {
     tree: Tr,
     key: IVec,
