@@ -7,12 +7,15 @@
 //! (32), `BENCH_CONNS_LOW` (4), `BENCH_PREFILL` (1000000 records written into the store of the
 //! last run before its daemon starts; 0 skips that run).
 //!
-//! Runs, each with a fresh daemon and data directory, in one invocation:
+//! Runs, each with a fresh daemon (or relay) and data directory, in one invocation:
 //! 1. empty store, `BENCH_CONNS_LOW` connections, forwarded to a signature-checking HTTP sink;
 //! 2. empty store, `BENCH_CONNS` connections, forwarded, then a second pass of new messages on
 //!    the same daemon;
-//! 3. empty store, `BENCH_CONNS` connections, recorded only (no route: the cost of forwarding);
-//! 4. a store pre-filled with `BENCH_PREFILL` records through the library (`Store::open` +
+//! 3. the HTTP floor: the same load through the webhook adapters alone, joined by a relay that
+//!    answers at once and forwards (`common/relay.rs`: no router, policy, record or outbox), in
+//!    a process of its own — the ceiling this HTTP stack and this machine set;
+//! 4. empty store, `BENCH_CONNS` connections, recorded only (no route: the cost of forwarding);
+//! 5. a store pre-filled with `BENCH_PREFILL` records through the library (`Store::open` +
 //!    `commit_exchanges`, each delivery then recorded as sent with `apply_outbox`, as a drained
 //!    outbox leaves it; with the key file the daemon then loads), `BENCH_CONNS`, forwarded, then
 //!    a second pass. The first pass meets sled's cache cold, as after a restart; the second one
@@ -31,6 +34,9 @@ mod support;
 
 #[path = "common/synth.rs"]
 mod synth;
+
+#[path = "common/relay.rs"]
+mod relay;
 
 use carebridge::record::schema::EventKind;
 use carebridge::record::{Exchange, Keyring, OutboxUpdate, Store};
@@ -97,16 +103,21 @@ fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(relay::ROLE_ENV) {
+        return relay::main(&spec, SECRET);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let low = env("BENCH_CONNS_LOW", 4);
     let high = env("BENCH_CONNS", 32);
     let prefill = env("BENCH_PREFILL", 1_000_000);
     let mut runs = Vec::new();
-    runs.extend(rt.block_on(run("empty store, forwarded", low, true, 0, 1)));
-    runs.extend(rt.block_on(run("empty store, forwarded", high, true, 0, 2)));
-    runs.extend(rt.block_on(run("empty store, recorded only", high, false, 0, 1)));
+    runs.extend(rt.block_on(run("empty store, forwarded", low, Target::Daemon { deliver: true, prefill: 0 }, 1)));
+    runs.extend(rt.block_on(run("empty store, forwarded", high, Target::Daemon { deliver: true, prefill: 0 }, 2)));
+    runs.extend(rt.block_on(run(FLOOR, high, Target::Relay, 1)));
+    runs.extend(rt.block_on(run("empty store, recorded only", high, Target::Daemon { deliver: false, prefill: 0 }, 1)));
     if prefill > 0 {
-        runs.extend(rt.block_on(run(&format!("{prefill} records in store, forwarded"), high, true, prefill, 2)));
+        let label = format!("{prefill} records in store, forwarded");
+        runs.extend(rt.block_on(run(&label, high, Target::Daemon { deliver: true, prefill }, 2)));
     }
     summary(&runs, high, prefill);
 }
@@ -213,32 +224,89 @@ secret_file = "secret"
     toml
 }
 
-/// One run with a fresh daemon; `prefill` records are written into its store first. `passes`
-/// loads of `BENCH_MESSAGES` new messages each are sent one after the other: the first meets
-/// sled's cache cold, as after a restart, the second warm, as a daemon that has been running.
-async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: usize) -> Vec<Run> {
+/// What a run sends its load to.
+#[derive(Clone, Copy)]
+enum Target {
+    /// The daemon, forwarding to the sink when `deliver`, its store pre-filled with `prefill`
+    /// records first.
+    Daemon { deliver: bool, prefill: usize },
+    /// The HTTP floor (`common/relay.rs`): the webhook adapters alone, forwarding everything.
+    Relay,
+}
+
+/// The floor's label in the tables.
+const FLOOR: &str = "HTTP floor: webhook adapters alone, no record";
+
+/// The relay's process, killed when dropped (also when a failed run panics).
+struct RelayProcess(std::process::Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The process under load.
+enum Proc {
+    Daemon(Daemon),
+    Relay(RelayProcess),
+}
+
+/// One run with a fresh daemon (its store pre-filled first if asked) or relay. `passes` loads
+/// of `BENCH_MESSAGES` new messages each are sent one after the other: the first meets sled's
+/// cache cold, as after a restart, the second warm, as a daemon that has been running.
+async fn run(label: &str, conns: usize, target: Target, passes: usize) -> Vec<Run> {
     let total = env("BENCH_MESSAGES", 40_000);
     println!("pipeline, {label}: {total} messages, {conns} connections");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     let data = dir.path().join("data");
-    if prefill > 0 {
-        prefill_store(&data, prefill);
-    }
+    let deliver = match target {
+        Target::Daemon { deliver, prefill } => {
+            if prefill > 0 {
+                prefill_store(&data, prefill);
+            }
+            deliver
+        }
+        Target::Relay => true,
+    };
     let sink = Sink::start(Mode::Accept).await;
     let port = free_port();
-    let mut d = Daemon::start(dir.path(), &config(&data, port, &sink.url(), deliver));
     let started = Instant::now();
-    assert!(
-        wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(600)).await,
-        "daemon did not start: {:?}",
-        d.logs().iter().rev().take(5).collect::<Vec<_>>()
-    );
+    let mut proc = match target {
+        Target::Daemon { .. } => {
+            let d = Daemon::start(dir.path(), &config(&data, port, &sink.url(), deliver));
+            assert!(
+                wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(600)).await,
+                "daemon did not start: {:?}",
+                d.logs().iter().rev().take(5).collect::<Vec<_>>()
+            );
+            Proc::Daemon(d)
+        }
+        Target::Relay => {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .env(relay::ROLE_ENV, format!("{port} {}", sink.url()))
+                .spawn()
+                .unwrap();
+            let relay = RelayProcess(child);
+            let end = Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                assert!(Instant::now() < end, "the relay did not start listening");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Proc::Relay(relay)
+        }
+    };
     let ready = started.elapsed();
     // Let start-up settle (sled's first flush, adapters connecting) before reading idle memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = d.pid().unwrap();
+    let pid = match &proc {
+        Proc::Daemon(d) => d.pid().unwrap(),
+        Proc::Relay(r) => r.0.id(),
+    };
     let idle_rss_kb = proc_kb(pid, "VmRSS");
+    let who = if matches!(target, Target::Relay) { "relay" } else { "daemon" };
 
     let mut out = Vec::new();
     for pass in 0..passes {
@@ -320,7 +388,7 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: u
         parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         let all: u64 = parts.iter().map(|(_, t)| t).sum();
         println!(
-            "  daemon CPU: {:.0} µs/msg ({})",
+            "  {who} CPU: {:.0} µs/msg ({})",
             per_msg_us(all),
             parts.iter().map(|(n, t)| format!("{n} {:.0}", per_msg_us(*t))).collect::<Vec<_>>().join(", ")
         );
@@ -330,6 +398,10 @@ async fn run(label: &str, conns: usize, deliver: bool, prefill: usize, passes: u
         (r.daemon_us, r.harness_us) = (per_msg_us(all), per_msg_us(harness));
         out.push(r);
     }
+    let d = match &mut proc {
+        Proc::Daemon(d) => d,
+        Proc::Relay(_) => return out,
+    };
     d.terminate();
     let logs = d.logs();
     let num = |l: &str, k: &str| -> f64 {
@@ -428,6 +500,7 @@ fn summary(runs: &[Run], high: usize, prefill: usize) {
     let find = |full: bool, forwarded: bool, pass: usize| {
         runs.iter().find(|r| {
             r.conns == high
+                && r.label != FLOOR
                 && r.label.contains("records in store") == full
                 && r.end_to_end.is_some() == forwarded
                 && r.pass == pass
@@ -466,7 +539,10 @@ fn summary(runs: &[Run], high: usize, prefill: usize) {
         empty.idle_rss_kb as f64 / 1024.0,
         full.map(|f| format!(", {:.1} MB with {prefill} records", f.idle_rss_kb as f64 / 1024.0)).unwrap_or_default(),
         // A clinic's daemon runs with a full store, so both must be under the target.
-        yes(runs.iter().filter(|r| r.conns == high && r.end_to_end.is_some()).all(|r| r.idle_rss_kb < 30 * 1024))
+        yes(runs
+            .iter()
+            .filter(|r| r.conns == high && r.end_to_end.is_some() && r.label != FLOOR)
+            .all(|r| r.idle_rss_kb < 30 * 1024))
     );
     // The machine's speed drifts within a run (the bench's own CPU per message, a fixed amount
     // of work, has moved by 40% between runs of one invocation): the daemon's CPU per message
@@ -492,4 +568,17 @@ fn summary(runs: &[Run], high: usize, prefill: usize) {
         "ratio forwarded/recorded-only accepted msgs/s at {high} conns: {:.2}",
         empty.accepted / recorded.accepted
     );
+    // The ceiling this machine sets: the same HTTP work with nothing behind it, on the same cores
+    // as the bench.
+    if let Some(floor) = runs.iter().find(|r| r.label == FLOOR) {
+        println!(
+            "HTTP floor at {high} conns (webhook adapters alone, no record): {:.0} msgs/s end to end, p99 {:.2} ms, \
+             {:.0} µs/msg of CPU (bench {:.0}); the daemon reached {:.2} of it",
+            e2e(floor),
+            floor.p99_ms,
+            floor.daemon_us,
+            floor.harness_us,
+            e2e(empty) / e2e(floor).max(1e-9)
+        );
+    }
 }
