@@ -4,8 +4,9 @@
 #   2. installs the pinned FHIR validators (npm; Node.js from Debian if missing),
 #   3. runs every test of the workspace (unit, adapter integration, end-to-end against the real
 #      daemon binary, a local Bot API server and loopback HTTP),
-#   4. runs each fuzz target briefly (tests/fuzz.sh, which installs cargo-fuzz if missing),
-#   5. stops the mail servers, whatever happened.
+#   4. builds the benches (not run: they measure, they do not test),
+#   5. runs each fuzz target briefly (tests/fuzz.sh, which installs cargo-fuzz if missing),
+#   6. stops the mail servers, whatever happened.
 # The email tests are required here (CAREBRIDGE_REQUIRE_MAIL=1): a missing server is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,11 @@ npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=erro
 
 # Two test threads per binary: end-to-end tests each run a daemon, and CI has two cores.
 cargo test --workspace --locked -- --test-threads=2
+
+# The benches are documented commands (README, "Benchmarks"): build them (test profile, so the
+# artifacts above are reused), so one that no longer compiles fails here. Running them is not a
+# test: they measure.
+cargo test --workspace --locked --benches --no-run
 
 # Last, a short fuzzing run of the input parsers and the privacy engine (docs/fuzzing.md):
 # FUZZ_SECONDS (default 20) per target; the instrumented build takes a few minutes the first time.
