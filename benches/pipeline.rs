@@ -262,51 +262,47 @@ async fn run(label: &str, conns: usize, target: Target, passes: usize) -> Vec<Ru
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     let data = dir.path().join("data");
-    let deliver = match target {
-        Target::Daemon { deliver, prefill } => {
-            if prefill > 0 {
-                prefill_store(&data, prefill);
-            }
-            deliver
-        }
-        Target::Relay => true,
-    };
+    if let Target::Daemon { prefill, .. } = target
+        && prefill > 0
+    {
+        prefill_store(&data, prefill);
+    }
     let sink = Sink::start(Mode::Accept).await;
     let port = free_port();
-    let started = Instant::now();
-    let mut proc = match target {
-        Target::Daemon { .. } => {
+    let (mut proc, deliver, ready) = match target {
+        Target::Daemon { deliver, .. } => {
+            let started = Instant::now();
             let d = Daemon::start(dir.path(), &config(&data, port, &sink.url(), deliver));
             assert!(
                 wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(600)).await,
                 "daemon did not start: {:?}",
                 d.logs().iter().rev().take(5).collect::<Vec<_>>()
             );
-            Proc::Daemon(d)
+            (Proc::Daemon(d), deliver, started.elapsed())
         }
         Target::Relay => {
+            let started = Instant::now();
             let child = std::process::Command::new(std::env::current_exe().unwrap())
                 .env(relay::ROLE_ENV, format!("{port} {}", sink.url()))
                 .spawn()
                 .unwrap();
             let relay = RelayProcess(child);
+            // It has no health endpoint: listening is ready.
             let end = Instant::now() + Duration::from_secs(30);
             while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
                 assert!(Instant::now() < end, "the relay did not start listening");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Proc::Relay(relay)
+            (Proc::Relay(relay), true, started.elapsed())
         }
     };
-    let ready = started.elapsed();
     // Let start-up settle (sled's first flush, adapters connecting) before reading idle memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = match &proc {
-        Proc::Daemon(d) => d.pid().unwrap(),
-        Proc::Relay(r) => r.0.id(),
+    let (pid, who) = match &proc {
+        Proc::Daemon(d) => (d.pid().unwrap(), "daemon"),
+        Proc::Relay(r) => (r.0.id(), "relay"),
     };
     let idle_rss_kb = proc_kb(pid, "VmRSS");
-    let who = if matches!(target, Target::Relay) { "relay" } else { "daemon" };
 
     let mut out = Vec::new();
     for pass in 0..passes {
