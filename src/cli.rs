@@ -112,6 +112,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::records::cli::RecordsCommand,
     },
+    /// The record store itself: `migrate` turns an earlier carebridge's store (sled) into the
+    /// current one.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// The record store's encryption keys.
     Keys {
         /// What to do.
@@ -123,6 +130,19 @@ pub enum Command {
     /// for the privacy officer. The daemon must be stopped. Output contains PHI.
     Export {
         /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Convert the store of an earlier carebridge (sled, in `<data_dir>/db` and `wal/`) into the
+    /// current one, verify it, and keep the old files in `<data_dir>/pre-migration/`. The daemon
+    /// must be stopped. Harmless to run again.
+    Migrate {
+        /// The TOML config file (its `data_dir` and key file).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -203,8 +223,9 @@ pub enum OutboxCommand {
     },
 }
 
-/// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config, 74 = the record
-/// store cannot be written: disk full or an I/O error, which a supervisor should retry).
+/// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config or a store the
+/// administrator must act on, 65 = the record store is damaged, 74 = the record store cannot be
+/// written: disk full or an I/O error, which a supervisor should retry).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -215,10 +236,10 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             eprintln!("carebridge: error: {e:#}");
-            if e.downcast_ref::<crate::record::StoreError>().is_some_and(crate::record::StoreError::is_io) {
-                return ExitCode::from(crate::record::flusher::EXIT_STORE_UNWRITABLE as u8);
+            match e.chain().find_map(|c| c.downcast_ref::<crate::record::StoreError>()) {
+                Some(s) => ExitCode::from(s.exit_code()),
+                None => ExitCode::FAILURE,
             }
-            ExitCode::FAILURE
         }
     }
 }
@@ -233,6 +254,30 @@ fn load(path: Option<&Path>) -> Result<Config> {
         return Err(ConfigErrors(problems).into());
     }
     Ok(config)
+}
+
+/// `store migrate`: see [`crate::record::import`].
+fn store_migrate(config: &Config) -> Result<ExitCode> {
+    let data_dir = &config.daemon.data_dir;
+    let keys = config.store.keyring(&config.config_dir, data_dir).context("loading the record store's key file")?;
+    match crate::record::import::migrate(data_dir, keys, config.store.cache_mb)
+        .with_context(|| format!("migrating the record store in {}", data_dir.display()))?
+    {
+        None => println!("{}: nothing to migrate (no store of an earlier carebridge here)", data_dir.display()),
+        Some(m) => {
+            let total: usize = m.entries.iter().map(|(_, n)| n).sum();
+            println!(
+                "{}: migrated {total} entries from schema v{} ({} write-ahead log records); the chain verifies: {} entries, head {}; old files kept in {}",
+                data_dir.display(),
+                m.from_schema,
+                m.wal_records,
+                m.chain_entries,
+                m.chain_head,
+                m.kept_at.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -272,6 +317,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             crate::records::cli::records(&config, actor, command)
         }
         Command::Keys { command } => crate::records::cli::keys(command),
+        Command::Store { command: StoreCommand::Migrate { config } } => {
+            let config = load(config.as_deref())?;
+            store_migrate(&config)
+        }
         Command::Review { config, command } => {
             let config = load(config.as_deref())?;
             review(&config, command)

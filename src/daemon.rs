@@ -250,7 +250,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(left(), join(flusher_thread)).await;
     let _ = tokio::time::timeout(left(), join(books_thread)).await;
     let s = store.clone();
-    tokio::task::spawn_blocking(move || s.flush_blocking()).await.ok();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.close()).await {
+        tracing::error!(error = %e, "The last flush of the record store failed; the next start recovers what was acknowledged.");
+    }
     info!("Shutdown complete.");
     if failed { Err(anyhow!("a receiver failed; see the log above")) } else { Ok(()) }
 }

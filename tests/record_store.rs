@@ -97,15 +97,15 @@ fn lines(out: &str) -> Vec<Value> {
 async fn planted_phi_never_reaches_the_raw_store_files() {
     let mut c = Clinic::start("", "").await;
     exchange(&c).await;
-    // The write-ahead log while the daemon runs: its open segment holds every write since start.
-    let wal = raw_files(&data_dir(&c).join("wal"));
-    assert!(wal.iter().any(|(_, b)| contains(b, b"journal")), "the log's segments are read");
+    // The engine's files while the daemon runs: its journal holds every write since start.
+    let live = raw_files(&data_dir(&c));
+    // Positive control: the grep does see what is stored in the clear (the chain's entries name
+    // the tree of the body they cover).
+    assert!(live.iter().any(|(_, b)| contains(b, b"records")), "the engine's journal is read");
     assert!(c.d.terminate(), "clean shutdown");
-    let mut files = raw_files(&data_dir(&c).join("db"));
-    assert!(!files.is_empty());
-    // Positive control: the grep does see what is stored in the clear (tree names, ids).
-    assert!(files.iter().any(|(_, b)| contains(b, b"journal")), "the files are read");
-    files.extend(wal);
+    let mut files = raw_files(&data_dir(&c));
+    assert!(files.iter().any(|(p, _)| p.starts_with(data_dir(&c).join("store"))), "the engine's files are there");
+    files.extend(live);
     for needle in
         [NAME, OHIP, EMAIL, PHRASE, ATTACHMENT, PATIENT_PHONE, &PATIENT_PHONE[2..], "p-0001", "Thanks, we will"]
     {
@@ -212,6 +212,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Opens one of the engine's trees by name.
+type Trees<'a> = dyn Fn(&str) -> fjall::Keyspace + 'a;
+
 #[tokio::test]
 async fn verify_finds_deleted_altered_and_missing_entries() {
     let mut c = Clinic::start("", "").await;
@@ -224,29 +227,30 @@ async fn verify_finds_deleted_altered_and_missing_entries() {
     let pristine = cfg.parent().unwrap().join("pristine");
     copy_dir(&data_dir(&c), &pristine);
 
-    let tamper = |what: &dyn Fn(&sled::Db)| {
+    // Someone with write access to the data directory but not the key file edits the engine.
+    let tamper = |what: &dyn Fn(&Trees<'_>)| {
         let data = data_dir(&c);
         std::fs::remove_dir_all(&data).unwrap();
         copy_dir(&pristine, &data);
-        let db = sled::open(data.join("db")).unwrap();
-        what(&db);
-        db.flush().unwrap();
+        let db = fjall::Database::builder(data.join("store")).open().unwrap();
+        what(&|name| db.keyspace(name, fjall::KeyspaceCreateOptions::default).unwrap());
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
         drop(db);
         verify(&cfg)
     };
     // A record deleted outright.
-    let (ok, r) = tamper(&|db| {
-        let records = db.open_tree("records").unwrap();
-        let (k, _) = records.first().unwrap().unwrap();
+    let (ok, r) = tamper(&|tree| {
+        let records = tree("records");
+        let k = records.first_key_value().unwrap().key().unwrap();
         records.remove(k).unwrap();
     });
     assert!(!ok, "a deleted record breaks the chain");
     assert_eq!(r["first_break"]["seq"], 1);
     assert!(r["first_break"]["reason"].as_str().unwrap().contains("deleted"), "{r}");
     // One byte of an event changed.
-    let (ok, r) = tamper(&|db| {
-        let events = db.open_tree("events").unwrap();
-        let (k, v) = events.last().unwrap().unwrap();
+    let (ok, r) = tamper(&|tree| {
+        let events = tree("events");
+        let (k, v) = events.last_key_value().unwrap().into_inner().unwrap();
         let mut v = v.to_vec();
         let n = v.len();
         v[n - 1] ^= 0x01;
@@ -256,19 +260,19 @@ async fn verify_finds_deleted_altered_and_missing_entries() {
     assert!(r["first_break"]["reason"].as_str().unwrap().contains("altered"), "{r}");
     // A journal entry in the middle removed.
     let middle = entries / 2;
-    let (ok, r) = tamper(&|db| {
-        db.open_tree("journal").unwrap().remove(middle.to_be_bytes()).unwrap();
+    let (ok, r) = tamper(&|tree| {
+        tree("journal").remove(middle.to_be_bytes()).unwrap();
     });
     assert!(!ok);
     assert_eq!(r["first_break"]["seq"], middle);
     // The tail cut off (the last entry and its head no longer agree).
-    let (ok, r) = tamper(&|db| {
-        db.open_tree("journal").unwrap().remove(entries.to_be_bytes()).unwrap();
+    let (ok, r) = tamper(&|tree| {
+        tree("journal").remove(entries.to_be_bytes()).unwrap();
     });
     assert!(!ok, "{r}");
     // A body slipped in that no journal entry names.
-    let (ok, r) = tamper(&|db| {
-        db.open_tree("records").unwrap().insert(u64::MAX.to_be_bytes(), b"forged".to_vec()).unwrap();
+    let (ok, r) = tamper(&|tree| {
+        tree("records").insert(u64::MAX.to_be_bytes(), b"forged".to_vec()).unwrap();
     });
     assert!(!ok);
     assert!(r["first_break"]["reason"].as_str().unwrap().contains("does not cover"), "{r}");
@@ -312,7 +316,7 @@ async fn purges_leave_tombstones_and_refuse_to_cut_into_retention() {
 }
 
 #[test]
-fn a_store_written_by_schema_v1_is_upgraded_sealed_and_read() {
+fn a_store_written_by_schema_v1_is_migrated_sealed_and_read() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1.tar.gz");
     let st = std::process::Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir.path()).status().unwrap();
@@ -335,6 +339,14 @@ fn a_store_written_by_schema_v1_is_upgraded_sealed_and_read() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = |args: &[&str]| records_cli(&cfg, args);
+    // The old store is refused until it is migrated, with the command that does it.
+    let (ok, _, err) = run(&["list", "--patient", "p-0001"]);
+    assert!(!ok && err.contains("carebridge store migrate"), "{err}");
+    let (ok, out, err) = cli(&cfg, &["store", "migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("from schema v1"), "{out}");
+    let (ok, out, err) = cli(&cfg, &["store", "migrate"]);
+    assert!(ok && out.contains("nothing to migrate"), "running it twice is harmless: {out} {err}");
     let (ok, out, err) = run(&["list", "--patient", "p-0001"]);
     assert!(ok, "{err}");
     let list = lines(&out);
@@ -348,8 +360,13 @@ fn a_store_written_by_schema_v1_is_upgraded_sealed_and_read() {
     assert!(ok, "{err} {out}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["by_kind"]["quarantine"], 1);
-    // After the upgrade nothing of the old plaintext is left in the files.
-    for (path, bytes) in raw_files(&dir.path().join("data/db")) {
+    // After the upgrade nothing of the old plaintext is left in the files the daemon uses (the
+    // old files are kept aside, as they were, until the administrator deletes them).
+    assert!(dir.path().join("data/pre-migration/db").exists(), "the old files are kept aside");
+    let used: Vec<_> =
+        raw_files(&data).into_iter().filter(|(p, _)| !p.starts_with(data.join("pre-migration"))).collect();
+    assert!(!used.is_empty());
+    for (path, bytes) in used {
         assert!(!contains(&bytes, b"Jane Fixture"), "plaintext left in {}", path.display());
     }
 }

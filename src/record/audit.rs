@@ -5,10 +5,10 @@
 //! officer reads the trail with `records audit` (itself audited).
 
 use super::chain::{self, Append, Kind};
+use super::engine::TxError;
 use super::schema::{AuditV1, RecordV1};
 use super::{Store, StoreError, now_ms, t};
 use carebridge_contract::RecordId;
-use sled::transaction::ConflictableTransactionError;
 
 /// Who is reading, through what.
 #[derive(Clone, Debug)]
@@ -46,26 +46,25 @@ impl Store {
         let key = id.to_be_bytes();
         let body = self.seal(t::AUDIT, &key, &entry);
         let patient = patient_id.map(|p| self.patient_key(p));
-        self.log
-            .transact(|tx| {
-                let (audit, journal, heads) = (&tx.on(&self.audit), &tx.on(&self.journal), &tx.on(&self.chain_heads));
-                audit.insert(key, body.as_slice())?;
-                chain::append(
-                    &self.chain_key,
-                    journal,
-                    heads,
-                    Append {
-                        kind: Kind::Audit,
-                        tree: t::AUDIT,
-                        key: &key,
-                        sealed: &body,
-                        patient: patient.as_deref(),
-                        at_ms,
-                    },
-                )?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(super::tx_err)?;
+        self.transact(|tx| {
+            let (audit, journal, heads) = (&tx.on(&self.audit), &tx.on(&self.journal), &tx.on(&self.chain_heads));
+            audit.insert(key, body.as_slice())?;
+            chain::append(
+                &self.chain_key,
+                journal,
+                heads,
+                Append {
+                    kind: Kind::Audit,
+                    tree: t::AUDIT,
+                    key: &key,
+                    sealed: &body,
+                    patient: patient.as_deref(),
+                    at_ms,
+                },
+            )?;
+            Ok::<(), TxError<()>>(())
+        })
+        .map_err(super::tx_err)?;
         Ok(id)
     }
 
@@ -84,9 +83,11 @@ impl Store {
         let blind = self.patient_key(patient_id);
         let want: [u8; 32] = blind[1..].try_into().unwrap_or([0; 32]);
         let mut out = Vec::new();
-        self.settle()?;
         for e in chain::entries(&self.journal) {
-            let Ok(e) = e? else { continue };
+            let e = e?.map_err(|seq| StoreError::Decode {
+                tree: "journal",
+                reason: format!("entry {seq} is not decodable"),
+            })?;
             if e.kind == Kind::Record && e.patient == Some(want) {
                 let id = RecordId(e.key.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0));
                 if let Some(r) = self.record(id)? {

@@ -17,11 +17,10 @@
 //! body_hash (32) | prev (32) | patient (32, zero if none) | patient_prev (32, zero if first) |
 //! tree_len (1) | tree | key_len (2) | key`. Its hash is the MAC of those bytes.
 
+use super::engine::{Bytes, Engine, EngineError, Tr, TxTree};
 use super::keys::Keyring;
-use super::log::TxTree;
 use hmac::Mac;
 use sha2::{Digest, Sha256};
-use sled::transaction::UnabortableTransactionError;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// What a journal entry stands for.
@@ -175,7 +174,7 @@ pub struct Append<'a> {
     pub at_ms: u64,
 }
 
-fn head(v: Option<sled::IVec>) -> (u64, [u8; 32]) {
+fn head(v: Option<Bytes>) -> (u64, [u8; 32]) {
     match v {
         Some(v) if v.len() == 40 => {
             (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), v[8..].try_into().unwrap_or([0; 32]))
@@ -198,7 +197,7 @@ pub fn append(
     journal: &TxTree<'_, '_>,
     heads: &TxTree<'_, '_>,
     a: Append<'_>,
-) -> Result<u64, UnabortableTransactionError> {
+) -> Result<u64, EngineError> {
     let (gseq, gprev) = head(heads.get(GLOBAL_HEAD)?);
     let patient: Option<[u8; 32]> = a.patient.and_then(|p| p.get(p.len().saturating_sub(32)..)?.try_into().ok());
     let patient_prev = match a.patient {
@@ -228,13 +227,13 @@ pub fn append(
 
 /// The head of the global chain: its last sequence number and hash (hex), for the status line
 /// and `records verify`.
-pub fn global_head(heads: &sled::Tree) -> Result<(u64, String), sled::Error> {
+pub fn global_head(heads: &Tr) -> Result<(u64, String), EngineError> {
     let (seq, h) = head(heads.get(GLOBAL_HEAD)?);
     Ok((seq, hex::encode(h)))
 }
 
 /// Iterates the journal (oldest first), decoded. Undecodable entries come back as `Err(seq)`.
-pub fn entries(journal: &sled::Tree) -> impl Iterator<Item = Result<Result<Entry, u64>, sled::Error>> + '_ {
+pub fn entries(journal: &Tr) -> impl Iterator<Item = Result<Result<Entry, u64>, EngineError>> + '_ {
     journal.iter().map(|r| {
         r.map(|(k, v)| Entry::decode(&v).ok_or_else(|| k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)))
     })
@@ -293,14 +292,14 @@ fn fail(r: &mut Report, seq: u64, reason: String) {
 /// equal to the previous entry's hash, each patient's chain likewise, every body present with
 /// the hash recorded (or removed by a purge a later tombstone accounts for), and every body in
 /// a chained tree covered by the journal. Stops at the first break.
-pub fn verify(db: &sled::Db, keys: &Keyring) -> Result<Report, sled::Error> {
+pub fn verify(db: &Engine, keys: &Keyring) -> Result<Report, EngineError> {
     let ck = ChainKey::from_keys(keys);
-    let journal = db.open_tree("journal")?;
-    let heads = db.open_tree("chain_heads")?;
+    let journal = db.tree("journal")?;
+    let heads = db.tree("chain_heads")?;
     // The daemon may be appending while this runs (through the admin API): verify the chain up
     // to the head as it is now, and count later entries only as covering their bodies.
     let (seq0, hash0) = head(heads.get(GLOBAL_HEAD)?);
-    let mut trees: HashMap<String, sled::Tree> = HashMap::new();
+    let mut trees: HashMap<String, Tr> = HashMap::new();
     let mut r = Report::default();
     let mut prev = [0u8; 32];
     let mut patients: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
@@ -337,11 +336,17 @@ pub fn verify(db: &sled::Db, keys: &Keyring) -> Result<Report, sled::Error> {
         }
         let tree = match trees.get(&e.tree) {
             Some(t) => t.clone(),
-            None => {
-                let t = db.open_tree(&e.tree)?;
-                trees.insert(e.tree.clone(), t.clone());
-                t
-            }
+            None => match super::TREES.iter().find(|n| **n == e.tree) {
+                Some(name) => {
+                    let t = db.tree(name)?;
+                    trees.insert(e.tree.clone(), t.clone());
+                    t
+                }
+                None => {
+                    fail(&mut r, e.seq, format!("it names a tree the store does not have (`{}`)", e.tree));
+                    break;
+                }
+            },
         };
         covered.insert(body_ref(&e.tree, &e.key));
         match tree.get(&e.key)? {
@@ -391,8 +396,8 @@ pub fn verify(db: &sled::Db, keys: &Keyring) -> Result<Report, sled::Error> {
         // time the tail is read.
         let mut uncovered: HashMap<u64, &str> = HashMap::new();
         for name in CHAINED_TREES {
-            for k in db.open_tree(name)?.iter().keys() {
-                let b = body_ref(name, &k?);
+            for kv in db.tree(name)?.iter() {
+                let b = body_ref(name, &kv?.0);
                 if !covered.contains(&b) {
                     uncovered.insert(b, name);
                 }

@@ -3,11 +3,10 @@
 //! appends (and chains) to the record, in the style of [`Store::resolve_review`].
 
 use super::chain;
-use super::log::Tx;
+use super::engine::{Tx, TxError};
 use super::schema::{DeadLetterV1, EventKind};
 use super::{OutboxKey, PreparedEvent, Store, StoreError, abort, t};
 use carebridge_contract::{DeliveryId, RecordId};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 impl Store {
     /// One dead letter.
@@ -30,7 +29,7 @@ impl Store {
         let row = self.seal(t::OUTBOX, &okey, &item);
         let kind = EventKind::Requeued { delivery, by: by.to_string() };
         let event = self.prepare_event(item.delivery.record_id, item.patient_id.as_deref(), &kind)?;
-        let r = self.log.transact(|tx| {
+        let r = self.transact(|tx| {
             if tx.on(&self.dead).remove(delivery.0.to_be_bytes())?.is_none() {
                 return Err(abort(()));
             }
@@ -48,7 +47,7 @@ impl Store {
         let record = dead.item.delivery.record_id;
         let kind = EventKind::Dropped { delivery, by: by.to_string() };
         let event = self.prepare_event(record, dead.item.patient_id.as_deref(), &kind)?;
-        let r = self.log.transact(|tx| {
+        let r = self.transact(|tx| {
             if tx.on(&self.dead).remove(delivery.0.to_be_bytes())?.is_none() {
                 return Err(abort(()));
             }
@@ -60,16 +59,16 @@ impl Store {
     /// Dead letters waiting for an operator (a gauge; cheap while the list is short, as it
     /// should be).
     pub fn dead_count(&self) -> usize {
-        self.log.count(&self.dead)
+        self.dead.len().unwrap_or(0)
     }
 
     /// Deliveries held for review (a gauge).
     pub fn held_count(&self) -> usize {
-        self.log.count(&self.review)
+        self.review.len().unwrap_or(0)
     }
 
     /// Writes a prepared event and links it into the chain, inside a transaction.
-    fn append_dead_event(&self, ev: &PreparedEvent, tx: &Tx<'_>) -> Result<(), ConflictableTransactionError<()>> {
+    fn append_dead_event(&self, ev: &PreparedEvent, tx: &Tx<'_>) -> Result<(), TxError<()>> {
         tx.on(&self.events).insert(ev.key.as_slice(), ev.body.as_slice())?;
         chain::append(&self.chain_key, &tx.on(&self.journal), &tx.on(&self.chain_heads), ev.append())?;
         Ok(())
@@ -77,11 +76,11 @@ impl Store {
 }
 
 /// `true` if the transaction ran, `false` if it found the dead letter gone.
-fn settle(r: Result<(), TransactionError<()>>) -> Result<bool, StoreError> {
+fn settle(r: Result<(), TxError<()>>) -> Result<bool, StoreError> {
     match r {
         Ok(()) => Ok(true),
-        Err(TransactionError::Abort(())) => Ok(false),
-        Err(TransactionError::Storage(e)) => Err(e.into()),
+        Err(TxError::Abort(())) => Ok(false),
+        Err(TxError::Storage(e)) => Err(e.into()),
     }
 }
 

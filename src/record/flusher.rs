@@ -2,26 +2,25 @@
 //!
 //! The router (and the outbox, the admin API) hand it *jobs*: receipts to send and outbox rows to
 //! wake once what they refer to is on disk. The flusher, on its own thread, takes every job
-//! waiting, syncs the write-ahead log once for all of them ([`super::log`]: one `fdatasync`),
-//! then answers. Many messages share one fsync. A second thread applies durable records to sled
-//! (at most every `APPLY_EVERY`) and checkpoints the log every [`CHECKPOINT_EVERY`].
+//! waiting, persists the engine once for all of them ([`super::engine`]: one `fdatasync`), then
+//! answers. Many messages share one fsync.
 //!
-//! A failed flush ends the process with [`EXIT_STORE_UNWRITABLE`]: sled 0.34 latches its first
-//! write error (`ENOSPC`, `EIO`) for the life of the database handle, so every later transaction
-//! and flush fails with it even once the disk has space again (tested: `tests/disk_full.rs`), and
-//! only reopening the database clears it. A daemon that stayed up would refuse every message
+//! A failed flush ends the process with [`EXIT_STORE_UNWRITABLE`]: fjall latches its first
+//! write error (`ENOSPC`, `EIO`) for the life of the database handle ("poisoned": the journal may
+//! end in a partial batch, and writing after it would bury it mid-journal), so every later
+//! transaction and flush fails even once the disk has space again (tested:
+//! `tests/disk_full.rs`), and only reopening the database clears it. A daemon that stayed up would refuse every message
 //! forever (and resend its deliveries every few seconds, unable to record them as sent). Exiting
 //! loses nothing: every acknowledgement waited for a successful flush, and a send whose outcome
 //! was not recorded is resent with the same delivery id. The supervisor (systemd,
 //! `Restart=on-failure`) starts carebridge again, which reopens the store.
 
-use super::log::CHECKPOINT_EVERY;
 use super::{OutboxKey, Store, now_ms};
 use carebridge_contract::Receipt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
@@ -34,11 +33,6 @@ pub const EXIT_STORE_UNWRITABLE: i32 = 74;
 /// writes while no message arrives (only the outbox's bookkeeping wrote) is noticed within this.
 /// A flush with nothing new to write returns at once.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-
-/// The least time between two applications of durable records to sled. Until applied, reads see
-/// records through the log's overlay; applied together, an outbox row written and removed within
-/// this time never reaches sled, and the chain's heads and counters are written once.
-const APPLY_EVERY: Duration = Duration::from_millis(10);
 
 /// How long the last "unavailable" answers get to leave before the process exits.
 const ANSWER_GRACE: Duration = Duration::from_millis(200);
@@ -89,32 +83,6 @@ impl Flusher {
         let (tx, rx) = mpsc::channel::<FlushJob>();
         let last = Arc::new(LastFlush::default());
         let seen = last.clone();
-        // Applying to sled and checkpointing run beside the flusher: receipts wait for the disk,
-        // not for sled, and records applied together share their index updates (see
-        // [`APPLY_EVERY`]). The thread stops after the flusher, which holds the only sender.
-        let (nudge, nudged) = mpsc::channel::<()>();
-        let applier = store.clone();
-        std::thread::Builder::new().name("carebridge-apply".into()).spawn(move || {
-            let mut checkpointed = Instant::now();
-            loop {
-                let closing =
-                    matches!(nudged.recv_timeout(CHECKPOINT_EVERY), Err(mpsc::RecvTimeoutError::Disconnected));
-                while nudged.try_recv().is_ok() {}
-                if let Err(e) = applier.apply_durable() {
-                    unwritable(&e);
-                }
-                if closing || checkpointed.elapsed() >= CHECKPOINT_EVERY {
-                    if let Err(e) = applier.checkpoint() {
-                        unwritable(&e);
-                    }
-                    checkpointed = Instant::now();
-                }
-                if closing {
-                    break;
-                }
-                std::thread::sleep(APPLY_EVERY);
-            }
-        })?;
         let handle = std::thread::Builder::new().name("carebridge-flusher".into()).spawn(move || {
             let mut jobs = Vec::new();
             loop {
@@ -132,7 +100,7 @@ impl Flusher {
                     jobs.push(more);
                 }
                 let started = std::time::Instant::now();
-                let failed = store.make_durable().err();
+                let failed = store.flush_blocking().err();
                 let ok = failed.is_none();
                 let receipts: usize = jobs.iter().map(|j| j.receipts.len()).sum();
                 (if ok { &seen.ok_ms } else { &seen.failed_ms }).store(now_ms().max(1), Ordering::Relaxed);
@@ -156,7 +124,6 @@ impl Flusher {
                 if !wake_keys.is_empty() {
                     wake(wake_keys);
                 }
-                let _ = nudge.send(());
             }
         })?;
         Ok((Flusher { tx, last }, handle))

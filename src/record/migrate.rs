@@ -1,45 +1,22 @@
-//! Upgrades a schema-v1 store (plain JSON values, plain index keys, no journal) to v2 in place,
-//! when it is opened by this version.
+//! Upgrades what a schema-v1 store held (plain JSON values, plain index keys, no journal) to the
+//! sealed, blinded and chained form, during an import ([`super::import`]): the v1 entries are
+//! copied into the import's staging engine as they were, upgraded there, and the result copied
+//! into a fresh engine, so that no plaintext stays in the engine the daemon then uses.
 //!
-//! The upgrade is **resumable**: a crash half-way leaves a store that the next start upgrades
-//! again from where it stands. Values already sealed (they start with [`keys::MAGIC`], JSON never
-//! does) are left alone, keys already blinded (they start with `0xFF`, text never does) too, and
-//! the journal is rebuilt from scratch at the end. The schema version is written only after all
-//! of it is flushed.
+//! Values already sealed (they start with [`keys::MAGIC`], JSON never does) are left alone, keys
+//! already blinded (they start with `0xFF`, text never does) too, and the journal is rebuilt from
+//! scratch at the end.
 //!
 //! The chain of an upgraded store starts at the upgrade: entries are appended in the order they
 //! happened (record, quarantine and event times), so later tampering is detectable; what was
 //! done to the v1 files before the upgrade is not (nothing recorded it).
 
 use super::chain::{self, Append, Kind};
+use super::engine::{Tr, TxError};
 use super::keys::{self, Keyring};
 use super::schema::{EventV1, QuarantineV1, RecordV1};
 use super::{Store, StoreError, t};
-use sled::transaction::ConflictableTransactionError;
 use tracing::info;
-
-/// Copies the database at `db_path` into a fresh one and puts it in its place, so that values
-/// superseded by the upgrade (plaintext) do not linger in sled's log segments. Crash-safe: the
-/// old directory is renamed away only after the copy is flushed, and removed last; a crash
-/// before the swap leaves the old (already upgraded, resumable) database in place.
-pub(super) fn rewrite_fresh(db_path: &std::path::Path) -> Result<(), StoreError> {
-    let fresh = db_path.with_extension("upgrading");
-    let old = db_path.with_extension("pre-upgrade");
-    let io = |e: std::io::Error| StoreError::Sled(sled::Error::Io(e));
-    if fresh.exists() {
-        std::fs::remove_dir_all(&fresh).map_err(io)?;
-    }
-    {
-        let src = sled::Config::new().path(db_path).open()?;
-        let dst = sled::Config::new().path(&fresh).open()?;
-        dst.import(src.export());
-        dst.flush()?;
-    }
-    std::fs::rename(db_path, &old).map_err(io)?;
-    std::fs::rename(&fresh, db_path).map_err(io)?;
-    std::fs::remove_dir_all(&old).map_err(io)?;
-    Ok(())
-}
 
 /// Entries per transaction while rebuilding the journal.
 const CHUNK: usize = 1000;
@@ -62,42 +39,60 @@ pub(super) fn upgrade(store: &Store, from: u32) -> Result<(), StoreError> {
         (&store.review, t::REVIEW),
         (&store.link_codes, t::LINK_CODES),
     ] {
-        for r in tree.iter() {
-            let (key, v) = r?;
-            if !keys::is_sealed(&v) {
-                tree.insert(&key, k.seal(name, &key, &v))?;
-            }
+        let plain: Vec<_> = tree.iter().collect::<Result<Vec<_>, _>>()?;
+        for chunk in plain.chunks(CHUNK) {
+            store
+                .transact(|tx| {
+                    let w = tx.on(tree);
+                    for (key, v) in chunk.iter().filter(|(_, v)| !keys::is_sealed(v)) {
+                        w.insert(key, k.seal(name, key, v))?;
+                    }
+                    Ok::<(), TxError<()>>(())
+                })
+                .map_err(super::tx_err)?;
         }
     }
     // Index keys holding addresses, patient ids or channel ids: blinded (JSON values sealed).
-    rekey(k, &store.by_source, "source", None)?;
-    rekey(k, &store.by_native, "native", Some(t::BY_NATIVE))?;
-    rekey(k, &store.links, "address", Some(t::LINKS))?;
-    rekey(k, &store.consents, "consent", Some(t::CONSENTS))?;
-    rekey(k, &store.notices, "notice", None)?;
+    rekey(store, &store.by_source, "source", None)?;
+    rekey(store, &store.by_native, "native", Some(t::BY_NATIVE))?;
+    rekey(store, &store.links, "address", Some(t::LINKS))?;
+    rekey(store, &store.consents, "consent", Some(t::CONSENTS))?;
+    rekey(store, &store.notices, "notice", None)?;
     rebuild_chain(store)?;
-    // Applied and checkpointed before the fresh copy, which takes sled's trees as they are.
+    let count = store.records.len()? as u64;
+    store
+        .transact(|tx| {
+            tx.on(&store.chain_heads).insert(super::RECORDS_COUNT, count.to_be_bytes())?;
+            Ok::<(), TxError<()>>(())
+        })
+        .map_err(super::tx_err)?;
     store.flush_blocking()?;
-    store.chain_heads.insert(super::RECORDS_COUNT, &(store.records.len() as u64).to_be_bytes())?;
-    store.db.flush()?;
-    store.checkpoint()?;
     info!("Record store upgraded.");
     Ok(())
 }
 
 /// Moves every plain key of `tree` to its blinded form under `domain`, sealing its value for
 /// the new key if `seal_as` names the tree's sealing context.
-fn rekey(k: &Keyring, tree: &sled::Tree, domain: &str, seal_as: Option<&'static str>) -> Result<(), StoreError> {
+fn rekey(store: &Store, tree: &Tr, domain: &str, seal_as: Option<&'static str>) -> Result<(), StoreError> {
+    let k: &Keyring = &store.keys;
     let plain: Vec<_> = tree.iter().collect::<Result<Vec<_>, _>>()?;
-    for (key, v) in plain.into_iter().filter(|(key, _)| key.first() != Some(&0xFF)) {
-        let new = k.blind(domain, &key);
-        let value = match seal_as {
-            Some(name) if !keys::is_sealed(&v) => k.seal(name, &new, &v),
-            _ => v.to_vec(),
-        };
-        // Insert first: a crash between the two leaves a plain key the next run moves again.
-        tree.insert(new.as_slice(), value)?;
-        tree.remove(&key)?;
+    let plain: Vec<_> = plain.into_iter().filter(|(key, _)| key.first() != Some(&0xFF)).collect();
+    for chunk in plain.chunks(CHUNK) {
+        store
+            .transact(|tx| {
+                let w = tx.on(tree);
+                for (key, v) in chunk {
+                    let new = k.blind(domain, key);
+                    let value = match seal_as {
+                        Some(name) if !keys::is_sealed(v) => k.seal(name, &new, v),
+                        _ => v.to_vec(),
+                    };
+                    w.insert(new.as_slice(), value)?;
+                    w.remove(key)?;
+                }
+                Ok::<(), TxError<()>>(())
+            })
+            .map_err(super::tx_err)?;
     }
     Ok(())
 }
@@ -114,8 +109,19 @@ struct Pending {
 }
 
 fn rebuild_chain(store: &Store) -> Result<(), StoreError> {
-    store.journal.clear()?;
-    store.chain_heads.clear()?;
+    for tree in [&store.journal, &store.chain_heads] {
+        let old: Vec<_> = tree.iter().collect::<Result<Vec<_>, _>>()?;
+        for chunk in old.chunks(CHUNK) {
+            store
+                .transact(|tx| {
+                    for (key, _) in chunk {
+                        tx.on(tree).remove(key)?;
+                    }
+                    Ok::<(), TxError<()>>(())
+                })
+                .map_err(super::tx_err)?;
+        }
+    }
     let mut all = Vec::new();
     let mut patient_of = std::collections::HashMap::new();
     for r in store.records.iter() {
@@ -163,7 +169,6 @@ fn rebuild_chain(store: &Store) -> Result<(), StoreError> {
     all.sort_by(|a, b| (a.at_ms, a.order, &a.key).cmp(&(b.at_ms, b.order, &b.key)));
     for chunk in all.chunks(CHUNK) {
         store
-            .log
             .transact(|tx| {
                 let (journal, heads) = (&tx.on(&store.journal), &tx.on(&store.chain_heads));
                 for p in chunk {
@@ -181,7 +186,7 @@ fn rebuild_chain(store: &Store) -> Result<(), StoreError> {
                         },
                     )?;
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
+                Ok::<(), TxError<()>>(())
             })
             .map_err(super::tx_err)?;
     }

@@ -1,18 +1,19 @@
-//! The record store: the patient's file, over sled. Only this module touches sled.
+//! The record store: the patient's file, over one embedded engine ([`engine`]: fjall). Only this
+//! module touches the engine, and no engine type leaves it.
 //!
-//! Every exchange is written as **one record of the write-ahead log** ([`log`]) together with its
-//! dedup index entry, its conversation, its native-id references and its outbox rows (a
-//! transactional outbox), so "recorded but never queued" and "queued but not recorded" cannot
-//! happen. Nothing written here is durable until [`Flusher`] has synced the log; receipts and
-//! outbox wake-ups go out only after. sled is the index behind the log: records reach it once
-//! they are durable, and a crash replays the log into it.
+//! Every exchange is written as **one atomic batch** together with its dedup index entry, its
+//! conversation, its native-id references and its outbox rows (a transactional outbox), so
+//! "recorded but never queued" and "queued but not recorded" cannot happen. Nothing written here
+//! is durable until [`Flusher`] has persisted the engine (one `fdatasync` for every batch
+//! waiting); receipts and outbox wake-ups go out only after.
 //!
-//! **At rest** (schema v2): every value that can hold PHI is versioned JSON ([`schema`]) sealed
+//! **At rest** (schema v3): every value that can hold PHI is versioned JSON ([`schema`]) sealed
 //! with XChaCha20-Poly1305 under the key file's active key ([`keys`]); every tree key that would
 //! hold an address, a patient id or a channel's message id is blinded with a keyed HMAC. Every
 //! entry of the patient's file (exchange, event, quarantined input, audit entry, tombstone) is
-//! chained in the PHI-free `journal` ([`chain`]). A schema-v1 store (plain JSON, unchained) is
-//! upgraded in place when opened (`migrate`).
+//! chained in the PHI-free `journal` ([`chain`]). A store of an earlier carebridge (sled, schema
+//! v1 or v2) is refused at start and turned into this one by `carebridge store migrate`
+//! ([`import`]).
 //!
 //! Trees: `records`, `by_source`, `conversations`, `by_native`, `outbox`, `dead`, `events`,
 //! `quarantine`, `review`, `links`, `link_codes`, `consents`, `notices`, `audit`, `tombstones`,
@@ -21,10 +22,12 @@
 mod audit;
 pub mod chain;
 mod dead;
+pub mod engine;
 pub mod fhir;
 pub mod flusher;
+pub mod import;
 pub mod keys;
-pub mod log;
+mod legacy;
 mod migrate;
 pub mod retention;
 pub mod schema;
@@ -38,22 +41,22 @@ pub use settings::StoreConfig;
 use crate::policy::ConsentGrant;
 use carebridge_contract::{AccountId, DeliveryId, RecordId, SourceKey};
 use chain::{Append, ChainKey, Kind};
-use log::{Log, Tr};
+use engine::{Engine, EngineError, Tr, Tx, TxError, id_of};
 use schema::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why the store failed. Callers answer `Receipt::Unavailable` and log loudly: the source keeps
 /// the message and redelivers.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled reported an I/O or corruption error.
-    #[error("store I/O: {0}")]
-    Sled(#[from] sled::Error),
+    /// The engine reported an I/O error or damaged files.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// A stored value could not be decoded (unknown version, corruption).
     #[error("store value under `{tree}` could not be decoded: {reason}")]
     Decode {
@@ -73,9 +76,14 @@ pub enum StoreError {
     /// The data directory is in use by another carebridge.
     #[error("the data directory {0} is locked by another running carebridge")]
     Locked(String),
-    /// The write-ahead log could not be written, synced or replayed.
+    /// The data directory holds a store of an earlier carebridge (sled), not yet migrated.
+    #[error(
+        "the data directory {0} holds a record store of an earlier carebridge (sled); run `carebridge store migrate --config <file>` once to convert it (the old files are kept aside)"
+    )]
+    OldStore(String),
+    /// Reading the old store during a migration failed.
     #[error(transparent)]
-    Log(#[from] log::LogError),
+    Legacy(#[from] legacy::LegacyError),
     /// A sealed value could not be opened: altered, moved, or the wrong key file.
     #[error("a value under `{tree}` could not be opened: {source}")]
     Sealed {
@@ -84,22 +92,54 @@ pub enum StoreError {
         /// Why.
         source: keys::KeyError,
     },
+    /// A transaction gave up (a value it needed did not decode).
+    #[error("a store transaction was aborted: {0}")]
+    Aborted(&'static str),
+    /// `store migrate` stopped before changing anything the daemon would use.
+    #[error("the migration stopped: {0}")]
+    Migration(String),
 }
 
 impl StoreError {
-    /// An operating-system I/O error (disk full, `EIO`) from sled or the write-ahead log: the
-    /// store cannot be written now but may be after a restart (exit 74), unlike a corrupt or
-    /// newer store.
+    /// An operating-system I/O error (disk full, `EIO`): the store cannot be written now but may
+    /// be after a restart (exit 74), unlike a damaged or newer store.
     pub fn is_io(&self) -> bool {
+        matches!(self, StoreError::Engine(e) if e.is_io())
+    }
+
+    /// The store's files are damaged, or hold less than was made durable (exit 65): nothing is
+    /// cut away to make it open; restore from backup.
+    pub fn is_corrupt(&self) -> bool {
         matches!(
             self,
-            StoreError::Sled(sled::Error::Io(_))
-                | StoreError::Log(log::LogError::Io { .. })
-                | StoreError::Log(log::LogError::Sled(sled::Error::Io(_)))
+            StoreError::Engine(EngineError::Corrupt(_)) | StoreError::Sealed { .. } | StoreError::Decode { .. }
         )
     }
 }
 
+/// The exit code of a daemon or command that found the record store damaged (sysexits'
+/// `EX_DATAERR`): a restart will not help; restore from backup (`docs/operations.md`).
+pub const EXIT_STORE_DAMAGED: u8 = 65;
+
+impl StoreError {
+    /// The exit code this error ends the process with (`docs/operations.md`): 74 disk full or
+    /// I/O (a restart may help), 65 damaged store (it will not), 2 something the administrator
+    /// must change (an old store to migrate, a newer store, the wrong key file), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            e if e.is_io() => flusher::EXIT_STORE_UNWRITABLE as u8,
+            StoreError::OldStore(_) | StoreError::Schema { .. } | StoreError::Sealed { tree: "meta", .. } => 2,
+            e if e.is_corrupt() => EXIT_STORE_DAMAGED,
+            _ => 1,
+        }
+    }
+}
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Engine(e.into())
+    }
+}
 /// A key into the outbox: destination account plus FIFO sequence number.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OutboxKey {
@@ -243,10 +283,10 @@ pub struct Stats {
     pub held: usize,
 }
 
-/// The store. Cheap to clone (sled trees are reference-counted).
+/// The store. Cheap to clone (the engine and its trees are reference-counted).
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    db: Arc<Engine>,
     records: Tr,
     by_source: Tr,
     conversations: Tr,
@@ -264,7 +304,7 @@ pub struct Store {
     tombstones: Tr,
     journal: Tr,
     chain_heads: Tr,
-    log: Arc<Log>,
+    ids: Arc<AtomicU64>,
     keys: Arc<Keyring>,
     chain_key: ChainKey,
     log_key: [u8; 32],
@@ -286,6 +326,27 @@ mod t {
     pub const AUDIT: &str = "audit";
     pub const TOMBSTONES: &str = "tombstones";
 }
+
+/// Every tree of the store but `meta`, by name.
+pub(crate) const TREES: [&str; 17] = [
+    "records",
+    "by_source",
+    "conversations",
+    "by_native",
+    "outbox",
+    "dead",
+    "events",
+    "quarantine",
+    "review",
+    "links",
+    "link_codes",
+    "consents",
+    "notices",
+    "audit",
+    "tombstones",
+    "journal",
+    "chain_heads",
+];
 
 /// Opens the store a config names, with its key file: what `run` and every CLI command that
 /// reads the store do.
@@ -325,93 +386,72 @@ fn join(a: &str, b: &str) -> Vec<u8> {
     k
 }
 
-fn open_db(dir: &Path, db_path: &Path, cache_mb: u32) -> Result<sled::Db, StoreError> {
-    // No background flush: the write-ahead log makes writes durable; sled is flushed by
-    // checkpoints (see [`log`]).
-    let config = sled::Config::new().path(db_path).flush_every_ms(None).cache_capacity(u64::from(cache_mb) << 20);
-    config.open().map_err(|e| match &e {
-        sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked(dir.display().to_string()),
-        _ => StoreError::Sled(e),
-    })
-}
-
 fn id_of32(v: &[u8]) -> u32 {
     v.try_into().map(u32::from_be_bytes).unwrap_or(u32::MAX)
 }
 
-fn id_of(v: &[u8]) -> u64 {
-    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+fn abort<E>(e: E) -> TxError<E> {
+    TxError::Abort(e)
 }
 
-fn abort<E>(e: E) -> ConflictableTransactionError<E> {
-    ConflictableTransactionError::Abort(e)
-}
+/// Where the id counter and the store's own settings live in `meta`.
+const NEXT_ID: &[u8] = b"next_id";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
 impl Store {
     /// Opens (or creates) the store in `dir`, sealing with `keys`. Fails at once if another
-    /// process holds it, if it was written by a newer carebridge, or if `keys` cannot open it
-    /// (the wrong key file). A schema-v1 store is upgraded first. sled's page cache is
-    /// [`settings::DEFAULT_CACHE_MB`].
+    /// process holds it, if it was written by a newer carebridge, if it is an earlier
+    /// carebridge's store not yet migrated, if its files are damaged, or if `keys` cannot open it
+    /// (the wrong key file). The engine's cache is [`settings::DEFAULT_CACHE_MB`].
     pub fn open(dir: &Path, keys: Keyring) -> Result<Store, StoreError> {
         Store::open_with_cache(dir, keys, settings::DEFAULT_CACHE_MB)
     }
 
-    /// [`Store::open`] with sled's page cache at most `cache_mb` MiB (`[store] cache_mb`).
+    /// [`Store::open`] with the engine's block cache at most `cache_mb` MiB (`[store] cache_mb`).
     pub fn open_with_cache(dir: &Path, keys: Keyring, cache_mb: u32) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        if legacy::present(dir) {
+            return Err(StoreError::OldStore(dir.display().to_string()));
+        }
+        let store = Store::open_engine(dir, keys, cache_mb)?;
+        match store.db.meta(SCHEMA_KEY)?.map(|v| id_of32(&v)) {
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::Schema { found, supported: SCHEMA_VERSION });
+            }
+            Some(found) if found < SCHEMA_VERSION => {
+                // Only an interrupted import leaves an older version in this engine.
+                return Err(StoreError::OldStore(dir.display().to_string()));
+            }
+            Some(_) => {}
+            None => store.set_schema_version(SCHEMA_VERSION)?,
+        }
+        store.check_key()?;
+        Ok(store)
+    }
+
+    /// Opens the engine in `dir` and the store's trees in it, with no check of its version or
+    /// its key (the import's first step).
+    fn open_engine(dir: &Path, keys: Keyring, cache_mb: u32) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Engine(EngineError::Io(e)))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             // The patient's file: nobody but the carebridge user.
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
-        let db_path = dir.join("db");
-        let db = open_db(dir, &db_path, cache_mb)?;
-        let found = db.open_tree("meta")?.get("schema_version")?.map(|v| id_of32(&v));
-        let db = match found {
-            Some(found) if found > SCHEMA_VERSION => {
-                return Err(StoreError::Schema { found, supported: SCHEMA_VERSION });
-            }
-            Some(found) if found < SCHEMA_VERSION => {
-                let store = Store::assemble(dir, db, keys.clone())?;
-                migrate::upgrade(&store, found)?;
-                drop(store);
-                // sled keeps superseded values in its log until it reuses the space: copy every
-                // tree into a fresh database so no plaintext of the old schema stays on disk.
-                migrate::rewrite_fresh(&db_path)?;
-                let db = open_db(dir, &db_path, cache_mb)?;
-                db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                db
-            }
-            Some(_) => db,
-            None => {
-                db.open_tree("meta")?.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                db
-            }
-        };
-        let store = Store::assemble(dir, db, keys)?;
-        store.check_key()?;
-        // sled restarts its id generator 2 × 1M past the last counter it persisted, and persists
-        // the new counter on the first id, but makes it durable only at its next flush: a crash
-        // before that flush restarts from the same counter and hands out the same ids again
-        // (found by `tests/crash_loop.rs`: two deliveries under one id). Take that first id now,
-        // before the flush below.
-        store.next_id()?;
-        store.db.flush()?;
-        Ok(store)
-    }
-
-    fn assemble(dir: &Path, db: sled::Db, keys: Keyring) -> Result<Store, StoreError> {
-        let meta = db.open_tree("meta")?;
-        let log_key: [u8; 32] = match meta.get("log_key")? {
+        let db = Engine::open(dir, cache_mb).map_err(|e| match e {
+            EngineError::Locked => StoreError::Locked(dir.display().to_string()),
+            e => StoreError::Engine(e),
+        })?;
+        let log_key: [u8; 32] = match db.meta(b"log_key")? {
             Some(k) if k.len() == 32 => k.as_ref().try_into().unwrap_or([0; 32]),
             _ => {
                 let k: [u8; 32] = rand::random();
-                meta.insert("log_key", &k)?;
+                db.put_meta(b"log_key", &k).map_err(tx_err)?;
                 k
             }
         };
-        let log = Arc::new(Log::open(dir, &db)?);
-        let t = |n: &'static str| Tr::open(&db, n);
+        let next = db.meta(NEXT_ID)?.map(|v| id_of(&v)).unwrap_or(0);
+        let t = |n: &'static str| db.tree(n);
         Ok(Store {
             records: t("records")?,
             by_source: t("by_source")?,
@@ -430,31 +470,46 @@ impl Store {
             tombstones: t("tombstones")?,
             journal: t("journal")?,
             chain_heads: t("chain_heads")?,
-            log,
+            ids: Arc::new(AtomicU64::new(next)),
             chain_key: ChainKey::from_keys(&keys),
             keys: Arc::new(keys),
             log_key,
-            db,
+            db: Arc::new(db),
+        })
+    }
+
+    fn set_schema_version(&self, v: u32) -> Result<(), StoreError> {
+        self.db.put_meta(SCHEMA_KEY, &v.to_be_bytes()).map_err(tx_err)
+    }
+
+    /// Runs `f` as one transaction of the engine (see [`Engine::transact`]), storing the id
+    /// counter with it: every id a durable write uses was handed out before that write, so the
+    /// counter on disk is always past every id on disk, and ids stay dense across restarts.
+    fn transact<R, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R, TxError<E>>) -> Result<R, TxError<E>> {
+        self.db.transact(|tx| {
+            let r = f(tx)?;
+            tx.on(self.db.meta_tree()).insert(NEXT_ID, self.ids.load(Ordering::Acquire).to_be_bytes())?;
+            Ok(r)
         })
     }
 
     /// Proves the key file fits this store: a canary sealed at creation must open. A wrong key
     /// file is refused at startup instead of failing on the first old record.
     fn check_key(&self) -> Result<(), StoreError> {
-        let meta = self.db.open_tree("meta")?;
-        match meta.get("key_canary")? {
+        match self.db.meta(b"key_canary")? {
             Some(c) => {
                 self.keys
                     .open("meta", b"key_canary", &c)
                     .map_err(|source| StoreError::Sealed { tree: "meta", source })?;
             }
             None => {
-                meta.insert("key_canary", self.keys.seal("meta", b"key_canary", b"carebridge"))?;
+                self.db
+                    .put_meta(b"key_canary", &self.keys.seal("meta", b"key_canary", b"carebridge"))
+                    .map_err(tx_err)?;
             }
         }
         Ok(())
     }
-
     fn seal<T: Serialize>(&self, tree: &str, key: &[u8], v: &T) -> Vec<u8> {
         self.keys.seal(tree, key, &enc(v))
     }
@@ -466,12 +521,12 @@ impl Store {
 
     /// A sealed value of `tree`, opened (the tree's name is its sealing context).
     fn get_sealed<T: DeserializeOwned>(&self, tree: &Tr, key: &[u8]) -> Result<Option<T>, StoreError> {
-        self.log.read(tree, key)?.map(|v| self.unseal(tree.name, key, &v)).transpose()
+        tree.get(key)?.map(|v| self.unseal(tree.name, key, &v)).transpose()
     }
 
     /// Every value of `tree`, opened, in key order.
     fn all_sealed<T: DeserializeOwned>(&self, tree: &Tr) -> Result<Vec<T>, StoreError> {
-        self.log.scan(tree, b"")?.into_iter().map(|(k, v)| self.unseal(tree.name, &k, &v)).collect()
+        tree.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(tree.name, &k, &v))).collect()
     }
 
     /// The blinded key of a patient: their chain head and journal references.
@@ -500,39 +555,29 @@ impl Store {
     }
 
     /// A fresh monotonic id (records, deliveries, outbox sequence, events).
+    /// A fresh id (records, deliveries, outbox sequence, events): dense, monotonic, never
+    /// handed out twice (see [`Store::transact`]).
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()? + 1)
+        Ok(self.ids.fetch_add(1, Ordering::AcqRel) + 1)
     }
 
-    /// Makes everything written so far durable: one `fdatasync` of the log for all of it, then
-    /// it is applied to sled (see [`log`]). Blocking: the flusher's, the CLI's.
+    /// Makes everything written so far durable: one `fdatasync` for all of it. Blocking: the
+    /// flusher's, the CLI's.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.log.sync()?;
+        self.db.persist()?;
         Ok(())
     }
 
-    /// The flusher's half of [`Store::flush_blocking`]: everything written so far is durable
-    /// when it returns (receipts may go out), and reads already see it; [`Store::apply_durable`]
-    /// then moves it into sled.
-    pub fn make_durable(&self) -> Result<(), StoreError> {
-        self.log.make_durable()?;
+    /// The last flush, on close: also safe against a power loss for the engine's metadata.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.db.close()?;
         Ok(())
     }
 
-    /// The second half of [`Store::flush_blocking`] (see [`Store::make_durable`]).
-    pub fn apply_durable(&self) -> Result<(), StoreError> {
-        self.log.apply_durable()?;
-        Ok(())
+    /// Bytes the store takes on disk.
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space()
     }
-
-    /// Flushes sled and moves the log's checkpoint (see [`log`]): bounds the log and the replay
-    /// after a crash. Blocking; the apply thread (see [`Flusher`]) calls it.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.log.checkpoint()?;
-        Ok(())
-    }
-
-    /// A keyed hash of a patient id for logs: stable within this store, meaningless outside it.
     pub fn patient_ref(&self, patient_id: &str) -> String {
         use hmac::{KeyInit, Mac};
         let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.log_key) {
@@ -546,7 +591,7 @@ impl Store {
 
     /// The record a source key was recorded under, if any.
     pub fn lookup_source(&self, source: &SourceKey) -> Result<Option<RecordId>, StoreError> {
-        Ok(self.log.read(&self.by_source, &self.source_key(source))?.map(|v| RecordId(id_of(&v))))
+        Ok(self.by_source.get(self.source_key(source))?.map(|v| RecordId(id_of(&v))))
     }
 
     /// A record.
@@ -556,20 +601,14 @@ impl Store {
 
     /// All records, oldest first (for audits and tests).
     pub fn records(&self) -> impl Iterator<Item = Result<RecordV1, StoreError>> + '_ {
-        // A walk of sled: first bring it up to date with everything durable. An error here
-        // comes back on the first item.
-        let settled = self.settle().err();
-        let rest =
-            self.records.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::RECORDS, &k, &v)));
-        settled.into_iter().map(Err).chain(rest)
+        self.records.iter().map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::RECORDS, &k, &v)))
     }
 
     /// Events appended to a record, oldest first.
     pub fn events(&self, id: RecordId) -> Result<Vec<EventV1>, StoreError> {
-        self.log
-            .scan(&self.events, &id.0.to_be_bytes())?
-            .into_iter()
-            .map(|(k, v)| self.unseal(t::EVENTS, &k, &v))
+        self.events
+            .scan_prefix(id.0.to_be_bytes())
+            .map(|r| r.map_err(StoreError::from).and_then(|(k, v)| self.unseal(t::EVENTS, &k, &v)))
             .collect()
     }
 
@@ -596,43 +635,39 @@ impl Store {
     /// Records a consent (CLI / admin API). Durable after the next flush.
     pub fn grant_consent(&self, patient_id: &str, grant: ConsentGrant) -> Result<(), StoreError> {
         let key = self.consent_key(patient_id, &grant.account);
-        self.log
-            .transact(|tx| {
-                let consents = tx.on(&self.consents);
-                let mut all: Vec<ConsentGrant> = match consents.get(&key)? {
-                    Some(v) => self.unseal(t::CONSENTS, &key, &v).map_err(abort)?,
-                    None => Vec::new(),
-                };
-                all.retain(|g| g.purpose != grant.purpose);
-                all.push(grant.clone());
-                consents.insert(key.as_slice(), self.seal(t::CONSENTS, &key, &all))?;
-                Ok(())
-            })
-            .map_err(tx_store_err)
+        self.transact(|tx| {
+            let consents = tx.on(&self.consents);
+            let mut all: Vec<ConsentGrant> = match consents.get(&key)? {
+                Some(v) => self.unseal(t::CONSENTS, &key, &v).map_err(abort)?,
+                None => Vec::new(),
+            };
+            all.retain(|g| g.purpose != grant.purpose);
+            all.push(grant.clone());
+            consents.insert(key.as_slice(), self.seal(t::CONSENTS, &key, &all))?;
+            Ok(())
+        })
+        .map_err(tx_store_err)
     }
 
     /// Withdraws all consents of a patient on an account.
     pub fn withdraw_consent(&self, patient_id: &str, account: &str) -> Result<bool, StoreError> {
         let key = self.consent_key(patient_id, account);
-        self.log
-            .transact(|tx| Ok::<_, ConflictableTransactionError<()>>(tx.on(&self.consents).remove(&key)?.is_some()))
-            .map_err(tx_err)
+        self.transact(|tx| Ok::<_, TxError<()>>(tx.on(&self.consents).remove(&key)?.is_some())).map_err(tx_err)
     }
 
     /// When an unprompted notice with this mark last went out (unix ms).
     pub fn notice_sent_at(&self, mark: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.log.read(&self.notices, &self.notice_key(mark))?.map(|v| id_of(&v)))
+        Ok(self.notices.get(self.notice_key(mark))?.map(|v| id_of(&v)))
     }
 
     /// Stores a link code (only its hash is kept).
     pub fn put_link_code(&self, code_hash: &str, code: &LinkCodeV1) -> Result<(), StoreError> {
         let value = self.seal(t::LINK_CODES, code_hash.as_bytes(), code);
-        self.log
-            .transact(|tx| {
-                tx.on(&self.link_codes).insert(code_hash.as_bytes(), value.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
+        self.transact(|tx| {
+            tx.on(&self.link_codes).insert(code_hash.as_bytes(), value.as_slice())?;
+            Ok::<(), TxError<()>>(())
+        })
+        .map_err(tx_err)
     }
 
     /// Looks up a link code by its hash.
@@ -644,11 +679,10 @@ impl Store {
     /// already recorded, also earlier in the same batch) not at all, reported per exchange. Each
     /// record is sealed and appended to the global and the patient's chain.
     ///
-    /// One transaction per batch, not per message, because sled's transactions take a global
-    /// write lock that waits for any flush in progress (a flush holds the read side through its
-    /// fsync): per-message transactions each waited for a flush.
+    /// One transaction per batch, not per message: one batch for the engine's journal and one
+    /// commit counter bump for everything the router planned together.
     pub fn commit_exchanges(&self, batch: &[Exchange]) -> Result<Vec<Committed>, StoreError> {
-        // Sealed outside the log's mutex: sealing is most of the cost of a write.
+        // Sealed before the transaction (writers take turns): sealing is most of a write's cost.
         struct Prepared {
             skey: Vec<u8>,
             rkey: [u8; 8],
@@ -708,7 +742,7 @@ impl Store {
                 }
             })
             .collect();
-        let r = self.log.transact(|tx| {
+        let r = self.transact(|tx| {
             let (records, by_source, conversations, by_native, outbox, review, links, link_codes, consents) = (
                 &tx.on(&self.records),
                 &tx.on(&self.by_source),
@@ -741,7 +775,7 @@ impl Store {
                         at_ms: ex.record.recorded_at_ms,
                     },
                 )?;
-                by_source.insert(p.skey.as_slice(), &p.rkey)?;
+                by_source.insert(p.skey.as_slice(), p.rkey)?;
                 conversations.insert(ex.conversation.token.as_bytes(), p.conv.as_slice())?;
                 for (k, v) in &p.native {
                     by_native.insert(k.as_slice(), v.as_slice())?;
@@ -765,7 +799,7 @@ impl Store {
                     consents.insert(ckey.as_slice(), self.seal(t::CONSENTS, ckey, &all))?;
                 }
                 for mark in &p.notices {
-                    notices.insert(mark.as_slice(), &now_ms().to_be_bytes())?;
+                    notices.insert(mark.as_slice(), now_ms().to_be_bytes())?;
                 }
                 results.push(Committed::New);
             }
@@ -773,7 +807,7 @@ impl Store {
             if new > 0 {
                 add_records(heads, new as i64)?;
             }
-            Ok::<_, ConflictableTransactionError<()>>(results)
+            Ok::<_, TxError<()>>(results)
         });
         r.map_err(tx_err)
     }
@@ -784,7 +818,7 @@ impl Store {
         let skey = self.source_key(&q.source);
         let qkey = q.id.0.to_be_bytes();
         let value = self.seal(t::QUARANTINE, &qkey, q);
-        let r = self.log.transact(|tx| {
+        let r = self.transact(|tx| {
             let (quarantine, by_source, journal, heads) =
                 (&tx.on(&self.quarantine), &tx.on(&self.by_source), &tx.on(&self.journal), &tx.on(&self.chain_heads));
             {
@@ -805,14 +839,14 @@ impl Store {
                         at_ms: q.at_ms,
                     },
                 )?;
-                by_source.insert(skey.as_slice(), &qkey)?;
+                by_source.insert(skey.as_slice(), qkey)?;
                 Ok(())
             }
         });
         match r {
             Ok(()) => Ok(Committed::New),
-            Err(TransactionError::Abort(id)) => Ok(Committed::Duplicate(id)),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TxError::Abort(id)) => Ok(Committed::Duplicate(id)),
+            Err(TxError::Storage(e)) => Err(e.into()),
         }
     }
 
@@ -824,13 +858,12 @@ impl Store {
     /// Outbox keys of one account, FIFO order.
     pub fn outbox_keys(&self, account: &AccountId) -> Result<Vec<OutboxKey>, StoreError> {
         let prefix = join(&account.to_string(), "");
-        // A row whose removal (sent, dead) is logged but not yet applied is done: skip it.
+        // Every committed row, durable or not yet: a worker started while the router runs waits
+        // for a flush before it sends what it found (see `outbox::Workers::start`).
         self.outbox
             .scan_prefix(&prefix)
-            .keys()
-            .filter(|k| k.as_ref().map_or(true, |k| !self.log.pending_removal(&self.outbox, k)))
-            .map(|k| {
-                let k = k?;
+            .map(|r| {
+                let (k, _) = r?;
                 Ok(OutboxKey { account: account.clone(), seq: id_of(&k[prefix.len()..]) })
             })
             .collect()
@@ -855,8 +888,7 @@ impl Store {
     }
 
     /// Applies what a worker's attempts did to their outbox rows, all in one transaction (one
-    /// per completed group of sends, not per send: sled transactions wait for any flush in
-    /// progress). Each update also appends its events to the record (chained); a sent
+    /// per completed group of sends, not per send). Each update also appends its events to the record (chained); a sent
     /// delivery's channel ids are remembered so replies to it find the conversation.
     pub fn apply_outbox(&self, updates: &[OutboxUpdate]) -> Result<(), StoreError> {
         struct Prepared {
@@ -913,43 +945,42 @@ impl Store {
             };
             prepared.push(Prepared { okey, events, row, native, moved });
         }
-        self.log
-            .transact(|tx| {
-                let (outbox, events, by_native, dead, review, journal, heads) = (
-                    &tx.on(&self.outbox),
-                    &tx.on(&self.events),
-                    &tx.on(&self.by_native),
-                    &tx.on(&self.dead),
-                    &tx.on(&self.review),
-                    &tx.on(&self.journal),
-                    &tx.on(&self.chain_heads),
-                );
-                for (u, p) in updates.iter().zip(&prepared) {
-                    for e in &p.events {
-                        events.insert(e.key.as_slice(), e.body.as_slice())?;
-                        chain::append(&self.chain_key, journal, heads, e.append())?;
+        self.transact(|tx| {
+            let (outbox, events, by_native, dead, review, journal, heads) = (
+                &tx.on(&self.outbox),
+                &tx.on(&self.events),
+                &tx.on(&self.by_native),
+                &tx.on(&self.dead),
+                &tx.on(&self.review),
+                &tx.on(&self.journal),
+                &tx.on(&self.chain_heads),
+            );
+            for (u, p) in updates.iter().zip(&prepared) {
+                for e in &p.events {
+                    events.insert(e.key.as_slice(), e.body.as_slice())?;
+                    chain::append(&self.chain_key, journal, heads, e.append())?;
+                }
+                match (u, &p.row) {
+                    (OutboxUpdate::Retry { .. }, Some(row)) => {
+                        outbox.insert(p.okey.as_slice(), row.as_slice())?;
                     }
-                    match (u, &p.row) {
-                        (OutboxUpdate::Retry { .. }, Some(row)) => {
-                            outbox.insert(p.okey.as_slice(), row.as_slice())?;
-                        }
-                        _ => {
-                            outbox.remove(p.okey.as_slice())?;
-                        }
-                    }
-                    for (k, v) in &p.native {
-                        by_native.insert(k.as_slice(), v.as_slice())?;
-                    }
-                    if let Some((k, v)) = &p.moved {
-                        match u {
-                            OutboxUpdate::Dead { .. } => dead.insert(k.as_slice(), v.as_slice())?,
-                            _ => review.insert(k.as_slice(), v.as_slice())?,
-                        };
+                    _ => {
+                        outbox.remove(p.okey.as_slice())?;
                     }
                 }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
+                for (k, v) in &p.native {
+                    by_native.insert(k.as_slice(), v.as_slice())?;
+                }
+                if let Some((k, v)) = &p.moved {
+                    match u {
+                        OutboxUpdate::Dead { .. } => dead.insert(k.as_slice(), v.as_slice())?,
+                        _ => review.insert(k.as_slice(), v.as_slice())?,
+                    };
+                }
+            }
+            Ok::<(), TxError<()>>(())
+        })
+        .map_err(tx_err)
     }
 
     /// Dead letters, oldest first.
@@ -1007,24 +1038,23 @@ impl Store {
                 by: by.to_string(),
             },
         )?;
-        self.log
-            .transact(|tx| {
-                let (review, outbox, events, journal, heads) = (
-                    &tx.on(&self.review),
-                    &tx.on(&self.outbox),
-                    &tx.on(&self.events),
-                    &tx.on(&self.journal),
-                    &tx.on(&self.chain_heads),
-                );
-                review.remove(dkey)?;
-                for (k, v) in &rows {
-                    outbox.insert(k.as_slice(), v.as_slice())?;
-                }
-                events.insert(ev.key.as_slice(), ev.body.as_slice())?;
-                chain::append(&self.chain_key, journal, heads, ev.append())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)?;
+        self.transact(|tx| {
+            let (review, outbox, events, journal, heads) = (
+                &tx.on(&self.review),
+                &tx.on(&self.outbox),
+                &tx.on(&self.events),
+                &tx.on(&self.journal),
+                &tx.on(&self.chain_heads),
+            );
+            review.remove(dkey)?;
+            for (k, v) in &rows {
+                outbox.insert(k.as_slice(), v.as_slice())?;
+            }
+            events.insert(ev.key.as_slice(), ev.body.as_slice())?;
+            chain::append(&self.chain_key, journal, heads, ev.append())?;
+            Ok::<(), TxError<()>>(())
+        })
+        .map_err(tx_err)?;
         Ok(Some(queue.into_iter().map(|(k, _)| k).collect()))
     }
 
@@ -1036,15 +1066,7 @@ impl Store {
 
     /// Walks the journal and checks every link ([`chain::verify`]).
     pub fn verify(&self) -> Result<chain::Report, StoreError> {
-        self.settle()?;
         Ok(chain::verify(&self.db, &self.keys)?)
-    }
-
-    /// Applies every durable record to sled now, so a walk of sled's trees (the journal, every
-    /// record) sees everything acknowledged so far, not only what the apply thread has reached.
-    fn settle(&self) -> Result<(), StoreError> {
-        self.log.apply_durable()?;
-        Ok(())
     }
 
     /// The head of the global chain (sequence number, hash in hex), PHI-free: logged in the
@@ -1060,25 +1082,25 @@ impl Store {
         Stats {
             chain_seq,
             chain_head,
-            records: match self.log.read(&self.chain_heads, RECORDS_COUNT) {
+            records: match self.chain_heads.get(RECORDS_COUNT) {
                 Ok(Some(v)) => id_of(&v) as usize,
-                _ => self.records.len(),
+                _ => self.records.len().unwrap_or(0),
             },
-            outbox_pending: self.log.count(&self.outbox),
-            dead: self.log.count(&self.dead),
-            quarantined: self.log.count(&self.quarantine),
-            held: self.log.count(&self.review),
+            outbox_pending: self.outbox.len().unwrap_or(0),
+            dead: self.dead.len().unwrap_or(0),
+            quarantined: self.quarantine.len().unwrap_or(0),
+            held: self.review.len().unwrap_or(0),
         }
     }
 }
 
 /// The number of records, kept beside the chain heads (every transaction that adds or purges
-/// records already holds that tree), because sled's `Tree::len` walks the whole tree.
+/// records already holds that tree), because counting a tree walks it.
 const RECORDS_COUNT: &[u8] = b"records_count";
 
-fn add_records(heads: &log::TxTree<'_, '_>, delta: i64) -> Result<(), sled::transaction::UnabortableTransactionError> {
+fn add_records(heads: &engine::TxTree<'_, '_>, delta: i64) -> Result<(), EngineError> {
     let now = heads.get(RECORDS_COUNT)?.map(|v| id_of(&v)).unwrap_or(0);
-    heads.insert(RECORDS_COUNT, &now.saturating_add_signed(delta).to_be_bytes())?;
+    heads.insert(RECORDS_COUNT, now.saturating_add_signed(delta).to_be_bytes())?;
     Ok(())
 }
 
@@ -1104,16 +1126,16 @@ impl PreparedEvent {
 }
 
 /// A transaction that aborted with a store error (a stored value that did not open).
-fn tx_store_err(e: TransactionError<StoreError>) -> StoreError {
+fn tx_store_err(e: TxError<StoreError>) -> StoreError {
     match e {
-        TransactionError::Storage(e) => StoreError::Sled(e),
-        TransactionError::Abort(e) => e,
+        TxError::Storage(e) => StoreError::Engine(e),
+        TxError::Abort(e) => e,
     }
 }
 
-fn tx_err(e: TransactionError<()>) -> StoreError {
+fn tx_err(e: TxError<()>) -> StoreError {
     match e {
-        TransactionError::Storage(e) => StoreError::Sled(e),
-        TransactionError::Abort(()) => StoreError::Decode { tree: "transaction", reason: "aborted".into() },
+        TxError::Storage(e) => StoreError::Engine(e),
+        TxError::Abort(()) => StoreError::Aborted("a value it needed was missing"),
     }
 }

@@ -10,9 +10,9 @@
 //! retention period (the floor), whatever the operator asks.
 
 use super::chain::{self, Append, Kind, TombstoneV1};
+use super::engine::TxError;
 use super::settings::RetentionConfig;
 use super::{Store, StoreError, now_ms, t};
-use sled::transaction::ConflictableTransactionError;
 
 /// A body due for removal: its journal entry, tree and key.
 type Due = (u64, &'static str, Vec<u8>);
@@ -90,9 +90,11 @@ impl Store {
             ("quarantine", c.quarantine_ms, vec![]),
             ("audit", c.audit_ms, vec![]),
         ];
-        self.settle()?;
         for e in chain::entries(&self.journal) {
-            let Ok(e) = e? else { continue };
+            let e = e?.map_err(|seq| StoreError::Decode {
+                tree: "journal",
+                reason: format!("entry {seq} is not decodable"),
+            })?;
             let (slot, tree, counter) = match e.kind {
                 Kind::Record => (0, t::RECORDS, &mut report.records),
                 Kind::Event => (0, t::EVENTS, &mut report.events),
@@ -133,46 +135,45 @@ impl Store {
                         by: by.to_string(),
                     },
                 );
-                self.log
-                    .transact(|tx| {
-                        let (records, events, quarantine, audit, tombstones, journal, heads) = (
-                            &tx.on(&self.records),
-                            &tx.on(&self.events),
-                            &tx.on(&self.quarantine),
-                            &tx.on(&self.audit),
-                            &tx.on(&self.tombstones),
-                            &tx.on(&self.journal),
-                            &tx.on(&self.chain_heads),
-                        );
-                        let records_gone = chunk.iter().filter(|(_, tree, _)| *tree == t::RECORDS).count();
-                        if records_gone > 0 {
-                            super::add_records(heads, -(records_gone as i64))?;
-                        }
-                        for (_, tree, k) in chunk {
-                            match *tree {
-                                t::RECORDS => records.remove(k.as_slice())?,
-                                t::EVENTS => events.remove(k.as_slice())?,
-                                t::QUARANTINE => quarantine.remove(k.as_slice())?,
-                                _ => audit.remove(k.as_slice())?,
-                            };
-                        }
-                        tombstones.insert(key, body.as_slice())?;
-                        chain::append(
-                            &self.chain_key,
-                            journal,
-                            heads,
-                            Append {
-                                kind: Kind::Tombstone,
-                                tree: t::TOMBSTONES,
-                                key: &key,
-                                sealed: &body,
-                                patient: None,
-                                at_ms,
-                            },
-                        )?;
-                        Ok::<(), ConflictableTransactionError<()>>(())
-                    })
-                    .map_err(super::tx_err)?;
+                self.transact(|tx| {
+                    let (records, events, quarantine, audit, tombstones, journal, heads) = (
+                        &tx.on(&self.records),
+                        &tx.on(&self.events),
+                        &tx.on(&self.quarantine),
+                        &tx.on(&self.audit),
+                        &tx.on(&self.tombstones),
+                        &tx.on(&self.journal),
+                        &tx.on(&self.chain_heads),
+                    );
+                    let records_gone = chunk.iter().filter(|(_, tree, _)| *tree == t::RECORDS).count();
+                    if records_gone > 0 {
+                        super::add_records(heads, -(records_gone as i64))?;
+                    }
+                    for (_, tree, k) in chunk {
+                        match *tree {
+                            t::RECORDS => records.remove(k.as_slice())?,
+                            t::EVENTS => events.remove(k.as_slice())?,
+                            t::QUARANTINE => quarantine.remove(k.as_slice())?,
+                            _ => audit.remove(k.as_slice())?,
+                        };
+                    }
+                    tombstones.insert(key, body.as_slice())?;
+                    chain::append(
+                        &self.chain_key,
+                        journal,
+                        heads,
+                        Append {
+                            kind: Kind::Tombstone,
+                            tree: t::TOMBSTONES,
+                            key: &key,
+                            sealed: &body,
+                            patient: None,
+                            at_ms,
+                        },
+                    )?;
+                    Ok::<(), TxError<()>>(())
+                })
+                .map_err(super::tx_err)?;
                 report.tombstones += 1;
             }
         }
