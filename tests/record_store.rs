@@ -395,3 +395,155 @@ async fn verify_while_the_daemon_is_recording_reports_no_false_break() {
     load.await.unwrap();
     println!("verify: {runs} runs while recording");
 }
+
+/// The chain's head of `tests/fixtures/store-v2-b47cad3.tar.gz` as carebridge b47cad3 itself
+/// reported it (`records verify`, run by that binary on the fixture when it was made).
+const B47CAD3_HEAD: (u64, &str) = (6, "9e3a2e41f07e04eacec9fed580e81325acacb587449b0ce0fbd8973f979daa21");
+
+#[test]
+fn a_store_written_by_b47cad3_is_migrated_with_its_chain_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2-b47cad3.tar.gz");
+    let st = std::process::Command::new("tar").arg("xzf").arg(&fixture).arg("-C").arg(dir.path()).status().unwrap();
+    assert!(st.success());
+    let data = dir.path().join("data");
+    // Most of what b47cad3 wrote is still only in its write-ahead log: the import must read both.
+    assert!(data.join("wal").exists() && data.join("db").exists());
+    let cfg = dir.path().join("carebridge.toml");
+    std::fs::write(&cfg, format!("[daemon]\ndata_dir = \"{}\"\n", data.display())).unwrap();
+
+    let (ok, _, err) = records_cli(&cfg, &["verify"]);
+    assert!(!ok, "an unmigrated store is refused");
+    assert!(err.contains("earlier carebridge") && err.contains("carebridge store migrate"), "{err}");
+    let run = std::process::Command::new(support::daemon::bin()).args(["run", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(run.status.code(), Some(2), "run refuses with the configuration exit code");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("store migrate"));
+
+    let (ok, out, err) = cli(&cfg, &["store", "migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("from schema v2"), "{out}");
+    assert!(data.join("pre-migration/db").exists() && data.join("pre-migration/wal").exists(), "old files kept");
+    assert!(!data.join("db").exists() && !data.join("wal").exists());
+
+    // The old chain's head is the new chain's head, and the chain verifies.
+    let (ok, r) = verify(&cfg);
+    assert!(ok, "{r}");
+    assert_eq!(r["head_seq"].as_u64(), Some(B47CAD3_HEAD.0), "{r}");
+    assert_eq!(r["head_hash"].as_str(), Some(B47CAD3_HEAD.1), "{r}");
+    assert_eq!(r["by_kind"]["record"], 2);
+    assert_eq!(r["by_kind"]["quarantine"], 1);
+
+    // Every kind of entry came along: records with their events, quarantine, dead letters.
+    let (ok, out, err) = cli(&cfg, &["export"]);
+    assert!(ok, "{err}");
+    let all = lines(&out);
+    let count = |t: &str| all.iter().filter(|l| l["type"] == t).count();
+    assert_eq!((count("record"), count("quarantined"), count("dead_letter")), (2, 1, 1), "{out}");
+    let with_attachment =
+        all.iter().find(|l| l["type"] == "record" && !l["record"]["attachments"].as_array().unwrap().is_empty());
+    assert!(with_attachment.is_some(), "the attachment survived: {out}");
+
+    // Running it again is harmless; and the daemon now starts on it.
+    let (ok, out, _) = cli(&cfg, &["store", "migrate"]);
+    assert!(ok && out.contains("nothing to migrate"), "{out}");
+}
+
+/// A flipped byte anywhere in the store's files: every command either refuses with a clear
+/// message (never a panic) or sees every record. Nothing is lost quietly.
+#[tokio::test]
+async fn one_flipped_byte_in_the_store_is_refused_or_harmless_never_a_quiet_loss() {
+    let mut c = Clinic::start("", "").await;
+    exchange(&c).await;
+    let client = reqwest::Client::new();
+    for i in 0..40 {
+        let body = msg(serde_json::json!({"id": format!("more-{i}"), "from": PATIENT_PHONE, "text": "Synthetic."}));
+        assert_eq!(post_message(&client, c.sms_port, &body).await.0, 202);
+    }
+    assert!(c.ehr.wait_for(41, Duration::from_secs(30)).await);
+    assert!(c.d.terminate());
+    let cfg = c.d.config.clone();
+    let data = data_dir(&c);
+    let (ok, r) = verify(&cfg);
+    assert!(ok, "{r}");
+    let records = r["by_kind"]["record"].as_u64().unwrap();
+    assert_eq!(records, 42);
+    let pristine = cfg.parent().unwrap().join("pristine");
+    copy_dir(&data, &pristine);
+    let files: Vec<(PathBuf, u64)> = raw_files(&pristine)
+        .into_iter()
+        .filter(|(p, b)| !b.is_empty() && !p.ends_with("store.key") && !p.ends_with("lock"))
+        .map(|(p, b)| (p.strip_prefix(&pristine).unwrap().to_path_buf(), b.len() as u64))
+        .collect();
+    let total: u64 = files.iter().map(|(_, n)| n).sum();
+    // A fixed sequence of positions (xorshift), spread over every file by size, plus the first
+    // and last byte of each file.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut spots: Vec<(PathBuf, u64)> = Vec::new();
+    for (p, n) in &files {
+        spots.push((p.clone(), 0));
+        spots.push((p.clone(), n - 1));
+    }
+    for _ in 0..24 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut at = x % total;
+        for (p, n) in &files {
+            if at < *n {
+                spots.push((p.clone(), at));
+                break;
+            }
+            at -= n;
+        }
+    }
+    let (mut refused, mut harmless) = (0, 0);
+    let mut reasons = std::collections::BTreeSet::new();
+    for (file, at) in spots {
+        std::fs::remove_dir_all(&data).unwrap();
+        copy_dir(&pristine, &data);
+        let path = data.join(&file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at as usize] ^= 0x5A;
+        std::fs::write(&path, &bytes).unwrap();
+        let out = std::process::Command::new(support::daemon::bin())
+            .args(["records", "--actor", "privacy-officer", "verify", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_ne!(out.status.code(), Some(101), "{}@{at}: a panic is not a clear refusal: {err}", file.display());
+        if out.status.success() {
+            let r: Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(
+                r["by_kind"]["record"].as_u64(),
+                Some(records),
+                "{}@{at}: records lost quietly: {r}",
+                file.display()
+            );
+            let (ok, out, err) = cli(&cfg, &["export"]);
+            if ok {
+                let n = lines(&out).iter().filter(|l| l["type"] == "record").count() as u64;
+                assert_eq!(n, records, "{}@{at}: export lost records quietly", file.display());
+            } else {
+                assert!(!err.trim().is_empty(), "{}@{at}: export failed without saying why", file.display());
+            }
+            harmless += 1;
+        } else {
+            assert!(!err.trim().is_empty(), "{}@{at}: refused without a message", file.display());
+            assert_eq!(
+                out.status.code(),
+                Some(65),
+                "{}@{at}: damage exits 65, not a retry code: {err}",
+                file.display()
+            );
+            reasons.insert(err.lines().last().unwrap_or_default().chars().take(160).collect::<String>());
+            refused += 1;
+        }
+    }
+    println!("flipped bytes: {refused} refused with a message, {harmless} harmless (every record there)");
+    for r in &reasons {
+        println!("  refused: {r}");
+    }
+    assert!(refused > 0, "some flips must be caught");
+}
