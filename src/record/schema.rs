@@ -8,9 +8,10 @@ use carebridge_contract::{Address, Attachment, Delivery, DeliveryId, RecordId, R
 use serde::{Deserialize, Serialize};
 
 /// Schema version written into `meta` at creation and checked at open. v1: plain JSON values;
-/// v2: sealed values, blinded index keys, the journal (hash chain), audit and tombstones. The
-/// value types (`…V1`) did not change between the two: their own `v` tag versions them.
-pub const SCHEMA_VERSION: u32 = 2;
+/// v2: sealed values, blinded index keys, the journal (hash chain), audit and tombstones (both on
+/// sled); v3: the same trees and values on fjall, ids dense, the commit counter. The value types
+/// (`…V1`) did not change between them: their own `v` tag versions them.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Who sent a message, as the directory (or a Telegram link) placed them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
