@@ -85,7 +85,7 @@ pub fn dead_list(store: &Store) -> Result<Vec<DeadSummary>, StoreError> {
             delivery: d.item.delivery.id.to_string(),
             record: d.item.delivery.record_id.to_string(),
             account: d.item.delivery.account.to_string(),
-            kind: d.item.delivery.kind,
+            kind: d.item.delivery.kind.into(),
             reason: d.reason,
             attempts: d.item.attempts,
             dead_at_ms: d.at_ms,

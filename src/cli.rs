@@ -566,7 +566,7 @@ fn export(config: &Config) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     for r in store.records() {
-        let r = r?;
+        let r = store.with_attachment_data(r?)?;
         let events = store.events(r.id)?;
         writeln!(out, "{}", serde_json::json!({ "type": "record", "record": r, "events": events }))?;
     }

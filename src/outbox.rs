@@ -437,7 +437,26 @@ impl Worker {
         }
         item.attempts += 1;
         let attempt = item.attempts;
-        match self.sender.send(&item.delivery).await {
+        let delivery = match self.store.delivery_to_send(&item.delivery) {
+            Ok(delivery) => delivery,
+            Err(e) => {
+                // Damage, not a passing condition: a dead letter the administrator sees, with
+                // the reason, rather than a retry loop.
+                let reason = format!("an attachment cannot be read from the record store: {e}");
+                error!(delivery_id = %d, record_id = %r, account = %self.account, error = %e, "Delivery's attachment unreadable; dead-lettered.");
+                let events = vec![
+                    EventKind::Attempt {
+                        delivery: d,
+                        attempt,
+                        outcome: "permanent".into(),
+                        reason: Some(reason.clone()),
+                    },
+                    EventKind::DeadLettered { delivery: d, reason: reason.clone() },
+                ];
+                return OutboxUpdate::Dead { key, item, reason, events };
+            }
+        };
+        match self.sender.send(&delivery).await {
             Ok(sent) => {
                 info!(delivery_id = %d, record_id = %r, account = %self.account, attempt, "Delivered.");
                 let events = vec![EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: None }];

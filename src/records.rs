@@ -81,6 +81,7 @@ pub fn list(store: &Store, actor: &Actor, patient: &str) -> Result<Vec<Summary>,
 /// One record in full with its events (audited as `records.show`). Contains PHI.
 pub fn show(store: &Store, actor: &Actor, id: RecordId) -> Result<Option<Value>, RecordsError> {
     let Some(r) = store.record(id)? else { return Ok(None) };
+    let r = store.with_attachment_data(r)?;
     let events = store.events(id)?;
     store.audit(actor, "records.show", r.patient_id.as_deref(), vec![id], None)?;
     Ok(Some(json!({ "record": r, "events": events })))
@@ -98,7 +99,7 @@ pub fn export(store: &Store, actor: &Actor, patient: &str, format: Format) -> Re
     let mut with_events = Vec::with_capacity(recs.len());
     for r in recs {
         let ev = store.events(r.id)?;
-        with_events.push((r, ev));
+        with_events.push((store.with_attachment_data(r)?, ev));
     }
     Ok(match format {
         Format::Jsonl => {

@@ -11,7 +11,7 @@
 
 use carebridge::policy::Class;
 use carebridge::record::fhir;
-use carebridge::record::schema::{EventKind, EventV1, RecordV1, RouteDecisionV1, SenderV1};
+use carebridge::record::schema::{AttachmentV1, EventKind, EventV1, RecordV1, RouteDecisionV1, SenderV1};
 use carebridge_contract::{Address, AddressKind, Attachment, DeliveryId, RecordId, Redacted, SourceKey};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -63,7 +63,7 @@ fn record(id: u64, at: u64, account: &str, from: Address, sender: SenderV1, body
         recorded_at_ms: at + 2_000,
         sent_at_ms: at,
         source: SourceKey { account: account.parse().unwrap(), native_id: format!("1:{id}") },
-        from,
+        from: from.into(),
         sender,
         display_name: None,
         subject: None,
@@ -126,11 +126,11 @@ fn patient_file() -> Vec<(RecordV1, Vec<EventV1>)> {
     first.display_name = Some(Redacted::new("Ann Patient".into()));
     first.subject = Some(Redacted::new("Prescription refill".into()));
     first.native_message_id = Some("<CAF1x2@mail.example.test>".into());
-    first.attachments.push(Attachment {
+    first.attachments.push(AttachmentV1::from(&Attachment {
         filename: Some(Redacted::new("lab results 2024-02.pdf".into())),
         content_type: "application/pdf".into(),
         data: Redacted::new(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n".to_vec()),
-    });
+    }));
     first.class = Class::Clinical;
     first.finding_kinds = vec!["medication".into()];
     first.decisions = vec![
@@ -173,11 +173,11 @@ fn patient_file() -> Vec<(RecordV1, Vec<EventV1>)> {
         patient(),
         "Thank you! Photo of the old box attached.",
     );
-    follow_up.attachments.push(Attachment {
+    follow_up.attachments.push(AttachmentV1::from(&Attachment {
         filename: None,
         content_type: "image/jpeg".into(),
         data: Redacted::new(vec![0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00]),
-    });
+    }));
     follow_up.decisions = vec![
         decision("telegram.staff", "allow", &[], Some(121)),
         decision("webhook.ehr", "reroute", &["ehr_secure_only"], Some(122)),

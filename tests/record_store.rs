@@ -59,6 +59,9 @@ async fn exchange(c: &Clinic) {
     }));
     assert_eq!(post_message(&client, c.sms_port, &body).await.0, 202);
     assert!(c.ehr.wait_for(1, Duration::from_secs(20)).await, "forwarded to the EHR");
+    // The attachment went out whole, read back from the blob it is stored in once.
+    let forwarded = &c.ehr.received()[0].body["attachments"][0];
+    assert_eq!(forwarded["data_base64"].as_str(), Some(att.as_str()), "{forwarded}");
     let token = c.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
     let reply = msg(serde_json::json!({
         "id": "ehr-1", "from": "dr-lee", "text": "Thanks, we will call you.", "conversation": token,
@@ -68,19 +71,8 @@ async fn exchange(c: &Clinic) {
 }
 
 fn base64_encode(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 fn records_cli(config: &Path, args: &[&str]) -> (bool, String, String) {

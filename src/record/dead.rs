@@ -111,8 +111,14 @@ mod tests {
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
         };
-        let item =
-            OutboxItemV1 { v: 1, delivery, attempts: 5, not_before_ms: 99, patient_id: None, requires_consent: false };
+        let item = OutboxItemV1 {
+            v: 1,
+            delivery: delivery.into(),
+            attempts: 5,
+            not_before_ms: 99,
+            patient_id: None,
+            requires_consent: false,
+        };
         let key = OutboxKey { account: item.delivery.account.clone(), seq: store.next_id().unwrap() };
         store
             .apply_outbox(&[OutboxUpdate::Dead { key: key.clone(), item, reason: "HTTP 400".into(), events: vec![] }])

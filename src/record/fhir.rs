@@ -67,8 +67,9 @@
 //! `partOf` / `inResponseTo` between entries resolve inside the bundle. Entries are ordered by
 //! record id, each message followed by its deliveries.
 
-use super::schema::{EventKind, EventV1, RecordV1, RouteDecisionV1, SenderV1};
-use carebridge_contract::{AccountId, Address, AddressKind, Attachment, ChannelKind, DeliveryId, RecordId};
+use super::schema::{AttachmentV1, EventKind, EventV1, RecordV1, RouteDecisionV1, SenderV1};
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use carebridge_contract::{AccountId, Address, AddressKind, ChannelKind, DeliveryId, RecordId};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -160,7 +161,7 @@ pub fn communication(record: &RecordV1, in_response_to: Option<RecordId>) -> Val
         );
     }
     c.insert("status".into(), "completed".into());
-    c.insert("medium".into(), json!([medium(record.source.account.kind(), Some(record.from.kind))]));
+    c.insert("medium".into(), json!([medium(record.source.account.kind(), Some(Address::from(&record.from).kind))]));
     if let Some(s) = record.patient_id.as_deref().and_then(|p| party("Patient", SYSTEM_PATIENT, p, None)) {
         c.insert("subject".into(), s);
     }
@@ -357,7 +358,7 @@ fn sender(record: &RecordV1) -> Option<Value> {
     match &record.sender {
         SenderV1::Patient { id } => party("Patient", SYSTEM_PATIENT, id, display),
         SenderV1::Staff { id } => party("Practitioner", SYSTEM_STAFF, id, display),
-        SenderV1::Unknown => Some(unknown_sender(&record.from, display)),
+        SenderV1::Unknown => Some(unknown_sender(&Address::from(&record.from), display)),
     }
 }
 
@@ -425,16 +426,16 @@ fn medium(channel: ChannelKind, address: Option<AddressKind>) -> Value {
     json!({ "coding": [{ "system": PARTICIPATION_MODE, "code": code, "display": display }], "text": text })
 }
 
-fn attachment(a: &Attachment) -> Value {
+fn attachment(a: &AttachmentV1) -> Value {
     let mut m = Map::new();
     let content_type = fhir_code(&a.content_type).unwrap_or_else(|| "application/octet-stream".into());
     m.insert("contentType".into(), content_type.into());
-    let data = a.data.expose();
+    let data = a.data().unwrap_or_default();
     if !data.is_empty() {
-        m.insert("data".into(), base64(data).into());
+        m.insert("data".into(), BASE64.encode(data).into());
     }
     // R4 `unsignedInt` stops at 2^31 - 1.
-    if let Ok(size) = i32::try_from(data.len()) {
+    if let Ok(size) = i32::try_from(a.len.max(data.len() as u64)) {
         m.insert("size".into(), size.into());
     }
     if let Some(t) = a.filename.as_ref().and_then(|f| fhir_string(f.expose())) {
@@ -540,28 +541,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Standard base64 with padding (RFC 4648 §4), as FHIR's `base64Binary`.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b1 = chunk.get(1).copied().unwrap_or(0);
-        let b2 = chunk.get(2).copied().unwrap_or(0);
-        let n = (u32::from(chunk[0]) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 63) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::Class;
-    use carebridge_contract::{Redacted, SourceKey};
+    use carebridge_contract::{Attachment, Redacted, SourceKey};
 
     const TOKEN: &str = "00112233445566778899aabbccddeeff";
 
@@ -572,7 +556,7 @@ mod tests {
             recorded_at_ms: 1_704_164_645_006,
             sent_at_ms: 1_704_164_600_000,
             source: SourceKey { account: "email.clinic".parse().unwrap(), native_id: format!("7:{id}") },
-            from: Address::new(AddressKind::Email, "Ann@Example.test"),
+            from: Address::new(AddressKind::Email, "Ann@Example.test").into(),
             sender,
             display_name: Some(Redacted::new("Ann Patient".into())),
             subject: Some(Redacted::new("Refill".into())),
@@ -632,22 +616,6 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_rfc4648() {
-        for (raw, enc) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(raw.as_bytes()), enc, "{raw:?}");
-        }
-        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
-    }
-
-    #[test]
     fn strings_and_codes_are_made_valid() {
         assert_eq!(fhir_string("a\tb\r\nc d").as_deref(), Some("a\tb\r\nc d"));
         assert_eq!(fhir_string("100\u{a0}mg\u{feff}\u{2028}x\u{0}y").as_deref(), Some("100 mg  x y"));
@@ -663,11 +631,11 @@ mod tests {
     #[test]
     fn a_patient_message_maps_field_by_field() {
         let mut r = patient_msg(42);
-        r.attachments.push(Attachment {
+        r.attachments.push(AttachmentV1::from(&Attachment {
             filename: Some(Redacted::new("lab results.pdf".into())),
             content_type: "application/pdf".into(),
             data: Redacted::new(b"%PDF-1.4\n".to_vec()),
-        });
+        }));
         r.decisions.push(decision("webhook.ehr", "allow", Some(43)));
         r.decisions.push(decision("webhook.sms", "block", None));
         let c = communication(&r, None);
@@ -719,7 +687,7 @@ mod tests {
     fn a_staff_reply_goes_to_the_patient_and_answers_the_message() {
         let mut r = record(50, SenderV1::Staff { id: "s-1".into() }, Some("p-1"));
         r.source.account = "telegram.staff".parse().unwrap();
-        r.from = Address::new(AddressKind::Telegram, "7001");
+        r.from = Address::new(AddressKind::Telegram, "7001").into();
         r.display_name = None;
         r.subject = None;
         r.native_message_id = None;
@@ -743,7 +711,7 @@ mod tests {
     fn an_unknown_sender_is_a_display_only_reference() {
         let mut r = record(7, SenderV1::Unknown, Some("p-1"));
         r.source.account = "webhook.sms".parse().unwrap();
-        r.from = Address::new(AddressKind::Phone, "+1 (416) 555-0199");
+        r.from = Address::new(AddressKind::Phone, "+1 (416) 555-0199").into();
         r.display_name = None;
         r.notes = vec!["unverified_sender".into(), "something_new".into()];
         let c = communication(&r, None);

@@ -17,7 +17,8 @@
 //!
 //! Trees: `records`, `by_source`, `conversations`, `by_native`, `outbox`, `dead`, `events`,
 //! `quarantine`, `review`, `links`, `link_codes`, `consents`, `notices`, `audit`, `tombstones`,
-//! `journal`, `chain_heads`, `meta`. Ids are big-endian `u64`s.
+//! `journal`, `chain_heads`, `blobs` (attachments' bytes, once per record), `meta`. Ids are
+//! big-endian `u64`s.
 
 mod audit;
 pub mod chain;
@@ -32,6 +33,8 @@ mod migrate;
 pub mod retention;
 pub mod schema;
 pub mod settings;
+#[cfg(test)]
+mod tests;
 
 pub use audit::Actor;
 pub use flusher::Flusher;
@@ -304,6 +307,7 @@ pub struct Store {
     tombstones: Tr,
     journal: Tr,
     chain_heads: Tr,
+    blobs: Tr,
     ids: Arc<AtomicU64>,
     keys: Arc<Keyring>,
     chain_key: ChainKey,
@@ -325,10 +329,11 @@ mod t {
     pub const CONSENTS: &str = "consents";
     pub const AUDIT: &str = "audit";
     pub const TOMBSTONES: &str = "tombstones";
+    pub const BLOBS: &str = "blobs";
 }
 
 /// Every tree of the store but `meta`, by name.
-pub(crate) const TREES: [&str; 17] = [
+pub(crate) const TREES: [&str; 18] = [
     "records",
     "by_source",
     "conversations",
@@ -346,6 +351,7 @@ pub(crate) const TREES: [&str; 17] = [
     "tombstones",
     "journal",
     "chain_heads",
+    "blobs",
 ];
 
 /// Opens the store a config names, with its key file: what `run` and every CLI command that
@@ -470,6 +476,7 @@ impl Store {
             tombstones: t("tombstones")?,
             journal: t("journal")?,
             chain_heads: t("chain_heads")?,
+            blobs: t("blobs")?,
             ids: Arc::new(AtomicU64::new(next)),
             chain_key: ChainKey::from_keys(&keys),
             keys: Arc::new(keys),
@@ -694,6 +701,7 @@ impl Store {
             review: Vec<(Vec<u8>, Vec<u8>)>,
             link: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
             notices: Vec<Vec<u8>>,
+            blobs: Vec<([u8; 12], Vec<u8>)>,
         }
         let prepared: Vec<Prepared> = batch
             .iter()
@@ -739,6 +747,13 @@ impl Store {
                         (key, val, self.consent_key(&link.patient_id, &link.account))
                     }),
                     notices: ex.notice_marks.iter().map(|m| self.notice_key(m)).collect(),
+                    blobs: ex
+                        .record
+                        .attachments
+                        .iter()
+                        .filter_map(|a| Some((a.blob?.key(), a.data()?)))
+                        .map(|(key, data)| (key, self.keys.seal(t::BLOBS, &key, data)))
+                        .collect(),
                 }
             })
             .collect();
@@ -755,6 +770,7 @@ impl Store {
                 &tx.on(&self.consents),
             );
             let (notices, journal, heads) = (&tx.on(&self.notices), &tx.on(&self.journal), &tx.on(&self.chain_heads));
+            let blobs = &tx.on(&self.blobs);
             let mut results = Vec::with_capacity(batch.len());
             for (ex, p) in batch.iter().zip(&prepared) {
                 if let Some(existing) = by_source.get(&p.skey)? {
@@ -779,6 +795,9 @@ impl Store {
                 conversations.insert(ex.conversation.token.as_bytes(), p.conv.as_slice())?;
                 for (k, v) in &p.native {
                     by_native.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in &p.blobs {
+                    blobs.insert(k, v.as_slice())?;
                 }
                 for (k, v) in &p.outbox {
                     outbox.insert(k.as_slice(), v.as_slice())?;
@@ -1062,6 +1081,58 @@ impl Store {
         let mut k = record.0.to_be_bytes().to_vec();
         k.extend_from_slice(&self.next_id()?.to_be_bytes());
         Ok(k)
+    }
+
+    /// The bytes of one attachment: from its blob (checked against the SHA-256 the record holds),
+    /// or inline in a value written before blobs existed.
+    fn attachment_data(&self, a: &AttachmentV1) -> Result<Vec<u8>, StoreError> {
+        if let Some(d) = a.data() {
+            return Ok(d.to_vec());
+        }
+        let Some(blob) = a.blob else { return Ok(Vec::new()) };
+        let key = blob.key();
+        let sealed = self.blobs.get(key)?.ok_or(StoreError::Decode {
+            tree: t::BLOBS,
+            reason: format!("the attachment {} of record {} is missing", blob.index, blob.record),
+        })?;
+        let data =
+            self.keys.open(t::BLOBS, &key, &sealed).map_err(|source| StoreError::Sealed { tree: t::BLOBS, source })?;
+        if !a.sha256.is_empty() && hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)) != a.sha256 {
+            return Err(StoreError::Decode {
+                tree: t::BLOBS,
+                reason: format!("the attachment {} of record {} does not match its hash", blob.index, blob.record),
+            });
+        }
+        Ok(data)
+    }
+
+    /// The contract's [`Delivery`] for a stored one, its attachments' bytes read from their
+    /// blobs: what the outbox hands the channel.
+    pub fn delivery_to_send(&self, d: &DeliveryV1) -> Result<carebridge_contract::Delivery, StoreError> {
+        let attachments = d
+            .attachments
+            .iter()
+            .map(|a| {
+                Ok(carebridge_contract::Attachment {
+                    filename: a.filename.clone(),
+                    content_type: a.content_type.clone(),
+                    data: carebridge_contract::Redacted::new(self.attachment_data(a)?),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(d.to_contract(attachments))
+    }
+
+    /// `record` with its attachments' bytes (base64) filled in from their blobs: what the privacy
+    /// officer's `records show` and exports print.
+    pub fn with_attachment_data(&self, mut record: RecordV1) -> Result<RecordV1, StoreError> {
+        use base64::Engine as _;
+        for a in &mut record.attachments {
+            let data = self.attachment_data(a)?;
+            a.data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(&data));
+            a.inline = Some(carebridge_contract::Redacted::new(data));
+        }
+        Ok(record)
     }
 
     /// Walks the journal and checks every link ([`chain::verify`]).

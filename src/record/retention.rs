@@ -149,7 +149,14 @@ impl Store {
                     if records_gone > 0 {
                         super::add_records(heads, -(records_gone as i64))?;
                     }
+                    let blobs = &tx.on(&self.blobs);
                     for (_, tree, k) in chunk {
+                        if *tree == t::RECORDS {
+                            // The record's attachments go with it.
+                            for (blob, _) in blobs.scan_prefix(k)? {
+                                blobs.remove(blob)?;
+                            }
+                        }
                         match *tree {
                             t::RECORDS => records.remove(k.as_slice())?,
                             t::EVENTS => events.remove(k.as_slice())?,

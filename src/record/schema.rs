@@ -4,14 +4,258 @@
 //! Every value is JSON with a `"v"` tag; readers accept the versions they know.
 
 use crate::policy::{Class, ConsentGrant};
-use carebridge_contract::{Address, Attachment, Delivery, DeliveryId, RecordId, Redacted, SourceKey};
+use carebridge_contract::{
+    AccountId, Address, AddressKind, Attachment, Delivery, DeliveryId, DeliveryKind, RecordId, Redacted, SourceKey,
+};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 /// Schema version written into `meta` at creation and checked at open. v1: plain JSON values;
 /// v2: sealed values, blinded index keys, the journal (hash chain), audit and tombstones (both on
 /// sled); v3: the same trees and values on fjall, ids dense, the commit counter. The value types
 /// (`…V1`) did not change between them: their own `v` tag versions them.
 pub const SCHEMA_VERSION: u32 = 3;
+
+/// What kind of address, as stored. Mirrors the contract's [`AddressKind`] so that a kind added
+/// there needs a deliberate change here (and a reader for it) before it reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressKindV1 {
+    /// An email address.
+    Email,
+    /// A phone number (E.164).
+    Phone,
+    /// A Telegram chat id.
+    Telegram,
+    /// Anything else a webhook names.
+    Opaque,
+}
+
+/// An address as stored (PHI: sealed with the value that holds it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressV1 {
+    /// What the value is.
+    pub kind: AddressKindV1,
+    /// The normalised address.
+    pub value: Redacted<String>,
+}
+
+impl AddressV1 {
+    /// The `kind:value` form, as [`Address::key`] gives it. PHI: never log it.
+    pub fn key(&self) -> Redacted<String> {
+        Address::from(self).key()
+    }
+}
+
+impl From<&Address> for AddressV1 {
+    fn from(a: &Address) -> Self {
+        let kind = match a.kind {
+            AddressKind::Email => AddressKindV1::Email,
+            AddressKind::Phone => AddressKindV1::Phone,
+            AddressKind::Telegram => AddressKindV1::Telegram,
+            AddressKind::Opaque => AddressKindV1::Opaque,
+        };
+        AddressV1 { kind, value: a.value.clone() }
+    }
+}
+
+impl From<Address> for AddressV1 {
+    fn from(a: Address) -> Self {
+        AddressV1::from(&a)
+    }
+}
+
+impl From<&AddressV1> for Address {
+    fn from(a: &AddressV1) -> Self {
+        let kind = match a.kind {
+            AddressKindV1::Email => AddressKind::Email,
+            AddressKindV1::Phone => AddressKind::Phone,
+            AddressKindV1::Telegram => AddressKind::Telegram,
+            AddressKindV1::Opaque => AddressKind::Opaque,
+        };
+        Address { kind, value: a.value.clone() }
+    }
+}
+
+/// An attachment as stored: its description, and a reference to its bytes, which are stored
+/// once per record as a sealed blob (the `blobs` tree, key: record id and index) however many
+/// deliveries, dead letters and held items carry it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentV1 {
+    /// The sender's file name (PHI).
+    pub filename: Option<Redacted<String>>,
+    /// The declared MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    #[serde(default)]
+    pub len: u64,
+    /// SHA-256 of the bytes (hex): ties the blob to the record, whose own hash is chained.
+    #[serde(default)]
+    pub sha256: String,
+    /// Where the bytes are: the record that stores them and their index there.
+    #[serde(default)]
+    pub blob: Option<BlobRefV1>,
+    /// The bytes themselves, only between the router and the store's commit (which moves them
+    /// into the blob) and when reading values of stores before issue #14, which inlined them
+    /// as JSON arrays of numbers. Never written.
+    #[serde(default, rename = "data", skip_serializing)]
+    pub inline: Option<Redacted<Vec<u8>>>,
+    /// The bytes in base64, only in what the privacy officer's commands print (`records show`,
+    /// `export`), filled from the blob when read for them. Never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+impl AttachmentV1 {
+    /// This reference without the bytes (for a delivery's copy: the record's carries them to
+    /// the blob).
+    pub fn without_data(self) -> AttachmentV1 {
+        AttachmentV1 { inline: None, data_base64: None, ..self }
+    }
+
+    /// The bytes, if this copy carries them (read from the blob, or from a value of an older
+    /// store that inlined them).
+    pub fn data(&self) -> Option<&[u8]> {
+        self.inline.as_ref().map(|d| d.expose().as_slice())
+    }
+}
+
+/// A reference to an attachment's bytes in the `blobs` tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRefV1 {
+    /// The record the attachment came with.
+    pub record: RecordId,
+    /// Its position among that record's attachments.
+    pub index: u32,
+}
+
+impl BlobRefV1 {
+    /// The key in the `blobs` tree: record id, then index (big-endian), so a record's blobs sort
+    /// together and a purge removes them by prefix.
+    pub fn key(&self) -> [u8; 12] {
+        let mut k = [0u8; 12];
+        k[..8].copy_from_slice(&self.record.0.to_be_bytes());
+        k[8..].copy_from_slice(&self.index.to_be_bytes());
+        k
+    }
+}
+
+impl From<&Attachment> for AttachmentV1 {
+    fn from(a: &Attachment) -> Self {
+        AttachmentV1 {
+            filename: a.filename.clone(),
+            content_type: a.content_type.clone(),
+            len: a.data.expose().len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(a.data.expose())),
+            blob: None,
+            inline: Some(a.data.clone()),
+            data_base64: None,
+        }
+    }
+}
+
+/// Why a delivery is sent, as stored (mirrors [`DeliveryKind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryKindV1 {
+    /// A patient's message forwarded to the clinic side.
+    Forward,
+    /// A clinician's answer going back to the patient.
+    Reply,
+    /// A PHI-free notice from carebridge itself.
+    Notice,
+}
+
+impl From<DeliveryKind> for DeliveryKindV1 {
+    fn from(k: DeliveryKind) -> Self {
+        match k {
+            DeliveryKind::Forward => DeliveryKindV1::Forward,
+            DeliveryKind::Reply => DeliveryKindV1::Reply,
+            DeliveryKind::Notice => DeliveryKindV1::Notice,
+        }
+    }
+}
+
+impl From<DeliveryKindV1> for DeliveryKind {
+    fn from(k: DeliveryKindV1) -> Self {
+        match k {
+            DeliveryKindV1::Forward => DeliveryKind::Forward,
+            DeliveryKindV1::Reply => DeliveryKind::Reply,
+            DeliveryKindV1::Notice => DeliveryKind::Notice,
+        }
+    }
+}
+
+/// One message to send, as stored in the outbox, dead letters and the review queue: the
+/// contract's [`Delivery`] with attachments by reference. The outbox turns it back into a
+/// `Delivery` (bytes read from their blobs) just before the send.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeliveryV1 {
+    /// Unique and stable across retries (idempotency keys, Message-IDs).
+    pub id: DeliveryId,
+    /// The exchange this delivery belongs to.
+    pub record_id: RecordId,
+    /// The account that sends it.
+    pub account: AccountId,
+    /// Why it is sent.
+    pub kind: DeliveryKindV1,
+    /// The recipient (`None`: the account's default destination).
+    pub to: Option<AddressV1>,
+    /// The conversation's token (a capability: never logged).
+    pub conversation: Redacted<String>,
+    /// The patient id, for staff-facing forwards.
+    pub patient_id: Option<Redacted<String>>,
+    /// Who wrote the message, for staff (PHI).
+    pub sender_label: Option<Redacted<String>>,
+    /// Subject line (from config, PHI-free).
+    pub subject: Option<String>,
+    /// The text to send.
+    pub body: Redacted<String>,
+    /// Files to send, by reference.
+    pub attachments: Vec<AttachmentV1>,
+    /// Native ids to thread under.
+    #[serde(default)]
+    pub in_reply_to: Vec<String>,
+}
+
+impl From<Delivery> for DeliveryV1 {
+    fn from(d: Delivery) -> Self {
+        DeliveryV1 {
+            id: d.id,
+            record_id: d.record_id,
+            account: d.account,
+            kind: d.kind.into(),
+            to: d.to.as_ref().map(AddressV1::from),
+            conversation: d.conversation,
+            patient_id: d.patient_id,
+            sender_label: d.sender_label,
+            subject: d.subject,
+            body: d.body,
+            attachments: d.attachments.iter().map(AttachmentV1::from).collect(),
+            in_reply_to: d.in_reply_to,
+        }
+    }
+}
+
+impl DeliveryV1 {
+    /// The contract's form, with the attachments' bytes (read by the store) in their order.
+    pub fn to_contract(&self, attachments: Vec<Attachment>) -> Delivery {
+        Delivery {
+            id: self.id,
+            record_id: self.record_id,
+            account: self.account.clone(),
+            kind: self.kind.into(),
+            to: self.to.as_ref().map(Address::from),
+            conversation: self.conversation.clone(),
+            patient_id: self.patient_id.clone(),
+            sender_label: self.sender_label.clone(),
+            subject: self.subject.clone(),
+            body: self.body.clone(),
+            attachments,
+            in_reply_to: self.in_reply_to.clone(),
+        }
+    }
+}
 
 /// Who sent a message, as the directory (or a Telegram link) placed them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +305,7 @@ pub struct RecordV1 {
     /// Where it came from (dedup key).
     pub source: SourceKey,
     /// Sender's address (PHI).
-    pub from: Address,
+    pub from: AddressV1,
     /// Who the sender is.
     pub sender: SenderV1,
     /// Sender's display name (PHI).
@@ -70,8 +314,8 @@ pub struct RecordV1 {
     pub subject: Option<Redacted<String>>,
     /// The text (PHI).
     pub body: Redacted<String>,
-    /// Files (PHI).
-    pub attachments: Vec<Attachment>,
+    /// Files (PHI), by reference to their blobs.
+    pub attachments: Vec<AttachmentV1>,
     /// The channel's id for this message.
     pub native_message_id: Option<String>,
     /// The conversation this message belongs to (opaque token).
@@ -104,7 +348,7 @@ pub struct ConversationV1 {
     /// The account the patient wrote from: replies go back there.
     pub origin_account: String,
     /// The patient's address on that account (PHI).
-    pub origin_address: Address,
+    pub origin_address: AddressV1,
     /// Highest class seen so far (a reply to a prescription request is clinical).
     pub class: Class,
     /// The channel's id of the patient's latest message, so replies thread under it.
@@ -131,7 +375,7 @@ pub struct OutboxItemV1 {
     /// Always 1.
     pub v: u32,
     /// What to send.
-    pub delivery: Delivery,
+    pub delivery: DeliveryV1,
     /// Attempts made so far.
     pub attempts: u32,
     /// Unix milliseconds before which it must not be tried again.
@@ -249,7 +493,7 @@ pub struct ReviewItemV1 {
     /// Rules that held it.
     pub rules: Vec<String>,
     /// Notice to send the author on rejection (PHI-free), with the account and address to use.
-    pub reject_notice: Option<Delivery>,
+    pub reject_notice: Option<DeliveryV1>,
 }
 
 /// A one-time code that links a chat to a patient.

@@ -12,8 +12,8 @@ use crate::policy::{
 use crate::record::schema::*;
 use crate::record::{Committed, Exchange, OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::{
-    AccountId, Address, AddressKind, ChannelKind, Delivery, DeliveryId, DeliveryKind, Envelope, Receipt, RecordId,
-    Redacted, Submission,
+    AccountId, Address, AddressKind, Attachment, ChannelKind, Delivery, DeliveryId, DeliveryKind, Envelope, Receipt,
+    RecordId, Redacted, Submission,
 };
 use sha2::Digest;
 use std::collections::BTreeSet;
@@ -210,7 +210,7 @@ impl Planner {
                 token: new_token(),
                 patient_id: patient_id.clone(),
                 origin_account: account.to_string(),
-                origin_address: env.from.clone(),
+                origin_address: AddressV1::from(&env.from),
                 class: Class::None,
                 last_patient_message: None,
                 created_at_ms: now_ms(),
@@ -239,7 +239,7 @@ impl Planner {
         match &thread {
             Thread::Reply(c) => match c.origin_account.parse::<AccountId>() {
                 Ok(dest) if self.senders.contains(&dest) => {
-                    self.plan_delivery(&mut d, &dest, DeliveryKind::Reply, Some(c.origin_address.clone()))?;
+                    self.plan_delivery(&mut d, &dest, DeliveryKind::Reply, Some(Address::from(&c.origin_address)))?;
                 }
                 _ => d.decisions.push(skip(&c.origin_account, "builtin.reply.origin_cannot_send")),
             },
@@ -307,12 +307,12 @@ impl Planner {
             sent_at_ms: env.received_at.duration_since(UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0),
             // The envelope's last use: its fields move into the record instead of copying.
             source: env.source,
-            from: env.from,
+            from: env.from.into(),
             sender,
             display_name: env.display_name,
             subject: env.subject,
             body: env.body,
-            attachments: env.attachments,
+            attachments: blobs_of(record_id, &env.attachments),
             native_message_id: env.native_message_id,
             conversation: conversation.token.clone(),
             patient_id,
@@ -533,18 +533,23 @@ impl Planner {
             DeliveryKind::Reply => d.conversation.last_patient_message.iter().cloned().collect(),
             _ => Vec::new(),
         };
-        let delivery = Delivery {
+        let delivery = DeliveryV1 {
             id,
             record_id: d.record_id,
             account: dest.clone(),
-            kind,
-            to,
+            kind: kind.into(),
+            to: to.as_ref().map(AddressV1::from),
             conversation: Redacted::new(d.conversation.token.clone()),
             patient_id: d.patient_id.clone().map(Redacted::new),
             sender_label: d.env.display_name.clone(),
             subject: None,
             body: Redacted::new(body),
-            attachments: if with_attachments { d.env.attachments.clone() } else { Vec::new() },
+            // By reference: the bytes are stored once, with the record.
+            attachments: if with_attachments {
+                blobs_of(d.record_id, &d.env.attachments).into_iter().map(AttachmentV1::without_data).collect()
+            } else {
+                Vec::new()
+            },
             in_reply_to,
         };
         let item = OutboxItemV1 {
@@ -585,10 +590,26 @@ impl Planner {
             attachments: Vec::new(),
             in_reply_to: d.env.native_message_id.iter().cloned().collect(),
         };
-        let item =
-            OutboxItemV1 { v: 1, delivery, attempts: 0, not_before_ms: 0, patient_id: None, requires_consent: false };
+        let item = OutboxItemV1 {
+            v: 1,
+            delivery: delivery.into(),
+            attempts: 0,
+            not_before_ms: 0,
+            patient_id: None,
+            requires_consent: false,
+        };
         Ok(Some((OutboxKey { account: account.clone(), seq: self.store.next_id()? }, item)))
     }
+}
+
+/// A record's attachments as stored: each with its blob reference (record id, index) and, until
+/// the store's commit moves them into the blob, its bytes.
+fn blobs_of(record: RecordId, attachments: &[Attachment]) -> Vec<AttachmentV1> {
+    attachments
+        .iter()
+        .enumerate()
+        .map(|(i, a)| AttachmentV1 { blob: Some(BlobRefV1 { record, index: i as u32 }), ..AttachmentV1::from(a) })
+        .collect()
 }
 
 /// The address kind an account's recipients have.
@@ -603,7 +624,7 @@ fn address_kind_of(account: &AccountId) -> AddressKind {
 fn same_party(c: &ConversationV1, sender: &SenderV1, account: &AccountId, from: &Address) -> bool {
     match (sender, &c.patient_id) {
         (SenderV1::Patient { id }, Some(p)) => id == p,
-        _ => c.origin_account == account.to_string() && c.origin_address == *from,
+        _ => c.origin_account == account.to_string() && Address::from(&c.origin_address) == *from,
     }
 }
 
