@@ -132,6 +132,17 @@ pub struct ConsentGrant {
     pub granted_at: u64,
 }
 
+impl ConsentGrant {
+    /// The consents in force once this one is given: it replaces an earlier grant for the same
+    /// purpose on the same account, and leaves the others. The rule lives here, with the policy
+    /// that reads consents; the store only applies it, atomically with whatever else it writes.
+    pub fn merged_into(self, mut in_force: Vec<ConsentGrant>) -> Vec<ConsentGrant> {
+        in_force.retain(|g| g.purpose != self.purpose);
+        in_force.push(self);
+        in_force
+    }
+}
+
 /// What the engine is asked. Its `Debug` does not print the text.
 #[derive(Clone)]
 pub struct CheckInput<'a> {

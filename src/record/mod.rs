@@ -644,13 +644,11 @@ impl Store {
         let key = self.consent_key(patient_id, &grant.account);
         self.transact(|tx| {
             let consents = tx.on(&self.consents);
-            let mut all: Vec<ConsentGrant> = match consents.get(&key)? {
+            let in_force: Vec<ConsentGrant> = match consents.get(&key)? {
                 Some(v) => self.unseal(t::CONSENTS, &key, &v).map_err(abort)?,
                 None => Vec::new(),
             };
-            all.retain(|g| g.purpose != grant.purpose);
-            all.push(grant.clone());
-            consents.insert(key.as_slice(), self.seal(t::CONSENTS, &key, &all))?;
+            consents.insert(key.as_slice(), self.seal(t::CONSENTS, &key, &grant.clone().merged_into(in_force)))?;
             Ok(())
         })
         .map_err(tx_store_err)
@@ -808,14 +806,14 @@ impl Store {
                 if let (Some((_, _, code_hash, grant)), Some((lkey, lval, ckey))) = (&ex.link, &p.link) {
                     links.insert(lkey.as_slice(), lval.as_slice())?;
                     link_codes.remove(code_hash.as_bytes())?;
-                    let mut all: Vec<ConsentGrant> = consents
-                        .get(ckey)?
-                        .and_then(|v| self.keys.open(t::CONSENTS, ckey, &v).ok())
-                        .and_then(|v| serde_json::from_slice(&v).ok())
-                        .unwrap_or_default();
-                    all.retain(|g| g.purpose != grant.purpose);
-                    all.push(grant.clone());
-                    consents.insert(ckey.as_slice(), self.seal(t::CONSENTS, ckey, &all))?;
+                    // A consent value that does not open fails the batch (the router answers
+                    // unavailable), rather than being replaced by the new grant alone.
+                    let in_force: Vec<ConsentGrant> = match consents.get(ckey)? {
+                        Some(v) => self.unseal(t::CONSENTS, ckey, &v).map_err(TxError::Abort)?,
+                        None => Vec::new(),
+                    };
+                    consents
+                        .insert(ckey.as_slice(), self.seal(t::CONSENTS, ckey, &grant.clone().merged_into(in_force)))?;
                 }
                 for mark in &p.notices {
                     notices.insert(mark.as_slice(), now_ms().to_be_bytes())?;
@@ -826,9 +824,9 @@ impl Store {
             if new > 0 {
                 add_records(heads, new as i64)?;
             }
-            Ok::<_, TxError<()>>(results)
+            Ok::<_, TxError<StoreError>>(results)
         });
-        r.map_err(tx_err)
+        r.map_err(tx_store_err)
     }
 
     /// Stores malformed input in quarantine (sealed, chained), unless its source key was already
