@@ -18,7 +18,7 @@
 //! 5. a store pre-filled with `BENCH_PREFILL` records through the library (`Store::open` +
 //!    `commit_exchanges`, each delivery then recorded as sent with `apply_outbox`, as a drained
 //!    outbox leaves it; with the key file the daemon then loads), `BENCH_CONNS`, forwarded, then
-//!    a second pass. The first pass meets sled's cache cold, as after a restart; the second one
+//!    a second pass. The first pass meets the store's cache cold, as after a restart; the second one
 //!    warm, as a daemon that has been running. Flatness is reported for both.
 //!
 //! Each prints accepted msgs/s (the `202`s) with p50/p99 of the `202`, the end-to-end rate
@@ -56,7 +56,7 @@ const PREFILL_BYTES_PER_RECORD: u64 = 8_000;
 #[derive(Clone, Debug, Default)]
 struct Run {
     label: String,
-    /// 0: the first load after the daemon started (sled's cache cold); 1: the same load again on
+    /// 0: the first load after the daemon started (the store's cache cold); 1: the same load again on
     /// the same daemon, new messages (cache warm).
     pass: usize,
     conns: usize,
@@ -83,7 +83,7 @@ fn proc_kb(pid: u32, key: &str) -> u64 {
 }
 
 /// CPU time (user + system, in clock ticks) of each of a process's threads, summed per thread
-/// name with digits dropped (`tokio-rt-worker`, `sled-io-`), so a run can say which part of the
+/// name with digits dropped (`tokio-rt-worker`, `fjall:worker`), so a run can say which part of the
 /// daemon the CPU went to.
 fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();
@@ -254,7 +254,7 @@ enum Proc {
 }
 
 /// One run with a fresh daemon (its store pre-filled first if asked) or relay. `passes` loads
-/// of `BENCH_MESSAGES` new messages each are sent one after the other: the first meets sled's
+/// of `BENCH_MESSAGES` new messages each are sent one after the other: the first meets the store's
 /// cache cold, as after a restart, the second warm, as a daemon that has been running.
 async fn run(label: &str, conns: usize, target: Target, passes: usize) -> Vec<Run> {
     let total = env("BENCH_MESSAGES", 40_000);
@@ -296,7 +296,7 @@ async fn run(label: &str, conns: usize, target: Target, passes: usize) -> Vec<Ru
             (Proc::Relay(relay), true, started.elapsed())
         }
     };
-    // Let start-up settle (sled's first flush, adapters connecting) before reading idle memory.
+    // Let start-up settle (the store's first flush, adapters connecting) before reading idle memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (pid, who) = match &proc {
         Proc::Daemon(d) => (d.pid().unwrap(), "daemon"),

@@ -7,7 +7,8 @@
 //! - [`accounts`]: the closed set of adapters, glued to the daemon.
 //! - [`policy`]: the privacy engine; pure, never fails.
 //! - [`router`]: the router thread: identify, thread, decide, record (group commit).
-//! - [`record`]: the record store over sled (the only module that touches sled) and the flusher.
+//! - [`record`]: the record store over fjall (the only module that touches the engine) and the
+//!   flusher.
 //! - [`records`]: the privacy officer's view: list, show, export, verify, purge — all audited.
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
 //! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.

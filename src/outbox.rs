@@ -234,9 +234,9 @@ impl Workers {
 type BookRequest = (Vec<OutboxUpdate>, oneshot::Sender<(Vec<OutboxUpdate>, Result<(), String>)>);
 
 /// Writes every worker's finished attempts on one thread, in one transaction for everything
-/// waiting. sled transactions serialise on a global lock that also waits for flushes, so fewer,
-/// larger transactions from one place beat one per worker (and keep the wait off the async
-/// workers).
+/// waiting. The store's writers take turns (one single-writer transaction at a time), so fewer,
+/// larger transactions from one place beat one per worker, and the blocking write stays off the
+/// async workers.
 #[derive(Clone, Debug)]
 pub struct Bookkeeper {
     tx: mpsc::UnboundedSender<BookRequest>,

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 /// Third-party crates that can log protocol traffic (and so PHI) at debug/trace: capped at
 /// `warn` whatever `log_level` says. Only an explicit `RUST_LOG` lifts the cap (documented as a
 /// debugging tool that must not be used on production data).
-const THIRD_PARTY_CAPS: &str = "async_imap=warn,imap_proto=warn,lettre=warn,hyper=warn,hyper_util=warn,reqwest=warn,teloxide=warn,teloxide_core=warn,sled=warn,rustls=warn,h2=warn,axum=warn,tower_http=warn";
+const THIRD_PARTY_CAPS: &str = "async_imap=warn,imap_proto=warn,lettre=warn,hyper=warn,hyper_util=warn,reqwest=warn,teloxide=warn,teloxide_core=warn,fjall=warn,lsm_tree=warn,sled=warn,rustls=warn,h2=warn,axum=warn,tower_http=warn";
 
 /// Installs the global subscriber. `RUST_LOG` overrides `level`. Safe to call twice (the second
 /// call does nothing), so tests and the CLI can both call it.

@@ -189,9 +189,9 @@ fn head_value(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     v
 }
 
-/// Appends one entry inside a log record over the `journal` and `chain_heads` trees; returns its
-/// sequence number. The log writes records one at a time (a mutex), so sequence numbers have no
-/// gaps.
+/// Appends one entry inside a transaction over the `journal` and `chain_heads` trees; returns
+/// its sequence number. The store's transactions take turns (one writer at a time), so sequence
+/// numbers have no gaps.
 pub fn append(
     ck: &ChainKey,
     journal: &TxTree<'_, '_>,

@@ -1,5 +1,5 @@
 //! The record store's keys and the two things they do: **seal** values (XChaCha20-Poly1305) and
-//! **blind** index keys (HMAC-SHA-256), so that the files sled writes hold no PHI.
+//! **blind** index keys (HMAC-SHA-256), so that the files the engine writes hold no PHI.
 //!
 //! A key file is TOML, written by `carebridge keys generate` and extended by `keys rotate`:
 //!

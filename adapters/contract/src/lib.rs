@@ -1,7 +1,7 @@
 //! The contract between carebridge's router and its channel adapters.
 //!
 //! This crate is the **API boundary** of the project: adapters depend on it and on nothing else
-//! of carebridge (not on sled, the policy engine or TOML loading), and the router sees adapters
+//! of carebridge (not on the record store, the policy engine or TOML loading), and the router sees adapters
 //! only through it.
 //!
 //! # Layout
