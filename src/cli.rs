@@ -236,6 +236,9 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             eprintln!("carebridge: error: {e:#}");
+            if e.chain().any(|c| c.is::<crate::record::flusher::Unwritable>()) {
+                return ExitCode::from(crate::record::flusher::EXIT_STORE_UNWRITABLE as u8);
+            }
             match e.chain().find_map(|c| c.downcast_ref::<crate::record::StoreError>()) {
                 Some(s) => ExitCode::from(s.exit_code()),
                 None => ExitCode::FAILURE,

@@ -92,8 +92,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let wakers = workers.wakers();
     let wake = wakers.clone();
-    let (flusher, flusher_thread) =
-        Flusher::spawn(store.clone(), move |keys| wake.wake(keys)).context("starting the flusher thread")?;
+    // Cancelled by a receiver that fails for good, or by the flusher when the store stops taking
+    // writes: either way the daemon stops in its usual order and says why in its exit code.
+    let fatal = CancellationToken::new();
+    let (flusher, flusher_thread) = Flusher::spawn(store.clone(), move |keys| wake.wake(keys), fatal.clone())
+        .context("starting the flusher thread")?;
     workers.set_flusher(flusher.clone());
 
     let (submitter, rx) = Submitter::channel(config.daemon.queue_capacity);
@@ -128,7 +131,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await?;
     let inbound_stop = CancellationToken::new();
-    let fatal = CancellationToken::new();
     let inbound_tasks = TaskTracker::new();
     let mut receivers =
         Receivers::new(submitter, inbound_stop.clone(), fatal.clone(), inbound_tasks.clone(), adapter_health.clone());
@@ -245,6 +247,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "Deliveries still in flight at the deadline; they stay in the outbox and are resent after restart."
         );
     }
+    let store_failure = flusher.failure();
     drop(flusher);
     drop(reloader); // the workers' handle on the bookkeeping thread
     let _ = tokio::time::timeout(left(), join(flusher_thread)).await;
@@ -254,7 +257,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::error!(error = %e, "The last flush of the record store failed; the next start recovers what was acknowledged.");
     }
     info!("Shutdown complete.");
-    if failed { Err(anyhow!("a receiver failed; see the log above")) } else { Ok(()) }
+    match store_failure {
+        Some(e) => Err(e.into()),
+        None if failed => Err(anyhow!("a receiver failed; see the log above")),
+        None => Ok(()),
+    }
 }
 
 /// Waits for a thread without blocking the async workers.

@@ -496,7 +496,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = crate::record::Keyring::generate(&dir.path().join("store.key")).unwrap();
         let store = Store::open(&dir.path().join("data"), keys).unwrap();
-        let (flusher, _thread) = Flusher::spawn(store.clone(), |_| {}).unwrap();
+        let (flusher, _thread) = Flusher::spawn(store.clone(), |_| {}, Default::default()).unwrap();
         let adapters = AdapterHealth::default();
         let reporter = adapters.register(&id("email.ops_unit"));
         let state = State {

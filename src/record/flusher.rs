@@ -5,15 +5,20 @@
 //! waiting, persists the engine once for all of them ([`super::engine`]: one `fdatasync`), then
 //! answers. Many messages share one fsync.
 //!
-//! A failed flush ends the process with [`EXIT_STORE_UNWRITABLE`]: fjall latches its first
-//! write error (`ENOSPC`, `EIO`) for the life of the database handle ("poisoned": the journal may
-//! end in a partial batch, and writing after it would bury it mid-journal), so every later
+//! A failed flush ends the daemon with [`EXIT_STORE_UNWRITABLE`]: fjall latches its first write
+//! error (`ENOSPC`, `EIO`) for the life of the database handle ("poisoned": the journal may end
+//! in a partial batch, and writing after it would bury it mid-journal), so every later
 //! transaction and flush fails even once the disk has space again (tested:
-//! `tests/disk_full.rs`), and only reopening the database clears it. A daemon that stayed up would refuse every message
-//! forever (and resend its deliveries every few seconds, unable to record them as sent). Exiting
-//! loses nothing: every acknowledgement waited for a successful flush, and a send whose outcome
-//! was not recorded is resent with the same delivery id. The supervisor (systemd,
-//! `Restart=on-failure`) starts carebridge again, which reopens the store.
+//! `tests/disk_full.rs`), and only reopening the database clears it. A daemon that stayed up
+//! would refuse every message forever (and resend its deliveries every few seconds, unable to
+//! record them as sent). Stopping loses nothing: every acknowledgement waited for a successful
+//! flush, and a send whose outcome was not recorded is resent with the same delivery id. The
+//! supervisor (systemd, `Restart=on-failure`) starts carebridge again, which reopens the store.
+//!
+//! The flusher does not exit the process itself: from the failure on it answers every job
+//! "unavailable", records why ([`Flusher::failure`]) and cancels the daemon's fatal token;
+//! `daemon::run` shuts down in its usual order and returns the error, which `cli::main` turns
+//! into the exit code.
 
 use super::{OutboxKey, Store, now_ms};
 use carebridge_contract::Receipt;
@@ -22,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 /// The exit code of a daemon whose record store stopped taking writes (sysexits' `EX_IOERR`):
@@ -33,9 +39,6 @@ pub const EXIT_STORE_UNWRITABLE: i32 = 74;
 /// writes while no message arrives (only the outbox's bookkeeping wrote) is noticed within this.
 /// A flush with nothing new to write returns at once.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-
-/// How long the last "unavailable" answers get to leave before the process exits.
-const ANSWER_GRACE: Duration = Duration::from_millis(200);
 
 /// What to do once a flush has completed.
 #[derive(Debug, Default)]
@@ -53,7 +56,14 @@ pub struct FlushJob {
 pub struct Flusher {
     tx: mpsc::Sender<FlushJob>,
     last: Arc<LastFlush>,
+    failure: Arc<std::sync::OnceLock<Unwritable>>,
 }
+
+/// Why the store stopped taking writes, as the flusher saw it (PHI-free). Ends the daemon with
+/// [`EXIT_STORE_UNWRITABLE`].
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the record store stopped taking writes (disk full or I/O error): {0}")]
+pub struct Unwritable(pub String);
 
 /// When flushes last succeeded and failed (unix ms, 0 = never), so readiness can tell whether the
 /// store takes writes without a flush of its own per probe.
@@ -76,21 +86,34 @@ impl Flusher {
     /// Starts the flusher on its own thread (it spends its life in fsync; on a thread of its own
     /// it never occupies an async worker). `wake` receives outbox keys after their rows are
     /// durable. The thread ends when every handle is dropped and the last jobs are done.
+    /// `fatal` is cancelled when the store stops taking writes.
     pub fn spawn(
         store: Store,
         wake: impl Fn(Vec<OutboxKey>) + Send + 'static,
+        fatal: CancellationToken,
     ) -> std::io::Result<(Flusher, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<FlushJob>();
         let last = Arc::new(LastFlush::default());
         let seen = last.clone();
+        let failure = Arc::new(std::sync::OnceLock::new());
+        let failed_for_good = failure.clone();
         let handle = std::thread::Builder::new().name("carebridge-flusher".into()).spawn(move || {
             let mut jobs = Vec::new();
+            let give_up = |e: &super::StoreError| {
+                if failed_for_good.set(Unwritable(e.to_string())).is_ok() {
+                    unwritable(e);
+                    fatal.cancel();
+                }
+            };
             loop {
                 match rx.recv_timeout(PROBE_EVERY) {
                     Ok(first) => jobs.push(first),
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = store.flush_blocking() {
-                            unwritable(&e);
+                        if failed_for_good.get().is_none()
+                            && let Err(e) = store.flush_blocking()
+                        {
+                            seen.failed_ms.store(now_ms().max(1), Ordering::Relaxed);
+                            give_up(&e);
                         }
                         continue;
                     }
@@ -100,7 +123,11 @@ impl Flusher {
                     jobs.push(more);
                 }
                 let started = std::time::Instant::now();
-                let failed = store.flush_blocking().err();
+                // Once the store has failed, every later flush would too (see the module docs).
+                let failed = match failed_for_good.get() {
+                    Some(_) => Some(None),
+                    None => store.flush_blocking().err().map(Some),
+                };
                 let ok = failed.is_none();
                 let receipts: usize = jobs.iter().map(|j| j.receipts.len()).sum();
                 (if ok { &seen.ok_ms } else { &seen.failed_ms }).store(now_ms().max(1), Ordering::Relaxed);
@@ -118,21 +145,26 @@ impl Flusher {
                         let _ = d.send(ok);
                     }
                 }
-                if let Some(e) = failed {
-                    unwritable(&e);
+                if let Some(Some(e)) = failed {
+                    give_up(&e);
                 }
                 if !wake_keys.is_empty() {
                     wake(wake_keys);
                 }
             }
         })?;
-        Ok((Flusher { tx, last }, handle))
+        Ok((Flusher { tx, last, failure }, handle))
     }
 
     /// Queues a job for the next flush. If the flusher is gone the receipts drop, which
     /// adapters read as `Unavailable`: nothing is acked without a flush.
     pub fn submit(&self, job: FlushJob) {
         let _ = self.tx.send(job);
+    }
+
+    /// Why the store stopped taking writes, once it has.
+    pub fn failure(&self) -> Option<Unwritable> {
+        self.failure.get().cloned()
     }
 
     /// When flushes last succeeded and failed.
@@ -151,15 +183,12 @@ impl Flusher {
 }
 
 /// The store did not take a flush: it never will again in this process (see the module docs).
-/// The waiting receipts were answered "unavailable"; after a moment for the listeners to send
-/// those answers (503 + `Retry-After`; a source that gets no answer at all redelivers just the
-/// same), exit so the supervisor restarts carebridge.
-fn unwritable(e: &super::StoreError) -> ! {
+/// The waiting receipts were answered "unavailable" (503 + `Retry-After`; pollers do not ack);
+/// the daemon now stops, and its exit code tells the supervisor to start it again.
+fn unwritable(e: &super::StoreError) {
     error!(
         error = %e,
         exit_code = EXIT_STORE_UNWRITABLE,
-        "Record store unwritable (disk full or I/O error); exiting so the supervisor restarts carebridge once it can write. Nothing acknowledged is lost; unacknowledged messages are redelivered by their sources."
+        "Record store unwritable (disk full or I/O error); stopping so the supervisor restarts carebridge once it can write. Nothing acknowledged is lost; unacknowledged messages are redelivered by their sources."
     );
-    std::thread::sleep(ANSWER_GRACE);
-    std::process::exit(EXIT_STORE_UNWRITABLE)
 }
