@@ -863,27 +863,13 @@ fn check_template(t: &str, vars: &[&str]) -> Result<(), String> {
 pub(crate) fn did_you_mean<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> String {
     let best = options
         .into_iter()
-        .map(|o| (levenshtein(word, o), o))
+        .map(|o| (strsim::levenshtein(word, o), o))
         .filter(|(d, o)| *d <= 2.max(o.chars().count() / 3))
         .min_by_key(|(d, o)| (*d, *o));
     match best {
         Some((_, o)) => format!(", did you mean `{o}`?"),
         None => String::new(),
     }
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
