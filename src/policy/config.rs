@@ -109,6 +109,8 @@ pub struct ChannelPolicy {
     pub with_consent: Option<Class>,
     /// Overrides the trust level's `staff` ceiling for this account (e.g. a staff group).
     pub staff: Option<Class>,
+    /// `false` turns off the safety net (`builtin.insecure.safety_net`) for this account.
+    pub safety_net: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +121,7 @@ struct ChannelTable {
     without_consent: Option<Class>,
     with_consent: Option<Class>,
     staff: Option<Class>,
+    safety_net: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for ChannelPolicy {
@@ -129,7 +132,7 @@ impl<'de> Deserialize<'de> for ChannelPolicy {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "a trust level (\"secure\", \"email_plain\" or \"insecure\") or a table with trust, locale, \
-                     without_consent, with_consent, staff",
+                     without_consent, with_consent, staff, safety_net",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ChannelPolicy, E> {
@@ -144,6 +147,7 @@ impl<'de> Deserialize<'de> for ChannelPolicy {
                     without_consent: t.without_consent,
                     with_consent: t.with_consent,
                     staff: t.staff,
+                    safety_net: t.safety_net,
                 })
             }
         }
@@ -423,7 +427,11 @@ impl NoticeTexts {
 
 /// Built-in rule ids that `policy.disable` may turn off.
 pub(crate) fn disableable_rules() -> Vec<String> {
-    let mut v = vec!["builtin.inbound.insecure_notice".to_string(), "builtin.insecure.clinical".to_string()];
+    let mut v = vec![
+        "builtin.inbound.insecure_notice".to_string(),
+        "builtin.insecure.clinical".to_string(),
+        "builtin.insecure.safety_net".to_string(),
+    ];
     for t in Trust::ALL {
         v.push(format!("builtin.redact.{}", t.as_str()));
         v.push(format!("builtin.conversation.{}", t.as_str()));

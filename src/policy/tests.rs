@@ -1078,3 +1078,38 @@ fn detection_generalises_to_how_people_write() {
         assert!(class(t) <= Class::Contact, "{t}: {:?}", class(t));
     }
 }
+
+/// The safety net: to a patient on an insecure account, what would go out must read as
+/// contact or scheduling content; it names its own rule, and can be turned off per account
+/// or for the whole policy.
+#[test]
+fn safety_net_keeps_unrecognised_text_off_insecure_patient_channels() {
+    use Audience::{Patient, Staff};
+    let p = policy(&format!("{CLINIC}\n\"telegram.relaxed\" = {{ safety_net = false }}\n"));
+    let net = &["builtin.insecure.safety_net"][..];
+    run(
+        &p,
+        vec![
+            // A clinical word no list has: the net reroutes it.
+            out("telegram.front_desk", Patient, "Your fundoscopy is booked for Tuesday", to_ehr(), net),
+            // Scheduling passes.
+            out("telegram.front_desk", Patient, "Your appointment is Tuesday at 10", Action::Allow, &["builtin.allow"]),
+            // A redaction's output is checked too.
+            out("telegram.front_desk", Patient, "OHIP 1234 567 897 noted, bring the sample Monday", to_ehr(), net),
+            // Only patient-facing, insecure accounts.
+            out("telegram.front_desk", Staff, "Your fundoscopy is booked", Action::Allow, &["builtin.allow"]),
+            out("email.patients", Patient, "Your fundoscopy is booked", Action::Allow, &["builtin.allow"]),
+            // Off for one account.
+            out("telegram.relaxed", Patient, "Your fundoscopy is booked", Action::Allow, &["builtin.allow"]),
+        ],
+    );
+    let p = policy("[policy]\ndisable = [\"builtin.insecure.safety_net\"]");
+    let a = acct("telegram.front_desk");
+    let d = p.check(&input("Your fundoscopy is booked", &a, Direction::Out, Audience::Patient));
+    assert_eq!(d.action, Action::Allow);
+    // The explain output names the rule.
+    let p = policy(CLINIC);
+    let v = p.explain(&input("Your fundoscopy is booked", &a, Direction::Out, Audience::Patient));
+    assert_eq!(v["decision"]["rules"], serde_json::json!(["builtin.insecure.safety_net"]));
+    assert_eq!(v["decision"]["action"], "reroute");
+}

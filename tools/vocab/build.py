@@ -28,6 +28,9 @@ OUT = os.path.join(ROOT, "src", "policy", "detectors", "data")
 
 DRUG_NER = "drug_named_entity_recognition-2.0.9-py3-none-any.whl"
 FAKER_HC = "faker_healthcare_provider-2.5.0-py3-none-any.whl"
+WORDFREQ = "wordfreq-3.1.1-py3-none-any.whl"
+# How many of each language's most frequent words the safety net counts as everyday words.
+COMMON_PER_LANGUAGE = 15000
 DICTS = ["/usr/share/dict/american-english", "/usr/share/dict/french"]
 
 
@@ -128,6 +131,87 @@ def faker_terms(drop):
     return clean(conditions), clean(symptoms), clean(procedures)
 
 
+def msgpack_unpack(b):
+    """A minimal MessagePack decoder (nil, bools, ints, floats, strings, arrays, maps): enough
+    for wordfreq's data files, so the build needs no third-party module."""
+    import struct
+
+    def read(i):
+        t = b[i]
+        if t <= 0x7F:
+            return t, i + 1
+        if 0x80 <= t <= 0x8F:
+            return read_map(i + 1, t & 0x0F)
+        if 0x90 <= t <= 0x9F:
+            return read_arr(i + 1, t & 0x0F)
+        if 0xA0 <= t <= 0xBF:
+            n = t & 0x1F
+            return b[i + 1 : i + 1 + n].decode("utf-8"), i + 1 + n
+        if t >= 0xE0:
+            return t - 0x100, i + 1
+        if t in (0xC0, 0xC2, 0xC3):
+            return {0xC0: None, 0xC2: False, 0xC3: True}[t], i + 1
+        if t == 0xCA:
+            return struct.unpack(">f", b[i + 1 : i + 5])[0], i + 5
+        if t == 0xCB:
+            return struct.unpack(">d", b[i + 1 : i + 9])[0], i + 9
+        ints = {0xCC: (1, False), 0xCD: (2, False), 0xCE: (4, False), 0xCF: (8, False),
+                0xD0: (1, True), 0xD1: (2, True), 0xD2: (4, True), 0xD3: (8, True)}
+        if t in ints:
+            n, signed = ints[t]
+            return int.from_bytes(b[i + 1 : i + 1 + n], "big", signed=signed), i + 1 + n
+        lens = {0xD9: ("s", 1), 0xDA: ("s", 2), 0xDB: ("s", 4), 0xDC: ("a", 2), 0xDD: ("a", 4),
+                0xDE: ("m", 2), 0xDF: ("m", 4)}
+        if t in lens:
+            kind, k = lens[t]
+            n = int.from_bytes(b[i + 1 : i + 1 + k], "big")
+            s = i + 1 + k
+            if kind == "s":
+                return b[s : s + n].decode("utf-8"), s + n
+            return (read_arr if kind == "a" else read_map)(s, n)
+        raise ValueError(f"msgpack type {t:#x} not supported")
+
+    def read_arr(i, n):
+        out = []
+        for _ in range(n):
+            v, i = read(i)
+            out.append(v)
+        return out, i
+
+    def read_map(i, n):
+        out = {}
+        for _ in range(n):
+            k, i = read(i)
+            v, i = read(i)
+            out[k] = v
+        return out, i
+
+    return read(0)[0]
+
+
+def common_everyday_words(exclude):
+    """The most frequent words of English and French (wordfreq's `large` lists, ordered by
+    frequency), letters only, minus every health word we ship or list."""
+    import gzip
+
+    out = set()
+    with zipfile.ZipFile(os.path.join(CACHE, WORDFREQ)) as z:
+        for lang in ["en", "fr"]:
+            data = msgpack_unpack(gzip.decompress(z.read(f"wordfreq/data/large_{lang}.msgpack.gz")))
+            n = 0
+            for bucket in data[1:]:
+                for w in bucket:
+                    if n >= COMMON_PER_LANGUAGE:
+                        break
+                    w = unaccent(fold(w))
+                    if not re.fullmatch(r"[a-z][a-z'\-]*", w):
+                        continue
+                    n += 1
+                    if w not in exclude:
+                        out.add(w)
+    return out
+
+
 def write(name, terms, header):
     path = os.path.join(OUT, name)
     with open(path, "w", encoding="utf-8") as f:
@@ -152,8 +236,21 @@ def main():
     write("conditions.txt", cond | set(read_lines("conditions.txt")), [gen, f"sources: {FAKER_HC} (MIT), curated/conditions.txt"])
     write("symptoms.txt", symp | set(read_lines("symptoms.txt")), [gen, f"sources: {FAKER_HC} (MIT), curated/symptoms.txt"])
     write("tests.txt", proc | set(read_lines("tests.txt")), [gen, f"sources: {FAKER_HC} (MIT), curated/tests.txt"])
-    write("sensitive.txt", set(read_lines("sensitive.txt")), [gen, "source: curated/sensitive.txt"])
-    write("prescription.txt", set(read_lines("prescription.txt")), [gen, "source: curated/prescription.txt"])
+    sens = set(read_lines("sensitive.txt"))
+    write("sensitive.txt", sens, [gen, "source: curated/sensitive.txt"])
+    rx = set(read_lines("prescription.txt"))
+    write("prescription.txt", rx, [gen, "source: curated/prescription.txt"])
+    # The safety net's everyday words: frequent words that are no health word of any list.
+    health = {unaccent(w) for w in read_lines("health_words.txt")}
+    for group in [meds, cond, symp, proc, sens, rx, set(read_lines("conditions.txt")),
+                  set(read_lines("symptoms.txt")), set(read_lines("tests.txt"))]:
+        health |= {unaccent(t) for t in group if " " not in t}
+    everyday = common_everyday_words(health) | ({unaccent(w) for w in read_lines("safe.txt")} - health)
+    write("health_words.txt", set(read_lines("health_words.txt")), [gen, "source: curated/health_words.txt"])
+    write("everyday.txt", everyday, [gen, f"sources: {WORDFREQ} (code Apache-2.0; word frequency data CC BY-SA 4.0, "
+          f"the {COMMON_PER_LANGUAGE} most frequent English and French words), curated/safe.txt, minus "
+          "curated/health_words.txt and every single-word term of the other lists",
+          "licence of this file: CC BY-SA 4.0 (derived from wordfreq's data; see tools/vocab/README.md)"])
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ const OHIP_CONTEXT: &[&str] = &[
     "assurance santé",
     "ontario health",
     "health insurance",
+    "insurance",
+    "card",
     "insurance number",
     "insurance card",
     "health card number",

@@ -314,6 +314,9 @@ impl Engine {
                 }
                 s.context
                     .iter()
+                    // "record #", "n° de dossier": the symbol is part of the phrase, and fuzzy
+                    // matching only sees words; those phrases match exactly or not at all.
+                    .filter(|t| t.chars().all(|c| c.is_alphanumeric() || matches!(c, ' ' | '\'' | '-' | '.')))
                     .map(|t| fuzzy::words(&normalize::fold_term(t)).into_iter().map(str::to_string).collect())
                     .filter(|w: &Vec<String>| !w.is_empty())
                     .collect()
