@@ -109,6 +109,8 @@ pub struct ChannelPolicy {
     pub with_consent: Option<Class>,
     /// Overrides the trust level's `staff` ceiling for this account (e.g. a staff group).
     pub staff: Option<Class>,
+    /// `false` turns off the safety net (`builtin.insecure.safety_net`) for this account.
+    pub safety_net: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +121,7 @@ struct ChannelTable {
     without_consent: Option<Class>,
     with_consent: Option<Class>,
     staff: Option<Class>,
+    safety_net: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for ChannelPolicy {
@@ -129,7 +132,7 @@ impl<'de> Deserialize<'de> for ChannelPolicy {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "a trust level (\"secure\", \"email_plain\" or \"insecure\") or a table with trust, locale, \
-                     without_consent, with_consent, staff",
+                     without_consent, with_consent, staff, safety_net",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ChannelPolicy, E> {
@@ -144,6 +147,7 @@ impl<'de> Deserialize<'de> for ChannelPolicy {
                     without_consent: t.without_consent,
                     with_consent: t.with_consent,
                     staff: t.staff,
+                    safety_net: t.safety_net,
                 })
             }
         }
@@ -423,7 +427,11 @@ impl NoticeTexts {
 
 /// Built-in rule ids that `policy.disable` may turn off.
 pub(crate) fn disableable_rules() -> Vec<String> {
-    let mut v = vec!["builtin.inbound.insecure_notice".to_string(), "builtin.insecure.clinical".to_string()];
+    let mut v = vec![
+        "builtin.inbound.insecure_notice".to_string(),
+        "builtin.insecure.clinical".to_string(),
+        "builtin.insecure.safety_net".to_string(),
+    ];
     for t in Trust::ALL {
         v.push(format!("builtin.redact.{}", t.as_str()));
         v.push(format!("builtin.conversation.{}", t.as_str()));
@@ -863,27 +871,13 @@ fn check_template(t: &str, vars: &[&str]) -> Result<(), String> {
 pub(crate) fn did_you_mean<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> String {
     let best = options
         .into_iter()
-        .map(|o| (levenshtein(word, o), o))
+        .map(|o| (strsim::levenshtein(word, o), o))
         .filter(|(d, o)| *d <= 2.max(o.chars().count() / 3))
         .min_by_key(|(d, o)| (*d, *o));
     match best {
         Some((_, o)) => format!(", did you mean `{o}`?"),
         None => String::new(),
     }
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

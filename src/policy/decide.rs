@@ -21,6 +21,9 @@
 //!   prescription on a social channel does not get it back there).
 //! - the clinic's `[[policy.rule]]`s.
 //! - `builtin.allow` when nothing else applies.
+//! - `builtin.insecure.safety_net`, last: to a patient on an insecure account, a text that
+//!   would go out (allowed, or redacted) must read as contact or scheduling content (see
+//!   [`safe`]); otherwise `over_ceiling`. Off per account with `safety_net = false`.
 //!
 //! A redaction is re-scanned: if the rendered text is still above the ceiling the decision
 //! falls back to `over_ceiling` (`builtin.rescan`). A text longer than
@@ -34,6 +37,7 @@ use super::config::{
 use super::detectors::custom::{assemble, pct};
 use super::detectors::{Engine, Hit, Params};
 use super::notices::{NoticeKind, Notices};
+use super::safe;
 use super::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan, Trust};
 use carebridge_contract::AccountId;
 use carebridge_contract::config::Problem;
@@ -245,15 +249,41 @@ impl Compiled {
             }
         }
         let mut rendered = None;
+        // What would go out, with the spans the safety net ignores (contact details found,
+        // masked placeholders).
+        let mut outgoing: Option<(String, Vec<(usize, usize)>)> = None;
         if action == Action::Redact {
             let spans: BTreeSet<usize> = winners.iter().flat_map(|o| o.redact.iter().copied()).collect();
-            let text = self.render(input.text, hits, &spans);
+            let (text, masks) = self.render(input.text, hits, &spans);
             let again = self.engine.detect(&text);
             if classify::text_class(&self.engine, &again) > ceiling {
                 action = self.over_ceiling_action(input.account);
                 rules = vec!["builtin.rescan".to_string()];
             } else {
+                let mut neutral = masks;
+                neutral.extend(again.iter().map(|h| (h.start, h.end)));
+                outgoing = Some((text.clone(), neutral));
                 rendered = Some(text);
+            }
+        }
+        let net = "builtin.insecure.safety_net";
+        if action.severity() <= Action::Redact.severity()
+            && input.audience == Audience::Patient
+            && trust == Trust::Insecure
+            && self.enabled(net)
+            && self.safety_net_on(input.account)
+        {
+            let safe = match &outgoing {
+                Some((text, neutral)) => safe::reads_safe(text, neutral),
+                None => {
+                    let neutral: Vec<(usize, usize)> = hits.iter().map(|h| (h.start, h.end)).collect();
+                    safe::reads_safe(input.text, &neutral)
+                }
+            };
+            if !safe {
+                action = self.over_ceiling_action(input.account);
+                rules = vec![net.to_string()];
+                rendered = None;
             }
         }
         let (notice, notice_to) = self.notice(&action, input);
@@ -366,12 +396,19 @@ impl Compiled {
         Outcome { rule: r.id.clone(), action, redact }
     }
 
-    /// The text with the chosen hits replaced by the placeholder (overlaps merged).
-    fn render(&self, text: &str, hits: &[Hit], chosen: &BTreeSet<usize>) -> String {
+    /// Whether the account keeps the safety net (`[policy.channels] … safety_net`, default on).
+    fn safety_net_on(&self, account: &AccountId) -> bool {
+        self.config.channels.get(&account.to_string()).and_then(|c| c.safety_net).unwrap_or(true)
+    }
+
+    /// The text with the chosen hits replaced by the placeholder (overlaps merged), and where
+    /// the placeholders are in it.
+    fn render(&self, text: &str, hits: &[Hit], chosen: &BTreeSet<usize>) -> (String, Vec<(usize, usize)>) {
         let mut spans: Vec<(usize, usize, &str)> =
             chosen.iter().filter_map(|&i| hits.get(i)).map(|h| (h.start, h.end, self.engine.kind(h))).collect();
         spans.sort_by_key(|s| (s.0, s.1));
         let mut out = String::with_capacity(text.len());
+        let mut masks = Vec::new();
         let mut pos = 0;
         for (start, end, kind) in spans {
             if end <= pos {
@@ -380,11 +417,13 @@ impl Compiled {
             let start = start.max(pos);
             let (Some(keep), Some(_)) = (text.get(pos..start), text.get(start..end)) else { continue };
             out.push_str(keep);
+            let at = out.len();
             out.push_str(&self.placeholder.replace("{kind}", kind));
+            masks.push((at, out.len()));
             pos = end;
         }
         out.push_str(text.get(pos..).unwrap_or_default());
-        out
+        (out, masks)
     }
 
     /// The notice an action carries, and who it is for.

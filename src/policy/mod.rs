@@ -28,6 +28,7 @@ mod decide;
 mod detectors;
 pub mod explain;
 pub mod notices;
+mod safe;
 
 #[cfg(test)]
 mod tests;

@@ -110,7 +110,10 @@ fn detectors_contact() {
         ("(416) 555-0199", "phone:(416) 555-0199"),
         ("call 416 555 0199", "phone:416 555 0199"),
         ("+1 416-555-0199", "phone:+1 416-555-0199"),
-        ("4165550199", "phone:4165550199"),
+        // A bare 10-digit run needs a phone word: it is as often an order or reference number.
+        ("4165550199", ""),
+        ("order REF4165550199", ""),
+        ("tel: 4165550199", "phone:4165550199"),
         ("+44 20 7946 0958", "phone:+44 20 7946 0958"),
         ("416-155-0199", ""),
         ("write to ann.b@example.com.", "email:ann.b@example.com"),
@@ -703,7 +706,7 @@ fn explain_format_is_stable() {
     assert_eq!(v["rendered"], "hello");
     // Finding scores serialise rounded in the decision itself too.
     let d = p.check(&input("call 4165550199", &a, Direction::In, Audience::Staff));
-    assert_eq!(serde_json::to_value(&d).unwrap()["findings"][0]["score"], 0.75);
+    assert_eq!(serde_json::to_value(&d).unwrap()["findings"][0]["score"], 0.65);
 }
 
 #[test]
@@ -997,4 +1000,116 @@ fn a_scan_decides_every_hop_as_a_fresh_check_would() {
     let i = input(texts[0], &a, Direction::Out, Audience::Staff);
     assert!(p.check_scanned(&i, &p.scan(texts[2])) == p.check(&i));
     assert_eq!(p.check(&i).action, Action::Reroute { to: Some("webhook.ehr".into()) });
+}
+
+/// Issue 16's categories: misspelt context words, numbers wrapped across lines, lists of
+/// numbers sharing one context word, French chart phrasing, lay clinical words, readings,
+/// everyday sensitive words; and the false positives it named.
+#[test]
+fn detection_generalises_to_how_people_write() {
+    let cases: &[(&str, &str)] = &[
+        ("my helth card is 1234567897", "health_number_on:1234567897"),
+        ("insurence number 1234567897", "health_number_on:1234567897"),
+        ("date of brith: 1984-03-07", "date_of_birth:1984-03-07"),
+        ("chrat no. 123456", "mrn:123456"),
+        ("my OHIP is 1234 567\n897 thanks", "health_number_on:1234 567\n897"),
+        ("SIN 123 456\n782", "sin:123 456\n782"),
+        (
+            "my OHIP is 1234567897 and my wife's is 2345678904",
+            "health_number_on:1234567897\nhealth_number_on:2345678904",
+        ),
+        (
+            "Health cards:\n- me: 1234567897\n- my son: 2345678904",
+            "health_number_on:1234567897\nhealth_number_on:2345678904",
+        ),
+        ("mon numéro de carte d'hôpital est le 123456", "mrn:123456"),
+        ("le numéro de dossier à l'hôpital Saint-Luc est le 123456", "mrn:123456"),
+        ("numéro de patient 4455667", "mrn:4455667"),
+        // False positives.
+        ("Date of birth: 1980-01-01\nPreferred date: 2025-03-04", "date_of_birth:1980-01-01"),
+        ("Order 4165550199 shipped", ""),
+        ("Ref: A4165550199", ""),
+    ];
+    for (text, expect) in cases {
+        check(text, expect);
+    }
+    let p = Policy::compile(&PolicyConfig::default()).unwrap();
+    let a = acct("telegram.front_desk");
+    let class = |t: &str| p.check(&input(t, &a, Direction::In, Audience::Staff)).class;
+    for t in [
+        "my bp was 150/95 this morning",
+        "her sugar was 12.3 after supper",
+        "he's had a fever of 39.5 since last night",
+        "temp 38.9",
+        "I need to drop off a stool sample",
+        "is my colonoscopy booked?",
+        "I think it's pink eye",
+        "j'ai un feu sauvage",
+        "ma fille fait de la fièvre",
+        "mal de gorge depuis trois jours",
+        "been throwing up all night",
+        "can I get more of my puffer",
+    ] {
+        assert!(class(t) >= Class::Clinical, "{t}: {:?}", class(t));
+    }
+    for t in [
+        "can I get PrEP here?",
+        "I need the morning-after pill",
+        "je voudrais la pilule du lendemain",
+        "I relapsed last weekend",
+        "he overdosed on Friday",
+        "I'm 9 weeks along",
+        "I don't want to be here anymore",
+        "j'ai des idées noires",
+        "je fais des crises d'angoisse",
+        "is cannabis ok with my meds",
+    ] {
+        assert_eq!(class(t), Class::Sensitive, "{t}");
+    }
+    for t in [
+        "See you Tuesday at 3pm",
+        "Can I move my appointment to Friday morning?",
+        "The parking lot is behind the building",
+        "Est-ce que je peux venir jeudi à 10 h?",
+        "my lab puppy ate my appointment card",
+        "results of the election",
+        "Thanks, see you at 10:30",
+    ] {
+        assert!(class(t) <= Class::Contact, "{t}: {:?}", class(t));
+    }
+}
+
+/// The safety net: to a patient on an insecure account, what would go out must read as
+/// contact or scheduling content; it names its own rule, and can be turned off per account
+/// or for the whole policy.
+#[test]
+fn safety_net_keeps_unrecognised_text_off_insecure_patient_channels() {
+    use Audience::{Patient, Staff};
+    let p = policy(&format!("{CLINIC}\n\"telegram.relaxed\" = {{ safety_net = false }}\n"));
+    let net = &["builtin.insecure.safety_net"][..];
+    run(
+        &p,
+        vec![
+            // A clinical word no list has: the net reroutes it.
+            out("telegram.front_desk", Patient, "Your fundoscopy is booked for Tuesday", to_ehr(), net),
+            // Scheduling passes.
+            out("telegram.front_desk", Patient, "Your appointment is Tuesday at 10", Action::Allow, &["builtin.allow"]),
+            // A redaction's output is checked too.
+            out("telegram.front_desk", Patient, "OHIP 1234 567 897 noted, bring the sample Monday", to_ehr(), net),
+            // Only patient-facing, insecure accounts.
+            out("telegram.front_desk", Staff, "Your fundoscopy is booked", Action::Allow, &["builtin.allow"]),
+            out("email.patients", Patient, "Your fundoscopy is booked", Action::Allow, &["builtin.allow"]),
+            // Off for one account.
+            out("telegram.relaxed", Patient, "Your fundoscopy is booked", Action::Allow, &["builtin.allow"]),
+        ],
+    );
+    let p = policy("[policy]\ndisable = [\"builtin.insecure.safety_net\"]");
+    let a = acct("telegram.front_desk");
+    let d = p.check(&input("Your fundoscopy is booked", &a, Direction::Out, Audience::Patient));
+    assert_eq!(d.action, Action::Allow);
+    // The explain output names the rule.
+    let p = policy(CLINIC);
+    let v = p.explain(&input("Your fundoscopy is booked", &a, Direction::Out, Audience::Patient));
+    assert_eq!(v["decision"]["rules"], serde_json::json!(["builtin.insecure.safety_net"]));
+    assert_eq!(v["decision"]["action"], "reroute");
 }

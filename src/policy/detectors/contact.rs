@@ -10,6 +10,7 @@
 //! - `zip_us`: ZIP+4 on its own, a 5-digit ZIP only near a word like `zip`.
 
 use super::identifiers::digits;
+use super::normalize::{char_at, char_before};
 use super::{Judged, Spec};
 use crate::policy::Class;
 
@@ -28,7 +29,23 @@ const PHONE_CONTEXT: &[&str] = &[
     "appelez",
     "appeler",
     "rejoindre",
+    "reach me",
+    "texto",
+    "text",
+    "texter",
+    "textez",
+    "textez-moi",
+    "sms",
+    "whatsapp",
+    "appelle",
+    "appelle-moi",
+    "joindre",
+    "cel",
 ];
+/// Score of an unformatted digit run that could be a phone number: below the threshold, so a
+/// phone word must be near.
+const BARE_PHONE: u8 = 30;
+
 const POSTAL_CONTEXT: &[&str] = &["postal code", "code postal", "address", "adresse"];
 const ZIP_CONTEXT: &[&str] = &["zip", "zip code", "zipcode"];
 
@@ -78,8 +95,15 @@ fn phone(view: &str, start: usize, end: usize) -> Option<Judged> {
     if !matches!(national.first(), Some(2..=9)) || !matches!(national.get(3), Some(2..=9)) {
         return None;
     }
+    // A bare digit run glued to letters is a reference (`REF4165550199`, `4165550199A`).
+    if char_before(view, start).is_some_and(char::is_alphabetic) || char_at(view, end).is_some_and(char::is_alphabetic)
+    {
+        return None;
+    }
+    // A bare 10-digit run is as often an order or reference number as a phone number: it
+    // needs a phone word near it (`call 4165550199`).
     let formatted = m.bytes().any(|b| !b.is_ascii_digit());
-    Some(Judged { pct: if formatted { 60 } else { 40 }, end })
+    Some(Judged { pct: if formatted { 60 } else { BARE_PHONE }, end })
 }
 
 fn email(view: &str, start: usize, end: usize) -> Option<Judged> {
@@ -110,9 +134,9 @@ mod tests {
     fn phone_judge() {
         for (p, want) in [
             ("(416) 555-0199", Some(60)),
-            ("4165550199", Some(40)),
+            ("4165550199", Some(30)),
             ("+1 416 555 0199", Some(60)),
-            ("14165550199", Some(40)),
+            ("14165550199", Some(30)),
             ("+44 20 7946 0958", Some(50)),
             ("+44 12", None),
             ("1165550199", None),

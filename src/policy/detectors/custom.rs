@@ -76,6 +76,8 @@ pub(crate) fn assemble(config: &PolicyConfig) -> Vec<Spec> {
             threshold: d.threshold.map(pct),
             isolated: d.isolated.unwrap_or(true),
             bounded: false,
+            fuzzy: false,
+            share_across_labels: true,
         });
     }
     specs

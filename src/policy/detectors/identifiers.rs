@@ -40,6 +40,15 @@ const OHIP_CONTEXT: &[&str] = &[
     "assurance-santé",
     "assurance santé",
     "ontario health",
+    "health insurance",
+    "insurance",
+    "card",
+    "insurance number",
+    "insurance card",
+    "health card number",
+    "carte d'assurance maladie",
+    "numéro d'assurance maladie",
+    "assurance maladie",
 ];
 const BC_CONTEXT: &[&str] =
     &["phn", "personal health number", "msp", "care card", "carecard", "bc services card", "services card"];
@@ -69,6 +78,25 @@ const MRN_CONTEXT: &[&str] = &[
     "dossier",
     "numéro de dossier",
     "no de dossier",
+    "n° de dossier",
+    "# de dossier",
+    "dossier médical",
+    "carte d'hôpital",
+    "carte de l'hôpital",
+    "carte d'hôpital numéro",
+    "numéro d'hôpital",
+    "no d'hôpital",
+    "numéro de patient",
+    "no de patient",
+    "n° de patient",
+    "numéro du patient",
+    "identifiant patient",
+    "hospital card",
+    "hospital number",
+    "hospital id",
+    "patient #",
+    "chart #",
+    "record #",
 ];
 const DOB_CONTEXT: &[&str] = &[
     "dob",
@@ -83,6 +111,9 @@ const DOB_CONTEXT: &[&str] = &[
     "naissance",
     "date de naissance",
     "ddn",
+    "né en",
+    "née en",
+    "birth date",
 ];
 
 const MONTHS: &str = "january|february|march|april|june|july|august|september|october|november|december|\
@@ -99,16 +130,23 @@ pub(crate) fn specs() -> Vec<Spec> {
     );
     vec![
         Spec::regex("health_number_on", Class::Identifier, "[0-9]{4}[-. ]?[0-9]{3}[-. ]?[0-9]{3}", ohip)
-            .with_context(OHIP_CONTEXT),
+            .with_context(OHIP_CONTEXT)
+            .fuzzy_context(),
         Spec::regex("health_number_bc", Class::Identifier, "9[0-9]{3}[-. ]?[0-9]{3}[-. ]?[0-9]{3}", bc_phn)
-            .with_context(BC_CONTEXT),
+            .with_context(BC_CONTEXT)
+            .fuzzy_context(),
         Spec::regex("health_number_qc", Class::Identifier, "(?i)[a-z]{4}[-. ]?[0-9]{4}[-. ]?[0-9]{4}", ramq)
-            .with_context(QC_CONTEXT),
-        Spec::regex("sin", Class::Identifier, "[0-9]{3}[-. ]?[0-9]{3}[-. ]?[0-9]{3}", sin).with_context(SIN_CONTEXT),
+            .with_context(QC_CONTEXT)
+            .fuzzy_context(),
+        Spec::regex("sin", Class::Identifier, "[0-9]{3}[-. ]?[0-9]{3}[-. ]?[0-9]{3}", sin)
+            .with_context(SIN_CONTEXT)
+            .fuzzy_context(),
         mrn_spec(MRN_DEFAULT_PATTERN, true),
         Spec::regex("date_of_birth", Class::Identifier, &date, date_of_birth)
             .with_context(DOB_CONTEXT)
-            .requiring_context(),
+            .requiring_context()
+            .fuzzy_context()
+            .not_sharing_across_labels(),
     ]
 }
 
@@ -117,7 +155,8 @@ pub(crate) fn specs() -> Vec<Spec> {
 pub(crate) fn mrn_spec(pattern: &str, bounded: bool) -> Spec {
     let mut s = Spec::judged("mrn", Class::Identifier, pattern, Judge::Fixed(BARE))
         .with_context(MRN_CONTEXT)
-        .requiring_context();
+        .requiring_context()
+        .fuzzy_context();
     s.bounded = bounded;
     s
 }

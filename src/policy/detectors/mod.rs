@@ -18,6 +18,7 @@
 pub(crate) mod clinical;
 pub(crate) mod contact;
 pub(crate) mod custom;
+pub(crate) mod fuzzy;
 pub(crate) mod identifiers;
 pub(crate) mod normalize;
 
@@ -34,6 +35,20 @@ pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 22;
 /// How far (in bytes of the original text) context windows may reach on either side,
 /// whatever the word count: bounds the work per finding.
 const WINDOW_CAP: usize = 256;
+
+/// At most this many words between two numbers of one detector for the second to share the
+/// first's context word ("my OHIP is X and my wife's is Y").
+const LIST_GAP_WORDS: usize = 8;
+
+/// Short function words (English and French) that do not count towards a context window, so
+/// a French phrase ("le numéro de dossier de l'hôpital est le") reaches as far as its English
+/// equivalent.
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "is", "are", "was", "be", "my", "his", "her", "our", "your", "their", "of", "for", "to", "in",
+    "on", "at", "and", "or", "it", "its", "i", "s", "me", "am", "de", "du", "des", "la", "le", "les", "l", "d", "mon",
+    "ma", "mes", "son", "sa", "ses", "notre", "votre", "est", "c", "à", "au", "aux", "et", "en", "pour", "qui", "que",
+    "un", "une", "n", "j", "ai", "se", "ce",
+];
 
 /// A judge's verdict on one match: its base score and where it really ends (a judge may
 /// extend a match, e.g. over an OHIP version code).
@@ -85,6 +100,13 @@ pub(crate) struct Spec {
     /// The pattern has bounded repetition only, so a rejected alignment can be retried one
     /// character later without quadratic cost (built-ins); custom patterns are matched once.
     pub bounded: bool,
+    /// Context words also match when misspelt by a letter or two ("helth card", "date of
+    /// brith", "chrat"): for identifiers, whose numbers are dropped without context.
+    pub fuzzy: bool,
+    /// A match may share a neighbour's context across a line with a label of its own ("- my
+    /// son: 2345678904" under "- me: 1234567897"). Off for dates: the next labelled line's
+    /// date is another date ("Preferred date: …" under "Date of birth: …").
+    pub share_across_labels: bool,
 }
 
 impl Spec {
@@ -107,6 +129,8 @@ impl Spec {
             threshold: None,
             isolated: true,
             bounded: true,
+            fuzzy: false,
+            share_across_labels: true,
         }
     }
 
@@ -124,6 +148,8 @@ impl Spec {
             threshold: None,
             isolated: true,
             bounded: true,
+            fuzzy: false,
+            share_across_labels: true,
         }
     }
 
@@ -137,6 +163,18 @@ impl Spec {
     /// Sets the context words.
     pub(crate) fn with_context(mut self, words: &[&str]) -> Spec {
         self.context = words.iter().map(|w| w.to_string()).collect();
+        self
+    }
+
+    /// Lets context words match with a small edit distance.
+    pub(crate) fn fuzzy_context(mut self) -> Spec {
+        self.fuzzy = true;
+        self
+    }
+
+    /// Keeps a match from sharing a neighbour's context across a labelled line.
+    pub(crate) fn not_sharing_across_labels(mut self) -> Spec {
+        self.share_across_labels = false;
         self
     }
 
@@ -218,6 +256,8 @@ pub(crate) struct Engine {
     context_users: Vec<Vec<usize>>,
     /// Longest context term (bytes of the folded term), to bound window look-ups.
     context_max_len: usize,
+    /// For each detector with fuzzy context: its context words as folded word lists.
+    fuzzy_phrases: Vec<Vec<Vec<String>>>,
     /// Compacted allow-list values (sorted).
     allow: Vec<String>,
     params: Params,
@@ -266,10 +306,37 @@ impl Engine {
             }
         }
         let (terms, keyword_owners, context_users) = automaton(all)?;
+        let fuzzy_phrases = specs
+            .iter()
+            .map(|s| {
+                if !s.fuzzy {
+                    return Vec::new();
+                }
+                s.context
+                    .iter()
+                    // "record #", "n° de dossier": the symbol is part of the phrase, and fuzzy
+                    // matching only sees words; those phrases match exactly or not at all.
+                    .filter(|t| t.chars().all(|c| c.is_alphanumeric() || matches!(c, ' ' | '\'' | '-' | '.')))
+                    .map(|t| fuzzy::words(&normalize::fold_term(t)).into_iter().map(str::to_string).collect())
+                    .filter(|w: &Vec<String>| !w.is_empty())
+                    .collect()
+            })
+            .collect();
         let mut allow: Vec<String> = allow.iter().map(|a| normalize::compact(a)).filter(|a| !a.is_empty()).collect();
         allow.sort();
         allow.dedup();
-        Ok(Engine { specs, regexes, set, terms, keyword_owners, context_users, context_max_len, allow, params })
+        Ok(Engine {
+            specs,
+            regexes,
+            set,
+            terms,
+            keyword_owners,
+            context_users,
+            context_max_len,
+            fuzzy_phrases,
+            allow,
+            params,
+        })
     }
 
     /// The detectors, in evaluation order.
@@ -297,7 +364,16 @@ impl Engine {
         if let Some(set) = &self.set {
             for k in set.matches(plain.text()).iter() {
                 if let Some((spec, re)) = self.regexes.get(k) {
-                    self.run_regex(*spec, re, &plain, &mut candidates);
+                    self.run_regex(*spec, re, &plain, text, false, &mut candidates);
+                }
+            }
+            // Numbers hard-wrapped across a line break ("1234 567\n897"): matched again with
+            // the break removed; only matches that span one are new.
+            if let Some(joined) = View::joined(text) {
+                for k in set.matches(joined.text()).iter() {
+                    if let Some((spec, re)) = self.regexes.get(k) {
+                        self.run_regex(*spec, re, &joined, text, true, &mut candidates);
+                    }
                 }
             }
         }
@@ -323,10 +399,20 @@ impl Engine {
         }
         context.sort_by_key(|h| (h.start, h.end, h.term));
 
+        let mut near: Vec<bool> = candidates
+            .iter()
+            .map(|h| {
+                let Some(spec) = self.specs.get(h.spec) else { return false };
+                !spec.context.is_empty()
+                    && (self.context_near(text, &context, h.spec, h.start, h.end)
+                        || (spec.fuzzy && self.fuzzy_near(text, h.spec, h.start, h.end)))
+            })
+            .collect();
+        share_context(text, &candidates, &mut near, &self.specs);
+
         let mut kept = Vec::with_capacity(candidates.len());
-        for mut h in candidates {
+        for (mut h, near) in candidates.into_iter().zip(near) {
             let Some(spec) = self.specs.get(h.spec) else { continue };
-            let near = !spec.context.is_empty() && self.context_near(text, &context, h.spec, h.start, h.end);
             if spec.context_required && !near {
                 continue;
             }
@@ -344,11 +430,24 @@ impl Engine {
         resolve_overlaps(kept, &self.specs)
     }
 
-    fn run_regex(&self, spec_index: usize, re: &Regex, view: &View<'_>, out: &mut Vec<Hit>) {
+    /// Runs one detector's regex over a view. With `spanning_breaks` (the joined view), only
+    /// matches whose original text spans a line break are kept: the others were found in the
+    /// plain view already.
+    fn run_regex(
+        &self,
+        spec_index: usize,
+        re: &Regex,
+        view: &View<'_>,
+        text: &str,
+        spanning_breaks: bool,
+        out: &mut Vec<Hit>,
+    ) {
         let Some(spec) = self.specs.get(spec_index) else { return };
         let hay = view.text();
         let mut push = |m_start: usize, j: Judged| {
-            if let Some((start, end)) = view.original(m_start, j.end) {
+            if let Some((start, end)) = view.original(m_start, j.end)
+                && (!spanning_breaks || text.get(start..end).is_some_and(|t| t.contains('\n')))
+            {
                 out.push(Hit { spec: spec_index, start, end, pct: j.pct });
             }
         };
@@ -385,6 +484,17 @@ impl Engine {
             .take_while(|h| h.start < to)
             .filter(|h| h.end > from)
             .any(|h| self.context_users.get(h.term).is_some_and(|u| u.binary_search(&spec).is_ok()))
+    }
+
+    /// Whether a context word of detector `spec`, misspelt by a letter or two, lies within the
+    /// window around `start..end` (see [`fuzzy`]).
+    fn fuzzy_near(&self, text: &str, spec: usize, start: usize, end: usize) -> bool {
+        let Some(phrases) = self.fuzzy_phrases.get(spec).filter(|p| !p.is_empty()) else { return false };
+        let from = window_start(text, start, self.params.words_before);
+        let to = window_end(text, end, self.params.words_after);
+        let fold = |a: usize, b: usize| text.get(a..b).map(normalize::fold_term).unwrap_or_default();
+        let (before, after) = (fold(from, start), fold(end, to));
+        [before, after].iter().any(|w| fuzzy::contains_phrase(&fuzzy::words(w), phrases))
     }
 
     fn allowed(&self, text: &str, h: &Hit) -> bool {
@@ -447,46 +557,162 @@ fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
     Some(j)
 }
 
-/// Start of the context window: `words` words back from `start` (at most [`WINDOW_CAP`]).
-fn window_start(text: &str, start: usize, words: usize) -> usize {
-    let Some(head) = text.get(..start) else { return start };
-    let (mut seen, mut in_word, mut pos) = (0, false, start);
-    for (i, c) in head.char_indices().rev() {
-        if start - i > WINDOW_CAP {
-            break;
-        }
-        let w = c.is_alphanumeric();
-        if w && !in_word {
-            seen += 1;
-            if seen > words {
-                break;
-            }
-        }
-        in_word = w;
-        pos = i;
-    }
-    pos
+fn is_stop_word(w: &str) -> bool {
+    STOP_WORDS.iter().any(|s| s.eq_ignore_ascii_case(w) || *s == w)
 }
 
-/// End of the context window: `words` words forward from `end` (at most [`WINDOW_CAP`]).
-fn window_end(text: &str, end: usize, words: usize) -> usize {
-    let Some(tail) = text.get(end..) else { return end };
-    let (mut seen, mut in_word, mut pos) = (0, false, end);
-    for (i, c) in tail.char_indices() {
-        if i > WINDOW_CAP {
-            break;
+/// Whether `line` (the text between a line break and a match) starts with its own label
+/// ("Preferred date: …"): letters, then a colon.
+fn has_label(line: &str) -> bool {
+    line.find(':').is_some_and(|i| line.get(..i).is_some_and(|h| h.chars().any(char::is_alphabetic)))
+}
+
+/// Start of the context window: `words` words back from `start`, not counting short function
+/// words (at most [`WINDOW_CAP`] bytes). It does not cross a line break into the previous line
+/// when the match's line has a label of its own ("Preferred date: …" under "Date of birth:
+/// …"), unless the previous line ends with a colon (a heading over a list).
+fn window_start(text: &str, start: usize, words: usize) -> usize {
+    let Some(head) = text.get(..start) else { return start };
+    let (mut seen, mut pos) = (0, start);
+    let mut word_end: Option<usize> = None;
+    for (i, c) in head.char_indices().rev() {
+        if start - i > WINDOW_CAP {
+            return pos;
         }
-        let w = c.is_alphanumeric();
-        if w && !in_word {
+        if c.is_alphanumeric() {
+            word_end.get_or_insert(i + c.len_utf8());
+            continue;
+        }
+        let after = i + c.len_utf8();
+        if let Some(e) = word_end.take()
+            && !head.get(after..e).is_some_and(is_stop_word)
+        {
             seen += 1;
             if seen > words {
+                return e;
+            }
+        }
+        if c == '\n' && head.get(after..).is_some_and(has_label) {
+            let prev = head.get(..i).unwrap_or_default().trim_end();
+            if !prev.ends_with(':') {
+                return after;
+            }
+        }
+        pos = i;
+    }
+    if let Some(e) = word_end
+        && !head.get(..e).is_some_and(is_stop_word)
+    {
+        seen += 1;
+        if seen > words {
+            return e;
+        }
+    }
+    if word_end.is_some() { 0 } else { pos }
+}
+
+/// End of the context window: `words` words forward from `end`, not counting short function
+/// words (at most [`WINDOW_CAP`] bytes), and never past the end of the match's line.
+fn window_end(text: &str, end: usize, words: usize) -> usize {
+    let Some(tail) = text.get(end..) else { return end };
+    let (mut seen, mut pos) = (0, end);
+    let mut word_start: Option<usize> = None;
+    for (i, c) in tail.char_indices() {
+        if i > WINDOW_CAP {
+            return pos;
+        }
+        if c.is_alphanumeric() {
+            word_start.get_or_insert(i);
+            continue;
+        }
+        if let Some(ws) = word_start.take()
+            && !tail.get(ws..i).is_some_and(is_stop_word)
+        {
+            seen += 1;
+            if seen > words {
+                return end + ws;
+            }
+        }
+        if c == '\n' {
+            return end + i;
+        }
+        pos = end + i + c.len_utf8();
+    }
+    if let Some(ws) = word_start
+        && !tail.get(ws..).is_some_and(is_stop_word)
+    {
+        seen += 1;
+        if seen > words {
+            return end + ws;
+        }
+    }
+    text.len()
+}
+
+/// Words in `text` (alphanumeric runs), at most `cap` + 1 counted.
+fn words_between(text: &str, cap: usize) -> usize {
+    let mut n = 0;
+    let mut in_word = false;
+    for c in text.chars() {
+        let w = c.is_alphanumeric();
+        if w && !in_word {
+            n += 1;
+            if n > cap {
                 break;
             }
         }
         in_word = w;
-        pos = end + i + c.len_utf8();
     }
-    pos
+    n
+}
+
+/// Shared context for lists of numbers: a regex candidate without a context word of its own
+/// gets its detector's context when another candidate of the same detector that has it lies
+/// at most [`LIST_GAP_WORDS`] words away ("my OHIP is 1234567897 and my wife's is
+/// 2345678904"), chaining along the list, in both directions.
+fn share_context(text: &str, hits: &[Hit], near: &mut [bool], specs: &[Spec]) {
+    let mut by_spec: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, h) in hits.iter().enumerate() {
+        if specs.get(h.spec).is_some_and(|s| s.pattern.is_some() && !s.context.is_empty()) {
+            by_spec.entry(h.spec).or_default().push(i);
+        }
+    }
+    for (spec, mut idx) in by_spec {
+        let across_labels = specs.get(spec).is_some_and(|s| s.share_across_labels);
+        let close = |a_end: usize, b_start: usize| {
+            a_end <= b_start
+                && b_start - a_end <= WINDOW_CAP
+                && text.get(a_end..b_start).is_some_and(|g| {
+                    words_between(g, LIST_GAP_WORDS) <= LIST_GAP_WORDS
+                        && (across_labels || !g.split('\n').skip(1).any(has_label))
+                })
+        };
+        idx.sort_by_key(|&i| hits.get(i).map_or(0, |h| h.start));
+        let mut anchor: Option<usize> = None;
+        for &i in &idx {
+            let Some(h) = hits.get(i) else { continue };
+            if near.get(i).copied().unwrap_or(false) {
+                anchor = Some(h.end);
+            } else if anchor.is_some_and(|a| close(a, h.start)) {
+                if let Some(n) = near.get_mut(i) {
+                    *n = true;
+                }
+                anchor = Some(h.end);
+            }
+        }
+        let mut anchor: Option<usize> = None;
+        for &i in idx.iter().rev() {
+            let Some(h) = hits.get(i) else { continue };
+            if near.get(i).copied().unwrap_or(false) {
+                anchor = Some(h.start);
+            } else if anchor.is_some_and(|a| close(h.end, a)) {
+                if let Some(n) = near.get_mut(i) {
+                    *n = true;
+                }
+                anchor = Some(h.start);
+            }
+        }
+    }
 }
 
 /// Keeps the best of overlapping hits: highest score, then most sensitive class, then longest,
@@ -524,10 +750,21 @@ mod tests {
     fn windows_count_words() {
         let t = "my health card number is 1234 567 897 thanks a lot friend";
         let s = t.find("1234").unwrap_or(0);
-        assert_eq!(&t[window_start(t, s, 2)..s], " number is ");
+        // "is" and "my" are function words: they do not count.
+        assert_eq!(&t[window_start(t, s, 2)..s], " card number is ");
         assert_eq!(&t[window_start(t, s, 6)..s], "my health card number is ");
         let e = s + "1234 567 897".len();
-        assert_eq!(&t[e..window_end(t, e, 2)], " thanks a ");
+        assert_eq!(&t[e..window_end(t, e, 2)], " thanks a lot ");
+        // A line with its own label does not take context from the line above; a list under
+        // a heading does.
+        let t = "Date of birth: 1980-01-01\nPreferred date: 2025-03-04";
+        let s = t.find("2025").unwrap_or(0);
+        assert_eq!(&t[window_start(t, s, 6)..s], "Preferred date: ");
+        let t = "Health cards:\n- me: 1234567897";
+        let s = t.find("1234").unwrap_or(0);
+        assert_eq!(window_start(t, s, 6), 0);
+        let t = "1234567897\nDate of birth";
+        assert_eq!(window_end(t, 10, 3), 10);
         assert_eq!(window_start(t, 0, 3), 0);
         assert_eq!(window_end(t, t.len(), 3), t.len());
     }

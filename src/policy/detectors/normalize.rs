@@ -58,6 +58,53 @@ impl<'a> View<'a> {
         build(src, true)
     }
 
+    /// The plain view with hard line breaks inside numbers removed ("1234 567\n897",
+    /// "416-555-\n0199", "> 1234\n> 567 897" in a quoted reply): a break, with the spaces and
+    /// quote markers around it, between a digit (or a `-` after one) and a digit. `None` when
+    /// the text has no such break (the common case: no copy is made).
+    pub fn joined(src: &'a str) -> Option<View<'a>> {
+        if !src.contains('\n') {
+            return None;
+        }
+        let plain = View::plain(src);
+        let t = plain.text().as_bytes();
+        let mut cuts: Vec<(usize, usize)> = Vec::new();
+        for (k, &b) in t.iter().enumerate() {
+            if b != b'\n' {
+                continue;
+            }
+            let mut p = k;
+            while p > 0 && matches!(t.get(p - 1), Some(b' ' | b'\t' | b'\r')) {
+                p -= 1;
+            }
+            let mut f = k + 1;
+            while matches!(t.get(f), Some(b' ' | b'\t' | b'>')) {
+                f += 1;
+            }
+            let prev_ok = p > 0 && t.get(p - 1).is_some_and(|c| c.is_ascii_digit() || *c == b'-');
+            let next_ok = t.get(f).is_some_and(u8::is_ascii_digit);
+            if prev_ok && next_ok && cuts.last().is_none_or(|&(_, e)| e <= p) {
+                cuts.push((p, f));
+            }
+        }
+        if cuts.is_empty() {
+            return None;
+        }
+        let mut text = String::with_capacity(t.len());
+        let mut map = ByteMap { starts: Vec::with_capacity(t.len()), ends: Vec::with_capacity(t.len()) };
+        let mut pos = 0;
+        for (a, b) in cuts.into_iter().chain(std::iter::once((t.len(), t.len()))) {
+            let seg = plain.text().get(pos..a)?;
+            text.push_str(seg);
+            for k in pos..a {
+                let (s, e) = plain.original(k, k + 1)?;
+                map.push(s, e, 1);
+            }
+            pos = b;
+        }
+        Some(View { text: Cow::Owned(text), src, map: Some(map) })
+    }
+
     /// The rewritten text.
     pub fn text(&self) -> &str {
         &self.text
@@ -349,6 +396,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn joined_view_removes_breaks_inside_numbers() {
+        let src = "OHIP 1234 567\n897 and\n> 416-555-\r\n> 0199\nline 2\n3 items";
+        let v = View::joined(src).unwrap_or_else(|| View::plain(""));
+        assert_eq!(v.text(), "OHIP 1234 567897 and\n> 416-555-0199\nline 23 items");
+        let at = v.text().find("567897").unwrap_or(0);
+        let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
+        assert_eq!(&src[s..e], "567\n897");
+        assert!(View::joined("no break 123").is_none());
+        assert!(View::joined("line one\nline two 5").is_none());
     }
 
     #[test]

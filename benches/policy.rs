@@ -1,0 +1,136 @@
+//! The privacy engine alone (issue 16, "Speed"): MB/s of mixed text through `Policy::scan`
+//! (every default detector on: identifiers with their checks, contact details, the keyword
+//! lists of ~10,000 terms, values and readings), one core, no I/O. A measurement to read, not
+//! a timed test: it prints figures and asserts nothing about speed.
+//!
+//! Run: `cargo bench --bench policy` (env: `BENCH_POLICY_SECONDS`, 3 per measurement).
+//!
+//! Text: the messages of the evaluation corpus (tests/policy_corpus/corpus.txt: English and
+//! French, identifiers, clinical and scheduling text, about 60 bytes each), as chat-sized
+//! messages one by one and as email-sized texts (30 messages joined by blank lines, ~2 KB).
+//! Figures:
+//! - `scan`, every default detector (what the router runs once per message);
+//! - `scan`, keyword detectors only and regex detectors only (which half dominates);
+//! - `check` of an outbound hop to a patient on an insecure account (scan + decision +
+//!   redaction re-scan + the safety net).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed bench should panic with the value
+
+use carebridge::policy::{Audience, CheckInput, Class, Direction, Policy, PolicyConfig};
+use carebridge_contract::AccountId;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const CORPUS: &str = include_str!("../tests/policy_corpus/corpus.txt");
+
+const KEYWORD_KINDS: &[&str] =
+    &["medication", "prescription_request", "diagnosis", "symptom", "sensitive_topic", "lab_result"];
+const REGEX_KINDS: &[&str] = &[
+    "health_number_on",
+    "health_number_bc",
+    "health_number_qc",
+    "sin",
+    "mrn",
+    "date_of_birth",
+    "phone",
+    "email",
+    "postal_code_ca",
+    "zip_us",
+    "dose",
+    "measurement",
+    "reading",
+];
+
+fn messages() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for block in CORPUS.split("\n=== ").skip(1) {
+        let text: Vec<&str> = block.lines().skip(1).filter(|l| !l.starts_with("@ ")).collect();
+        out.push(text.join("\n"));
+    }
+    out
+}
+
+fn policy(toml_text: &str) -> Policy {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        policy: PolicyConfig,
+    }
+    let f: File = toml::from_str(toml_text).unwrap();
+    Policy::compile(&f.policy).unwrap()
+}
+
+fn disabled(kinds: &[&str]) -> String {
+    kinds.iter().map(|k| format!("[policy.builtin.{k}]\nenabled = false\n")).collect()
+}
+
+/// Runs `f` over `texts` for about `secs` seconds; MB/s of text processed.
+fn rate(texts: &[String], secs: f64, mut f: impl FnMut(&str)) -> (f64, f64) {
+    let bytes: usize = texts.iter().map(String::len).sum();
+    // Warm up (and build the vocabularies' lazy sets).
+    for t in texts {
+        f(t);
+    }
+    let budget = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut rounds = 0u64;
+    while start.elapsed() < budget {
+        for t in texts {
+            f(t);
+        }
+        rounds += 1;
+    }
+    let el = start.elapsed().as_secs_f64();
+    let mb = (bytes as f64 * rounds as f64) / 1e6;
+    (mb / el, (texts.len() as f64 * rounds as f64) / el)
+}
+
+fn main() {
+    let secs: f64 = std::env::var("BENCH_POLICY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let chat = messages();
+    let email: Vec<String> = chat.chunks(30).map(|c| c.join("\n\n")).collect();
+    let avg = |v: &[String]| v.iter().map(String::len).sum::<usize>() / v.len().max(1);
+    println!(
+        "text: {} chat messages (avg {} B), {} email-sized texts (avg {} B), {secs} s per figure, one thread",
+        chat.len(),
+        avg(&chat),
+        email.len(),
+        avg(&email)
+    );
+
+    let all = policy("");
+    let keywords_only = policy(&disabled(REGEX_KINDS));
+    let regex_only = policy(&disabled(KEYWORD_KINDS));
+    let t0 = Instant::now();
+    let _ = policy("");
+    println!("compile (all default detectors): {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+
+    let account: AccountId = "telegram.front_desk".parse().unwrap();
+    for (name, texts) in [("chat", &chat), ("email", &email)] {
+        let (mbs, per) = rate(texts, secs, |t| {
+            black_box(all.scan(black_box(t)));
+        });
+        println!("{name:5} scan, all default detectors: {mbs:7.1} MB/s ({per:.0} texts/s)");
+        let (mbs, _) = rate(texts, secs, |t| {
+            black_box(keywords_only.scan(black_box(t)));
+        });
+        println!("{name:5} scan, keyword detectors only: {mbs:7.1} MB/s");
+        let (mbs, _) = rate(texts, secs, |t| {
+            black_box(regex_only.scan(black_box(t)));
+        });
+        println!("{name:5} scan, regex detectors only:   {mbs:7.1} MB/s");
+        let (mbs, per) = rate(texts, secs, |t| {
+            let input = CheckInput {
+                text: t,
+                direction: Direction::Out,
+                account: &account,
+                audience: Audience::Patient,
+                consents: &[],
+                conversation_class: Class::None,
+                has_attachments: false,
+            };
+            black_box(all.check(black_box(&input)));
+        });
+        println!("{name:5} check, patient on insecure:  {mbs:7.1} MB/s ({per:.0} texts/s)");
+    }
+}

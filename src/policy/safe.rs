@@ -1,0 +1,296 @@
+//! The structural safety net for insecure patient-facing accounts (`builtin.insecure.safety_net`):
+//! detection is a hint, and a miss must not become a leak, so what goes out to a patient on
+//! an insecure channel must *read as* contact or scheduling content, not merely contain no
+//! finding.
+//!
+//! A text reads as such when every word in it is an everyday word (the most frequent 7,000
+//! words of English and of French, from wordfreq, plus curated front-desk words, minus every
+//! health word of the detectors' lists and of `tools/vocab/curated/health_words.txt`; the
+//! list is `detectors/data/everyday.txt`), a number or time (`10`, `3pm`, `9h45`), a name (a
+//! capitalised word inside a sentence, after a title such as `Dr.`, or one addressing the
+//! reader, `Zoë, …`; at most a few), or part of a contact detail or masked identifier. One
+//! unknown word is enough to fail: a rare word is exactly where a missed clinical term hides
+//! ("fundoscopy", a brand name the lists lack). The price is over-blocking of unusual but
+//! harmless wording (typos, rare words), measured on the evaluation corpus (docs/policy.md).
+//!
+//! Pure and linear: one folded view of the text and a hash look-up per word.
+
+use super::detectors::normalize::{View, fold_term};
+use rustc_hash::FxHashSet;
+use std::sync::OnceLock;
+
+/// Phrases of front-desk text that are safe whatever their words ("assurance maladie" holds
+/// "maladie"; a signature's "en cas d'urgence"), folded.
+const SAFE_PHRASES: &[&str] = &[
+    "assurance maladie",
+    "assurance-maladie",
+    "health card",
+    "carte sante",
+    "sick note",
+    "en cas d'urgence",
+    "pour une urgence",
+    "in case of emergency",
+    "for emergencies",
+    "urgent matters",
+    "info-sante",
+    "walk-in clinic",
+];
+
+/// English and French endings stripped to find a word's everyday form ("mornings",
+/// "confirming", "appelez", "souhaitée"), with what may replace them.
+const ENDINGS: &[(&str, &[&str])] = &[
+    ("'s", &[""]),
+    ("ing", &["", "e"]),
+    ("ed", &["", "e"]),
+    ("es", &["", "e", "er"]),
+    ("s", &[""]),
+    ("ly", &[""]),
+    ("ees", &["e", "er", ""]),
+    ("ee", &["e", "er", ""]),
+    ("ez", &["er", "re", "ir", ""]),
+    ("ons", &["er", "re", "ir", ""]),
+    ("e", &["", "er"]),
+];
+
+/// Whether `word` (folded) or a plain inflection of it is a health word.
+fn is_health(word: &str) -> bool {
+    let health = health();
+    if health.contains(word) {
+        return true;
+    }
+    let mut buf = String::with_capacity(word.len() + 2);
+    ENDINGS.iter().any(|(end, subs)| {
+        word.strip_suffix(end).filter(|stem| stem.len() >= 3).is_some_and(|stem| {
+            subs.iter().any(|sub| {
+                buf.clear();
+                buf.push_str(stem);
+                buf.push_str(sub);
+                health.contains(buf.as_str())
+            })
+        })
+    })
+}
+
+/// Whether `word` (folded) or a plain inflection of it is an everyday word, and neither it
+/// nor that inflection a health word.
+fn everyday_form(words: &FxHashSet<&'static str>, word: &str) -> bool {
+    let health = health();
+    if health.contains(word) {
+        return false;
+    }
+    if words.contains(word) {
+        return true;
+    }
+    let mut buf = String::with_capacity(word.len() + 2);
+    ENDINGS.iter().any(|(end, subs)| {
+        word.strip_suffix(end).filter(|stem| stem.len() >= 3).is_some_and(|stem| {
+            subs.iter().any(|sub| {
+                buf.clear();
+                buf.push_str(stem);
+                buf.push_str(sub);
+                !health.contains(buf.as_str()) && words.contains(buf.as_str())
+            })
+        })
+    })
+}
+
+/// What may follow the digits of a neutral number ("3pm", "9h45", "2e", "22nd").
+const NUMBER_SUFFIXES: &[&str] =
+    &["am", "pm", "h", "hr", "hrs", "min", "mins", "st", "nd", "rd", "th", "e", "er", "re", "eme", "ieme", "hh", "x"];
+
+/// Titles after which a capitalised word is a name even at the start of a sentence.
+const TITLES: &[&str] = &["dr", "dre", "mr", "mrs", "ms", "mme", "m", "mlle", "pr", "st", "ste"];
+
+/// Health words: never everyday, whatever their inflection or parts ("x-ray", "meds",
+/// "règles"): the curated list and every single-word term of the detectors' lists, folded.
+fn health() -> &'static FxHashSet<String> {
+    static SET: OnceLock<FxHashSet<String>> = OnceLock::new();
+    SET.get_or_init(|| {
+        [
+            include_str!("detectors/data/health_words.txt"),
+            include_str!("detectors/data/medications.txt"),
+            include_str!("detectors/data/conditions.txt"),
+            include_str!("detectors/data/symptoms.txt"),
+            include_str!("detectors/data/tests.txt"),
+            include_str!("detectors/data/sensitive.txt"),
+            include_str!("detectors/data/prescription.txt"),
+        ]
+        .iter()
+        .flat_map(|d| d.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains(' '))
+        .map(fold_term)
+        .collect()
+    })
+}
+
+fn everyday() -> &'static FxHashSet<&'static str> {
+    static SET: OnceLock<FxHashSet<&'static str>> = OnceLock::new();
+    SET.get_or_init(|| {
+        include_str!("detectors/data/everyday.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()
+    })
+}
+
+/// Whether `text` reads as contact or scheduling content with high confidence. `neutral`:
+/// byte ranges of `text` to ignore (contact details found, masked placeholders).
+pub(crate) fn reads_safe(text: &str, neutral: &[(usize, usize)]) -> bool {
+    blocking_word(text, neutral).is_none()
+}
+
+/// The first word that keeps `text` from reading safe (`Some("")` for too many names).
+fn blocking_word(text: &str, neutral: &[(usize, usize)]) -> Option<String> {
+    let words = everyday();
+    let folded = View::folded(text);
+    let f = folded.text();
+    let (mut total, mut names) = (0usize, 0usize);
+    let mut phrases: Vec<(usize, usize)> = Vec::new();
+    for p in SAFE_PHRASES {
+        let mut from = 0;
+        while let Some(at) = f.get(from..).and_then(|t| t.find(p)) {
+            phrases.push((from + at, from + at + p.len()));
+            from += at + p.len();
+        }
+    }
+    let mut i = 0;
+    while i < f.len() {
+        let Some(c) = f.get(i..).and_then(|t| t.chars().next()) else { break };
+        if !c.is_alphanumeric() {
+            i += c.len_utf8();
+            continue;
+        }
+        // A word: letters and digits, with inner apostrophes and hyphens.
+        let start = i;
+        let mut end = i;
+        while let Some(ch) = f.get(end..).and_then(|t| t.chars().next()) {
+            let inner = matches!(ch, '\'' | '-')
+                && f.get(end + 1..).and_then(|t| t.chars().next()).is_some_and(char::is_alphanumeric);
+            if ch.is_alphanumeric() || inner {
+                end += ch.len_utf8();
+            } else {
+                break;
+            }
+        }
+        i = end.max(start + 1);
+        if phrases.iter().any(|&(a, b)| start < b && end > a) {
+            continue;
+        }
+        let Some((os, oe)) = folded.original(start, end) else { continue };
+        if neutral.iter().any(|&(a, b)| os < b && oe > a) {
+            continue;
+        }
+        let Some(word) = f.get(start..end) else { continue };
+        if word.bytes().any(|b| b.is_ascii_digit()) {
+            // Numbers, times, ordinals ("10", "3pm", "9h45", "22nd", "apt 4b") are neutral;
+            // codes with letters ("a1c", "covid-19") are not.
+            let letters: String = word.chars().filter(|c| c.is_alphabetic()).collect();
+            let digits = word.bytes().filter(u8::is_ascii_digit).count();
+            if letters.chars().count() <= 1 || NUMBER_SUFFIXES.contains(&letters.as_str()) || digits >= 4 {
+                continue;
+            }
+            return Some(word.to_string());
+        }
+        total += 1;
+        let parts = || word.split(['\'', '-']).filter(|p| !p.is_empty());
+        // A health word blocks even when written like a name ("PrEP", "STIs").
+        if is_health(word) || parts().any(is_health) {
+            return Some(word.to_string());
+        }
+        let known = everyday_form(words, word) || parts().all(|p| everyday_form(words, p));
+        if known {
+            continue;
+        }
+        if is_name(text, os, oe) {
+            names += 1;
+            continue;
+        }
+        return Some(word.to_string());
+    }
+    (names > 4 + total / 10).then(String::new)
+}
+
+/// Whether the word at `start..end` of the original text is written as a name: capitalised,
+/// and inside a sentence, after a title, or addressing the reader (`Zoë, …`).
+fn is_name(text: &str, start: usize, end: usize) -> bool {
+    if !text.get(start..).and_then(|t| t.chars().next()).is_some_and(char::is_uppercase) {
+        return false;
+    }
+    let before = text.get(..start).unwrap_or_default().trim_end_matches([' ', '\t']);
+    let initial = before.is_empty() || before.ends_with(['.', '!', '?', '\n', ':', '•', '*', '>', '(', '"', '-']);
+    if !initial {
+        return true;
+    }
+    let title = before.trim_end_matches('.').rsplit(|c: char| !c.is_alphabetic()).next().unwrap_or_default();
+    if before.ends_with('.') && TITLES.iter().any(|t| t.eq_ignore_ascii_case(title)) {
+        return true;
+    }
+    text.get(end..).is_some_and(|t| t.starts_with(','))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[ignore = "a tuning aid: prints what blocks each safe message of the evaluation corpus"]
+    fn corpus_blocking_words() {
+        let corpus = include_str!("../../tests/policy_corpus/corpus.txt");
+        for m in corpus.split("\n=== ").skip(1) {
+            let (head, rest) = m.split_once('\n').unwrap_or((m, ""));
+            if !(head.contains("| none") || head.contains("| contact")) {
+                continue;
+            }
+            let text: String = rest.lines().filter(|l| !l.starts_with("@ ")).collect::<Vec<_>>().join("\n");
+            if let Some(w) = blocking_word(&text, &[]) {
+                println!("{head}: {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn scheduling_and_contact_read_safe() {
+        for t in [
+            "See you Tuesday at 3pm",
+            "Hi Maria, your appointment is confirmed for Monday at 9:15 with Dr. Singh.",
+            "Dr. Patel is running 20 minutes late, sorry!",
+            "Zoë, votre rendez-vous est confirmé pour jeudi à 10 h 40.",
+            "Thanks, we will call you.",
+            "Yes, your appointment is moved to Tuesday at 10.",
+            "Done!",
+            "",
+            // What the end-to-end tests send to patients on insecure accounts.
+            "Reply 3 about your booking.",
+            "answer 2 to patient 7",
+            "hello 4",
+            "Thanks!",
+            "hi",
+            "msg 12",
+            "note 3 about the booking",
+            "Your reference is REF2894410023.",
+            "🙂👍",
+        ] {
+            assert!(reads_safe(t, &[]), "{t}");
+        }
+    }
+
+    #[test]
+    fn health_words_and_rare_words_do_not() {
+        for t in [
+            "Your fundoscopy is booked for Tuesday",
+            "the baby has had a fever since Monday",
+            "your blood came back fine",
+            "j'ai mal au ventre",
+            "Colonoscopy went fine, see you in a year",
+            "Bring the sample on Monday",
+        ] {
+            assert!(!reads_safe(t, &[]), "{t}");
+        }
+        // Neutral spans (a masked value) are ignored.
+        let t = "Your OHIP [health_number_on] is on file";
+        let at = t.find('[').unwrap_or(0);
+        assert!(reads_safe(t, &[(at, at + "[health_number_on]".len())]));
+    }
+}
