@@ -228,7 +228,10 @@ fn main() {
     let keys = Keyring::generate(&dir.path().join("store.key")).unwrap();
     let variants = [
         ("store (fjall: sealed + chained):", Variant::Sealed(Store::open(&dirs[0], keys.clone()).unwrap())),
-        ("sled: sealed + blinded keys, no journal:", Variant::Plain(PlainStore::open(&dirs[1], Some(keys.clone()), true))),
+        (
+            "sled: sealed + blinded keys, no journal:",
+            Variant::Plain(PlainStore::open(&dirs[1], Some(keys.clone()), true)),
+        ),
         ("sled: sealed, plain keys, no journal:", Variant::Plain(PlainStore::open(&dirs[2], Some(keys), false))),
         ("sled: plain JSON, unchained (v1):", Variant::Plain(PlainStore::open(&dirs[3], None, false))),
     ];

@@ -29,6 +29,10 @@ use tracing::{debug, error};
 /// sees why in `systemctl status`.
 pub const EXIT_STORE_UNWRITABLE: i32 = 74;
 
+/// The exit code when the store failed because the process ran out of file descriptors
+/// (sysexits' `EX_OSERR`): 74 would send the operator looking for a full disk that is not there.
+pub const EXIT_NO_DESCRIPTORS: i32 = 71;
+
 /// How long the flusher waits for work before it flushes anyway, so a store that stopped taking
 /// writes while no message arrives (only the outbox's bookkeeping wrote) is noticed within this.
 /// A flush with nothing new to write returns at once.
@@ -155,6 +159,18 @@ impl Flusher {
 /// those answers (503 + `Retry-After`; a source that gets no answer at all redelivers just the
 /// same), exit so the supervisor restarts carebridge.
 fn unwritable(e: &super::StoreError) -> ! {
+    // fjall reports a failure in its background workers (a new table or journal file that could
+    // not be opened) only as "poisoned" on the next write: whether descriptors ran out is asked
+    // of the process itself, now, while it still holds them.
+    if e.is_fd_exhaustion() || out_of_descriptors() {
+        error!(
+            error = %e,
+            exit_code = EXIT_NO_DESCRIPTORS,
+            "Record store unwritable: the process has run out of file descriptors (too many open files), not disk space; exiting so the supervisor restarts carebridge. Raise LimitNOFILE or find what holds the descriptors. Nothing acknowledged is lost; unacknowledged messages are redelivered by their sources."
+        );
+        std::thread::sleep(ANSWER_GRACE);
+        std::process::exit(EXIT_NO_DESCRIPTORS)
+    }
     error!(
         error = %e,
         exit_code = EXIT_STORE_UNWRITABLE,
@@ -162,4 +178,12 @@ fn unwritable(e: &super::StoreError) -> ! {
     );
     std::thread::sleep(ANSWER_GRACE);
     std::process::exit(EXIT_STORE_UNWRITABLE)
+}
+
+/// Whether opening one more file fails with "too many open files" right now.
+fn out_of_descriptors() -> bool {
+    match std::fs::File::open("/dev/null") {
+        Ok(_) => false,
+        Err(e) => super::engine::io_is_fd_exhaustion(&e),
+    }
 }

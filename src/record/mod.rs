@@ -122,11 +122,19 @@ impl StoreError {
 pub const EXIT_STORE_DAMAGED: u8 = 65;
 
 impl StoreError {
+    /// The process ran out of file descriptors: neither the disk nor the store is at fault.
+    pub fn is_fd_exhaustion(&self) -> bool {
+        matches!(self, StoreError::Engine(EngineError::Descriptors(_)))
+    }
+
     /// The exit code this error ends the process with (`docs/operations.md`): 74 disk full or
-    /// I/O (a restart may help), 65 damaged store (it will not), 2 something the administrator
-    /// must change (an old store to migrate, a newer store, the wrong key file), 1 otherwise.
+    /// I/O (a restart may help), 71 out of file descriptors (a restart may help; the limit or a
+    /// flood of connections is the cause, not the disk), 65 damaged store (it will not), 2
+    /// something the administrator must change (an old store to migrate, a newer store, the
+    /// wrong key file), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
+            e if e.is_fd_exhaustion() => flusher::EXIT_NO_DESCRIPTORS as u8,
             e if e.is_io() => flusher::EXIT_STORE_UNWRITABLE as u8,
             StoreError::OldStore(_) | StoreError::Schema { .. } | StoreError::Sealed { tree: "meta", .. } => 2,
             e if e.is_corrupt() => EXIT_STORE_DAMAGED,
@@ -431,7 +439,7 @@ impl Store {
     /// Opens the engine in `dir` and the store's trees in it, with no check of its version or
     /// its key (the import's first step).
     fn open_engine(dir: &Path, keys: Keyring, cache_mb: u32) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Engine(EngineError::Io(e)))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Engine(e.into()))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
