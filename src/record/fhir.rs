@@ -108,7 +108,7 @@ pub fn bundle(patient_id: &str, items: &[(RecordV1, Vec<EventV1>)], generated_at
     for (record, events) in mine {
         let message = communication(record, answers.get(&record.id).copied());
         entries.push(json!({ "fullUrl": record_url(record), "resource": message }));
-        for (decision, id) in record.decisions.iter().filter_map(|d| d.delivery.map(|id| (d, id))) {
+        for (decision, id) in delivered(record) {
             let resource = delivery(record, decision, id, events);
             entries.push(json!({ "fullUrl": delivery_url(record, id), "resource": resource }));
         }
@@ -195,7 +195,23 @@ pub fn communication(record: &RecordV1, in_response_to: Option<RecordId>) -> Val
 /// The `Communication`s of a record's deliveries (one per routing decision that created one),
 /// each `partOf` the message, with its status from `events` (the record's events, oldest first).
 pub fn deliveries(record: &RecordV1, events: &[EventV1]) -> Vec<Value> {
-    record.decisions.iter().filter_map(|d| d.delivery.map(|id| delivery(record, d, id, events))).collect()
+    delivered(record).into_iter().map(|(d, id)| delivery(record, d, id, events)).collect()
+}
+
+/// Each delivery of a record once, with the decision it is described by. Two destinations may
+/// share one delivery (a staff group's copy rerouted to the EHR that is also on the route): one
+/// transmission, one resource, described by the direct decision rather than the reroute.
+fn delivered(record: &RecordV1) -> Vec<(&RouteDecisionV1, DeliveryId)> {
+    let mut out: Vec<(&RouteDecisionV1, DeliveryId)> = Vec::new();
+    for d in &record.decisions {
+        let Some(id) = d.delivery else { continue };
+        match out.iter_mut().find(|(_, seen)| *seen == id) {
+            Some(slot) if slot.0.action == "reroute" && d.action != "reroute" => slot.0 = d,
+            Some(_) => {}
+            None => out.push((d, id)),
+        }
+    }
+    out
 }
 
 /// One delivery's `Communication`.
@@ -874,6 +890,18 @@ mod tests {
         assert_eq!(rerouted["status"], "in-progress");
         assert_eq!(rerouted["statusReason"], json!({ "text": "Queued for delivery" }));
         assert!(rerouted.get("recipient").is_none() && rerouted.get("medium").is_none());
+    }
+
+    #[test]
+    fn a_delivery_two_destinations_share_is_one_communication() {
+        let mut r = patient_msg(42);
+        r.decisions = vec![decision("telegram.staff", "reroute", Some(43)), decision("webhook.ehr", "allow", Some(43))];
+        let ds = deliveries(&r, &[]);
+        assert_eq!(ds.len(), 1, "{ds:?}");
+        assert_eq!(ds[0]["id"], "dlv-0000000043");
+        assert_eq!(ds[0]["recipient"][0]["identifier"]["value"], "webhook.ehr", "described by the direct hop");
+        let b = bundle("p-1", &[(r, Vec::new())], 1);
+        assert_eq!(b["entry"].as_array().unwrap().len(), 2, "the message and one delivery");
     }
 
     #[test]

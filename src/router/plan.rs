@@ -383,7 +383,12 @@ impl Planner {
         let decision = self.check_out(d, dest, audience)?;
         let original = d.env.body.expose();
         let mut delivery_id = None;
+        let existing = match decision.action {
+            Action::Allow | Action::Redact | Action::Hold => shared(d, dest, kind, &to),
+            Action::Block | Action::Reroute { .. } => None,
+        };
         match &decision.action {
+            _ if existing.is_some() => delivery_id = existing,
             Action::Allow | Action::Redact => {
                 let body = decision.body_to_send(original).unwrap_or(original).to_string();
                 let requires_consent = audience == Audience::Patient && !d.consents.is_empty();
@@ -478,6 +483,9 @@ impl Planner {
             (DeliveryKind::Reply, None) => return Ok(None),
             _ => None,
         };
+        if let Some(id) = shared(d, &target, kind, &to) {
+            return Ok(Some(id));
+        }
         let decision = self.check_out(d, &target, audience)?;
         let original = d.env.body.expose();
         match decision.body_to_send(original) {
@@ -589,6 +597,21 @@ impl Planner {
             OutboxItemV1 { v: 1, delivery, attempts: 0, not_before_ms: 0, patient_id: None, requires_consent: false };
         Ok(Some((OutboxKey { account: account.clone(), seq: self.store.next_id()? }, item)))
     }
+}
+
+/// The delivery this message already has to `account` (same kind, same recipient), queued or
+/// held. A second destination that resolves to the same place shares it: a route naming the EHR
+/// and a staff group whose copy is rerouted to the EHR sends the EHR one delivery, not the same
+/// message twice under two idempotency keys. The same text, too: both hops were decided
+/// against the same account for the same audience.
+fn shared(d: &Draft<'_>, account: &AccountId, kind: DeliveryKind, to: &Option<Address>) -> Option<DeliveryId> {
+    let same = |x: &Delivery| x.account == *account && x.kind == kind && x.to == *to;
+    d.outbox
+        .iter()
+        .map(|(_, i)| &i.delivery)
+        .chain(d.review.iter().map(|r| &r.item.delivery))
+        .find(|x| same(x))
+        .map(|x| x.id)
 }
 
 /// The address kind an account's recipients have.
