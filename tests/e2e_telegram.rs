@@ -366,3 +366,22 @@ async fn a_copy_rerouted_to_a_destination_already_on_the_route_is_delivered_once
     assert_eq!(ids[0], ids[1], "both destinations name the one delivery: {ds:?}");
     assert!(ds.iter().any(|d| d["action"] == "reroute") && ds.iter().any(|d| d["action"] == "allow"), "{ds:?}");
 }
+
+/// Issue 15, item 12: the link confirmation and the "not linked" reply were bilingual whatever
+/// `policy.locale` said; they follow it like every other notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_notices_follow_the_policy_locale() {
+    let s = setup_with("[policy]\nlocale = \"fr\"\n").await;
+    const STRANGER: i64 = 5_550_777;
+    s.fake.patient_text(STRANGER, "Bob", "Bonjour");
+    let unlinked = s.fake.wait_sent_to(STRANGER, 1).await;
+    let text = unlinked[0].text.clone().unwrap_or_default();
+    assert!(text.starts_with("Bonjour.") && text.contains("/start CODE") && !text.contains("Hello"), "{text}");
+
+    let (ok, code, err) = s.d.cli(&["link", "--patient", "p-0001", "--account", "telegram.front"]);
+    assert!(ok, "{err}");
+    s.fake.patient_start(PATIENT, "Ann", code.trim());
+    let linked = s.fake.wait_sent_to(PATIENT, 1).await;
+    let text = linked[0].text.clone().unwrap_or_default();
+    assert_eq!(text, "Votre conversation est maintenant liée à la clinique.");
+}

@@ -5,6 +5,7 @@
 //! [`Store::commit_exchanges`]. Logs carry ids, channels, actions and rule ids only.
 
 use super::identify::Directory;
+use super::notices::{LinkNotice, link_notice};
 use crate::config::{Config, UnknownSender};
 use crate::policy::{
     Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy, Scan,
@@ -142,11 +143,11 @@ impl Planner {
                     sender = SenderV1::Patient { id: patient };
                     link = Some(l);
                     notes.push("link_redeemed".to_string());
-                    notices.push(self.config.router.linked_notice.clone());
+                    notices.push(link_notice(&self.config, &account, LinkNotice::Linked));
                 }
                 None => {
                     notes.push("link_code_invalid".to_string());
-                    notices.push(self.config.router.unlinked_notice.clone());
+                    notices.push(link_notice(&self.config, &account, LinkNotice::Unlinked));
                 }
             }
         }
@@ -272,7 +273,7 @@ impl Planner {
             && account.kind() == ChannelKind::Telegram
             && let Some(mark) = self.unthrottled("unlinked", &account, &env.from)?
         {
-            notices.push(self.config.router.unlinked_notice.clone());
+            notices.push(link_notice(&self.config, &account, LinkNotice::Unlinked));
             notice_marks.push(mark);
         }
         if is_new
@@ -284,7 +285,7 @@ impl Planner {
             notice_marks.push(mark);
         }
         for text in notices {
-            if let Some(n) = self.notice(&d, &account, Some(env.from.clone()), text)? {
+            if let Some(n) = self.notice(&d, &account, Some(env.from.clone()), text, own_message(&env))? {
                 d.outbox.push(n);
             }
         }
@@ -516,10 +517,20 @@ impl Planner {
     ) -> Result<Option<(OutboxKey, OutboxItemV1)>, StoreError> {
         let Some(text) = decision.notice.clone() else { return Ok(None) };
         match decision.notice_to {
-            Some(NoticeTarget::Recipient) => self.notice(d, dest, to, text),
+            // The reader of this hop: for a reply, the patient, under their own latest message
+            // on their channel (never under the clinician's message, whose id is internal and
+            // means nothing in the patient's mailbox); for a forward, a staff channel.
+            Some(NoticeTarget::Recipient) => {
+                let thread = match to {
+                    Some(_) => d.conversation.last_patient_message.iter().cloned().collect(),
+                    None => Vec::new(),
+                };
+                self.notice(d, dest, to, text, thread)
+            }
+            // The author, under the message they wrote.
             Some(NoticeTarget::Sender) | None => {
                 let author = d.env.source.account.clone();
-                self.notice(d, &author, Some(d.env.from.clone()), text)
+                self.notice(d, &author, Some(d.env.from.clone()), text, own_message(d.env))
             }
         }
     }
@@ -574,6 +585,7 @@ impl Planner {
         account: &AccountId,
         to: Option<Address>,
         text: String,
+        in_reply_to: Vec<String>,
     ) -> Result<Option<(OutboxKey, OutboxItemV1)>, StoreError> {
         if !self.senders.contains(account) {
             return Ok(None);
@@ -591,7 +603,7 @@ impl Planner {
             subject: None,
             body: Redacted::new(text),
             attachments: Vec::new(),
-            in_reply_to: d.env.native_message_id.iter().cloned().collect(),
+            in_reply_to,
         };
         let item =
             OutboxItemV1 { v: 1, delivery, attempts: 0, not_before_ms: 0, patient_id: None, requires_consent: false };
@@ -612,6 +624,11 @@ fn shared(d: &Draft<'_>, account: &AccountId, kind: DeliveryKind, to: &Option<Ad
         .chain(d.review.iter().map(|r| &r.item.delivery))
         .find(|x| same(x))
         .map(|x| x.id)
+}
+
+/// The message being planned, as the thread a notice to its author goes under.
+fn own_message(env: &Envelope) -> Vec<String> {
+    env.native_message_id.iter().cloned().collect()
 }
 
 /// The address kind an account's recipients have.
