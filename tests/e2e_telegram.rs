@@ -211,6 +211,17 @@ async fn a_linked_patient_writes_and_a_clinician_answers_from_the_staff_group() 
     let recs = records(&export);
     let from_patient: Vec<_> = recs.iter().filter(|r| r["record"]["patient_id"] == "p-0001").collect();
     assert!(from_patient.len() >= 2, "link and message recorded: {recs:?}");
+    // Issue 15, item 8: the link confirmation is correspondence of the patient's file.
+    let link = from_patient
+        .iter()
+        .find(|r| r["record"]["notes"].as_array().unwrap().iter().any(|n| n == "link_redeemed"))
+        .expect("the link request's record");
+    let told: Vec<&serde_json::Value> =
+        link["events"].as_array().unwrap().iter().filter(|e| e["event"] == "notice").collect();
+    assert_eq!(told.len(), 1, "{link}");
+    assert!(told[0]["text"].as_str().unwrap().contains("linked"), "{told:?}");
+    assert_eq!(told[0]["to"]["value"], PATIENT.to_string());
+    assert_eq!(told[0]["account"], "telegram.front");
     let logs = s.d.logs().join("\n");
     for phi in ["Could I move", "Ann", "Dr Lee", "confirmed for Tuesday", &PATIENT.to_string(), "TEST-TOKEN"] {
         assert!(!logs.contains(phi), "daemon log leaked {phi:?}");

@@ -21,6 +21,7 @@
 
 mod audit;
 pub mod chain;
+mod correspondence;
 mod dead;
 pub mod engine;
 pub mod fhir;
@@ -703,6 +704,11 @@ impl Store {
             link: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
             notices: Vec<Vec<u8>>,
         }
+        // Every notice queued with an exchange is also an event of its record (`correspondence`).
+        let notice_evs: Vec<Vec<PreparedEvent>> = batch
+            .iter()
+            .map(|ex| self.prepare_notice_events(ex.record.patient_id.as_deref(), ex.outbox.iter().map(|(_, i)| i)))
+            .collect::<Result<_, _>>()?;
         let prepared: Vec<Prepared> = batch
             .iter()
             .map(|ex| {
@@ -763,8 +769,9 @@ impl Store {
                 &tx.on(&self.consents),
             );
             let (notices, journal, heads) = (&tx.on(&self.notices), &tx.on(&self.journal), &tx.on(&self.chain_heads));
+            let events = tx.on(&self.events);
             let mut results = Vec::with_capacity(batch.len());
-            for (ex, p) in batch.iter().zip(&prepared) {
+            for ((ex, p), notice_events) in batch.iter().zip(&prepared).zip(&notice_evs) {
                 if let Some(existing) = by_source.get(&p.skey)? {
                     results.push(Committed::Duplicate(RecordId(id_of(&existing))));
                     continue;
@@ -783,6 +790,10 @@ impl Store {
                         at_ms: ex.record.recorded_at_ms,
                     },
                 )?;
+                for e in notice_events {
+                    events.insert(e.key.as_slice(), e.body.as_slice())?;
+                    chain::append(&self.chain_key, journal, heads, e.append())?;
+                }
                 by_source.insert(p.skey.as_slice(), p.rkey)?;
                 conversations.insert(ex.conversation.token.as_bytes(), p.conv.as_slice())?;
                 for (k, v) in &p.native {
@@ -1046,6 +1057,9 @@ impl Store {
                 by: by.to_string(),
             },
         )?;
+        // The rejection notice, when one goes, is correspondence of the record too.
+        let notice_events =
+            self.prepare_notice_events(held.item.patient_id.as_deref(), queue.iter().map(|(_, i)| i))?;
         self.transact(|tx| {
             let (review, outbox, events, journal, heads) = (
                 &tx.on(&self.review),
@@ -1060,6 +1074,10 @@ impl Store {
             }
             events.insert(ev.key.as_slice(), ev.body.as_slice())?;
             chain::append(&self.chain_key, journal, heads, ev.append())?;
+            for e in &notice_events {
+                events.insert(e.key.as_slice(), e.body.as_slice())?;
+                chain::append(&self.chain_key, journal, heads, e.append())?;
+            }
             Ok::<(), TxError<()>>(())
         })
         .map_err(tx_err)?;
@@ -1121,7 +1139,7 @@ fn add_records(heads: &engine::TxTree<'_, '_>, delta: i64) -> Result<(), EngineE
 }
 
 /// An event ready to write: its key, sealed body, patient (blinded) and time.
-struct PreparedEvent {
+pub(crate) struct PreparedEvent {
     key: Vec<u8>,
     body: Vec<u8>,
     patient: Option<Vec<u8>>,
