@@ -223,9 +223,11 @@ pub enum OutboxCommand {
     },
 }
 
-/// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config or a store the
-/// administrator must act on, 65 = the record store is damaged, 74 = the record store cannot be
-/// written: disk full or an I/O error, which a supervisor should retry).
+/// Entry point; maps errors to exit codes ([`crate::exit::code_of`]: 1 = failed, 2 = invalid or
+/// unusable config (also a missing secret or key file, found only at start) or a store the
+/// administrator must act on, 65 = the record store is damaged, 71 = out of file descriptors,
+/// 74 = the record store cannot be written: disk full or an I/O error, which a supervisor
+/// should retry).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -233,16 +235,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigErrors>() {
                 eprintln!("carebridge: {c}");
-                return ExitCode::from(2);
+                return ExitCode::from(crate::exit::CONFIG);
             }
             eprintln!("carebridge: error: {e:#}");
-            if e.chain().any(|c| c.is::<crate::record::flusher::Unwritable>()) {
-                return ExitCode::from(crate::record::flusher::EXIT_STORE_UNWRITABLE as u8);
-            }
-            match e.chain().find_map(|c| c.downcast_ref::<crate::record::StoreError>()) {
-                Some(s) => ExitCode::from(s.exit_code()),
-                None => ExitCode::FAILURE,
-            }
+            ExitCode::from(crate::exit::code_of(&e))
         }
     }
 }

@@ -76,9 +76,10 @@ pub struct RouterConfig {
     /// along its routes marked unverified (a new patient writing in), or `record_only`.
     pub unknown_sender: UnknownSender,
     /// PHI-free reply to an unknown sender on a chat channel (Telegram): how to link their chat.
-    pub unlinked_notice: String,
-    /// PHI-free reply confirming a successful link.
-    pub linked_notice: String,
+    /// Unset: the built-in text in `policy.locale` (`crate::router::notices`).
+    pub unlinked_notice: Option<String>,
+    /// PHI-free reply confirming a successful link. Unset: the built-in text in `policy.locale`.
+    pub linked_notice: Option<String>,
     /// Outbox rows pending above which the router stops accepting (`Receipt::Unavailable`).
     pub max_outbox_pending: u64,
     /// Unprompted notices (how to link a chat; the advice to use a secure channel) go to one
@@ -90,14 +91,8 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             unknown_sender: UnknownSender::Forward,
-            unlinked_notice: "Hello. This chat is not yet linked to your clinic file, so we cannot \
-                discuss your care here. Please ask the clinic for a link code and send it as \
-                /start CODE. / Bonjour. Cette conversation n'est pas encore liée à votre dossier. \
-                Demandez un code à la clinique et envoyez /start CODE."
-                .into(),
-            linked_notice: "Your chat is now linked to the clinic. / Votre conversation est maintenant \
-                liée à la clinique."
-                .into(),
+            unlinked_notice: None,
+            linked_notice: None,
             max_outbox_pending: 1_000_000,
             notice_interval_secs: 24 * 3600,
         }

@@ -147,8 +147,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 &config.admin.token_file,
                 &config.config_dir,
             )
-            .map_err(|e| anyhow!("admin: {e}"))?
-            .ok_or_else(|| anyhow!("admin: a token is required"))?;
+            .map_err(|e| crate::exit::ConfigFailure(format!("admin: {e}")))?
+            .ok_or_else(|| crate::exit::ConfigFailure("admin: a token is required".into()))?;
             let state = admin::State {
                 store: store.clone(),
                 flusher: flusher.clone(),

@@ -18,11 +18,13 @@
 //! - [`reload`]: SIGHUP: check the config file again and apply it, or refuse it whole.
 //! - [`telemetry`]: logging (never PHI).
 //! - [`cli`]: the command-line interface behind `main.rs`.
+//! - [`exit`]: exit codes, and which errors end with which.
 pub mod accounts;
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod exit;
 pub mod ops;
 pub mod outbox;
 pub mod policy;

@@ -444,7 +444,7 @@ async fn a_patient_email_is_recorded_forwarded_and_the_clinicians_reply_reaches_
     let got = messages(&env, "ann@patients.test", &in_reply).await;
     let (headers, body) = parse_simple(&got[0].1);
     assert_eq!(body.trim(), reply_text, "only the clinician's new text reaches the patient");
-    assert_eq!(headers.get("subject").map(String::as_str), Some("Secure message from your clinic"));
+    assert_eq!(headers.get("subject").map(String::as_str), Some("Reply from your clinic"));
     let from = headers.get("from").cloned().unwrap_or_default();
     assert_eq!(plus_token(&from, "clinic", "clinic.test").as_deref(), Some(token.as_str()), "same conversation");
 
@@ -511,4 +511,81 @@ async fn malformed_mail_is_quarantined_and_acknowledged_and_reading_goes_on() {
     assert!(d.alive());
     assert!(d.terminate());
     assert_eq!(sink.received().len(), 1, "the malformed message is not forwarded");
+}
+
+/// Issue 15, items 12, 8 and 13: a clinician's clinical answer to a patient who wrote by plain
+/// email is rerouted to the secure account; the patient gets only a "new secure message" notice
+/// by email. That notice was threaded under the clinician's internal Message-ID; it must thread
+/// under the patient's own message. Mailboxes: box1 the clinic, box2 the clinician, box3 the
+/// patient (apart from the other tests', which run at the same time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerouted_answers_notice_threads_under_the_patients_own_message() {
+    let Some(env) = mail_env() else { return };
+    let (clinic, doctor, patient) = ("box1@clinic.test", "box2@clinic.test", "box3@clinic.test");
+    for user in [clinic, doctor, patient] {
+        empty_inbox(&env, user).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_secrets(dir.path(), &env);
+    let sink = Sink::start(Mode::Accept).await;
+    let toml = daemon_config(
+        dir.path(),
+        &sink.url(),
+        &email_account(&env, "clinic", clinic, Some(doctor)),
+        "[[route]]\nname = \"patients-to-clinic\"\nfrom = [\"email.clinic\"]\nto = [\"webhook.sink\", \"email.clinic\"]\n\
+         [policy]\nsecure_account = \"webhook.sink\"\n[policy.channels]\n\"webhook.sink\" = \"secure\"\n",
+    )
+    .replace("\"email:ann@patients.test\"", &format!("\"email:{patient}\", \"phone:+14165550199\""))
+    .replace("\"email:dr.lee@clinic.test\"", &format!("\"email:{doctor}\""));
+    let mut d = Daemon::start(dir.path(), &toml);
+    assert!(d.wait_log("IMAP connected", 0, WAIT), "{:?}", d.logs());
+
+    let asked = tag("ask");
+    smtp_send(&env, patient, clinic, &email(patient, clinic, &asked, "Question", "", "Could you call me back?")).await;
+    wait_until("the forward reached the clinician", || async {
+        !messages(&env, doctor, "HEADER X-Carebridge-Delivery \"dlv-\"").await.is_empty()
+    })
+    .await;
+    let forwards = messages(&env, doctor, "HEADER X-Carebridge-Delivery \"dlv-\"").await;
+    let (headers, _) = parse_simple(&forwards[0].1);
+    let token = plus_token(&headers["from"], "box1", "clinic.test").expect("from the plus-address");
+    let forward_id = headers["message-id"].clone();
+
+    let answer_id = tag("answer");
+    let answer = "Renewed: amoxicillin 500 mg, three times a day for 7 days.";
+    smtp_send(
+        &env,
+        doctor,
+        &format!("box1+{token}@clinic.test"),
+        &email(
+            doctor,
+            &format!("box1+{token}@clinic.test"),
+            &answer_id,
+            "Re: New patient message",
+            &format!("In-Reply-To: {forward_id}\r\nReferences: {forward_id}\r\n"),
+            answer,
+        ),
+    )
+    .await;
+
+    // The answer goes to the secure account, addressed to the patient there.
+    assert!(sink.wait_for(2, WAIT).await, "the rerouted answer reaches the secure account: {:?}", d.logs());
+    let secure = sink.received().into_iter().find(|r| r.body["kind"] == "reply").expect("the rerouted reply");
+    assert_eq!(secure.body["text"], answer);
+
+    // By email, only the notice, threaded under the patient's own message.
+    wait_until("the notice reached the patient", || async {
+        !messages(&env, patient, "HEADER Auto-Submitted \"auto-generated\"").await.is_empty()
+    })
+    .await;
+    let got = messages(&env, patient, "ALL").await;
+    assert_eq!(got.len(), 1, "the patient gets the notice, not the answer");
+    let (headers, body) = parse_simple(&got[0].1);
+    assert!(body.contains("secure message") && !body.contains("amoxicillin"), "{body}");
+    let parent = headers.get("in-reply-to").cloned().unwrap_or_default();
+    assert_eq!(parent.trim_matches(['<', '>']), asked.trim_matches(['<', '>']), "under the patient's own message");
+    assert!(!got[0].1.windows(6).any(|w| w == b"answer"), "the clinician's Message-ID is not shown to the patient");
+    assert_ne!(headers.get("subject").map(String::as_str), Some("Secure message from your clinic"));
+
+    assert!(d.terminate());
 }

@@ -285,3 +285,75 @@ async fn dead_letters_are_listed_retried_and_dropped() {
     assert_eq!(kinds, ["attempt", "dead_lettered", "dropped"], "{dropped_events:?}");
     assert_eq!(dropped_events[2]["by"], "s-ops");
 }
+
+/// Runs `carebridge run` on `toml` (written to `dir`) and waits for it to exit: its code and
+/// stderr.
+fn run_to_exit(dir: &Path, toml: &str) -> (Option<i32>, String) {
+    let cfg = dir.join("carebridge.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut child = std::process::Command::new(support::daemon::bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + WAIT;
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (code, err)
+}
+
+/// Issue 15, item 5: a configuration that validates but names something unusable (a secret file
+/// that is not there, a key file others can read, a missing admin token) is found only by `run`,
+/// which exited 1, so `RestartPreventExitStatus=2` did not stop the restart loop. Each exits 2.
+#[test]
+fn every_configuration_failure_at_run_exits_2() {
+    let ports = Ports { webhook: free_port(), ops: free_port(), admin: free_port() };
+    let sink = "http://127.0.0.1:9/unused";
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(dir.path(), &ports, sink, "").replace("secret_file = \"secret\"", "secret_file = \"absent\"");
+    let (code, err) = run_to_exit(dir.path(), &toml);
+    assert_eq!(code, Some(2), "a missing secret file: {err}");
+    assert!(err.contains("absent"), "names the file: {err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(dir.path(), &ports, sink, "[store]\nkey_file = \"store.key\"\n");
+    std::fs::write(dir.path().join("carebridge.toml"), &toml).unwrap();
+    let key = dir.path().join("store.key");
+    let out = std::process::Command::new(support::daemon::bin())
+        .args(["keys", "generate", "--file"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = run_to_exit(dir.path(), &toml);
+    assert_eq!(code, Some(2), "a key file others can read: {err}");
+    assert!(err.contains("chmod 600"), "says what to do: {err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(dir.path(), &ports, sink, "[store]\nkey_file = \"no-such.key\"\n");
+    let (code, err) = run_to_exit(dir.path(), &toml);
+    assert_eq!(code, Some(2), "a key file that does not exist: {err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(dir.path(), &ports, sink, "");
+    std::fs::remove_file(dir.path().join("admin-token")).unwrap();
+    let (code, err) = run_to_exit(dir.path(), &toml);
+    assert_eq!(code, Some(2), "a missing admin token file: {err}");
+}

@@ -67,6 +67,41 @@ async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sm
         decision["rules"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().starts_with("builtin.")),
         "{decision}"
     );
+    // Issue 15, item 8: what the patient was told is in their file, with its text and recipient:
+    // the advisory on their message, the "secure message" notice on the answer.
+    let notices = |l: &serde_json::Value| -> Vec<serde_json::Value> {
+        l["events"].as_array().unwrap().iter().filter(|e| e["event"] == "notice").cloned().collect()
+    };
+    let told = notices(answer);
+    assert_eq!(told.len(), 1, "{answer}");
+    assert!(told[0]["text"].as_str().unwrap().contains("secure message"), "{told:?}");
+    assert_eq!(told[0]["to"]["value"], "+14165550199");
+    assert_eq!(told[0]["account"], "webhook.sms");
+    let ask = export.iter().find(|l| l["type"] == "record" && l["record"]["source"]["native_id"] == "sms-1").unwrap();
+    let advised = notices(ask);
+    assert_eq!(advised.len(), 1, "{ask}");
+    assert!(advised[0]["text"].as_str().unwrap().contains("do not send health"), "{advised:?}");
+    let record_id = format!("rec-{}", answer["record"]["id"].as_u64().unwrap());
+    let (ok, shown, err) = s.d.cli(&["records", "--actor", "officer", "show", &record_id]);
+    assert!(ok, "{err}");
+    assert!(shown.contains("\"event\": \"notice\"") && shown.contains("secure message"), "records show: {shown}");
+    let (ok, jsonl, err) = s.d.cli(&["records", "--actor", "officer", "export", "--patient", "p-0001"]);
+    assert!(ok, "{err}");
+    assert_eq!(jsonl.matches("\"event\":\"notice\"").count(), 2, "the JSON lines export: {jsonl}");
+    let (ok, fhir, err) =
+        s.d.cli(&["records", "--actor", "officer", "export", "--patient", "p-0001", "--format", "fhir"]);
+    assert!(ok, "{err}");
+    let bundle: serde_json::Value = serde_json::from_str(&fhir).unwrap();
+    let told_fhir: Vec<&serde_json::Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["payload"][0]["contentString"].as_str().is_some_and(|t| t.contains("secure message")))
+        .collect();
+    assert_eq!(told_fhir.len(), 1, "the notice is a Communication of the FHIR export");
+    assert_eq!(told_fhir[0]["recipient"][0]["reference"], "Patient/p-0001");
+
     let logs = s.d.logs().join("\n");
     assert!(!logs.to_lowercase().contains("amoxicillin"), "no message text in logs");
 }
@@ -137,6 +172,16 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
         verdicts.contains(&("approved".into(), "s-lee".into()))
             && verdicts.contains(&("rejected".into(), "s-lee".into()))
     );
+    // The "your reply was not sent" notice is in the file of the rejected answer, to its author.
+    let not_sent: Vec<serde_json::Value> = export
+        .iter()
+        .filter(|l| l["type"] == "record")
+        .flat_map(|l| l["events"].as_array().unwrap().clone())
+        .filter(|e| e["event"] == "notice" && e["text"].as_str().unwrap().contains("not sent"))
+        .collect();
+    assert_eq!(not_sent.len(), 1, "{not_sent:?}");
+    assert_eq!(not_sent[0]["to"]["value"], "dr-lee");
+    assert_eq!(not_sent[0]["account"], "webhook.ehr");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

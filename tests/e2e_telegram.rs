@@ -29,7 +29,7 @@ struct Setup {
     _dir: tempfile::TempDir, // kept alive: the daemon's store and config live in it
 }
 
-fn config(dir: &Path, fake: &FakeBotApi, sink: &Sink, admin_port: u16) -> String {
+fn config(dir: &Path, fake: &FakeBotApi, sink: &Sink, admin_port: u16, extra: &str) -> String {
     std::fs::write(dir.join("secret"), SECRET).expect("write secret");
     std::fs::write(dir.join("admin-token"), "admin-token-for-tests").expect("write admin token");
     std::fs::write(dir.join("tg-token"), format!("{}\n", fake.token())).expect("write bot token");
@@ -71,6 +71,7 @@ addresses = ["email:ann@patients.test"]
 [[directory.staff]]
 id = "s-lee"
 addresses = ["telegram:{STAFF_USER}"]
+{extra}
 "#,
         data = dir.join("data").display(),
         sink_url = sink.url(),
@@ -79,10 +80,15 @@ addresses = ["telegram:{STAFF_USER}"]
 }
 
 async fn setup() -> Setup {
+    setup_with("").await
+}
+
+/// [`setup`] with more config appended (`[policy]` tables, say).
+async fn setup_with(extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let fake = FakeBotApi::start().await;
     let sink = Sink::start(Mode::Accept).await;
-    let d = Daemon::start(dir.path(), &config(dir.path(), &fake, &sink, free_port()));
+    let d = Daemon::start(dir.path(), &config(dir.path(), &fake, &sink, free_port(), extra));
     let s = Setup { d, fake, sink, _dir: dir };
     s.wait_log("carebridge ready.", 0).await;
     s.fake.wait_until("the daemon to poll getUpdates", |f| !f.calls("getUpdates").is_empty()).await;
@@ -205,6 +211,17 @@ async fn a_linked_patient_writes_and_a_clinician_answers_from_the_staff_group() 
     let recs = records(&export);
     let from_patient: Vec<_> = recs.iter().filter(|r| r["record"]["patient_id"] == "p-0001").collect();
     assert!(from_patient.len() >= 2, "link and message recorded: {recs:?}");
+    // Issue 15, item 8: the link confirmation is correspondence of the patient's file.
+    let link = from_patient
+        .iter()
+        .find(|r| r["record"]["notes"].as_array().unwrap().iter().any(|n| n == "link_redeemed"))
+        .expect("the link request's record");
+    let told: Vec<&serde_json::Value> =
+        link["events"].as_array().unwrap().iter().filter(|e| e["event"] == "notice").collect();
+    assert_eq!(told.len(), 1, "{link}");
+    assert!(told[0]["text"].as_str().unwrap().contains("linked"), "{told:?}");
+    assert_eq!(told[0]["to"]["value"], PATIENT.to_string());
+    assert_eq!(told[0]["account"], "telegram.front");
     let logs = s.d.logs().join("\n");
     for phi in ["Could I move", "Ann", "Dr Lee", "confirmed for Tuesday", &PATIENT.to_string(), "TEST-TOKEN"] {
         assert!(!logs.contains(phi), "daemon log leaked {phi:?}");
@@ -316,4 +333,66 @@ async fn a_blocked_bot_dead_letters_the_reply_with_a_clear_reason() {
     let reason = dead[0]["dead_letter"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("blocked by the user"), "{reason}");
     assert!(!reason.contains(&PATIENT.to_string()) && !reason.contains("Saturday"), "{reason}");
+}
+
+/// The sink as the clinic's secure EHR and the policy's secure account; the staff group stays
+/// insecure, so clinical content posted there is rerouted to the EHR.
+const SECURE_SINK: &str = r#"
+[policy]
+secure_account = "webhook.sink"
+over_ceiling = "reroute"
+[policy.channels]
+"webhook.sink" = "secure"
+"#;
+
+/// Issue 15, item 11: the route names the EHR and the staff group; the group's copy of a
+/// clinical message is rerouted to the EHR, which got the same message twice under two
+/// Idempotency-Keys. One message, one delivery per destination; the group gets a PHI-free notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_rerouted_to_a_destination_already_on_the_route_is_delivered_once() {
+    let mut s = setup_with(SECURE_SINK).await;
+    s.link_patient().await;
+    s.fake.patient_text(PATIENT, "Ann", "Can you renew my prescription for amoxicillin please?");
+    let got = s.wait_sink(1).await;
+    let notice = s.staff_message_with("secure inbox").await;
+    assert!(!notice.text.unwrap_or_default().contains("amoxicillin"), "the staff group gets no PHI");
+    s.settle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = if s.sink.received().len() > got.len() { s.sink.received() } else { got };
+    let copies: Vec<_> = got.iter().filter(|r| r.body["text"].as_str().unwrap_or("").contains("amoxicillin")).collect();
+    assert_eq!(copies.len(), 1, "the EHR gets the message once: {:?}", got.iter().map(|r| &r.body).collect::<Vec<_>>());
+    assert!(
+        s.fake.sent_to(STAFF_CHAT).iter().all(|m| !m.text.as_deref().unwrap_or("").contains("amoxicillin")),
+        "no copy in the staff group"
+    );
+
+    let export = s.stop_and_export();
+    let rec = records(&export)
+        .into_iter()
+        .find(|r| r["record"]["finding_kinds"].as_array().is_some_and(|k| !k.is_empty()))
+        .expect("the clinical message is recorded");
+    let ds = rec["record"]["decisions"].as_array().unwrap();
+    let ids: Vec<&serde_json::Value> = ds.iter().map(|d| &d["delivery"]).collect();
+    assert_eq!(ds.len(), 2, "{ds:?}");
+    assert_eq!(ids[0], ids[1], "both destinations name the one delivery: {ds:?}");
+    assert!(ds.iter().any(|d| d["action"] == "reroute") && ds.iter().any(|d| d["action"] == "allow"), "{ds:?}");
+}
+
+/// Issue 15, item 12: the link confirmation and the "not linked" reply were bilingual whatever
+/// `policy.locale` said; they follow it like every other notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_notices_follow_the_policy_locale() {
+    let s = setup_with("[policy]\nlocale = \"fr\"\n").await;
+    const STRANGER: i64 = 5_550_777;
+    s.fake.patient_text(STRANGER, "Bob", "Bonjour");
+    let unlinked = s.fake.wait_sent_to(STRANGER, 1).await;
+    let text = unlinked[0].text.clone().unwrap_or_default();
+    assert!(text.starts_with("Bonjour.") && text.contains("/start CODE") && !text.contains("Hello"), "{text}");
+
+    let (ok, code, err) = s.d.cli(&["link", "--patient", "p-0001", "--account", "telegram.front"]);
+    assert!(ok, "{err}");
+    s.fake.patient_start(PATIENT, "Ann", code.trim());
+    let linked = s.fake.wait_sent_to(PATIENT, 1).await;
+    let text = linked[0].text.clone().unwrap_or_default();
+    assert_eq!(text, "Votre conversation est maintenant liée à la clinique.");
 }

@@ -146,6 +146,16 @@ fn patient_file() -> Vec<(RecordV1, Vec<EventV1>)> {
         ),
         attempt(T0 + 5 * MINUTE + 1_000, 103, 1, "retry", Some("http 502")),
         attempt(T0 + 6 * MINUTE, 103, 2, "sent", None),
+        // A notice to the staff chat's default destination, not sent yet.
+        event(
+            T0 + 2_000,
+            EventKind::Notice {
+                delivery: DeliveryId(104),
+                account: "telegram.staff".into(),
+                to: None,
+                text: "New patient message with health information: it was not posted here.".into(),
+            },
+        ),
     ];
 
     // 2. A clinician (a directory id that is not a FHIR id) answers from the staff chat; the
@@ -216,10 +226,23 @@ fn patient_file() -> Vec<(RecordV1, Vec<EventV1>)> {
     held.class = Class::Identifier;
     held.finding_kinds = vec!["health_card".into()];
     held.decisions = vec![decision("telegram.staff", "hold", &["identifiers_need_review"], Some(141))];
-    let held_events = vec![event(
-        T0 + 4 * 60 * MINUTE + MINUTE,
-        EventKind::Reviewed { delivery: DeliveryId(141), verdict: "rejected".into(), by: "cli".into() },
-    )];
+    let held_events = vec![
+        event(
+            T0 + 4 * 60 * MINUTE + MINUTE,
+            EventKind::Reviewed { delivery: DeliveryId(141), verdict: "rejected".into(), by: "cli".into() },
+        ),
+        // The rejection's notice to the patient, sent.
+        event(
+            T0 + 4 * 60 * MINUTE + MINUTE,
+            EventKind::Notice {
+                delivery: DeliveryId(142),
+                account: "telegram.patients".into(),
+                to: Some(Address::new(AddressKind::Telegram, "5550001").into()),
+                text: "Thank you, your message was received. Please do not send health information here.".into(),
+            },
+        ),
+        attempt(T0 + 4 * 60 * MINUTE + MINUTE + 500, 142, 1, "sent", None),
+    ];
 
     // 7. A dead-lettered reply.
     let mut lost = record(
@@ -279,6 +302,7 @@ fn the_export_of_a_patients_file_is_valid_fhir_r4() {
         ("rec-0000000101", "completed"),
         ("dlv-0000000102", "completed"),
         ("dlv-0000000103", "completed"),
+        ("dlv-0000000104", "in-progress"),
         ("rec-0000000110", "completed"),
         ("dlv-0000000111", "completed"),
         ("rec-0000000120", "completed"),
@@ -288,12 +312,20 @@ fn the_export_of_a_patients_file_is_valid_fhir_r4() {
         ("rec-0000000130", "completed"),
         ("rec-0000000140", "completed"),
         ("dlv-0000000141", "not-done"),
+        ("dlv-0000000142", "completed"),
         ("rec-0000000150", "completed"),
         ("dlv-0000000151", "stopped"),
     ];
     assert_eq!(summary, expected.map(|(a, b)| (a.to_string(), b.to_string())));
     assert!(!bundle.to_string().contains("p-2002"), "another patient's record leaked into the export");
-    let reply = &entries[3]["resource"];
+    // Notices are correspondence of the file: their text, who they went to.
+    let told = &entries[13]["resource"];
+    assert!(told["payload"][0]["contentString"].as_str().unwrap().starts_with("Thank you"), "{told}");
+    assert_eq!(told["recipient"][0]["reference"], "Patient/p-1001", "the rejection notice went to the patient");
+    assert_eq!(told["sender"]["identifier"]["value"], "telegram.patients");
+    assert_eq!(told["partOf"][0]["reference"], entries[11]["fullUrl"]);
+    assert_eq!(entries[3]["resource"]["recipient"][0]["identifier"]["value"], "telegram.staff");
+    let reply = &entries[4]["resource"];
     assert_eq!(reply["inResponseTo"][0]["reference"], entries[0]["fullUrl"], "the reply answers the first message");
     assert_eq!(reply["sender"]["type"], "Practitioner");
 

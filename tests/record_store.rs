@@ -539,3 +539,89 @@ async fn one_flipped_byte_in_the_store_is_refused_or_harmless_never_a_quiet_loss
     }
     assert!(refused > 0, "some flips must be caught");
 }
+
+/// Runs `carebridge run` on `cfg` for at most `secs`: the exit code and stderr, or `None` if it
+/// was still running (then it is killed).
+fn run_briefly(cfg: &Path, secs: u64) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(support::daemon::bin())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (code, err)
+}
+
+/// Issue 15, item 5: a store file cut short (a truncated copy, a partial restore) made `run`
+/// panic (exit 101). Every file of the store, cut to half its length and to nothing, is either
+/// refused with exit 65 and a message, or harmless (every record still there); never a panic.
+#[tokio::test]
+async fn a_truncated_store_file_is_refused_with_exit_65_and_a_message_never_a_panic() {
+    let mut c = Clinic::start("", "").await;
+    exchange(&c).await;
+    assert!(c.d.terminate());
+    let cfg = c.d.config.clone();
+    let data = data_dir(&c);
+    let (ok, r) = verify(&cfg);
+    assert!(ok, "{r}");
+    let records = r["by_kind"]["record"].as_u64().unwrap();
+    let pristine = cfg.parent().unwrap().join("pristine");
+    copy_dir(&data, &pristine);
+    let files: Vec<(PathBuf, u64)> = raw_files(&pristine)
+        .into_iter()
+        .filter(|(p, b)| !b.is_empty() && !p.ends_with("store.key") && !p.ends_with("lock"))
+        .map(|(p, b)| (p.strip_prefix(&pristine).unwrap().to_path_buf(), b.len() as u64))
+        .collect();
+    let (mut refused, mut harmless) = (0, 0);
+    let mut run_checked = false;
+    for (file, len) in &files {
+        for keep in [len / 2, 0] {
+            std::fs::remove_dir_all(&data).unwrap();
+            copy_dir(&pristine, &data);
+            let path = data.join(file);
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(keep).unwrap();
+            let what = format!("{} cut to {keep} of {len} bytes", file.display());
+            let out = std::process::Command::new(support::daemon::bin())
+                .args(["records", "--actor", "privacy-officer", "verify", "--config"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_ne!(out.status.code(), Some(101), "{what}: a panic is not a clear refusal: {err}");
+            if out.status.success() {
+                let r: Value = serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+                assert_eq!(r["by_kind"]["record"].as_u64(), Some(records), "{what}: records lost quietly: {r}");
+                harmless += 1;
+                continue;
+            }
+            assert_eq!(out.status.code(), Some(65), "{what}: damage exits 65: {err}");
+            assert!(err.contains("damaged") || err.contains("refused"), "{what}: the message says why: {err}");
+            refused += 1;
+            // The daemon itself, once, on the first refused cut: the same refusal, not a panic.
+            if !run_checked {
+                let (code, err) = run_briefly(&cfg, 30);
+                assert_eq!(code, Some(65), "{what}: `run` refuses a damaged store with exit 65: {err}");
+                assert!(err.contains("damaged"), "{what}: `run` says why: {err}");
+                run_checked = true;
+            }
+        }
+    }
+    println!("truncated files: {refused} refused with exit 65, {harmless} harmless");
+    assert!(refused > 0 && run_checked, "cutting the store's files must be caught");
+}

@@ -26,6 +26,13 @@
 //! | rejected by a reviewer (nothing was sent) | `not-done` |
 //! | given up after failed attempts (dead-lettered) | `stopped` |
 //!
+//! - **Each notice** carebridge sent about it (`id` = the notice's delivery id): the link
+//!   confirmation, the advice not to send health information on a channel, "you have a new
+//!   secure message", "your reply was not sent", a notice to a staff channel. `partOf` the
+//!   message, sent by the clinic's account, with its (PHI-free) text as the payload and the
+//!   status of its delivery; the recipient is the message's author, the patient (for a reply),
+//!   or the account's default destination.
+//!
 //! A routing decision without a delivery (blocked, skipped) is a `note` on the message.
 //! `entered-in-error` is never used: carebridge does not retract records.
 //!
@@ -109,8 +116,11 @@ pub fn bundle(patient_id: &str, items: &[(RecordV1, Vec<EventV1>)], generated_at
     for (record, events) in mine {
         let message = communication(record, answers.get(&record.id).copied());
         entries.push(json!({ "fullUrl": record_url(record), "resource": message }));
-        for (decision, id) in record.decisions.iter().filter_map(|d| d.delivery.map(|id| (d, id))) {
+        for (decision, id) in delivered(record) {
             let resource = delivery(record, decision, id, events);
+            entries.push(json!({ "fullUrl": delivery_url(record, id), "resource": resource }));
+        }
+        for (id, resource) in notices(record, events) {
             entries.push(json!({ "fullUrl": delivery_url(record, id), "resource": resource }));
         }
     }
@@ -196,7 +206,23 @@ pub fn communication(record: &RecordV1, in_response_to: Option<RecordId>) -> Val
 /// The `Communication`s of a record's deliveries (one per routing decision that created one),
 /// each `partOf` the message, with its status from `events` (the record's events, oldest first).
 pub fn deliveries(record: &RecordV1, events: &[EventV1]) -> Vec<Value> {
-    record.decisions.iter().filter_map(|d| d.delivery.map(|id| delivery(record, d, id, events))).collect()
+    delivered(record).into_iter().map(|(d, id)| delivery(record, d, id, events)).collect()
+}
+
+/// Each delivery of a record once, with the decision it is described by. Two destinations may
+/// share one delivery (a staff group's copy rerouted to the EHR that is also on the route): one
+/// transmission, one resource, described by the direct decision rather than the reroute.
+fn delivered(record: &RecordV1) -> Vec<(&RouteDecisionV1, DeliveryId)> {
+    let mut out: Vec<(&RouteDecisionV1, DeliveryId)> = Vec::new();
+    for d in &record.decisions {
+        let Some(id) = d.delivery else { continue };
+        match out.iter_mut().find(|(_, seen)| *seen == id) {
+            Some(slot) if slot.0.action == "reroute" && d.action != "reroute" => slot.0 = d,
+            Some(_) => {}
+            None => out.push((d, id)),
+        }
+    }
+    out
 }
 
 /// One delivery's `Communication`.
@@ -237,6 +263,65 @@ fn delivery(record: &RecordV1, decision: &RouteDecisionV1, id: DeliveryId, event
     }
     put_array(&mut c, "note", fhir_string(&note).map(|t| json!({ "text": t })).into_iter().collect());
     Value::Object(c)
+}
+
+/// The `Communication`s of the notices carebridge sent about a record (its `notice` events):
+/// the link confirmation, the advice to use a secure channel, "you have a new secure message",
+/// "your reply was not sent". Each is `partOf` the message, carries its text as the payload (a
+/// notice is PHI-free and kept whole), is sent by the clinic's account and has the status of its
+/// delivery.
+pub fn notices(record: &RecordV1, events: &[EventV1]) -> Vec<(DeliveryId, Value)> {
+    let mut out = Vec::new();
+    for e in events {
+        let EventKind::Notice { delivery: id, account, to, text } = &e.kind else { continue };
+        if out.iter().any(|(seen, _)| seen == id) {
+            continue;
+        }
+        let as_delivery = RouteDecisionV1 {
+            account: account.clone(),
+            action: "notice".into(),
+            rules: Vec::new(),
+            class: crate::policy::Class::None,
+            delivery: Some(*id),
+        };
+        let state = delivery_state(&as_delivery, *id, events);
+        let mut c = Map::new();
+        c.insert("resourceType".into(), "Communication".into());
+        c.insert("id".into(), id.to_string().into());
+        put_array(&mut c, "identifier", identifier(SYSTEM_DELIVERY, &id.to_string()).into_iter().collect());
+        c.insert("partOf".into(), json!([{ "reference": record_url(record) }]));
+        c.insert("status".into(), state.status.into());
+        if let Some(reason) = state.reason.as_deref().and_then(fhir_string) {
+            c.insert("statusReason".into(), json!({ "text": reason }));
+        }
+        if let Ok(a) = account.parse::<AccountId>() {
+            c.insert("medium".into(), json!([medium(a.kind(), to.as_ref().map(|t| Address::from(t).kind))]));
+        }
+        if let Some(s) = record.patient_id.as_deref().and_then(|p| party("Patient", SYSTEM_PATIENT, p, None)) {
+            c.insert("subject".into(), s);
+        }
+        if let Some(t) = state.sent_at_ms.and_then(instant) {
+            c.insert("sent".into(), t.into());
+        }
+        let recipient = match to {
+            // Back to the message's author (an advisory, a link confirmation, "not sent").
+            Some(a) if *a == record.from => sender(record),
+            // To the reader of a clinician's reply: the patient.
+            Some(_) if is_reply(record) => {
+                record.patient_id.as_deref().and_then(|p| party("Patient", SYSTEM_PATIENT, p, None))
+            }
+            Some(a) => Some(unknown_sender(&Address::from(a), Some("Notice recipient"))),
+            None => account_ref(account),
+        };
+        put_array(&mut c, "recipient", recipient.into_iter().collect());
+        if let Some(s) = account_ref(account) {
+            c.insert("sender".into(), s);
+        }
+        put_array(&mut c, "payload", fhir_string(text).map(|t| json!({ "contentString": t })).into_iter().collect());
+        c.insert("note".into(), json!([{ "text": "Notice sent by carebridge (no health information)." }]));
+        out.push((*id, Value::Object(c)));
+    }
+    out
 }
 
 /// What a delivery's events say about it.
@@ -842,6 +927,18 @@ mod tests {
         assert_eq!(rerouted["status"], "in-progress");
         assert_eq!(rerouted["statusReason"], json!({ "text": "Queued for delivery" }));
         assert!(rerouted.get("recipient").is_none() && rerouted.get("medium").is_none());
+    }
+
+    #[test]
+    fn a_delivery_two_destinations_share_is_one_communication() {
+        let mut r = patient_msg(42);
+        r.decisions = vec![decision("telegram.staff", "reroute", Some(43)), decision("webhook.ehr", "allow", Some(43))];
+        let ds = deliveries(&r, &[]);
+        assert_eq!(ds.len(), 1, "{ds:?}");
+        assert_eq!(ds[0]["id"], "dlv-0000000043");
+        assert_eq!(ds[0]["recipient"][0]["identifier"]["value"], "webhook.ehr", "described by the direct hop");
+        let b = bundle("p-1", &[(r, Vec::new())], 1);
+        assert_eq!(b["entry"].as_array().unwrap().len(), 2, "the message and one delivery");
     }
 
     #[test]

@@ -35,6 +35,10 @@ use tracing::{debug, error};
 /// sees why in `systemctl status`.
 pub const EXIT_STORE_UNWRITABLE: i32 = 74;
 
+/// The exit code when the store failed because the process ran out of file descriptors
+/// (sysexits' `EX_OSERR`): 74 would send the operator looking for a full disk that is not there.
+pub const EXIT_NO_DESCRIPTORS: i32 = 71;
+
 /// How long the flusher waits for work before it flushes anyway, so a store that stopped taking
 /// writes while no message arrives (only the outbox's bookkeeping wrote) is noticed within this.
 /// A flush with nothing new to write returns at once.
@@ -62,8 +66,13 @@ pub struct Flusher {
 /// Why the store stopped taking writes, as the flusher saw it (PHI-free). Ends the daemon with
 /// [`EXIT_STORE_UNWRITABLE`].
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("the record store stopped taking writes (disk full or I/O error): {0}")]
-pub struct Unwritable(pub String);
+#[error("the record store stopped taking writes: {reason}")]
+pub struct Unwritable {
+    /// What failed (PHI-free).
+    pub reason: String,
+    /// The exit code: [`EXIT_STORE_UNWRITABLE`], or [`EXIT_NO_DESCRIPTORS`].
+    pub exit_code: i32,
+}
 
 /// When flushes last succeeded and failed (unix ms, 0 = never), so readiness can tell whether the
 /// store takes writes without a flush of its own per probe.
@@ -100,8 +109,9 @@ impl Flusher {
         let handle = std::thread::Builder::new().name("carebridge-flusher".into()).spawn(move || {
             let mut jobs = Vec::new();
             let give_up = |e: &super::StoreError| {
-                if failed_for_good.set(Unwritable(e.to_string())).is_ok() {
-                    unwritable(e);
+                if failed_for_good.get().is_none() {
+                    let exit_code = unwritable(e);
+                    let _ = failed_for_good.set(Unwritable { reason: e.to_string(), exit_code });
                     fatal.cancel();
                 }
             };
@@ -184,11 +194,32 @@ impl Flusher {
 
 /// The store did not take a flush: it never will again in this process (see the module docs).
 /// The waiting receipts were answered "unavailable" (503 + `Retry-After`; pollers do not ack);
-/// the daemon now stops, and its exit code tells the supervisor to start it again.
-fn unwritable(e: &super::StoreError) {
+/// the daemon now stops, and its exit code tells the supervisor to start it again. Returns that
+/// code: 71 when the process ran out of file descriptors rather than the disk of space.
+fn unwritable(e: &super::StoreError) -> i32 {
+    // fjall reports a failure in its background workers (a new table or journal file that could
+    // not be opened) only as "poisoned" on the next write: whether descriptors ran out is asked
+    // of the process itself, now, while it still holds them.
+    if e.is_fd_exhaustion() || out_of_descriptors() {
+        error!(
+            error = %e,
+            exit_code = EXIT_NO_DESCRIPTORS,
+            "Record store unwritable: the process has run out of file descriptors (too many open files), not disk space; stopping so the supervisor restarts carebridge. Raise LimitNOFILE or find what holds the descriptors. Nothing acknowledged is lost; unacknowledged messages are redelivered by their sources."
+        );
+        return EXIT_NO_DESCRIPTORS;
+    }
     error!(
         error = %e,
         exit_code = EXIT_STORE_UNWRITABLE,
         "Record store unwritable (disk full or I/O error); stopping so the supervisor restarts carebridge once it can write. Nothing acknowledged is lost; unacknowledged messages are redelivered by their sources."
     );
+    EXIT_STORE_UNWRITABLE
+}
+
+/// Whether opening one more file fails with "too many open files" right now.
+fn out_of_descriptors() -> bool {
+    match std::fs::File::open("/dev/null") {
+        Ok(_) => false,
+        Err(e) => super::engine::io_is_fd_exhaustion(&e),
+    }
 }

@@ -22,6 +22,7 @@
 
 mod audit;
 pub mod chain;
+mod correspondence;
 mod dead;
 pub mod engine;
 pub mod fhir;
@@ -125,11 +126,19 @@ impl StoreError {
 pub const EXIT_STORE_DAMAGED: u8 = 65;
 
 impl StoreError {
+    /// The process ran out of file descriptors: neither the disk nor the store is at fault.
+    pub fn is_fd_exhaustion(&self) -> bool {
+        matches!(self, StoreError::Engine(EngineError::Descriptors(_)))
+    }
+
     /// The exit code this error ends the process with (`docs/operations.md`): 74 disk full or
-    /// I/O (a restart may help), 65 damaged store (it will not), 2 something the administrator
-    /// must change (an old store to migrate, a newer store, the wrong key file), 1 otherwise.
+    /// I/O (a restart may help), 71 out of file descriptors (a restart may help; the limit or a
+    /// flood of connections is the cause, not the disk), 65 damaged store (it will not), 2
+    /// something the administrator must change (an old store to migrate, a newer store, the
+    /// wrong key file), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
+            e if e.is_fd_exhaustion() => flusher::EXIT_NO_DESCRIPTORS as u8,
             e if e.is_io() => flusher::EXIT_STORE_UNWRITABLE as u8,
             StoreError::OldStore(_) | StoreError::Schema { .. } | StoreError::Sealed { tree: "meta", .. } => 2,
             e if e.is_corrupt() => EXIT_STORE_DAMAGED,
@@ -437,7 +446,7 @@ impl Store {
     /// Opens the engine in `dir` and the store's trees in it, with no check of its version or
     /// its key (the import's first step).
     fn open_engine(dir: &Path, keys: Keyring, cache_mb: u32) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Engine(EngineError::Io(e)))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Engine(e.into()))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -701,6 +710,11 @@ impl Store {
             notices: Vec<Vec<u8>>,
             blobs: Vec<([u8; 12], Vec<u8>)>,
         }
+        // Every notice queued with an exchange is also an event of its record (`correspondence`).
+        let notice_evs: Vec<Vec<PreparedEvent>> = batch
+            .iter()
+            .map(|ex| self.prepare_notice_events(ex.record.patient_id.as_deref(), ex.outbox.iter().map(|(_, i)| i)))
+            .collect::<Result<_, _>>()?;
         let prepared: Vec<Prepared> = batch
             .iter()
             .map(|ex| {
@@ -769,8 +783,9 @@ impl Store {
             );
             let (notices, journal, heads) = (&tx.on(&self.notices), &tx.on(&self.journal), &tx.on(&self.chain_heads));
             let blobs = &tx.on(&self.blobs);
+            let events = tx.on(&self.events);
             let mut results = Vec::with_capacity(batch.len());
-            for (ex, p) in batch.iter().zip(&prepared) {
+            for ((ex, p), notice_events) in batch.iter().zip(&prepared).zip(&notice_evs) {
                 if let Some(existing) = by_source.get(&p.skey)? {
                     results.push(Committed::Duplicate(RecordId(id_of(&existing))));
                     continue;
@@ -789,6 +804,10 @@ impl Store {
                         at_ms: ex.record.recorded_at_ms,
                     },
                 )?;
+                for e in notice_events {
+                    events.insert(e.key.as_slice(), e.body.as_slice())?;
+                    chain::append(&self.chain_key, journal, heads, e.append())?;
+                }
                 by_source.insert(p.skey.as_slice(), p.rkey)?;
                 conversations.insert(ex.conversation.token.as_bytes(), p.conv.as_slice())?;
                 for (k, v) in &p.native {
@@ -1055,6 +1074,9 @@ impl Store {
                 by: by.to_string(),
             },
         )?;
+        // The rejection notice, when one goes, is correspondence of the record too.
+        let notice_events =
+            self.prepare_notice_events(held.item.patient_id.as_deref(), queue.iter().map(|(_, i)| i))?;
         self.transact(|tx| {
             let (review, outbox, events, journal, heads) = (
                 &tx.on(&self.review),
@@ -1069,6 +1091,10 @@ impl Store {
             }
             events.insert(ev.key.as_slice(), ev.body.as_slice())?;
             chain::append(&self.chain_key, journal, heads, ev.append())?;
+            for e in &notice_events {
+                events.insert(e.key.as_slice(), e.body.as_slice())?;
+                chain::append(&self.chain_key, journal, heads, e.append())?;
+            }
             Ok::<(), TxError<()>>(())
         })
         .map_err(tx_err)?;
@@ -1182,7 +1208,7 @@ fn add_records(heads: &engine::TxTree<'_, '_>, delta: i64) -> Result<(), EngineE
 }
 
 /// An event ready to write: its key, sealed body, patient (blinded) and time.
-struct PreparedEvent {
+pub(crate) struct PreparedEvent {
     key: Vec<u8>,
     body: Vec<u8>,
     patient: Option<Vec<u8>>,

@@ -449,6 +449,21 @@ pub enum EventKind {
         /// Who (staff id or `cli`).
         by: String,
     },
+    /// A notice carebridge queued about this record (the link confirmation, the advice not to
+    /// send health information on a channel, "you have a new secure message", "your reply was
+    /// not sent", a notice to a staff channel): what was said to whom, written in the same
+    /// transaction as its delivery, so the file holds all correspondence, not only bare
+    /// attempts. Its sends follow as `attempt` events of `delivery`.
+    Notice {
+        /// The notice's delivery.
+        delivery: DeliveryId,
+        /// The account it goes out by.
+        account: String,
+        /// The recipient (PHI); `None`: the account's default destination (staff chat, inbox).
+        to: Option<AddressV1>,
+        /// The text (PHI-free by construction: a fixed template and clinic-level values).
+        text: String,
+    },
 }
 
 /// Input that could not be parsed, kept for review.

@@ -11,7 +11,7 @@
 //! ```
 
 use super::Keyring;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use carebridge_contract::config::Problem;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -115,22 +115,26 @@ impl StoreConfig {
         if path.exists() {
             return Keyring::load(&path).map_err(anyhow::Error::from);
         }
+        // Configuration the administrator must fix: exit 2 (`crate::exit`), not 1, so the
+        // supervisor does not restart into the same failure.
         if self.key_file.is_some() {
-            bail!(
+            return Err(crate::exit::ConfigFailure(format!(
                 "the key file {} does not exist; create it with `carebridge keys generate --file {}`",
                 path.display(),
                 path.display()
-            );
+            ))
+            .into());
         }
         if data_dir.join("db").exists() {
-            bail!(
+            return Err(crate::exit::ConfigFailure(format!(
                 "the store in {} exists but its key file {} does not: restore the key file from backup; \
                  if the store predates encryption (schema v1), create one with \
                  `carebridge keys generate --file {}` and start again to encrypt it",
                 data_dir.display(),
                 path.display(),
                 path.display()
-            );
+            ))
+            .into());
         }
         warn!(
             key_file = %path.display(),

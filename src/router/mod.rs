@@ -8,6 +8,7 @@
 //! batch is planned under one config.
 
 pub mod identify;
+pub mod notices;
 pub mod plan;
 
 use crate::record::Exchange;

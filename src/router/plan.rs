@@ -5,6 +5,7 @@
 //! [`Store::commit_exchanges`]. Logs carry ids, channels, actions and rule ids only.
 
 use super::identify::Directory;
+use super::notices::{LinkNotice, link_notice};
 use crate::config::{Config, UnknownSender};
 use crate::policy::{
     Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy, Scan,
@@ -142,11 +143,11 @@ impl Planner {
                     sender = SenderV1::Patient { id: patient };
                     link = Some(l);
                     notes.push("link_redeemed".to_string());
-                    notices.push(self.config.router.linked_notice.clone());
+                    notices.push(link_notice(&self.config, &account, LinkNotice::Linked));
                 }
                 None => {
                     notes.push("link_code_invalid".to_string());
-                    notices.push(self.config.router.unlinked_notice.clone());
+                    notices.push(link_notice(&self.config, &account, LinkNotice::Unlinked));
                 }
             }
         }
@@ -272,7 +273,7 @@ impl Planner {
             && account.kind() == ChannelKind::Telegram
             && let Some(mark) = self.unthrottled("unlinked", &account, &env.from)?
         {
-            notices.push(self.config.router.unlinked_notice.clone());
+            notices.push(link_notice(&self.config, &account, LinkNotice::Unlinked));
             notice_marks.push(mark);
         }
         if is_new
@@ -284,7 +285,7 @@ impl Planner {
             notice_marks.push(mark);
         }
         for text in notices {
-            if let Some(n) = self.notice(&d, &account, Some(env.from.clone()), text)? {
+            if let Some(n) = self.notice(&d, &account, Some(env.from.clone()), text, own_message(&env))? {
                 d.outbox.push(n);
             }
         }
@@ -383,7 +384,12 @@ impl Planner {
         let decision = self.check_out(d, dest, audience)?;
         let original = d.env.body.expose();
         let mut delivery_id = None;
+        let existing = match decision.action {
+            Action::Allow | Action::Redact | Action::Hold => shared(d, dest, kind, &to),
+            Action::Block | Action::Reroute { .. } => None,
+        };
         match &decision.action {
+            _ if existing.is_some() => delivery_id = existing,
             Action::Allow | Action::Redact => {
                 let body = decision.body_to_send(original).unwrap_or(original).to_string();
                 let requires_consent = audience == Audience::Patient && !d.consents.is_empty();
@@ -478,6 +484,9 @@ impl Planner {
             (DeliveryKind::Reply, None) => return Ok(None),
             _ => None,
         };
+        if let Some(id) = shared(d, &target, kind, &to) {
+            return Ok(Some(id));
+        }
         let decision = self.check_out(d, &target, audience)?;
         let original = d.env.body.expose();
         match decision.body_to_send(original) {
@@ -508,10 +517,20 @@ impl Planner {
     ) -> Result<Option<(OutboxKey, OutboxItemV1)>, StoreError> {
         let Some(text) = decision.notice.clone() else { return Ok(None) };
         match decision.notice_to {
-            Some(NoticeTarget::Recipient) => self.notice(d, dest, to, text),
+            // The reader of this hop: for a reply, the patient, under their own latest message
+            // on their channel (never under the clinician's message, whose id is internal and
+            // means nothing in the patient's mailbox); for a forward, a staff channel.
+            Some(NoticeTarget::Recipient) => {
+                let thread = match to {
+                    Some(_) => d.conversation.last_patient_message.iter().cloned().collect(),
+                    None => Vec::new(),
+                };
+                self.notice(d, dest, to, text, thread)
+            }
+            // The author, under the message they wrote.
             Some(NoticeTarget::Sender) | None => {
                 let author = d.env.source.account.clone();
-                self.notice(d, &author, Some(d.env.from.clone()), text)
+                self.notice(d, &author, Some(d.env.from.clone()), text, own_message(d.env))
             }
         }
     }
@@ -571,6 +590,7 @@ impl Planner {
         account: &AccountId,
         to: Option<Address>,
         text: String,
+        in_reply_to: Vec<String>,
     ) -> Result<Option<(OutboxKey, OutboxItemV1)>, StoreError> {
         if !self.senders.contains(account) {
             return Ok(None);
@@ -588,7 +608,7 @@ impl Planner {
             subject: None,
             body: Redacted::new(text),
             attachments: Vec::new(),
-            in_reply_to: d.env.native_message_id.iter().cloned().collect(),
+            in_reply_to,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -610,6 +630,27 @@ fn blobs_of(record: RecordId, attachments: &[Attachment]) -> Vec<AttachmentV1> {
         .enumerate()
         .map(|(i, a)| AttachmentV1 { blob: Some(BlobRefV1 { record, index: i as u32 }), ..AttachmentV1::from(a) })
         .collect()
+}
+
+/// The delivery this message already has to `account` (same kind, same recipient), queued or
+/// held. A second destination that resolves to the same place shares it: a route naming the EHR
+/// and a staff group whose copy is rerouted to the EHR sends the EHR one delivery, not the same
+/// message twice under two idempotency keys. The same text, too: both hops were decided
+/// against the same account for the same audience.
+fn shared(d: &Draft<'_>, account: &AccountId, kind: DeliveryKind, to: &Option<Address>) -> Option<DeliveryId> {
+    let to = to.as_ref().map(AddressV1::from);
+    let same = |x: &DeliveryV1| x.account == *account && DeliveryKind::from(x.kind) == kind && x.to == to;
+    d.outbox
+        .iter()
+        .map(|(_, i)| &i.delivery)
+        .chain(d.review.iter().map(|r| &r.item.delivery))
+        .find(|x| same(x))
+        .map(|x| x.id)
+}
+
+/// The message being planned, as the thread a notice to its author goes under.
+fn own_message(env: &Envelope) -> Vec<String> {
+    env.native_message_id.iter().cloned().collect()
 }
 
 /// The address kind an account's recipients have.

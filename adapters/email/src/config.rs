@@ -155,8 +155,10 @@ pub struct SmtpConfig {
 fn default_subject_forward() -> String {
     "New patient message".into()
 }
+/// Not "secure": a reply goes by this account, and ordinary email is not (a reply that needs a
+/// secure channel is rerouted, and only a notice comes this way).
 fn default_subject_reply() -> String {
-    "Secure message from your clinic".into()
+    "Reply from your clinic".into()
 }
 fn default_subject_notice() -> String {
     "Message from your clinic".into()

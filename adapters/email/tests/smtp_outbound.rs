@@ -129,7 +129,7 @@ async fn a_reply_over_implicit_tls_reaches_the_patient_and_a_resend_keeps_its_me
     for raw in &raws {
         let msg = MessageParser::default().parse(raw).expect("parsable");
         assert_eq!(msg.message_id(), Some(expected_id(&d).as_str()));
-        assert_eq!(msg.subject(), Some("Secure message from your clinic"));
+        assert_eq!(msg.subject(), Some("Reply from your clinic"));
         assert_eq!(msg.body_text(0).as_deref().map(str::trim_end), Some("Rest and ice for a week."));
         assert!(msg.header_raw("Auto-Submitted").is_none());
     }
