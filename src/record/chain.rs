@@ -235,7 +235,7 @@ pub fn global_head(heads: &Tr) -> Result<(u64, String), EngineError> {
 /// Iterates the journal (oldest first), decoded. Undecodable entries come back as `Err(seq)`.
 pub fn entries(journal: &Tr) -> impl Iterator<Item = Result<Result<Entry, u64>, EngineError>> + '_ {
     journal.iter().map(|r| {
-        r.map(|(k, v)| Entry::decode(&v).ok_or_else(|| k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)))
+        r.map(|(k, v)| Entry::decode(&v).ok_or_else(|| k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0)))
     })
 }
 
@@ -404,7 +404,7 @@ pub fn verify(db: &Engine, keys: &Keyring) -> Result<Report, EngineError> {
             }
         }
         if !uncovered.is_empty() {
-            for item in journal.range((seq0 + 1).to_be_bytes()..) {
+            for item in journal.range_from((seq0 + 1).to_be_bytes()) {
                 if let Some(e) = Entry::decode(&item?.1) {
                     uncovered.remove(&body_ref(&e.tree, &e.key));
                 }

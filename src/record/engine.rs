@@ -1,47 +1,30 @@
-//! The embedded engine under the record store: fjall 3 (an LSM tree, maintained), used as it
-//! comes, with nothing of ours in front of it.
+//! The store's boundary with its storage engine: what the record store needs of one, as two
+//! small traits ([`Backend`], [`TxOps`]), and the handles the store works with ([`Engine`],
+//! [`Tr`], [`Tx`]). No engine type crosses it: keys and values are bytes, trees are named, and
+//! a transaction is a closure over a [`Tx`]. The embedded backend is fjall
+//! ([`super::fjall_backend`]); a second one (PostgreSQL, issue #18) implements the same two
+//! traits, and the store's tests (`src/record/tests.rs`) run against every backend they list.
 //!
-//! **Why fjall** (issue #14, figures in `docs/records.md`): sled 0.34 (beta, unmaintained) cost a
-//! third of the daemon's CPU, grew without bound in memory and on disk, and left a store that
-//! would not open after a full disk; our write-ahead log in front of it wrote every byte twice.
-//! fjall writes each batch once to its journal and later into sorted tables, checksums both, and
-//! is crash-consistent by itself.
-//!
-//! **Writes.** [`Engine::transact`] runs a closure in one of fjall's single-writer transactions
-//! (reads see the transaction's own writes; writers take turns, so read-modify-write such as the
-//! chain's heads needs no lock of ours) and commits it as one atomic batch, handed to the OS at
-//! once (a crash of the process loses nothing committed). [`Engine::persist`] makes everything
-//! committed durable with one `fdatasync` (group commit: the flusher calls it once for every
-//! batch waiting), and only then may receipts go out.
-//!
-//! **Nothing lost quietly.** fjall cuts a journal at its first undecodable batch, which is right
-//! for a torn tail after a crash but would also hide a flipped byte in the middle. So every
-//! transaction also bumps a commit counter stored in the same batch, and after each persist the
-//! counter is written to a small *witness* file beside the engine ([`WITNESS_FILE`]). Opening
-//! compares the two: a store that holds fewer commits than were made durable was cut, and is
-//! refused with [`EngineError::Corrupt`] instead of opening without them.
+//! **What a backend promises.** Transactions take turns and are atomic: reads inside one see its
+//! own writes, and its writes become visible all together when it commits, or not at all.
+//! Committed writes survive a crash of the process; [`Backend::persist`] makes every committed
+//! transaction durable (group commit: the flusher calls it once for everything waiting), and
+//! only then may receipts go out. A backend reports damage as [`EngineError::Corrupt`], never by
+//! returning less than it holds.
 
-use fjall::{KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace};
-use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::ops::RangeBounds;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::{Cell, RefCell};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
 
-/// Bytes read from the engine (reference-counted, cheap to clone).
-pub type Bytes = fjall::Slice;
+/// Bytes read from a backend.
+pub type Bytes = Vec<u8>;
 
 /// The engine's directory inside the data directory.
 pub const ENGINE_DIR: &str = "store";
 
-/// The witness of the last durable commit, beside [`ENGINE_DIR`]: 8 bytes of the commit counter
-/// and a CRC-32 of them.
+/// The witness of the last durable commit, beside [`ENGINE_DIR`] (see `fjall_backend`).
 pub const WITNESS_FILE: &str = "store.durable";
-
-/// Where the commit counter lives, in the `meta` tree.
-const COMMITS: &[u8] = b"commits";
 
 /// Why the engine failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,22 +82,6 @@ impl From<std::io::Error> for EngineError {
     }
 }
 
-impl From<fjall::Error> for EngineError {
-    fn from(e: fjall::Error) -> Self {
-        match e {
-            fjall::Error::Io(io) => io.into(),
-            fjall::Error::Storage(fjall::LsmError::Io(io)) => io.into(),
-            fjall::Error::Poisoned => EngineError::Poisoned,
-            fjall::Error::Locked => EngineError::Locked,
-            fjall::Error::JournalRecovery(r) => EngineError::Corrupt(format!("its journal fails its check ({r:?})")),
-            fjall::Error::Storage(fjall::LsmError::ChecksumMismatch { .. }) => {
-                EngineError::Corrupt("a block of its tables fails its checksum".into())
-            }
-            other => EngineError::Corrupt(format!("the engine cannot decode its files ({other:?})")),
-        }
-    }
-}
-
 /// What a transaction's closure may fail with: its own reason (the transaction is rolled back and
 /// the reason returned), or the engine's.
 #[derive(Debug)]
@@ -131,76 +98,112 @@ impl<E> From<EngineError> for TxError<E> {
     }
 }
 
-impl<E> From<fjall::Error> for TxError<E> {
-    fn from(e: fjall::Error) -> Self {
-        TxError::Storage(e.into())
-    }
+/// A tree's number in its backend (its position in the backend's fixed list of trees).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeId(pub usize);
+
+/// Which entries of a tree a scan returns, in key order.
+#[derive(Clone, Debug)]
+pub enum Scan {
+    /// Every entry.
+    All,
+    /// The entries whose keys start with these bytes.
+    Prefix(Vec<u8>),
+    /// The entries between two bounds.
+    Range(Bound<Vec<u8>>, Bound<Vec<u8>>),
 }
 
-/// A named tree (a fjall keyspace). Its name is also the sealing context of its values.
+/// Key-value pairs in key order.
+pub type Entries<'a> = Box<dyn DoubleEndedIterator<Item = Result<(Bytes, Bytes), EngineError>> + 'a>;
+
+/// What the record store needs of a storage engine.
+pub trait Backend: Send + Sync {
+    /// The number of tree `name` (one of the store's fixed trees, or `meta`).
+    fn tree(&self, name: &str) -> Result<TreeId, EngineError>;
+    /// The newest committed value of `key`.
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+    /// Entries of `tree`, in key order, as committed.
+    fn scan(&self, tree: TreeId, which: Scan) -> Entries<'_>;
+    /// Runs `body` in one transaction; commits its writes if it returns `true` (and wrote), rolls
+    /// them back otherwise.
+    fn transact(&self, body: &mut dyn FnMut(&mut dyn TxOps) -> bool) -> Result<(), EngineError>;
+    /// Makes every committed transaction durable.
+    fn persist(&self) -> Result<(), EngineError>;
+    /// The last persist, on close (safe against a power loss too).
+    fn close(&self) -> Result<(), EngineError>;
+    /// Bytes on disk.
+    fn disk_space(&self) -> u64;
+    /// A read-only view of everything committed so far, fixed: later commits do not show in it
+    /// (what `records verify` walks while the daemon writes).
+    fn snapshot(&self) -> Result<Arc<dyn Backend>, EngineError>;
+}
+
+/// One transaction's reads and writes (see [`Backend::transact`]).
+pub trait TxOps {
+    /// The value of `key` as of this transaction.
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+    /// Writes `value` under `key`.
+    fn insert(&mut self, tree: TreeId, key: &[u8], value: &[u8]);
+    /// Removes `key`, returning what it held.
+    fn remove(&mut self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+    /// The entries under `prefix` as of this transaction, in key order.
+    fn scan_prefix(&self, tree: TreeId, prefix: &[u8]) -> Result<Vec<(Bytes, Bytes)>, EngineError>;
+}
+
+/// A named tree. Its name is also the sealing context of its values.
 #[derive(Clone)]
 pub struct Tr {
     pub(crate) name: &'static str,
-    ks: SingleWriterTxKeyspace,
-}
-
-/// Key-value pairs in key order, from a tree or a transaction.
-pub struct Entries(fjall::Iter);
-
-impl Iterator for Entries {
-    type Item = Result<(Bytes, Bytes), EngineError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|g| g.into_inner().map_err(EngineError::from))
-    }
-}
-
-impl DoubleEndedIterator for Entries {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        self.0.next_back().map(|g| g.into_inner().map_err(EngineError::from))
-    }
+    id: TreeId,
+    backend: Arc<dyn Backend>,
 }
 
 impl Tr {
     /// The newest committed value of `key`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, EngineError> {
-        Ok(self.ks.get(key)?)
+        self.backend.get(self.id, key.as_ref())
     }
 
     /// Whether `key` holds a value.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, EngineError> {
-        Ok(self.ks.contains_key(key)?)
+        Ok(self.get(key)?.is_some())
     }
 
     /// Every entry, in key order.
-    pub fn iter(&self) -> Entries {
-        Entries(self.ks.inner().iter())
+    pub fn iter(&self) -> Entries<'_> {
+        self.backend.scan(self.id, Scan::All)
     }
 
     /// The entries whose keys start with `prefix`, in key order.
-    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Entries {
-        Entries(self.ks.inner().prefix(prefix))
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Entries<'_> {
+        self.backend.scan(self.id, Scan::Prefix(prefix.as_ref().to_vec()))
     }
 
-    /// The entries in a key range, in key order.
-    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Entries {
-        Entries(self.ks.inner().range(range))
+    /// The entries from `from` on, in key order.
+    pub fn range_from(&self, from: impl AsRef<[u8]>) -> Entries<'_> {
+        self.backend.scan(self.id, Scan::Range(Bound::Included(from.as_ref().to_vec()), Bound::Unbounded))
     }
 
     /// How many entries the tree holds (walks it: for small trees and audits).
     pub fn len(&self) -> Result<usize, EngineError> {
-        Ok(self.ks.inner().len()?)
+        let mut n = 0;
+        for e in self.iter() {
+            e?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Whether the tree is empty.
     pub fn is_empty(&self) -> Result<bool, EngineError> {
-        Ok(self.ks.inner().is_empty()?)
+        Ok(self.iter().next().transpose()?.is_none())
     }
 }
 
 /// A transaction in progress (see [`Engine::transact`]).
 pub struct Tx<'a> {
-    wtx: RefCell<fjall::SingleWriterWriteTx<'a>>,
-    wrote: std::cell::Cell<bool>,
+    ops: RefCell<&'a mut dyn TxOps>,
+    wrote: Cell<bool>,
 }
 
 impl<'a> Tx<'a> {
@@ -219,195 +222,71 @@ pub struct TxTree<'t, 'a> {
 impl TxTree<'_, '_> {
     /// The value of `key` as of this transaction.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, EngineError> {
-        Ok(self.tx.wtx.borrow().get(self.tr.ks.inner(), key)?)
+        self.tx.ops.borrow().get(self.tr.id, key.as_ref())
     }
 
     /// Writes `value` under `key`.
     pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), EngineError> {
-        self.tx.wtx.borrow_mut().insert(&self.tr.ks, key.as_ref(), value.as_ref());
+        self.tx.ops.borrow_mut().insert(self.tr.id, key.as_ref(), value.as_ref());
         self.tx.wrote.set(true);
         Ok(())
     }
 
     /// Removes `key`, returning what it held.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, EngineError> {
-        let old = self.tx.wtx.borrow_mut().take(&self.tr.ks, key.as_ref())?;
+        let old = self.tx.ops.borrow_mut().remove(self.tr.id, key.as_ref())?;
         self.tx.wrote.set(true);
         Ok(old)
     }
 
     /// The entries under `prefix` as of this transaction, in key order (materialised).
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Vec<(Bytes, Bytes)>, EngineError> {
-        Entries(self.tx.wtx.borrow().prefix(self.tr.ks.inner(), prefix)).collect()
+        self.tx.ops.borrow().scan_prefix(self.tr.id, prefix.as_ref())
     }
 }
 
-/// The witness file: the commit counter as of the last durable persist.
-struct Witness {
-    path: PathBuf,
-    file: Mutex<Option<File>>,
-}
-
-impl Witness {
-    fn read(path: &Path) -> Result<Option<u64>, EngineError> {
-        let mut bytes = Vec::new();
-        match File::open(path) {
-            Ok(mut f) => f.read_to_end(&mut bytes).map_err(EngineError::from)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        if bytes.len() != 12 || crc32fast::hash(&bytes[..8]).to_be_bytes() != bytes[8..12] {
-            return Err(EngineError::Corrupt(format!("{} is damaged", path.display())));
-        }
-        Ok(Some(u64::from_be_bytes(bytes[..8].try_into().unwrap_or([0; 8]))))
-    }
-
-    /// Overwrites the witness in place. Not synced: written after the engine's own sync, it only
-    /// needs to survive a crash of the process (the page cache does); after a power loss it may
-    /// lag, never lead.
-    fn write(&self, commits: u64) -> Result<(), EngineError> {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(OpenOptions::new().create(true).truncate(false).write(true).open(&self.path)?);
-        }
-        let file = f.as_mut().ok_or(EngineError::Poisoned)?;
-        let mut buf = [0u8; 12];
-        buf[..8].copy_from_slice(&commits.to_be_bytes());
-        let crc = crc32fast::hash(&buf[..8]);
-        buf[8..].copy_from_slice(&crc.to_be_bytes());
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&buf)?;
-        Ok(())
-    }
-
-    fn sync(&self) -> Result<(), EngineError> {
-        if let Some(f) = self.file.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            f.sync_all()?;
-        }
-        Ok(())
-    }
-}
-
-/// The engine of one store. Shared by every clone of the store.
+/// The store's handle on its backend. Shared by every clone of the store.
 pub struct Engine {
-    db: SingleWriterTxDatabase,
+    backend: Arc<dyn Backend>,
     meta: Tr,
-    /// Commits made (each transaction that wrote), as stored in `meta`.
-    commits: AtomicU64,
-    /// The counter as of the last persist: the witness holds it.
-    durable: AtomicU64,
-    /// One persist at a time, so the witness never goes backwards.
-    persisting: Mutex<()>,
-    /// Set when a commit failed: fjall is poisoned from then on, and the next persist says so
-    /// (the flusher then ends the process; see `flusher`).
-    failed: std::sync::atomic::AtomicBool,
-    witness: Witness,
 }
 
 impl Engine {
-    /// Opens (or creates) the engine in `<data_dir>/store` with a block cache of `cache_mb` MiB,
-    /// and checks it holds every commit the witness says was made durable.
+    /// Opens (or creates) the embedded backend (fjall) in `<data_dir>/store` with a block cache of
+    /// `cache_mb` MiB.
     pub fn open(data_dir: &Path, cache_mb: u32) -> Result<Engine, EngineError> {
-        let path = data_dir.join(ENGINE_DIR);
-        let witness_path = data_dir.join(WITNESS_FILE);
-        let witnessed = Witness::read(&witness_path)?;
-        if witnessed.is_some() && !path.exists() {
-            return Err(EngineError::Corrupt(format!(
-                "{} records durable commits but the engine's directory {} is missing",
-                witness_path.display(),
-                path.display()
-            )));
-        }
-        if !path.exists() {
-            // A new engine: make its directory's entry durable before anything is written in it.
-            std::fs::create_dir_all(&path)?;
-            File::open(data_dir).and_then(|d| d.sync_all())?;
-        }
-        let builder = SingleWriterTxDatabase::builder(&path)
-            .cache_size(u64::from(cache_mb) << 20)
-            // Two background workers (flushes, compactions): the machine's other cores are the
-            // router's and the adapters'.
-            .worker_threads(2)
-            // The journal is the only copy of what memtables hold until they are flushed: keep
-            // it at fjall's smallest bound so it is rotated (and its space returned) early.
-            .max_journaling_size(64 << 20);
-        // fjall asserts on some damaged journal entries while recovering (seen with single
-        // flipped bytes: `tests/record_store.rs`); a damaged store must be a clear refusal, not
-        // a crash.
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.open()))
-            .map_err(|_| {
-                EngineError::Corrupt(format!(
-                    "its journal in {} cannot be read back (fjall stopped on it)",
-                    path.display()
-                ))
-            })?
-            .map_err(|e| match EngineError::from(e) {
-                // At open, a missing file is one the engine's own records name: damage, not a
-                // passing I/O condition a restart would cure.
-                EngineError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
-                    EngineError::Corrupt(format!("a file it names is missing ({io})"))
-                }
-                // `EINVAL` at open comes from a file's own content (seen with a keyspace's
-                // file cut to nothing: `tests/record_store.rs`), not from the disk.
-                EngineError::Io(io)
-                    if io.kind() == std::io::ErrorKind::InvalidInput || io.raw_os_error() == Some(22) =>
-                {
-                    EngineError::Corrupt(format!("a file it names cannot be read back ({io})"))
-                }
-                e => e,
-            })?;
-        let meta = Tr { name: "meta", ks: db.keyspace("meta", tree_options)? };
-        let commits = meta.get(COMMITS)?.map(|v| id_of(&v)).unwrap_or(0);
-        if let Some(w) = witnessed
-            && commits < w
-        {
-            return Err(EngineError::Corrupt(format!(
-                "it holds {commits} commits but {w} were made durable, so part of its journal is unreadable \
-                 (carebridge does not cut it to fit)"
-            )));
-        }
-        // What recovery replayed from the journal is in the OS's cache, not necessarily on disk:
-        // make it durable before anything is sent on its strength.
-        db.persist(PersistMode::SyncAll)?;
-        let witness = Witness { path: witness_path, file: Mutex::new(None) };
-        witness.write(commits)?;
-        witness.sync()?;
-        Ok(Engine {
-            db,
-            meta,
-            commits: AtomicU64::new(commits),
-            durable: AtomicU64::new(commits),
-            persisting: Mutex::new(()),
-            failed: Default::default(),
-            witness,
-        })
+        Engine::over(Arc::new(super::fjall_backend::FjallBackend::open(data_dir, cache_mb)?))
     }
 
-    /// The tree `name`, created if new.
+    /// The store's handle on `backend`.
+    pub fn over(backend: Arc<dyn Backend>) -> Result<Engine, EngineError> {
+        let meta = Tr { name: "meta", id: backend.tree("meta")?, backend: backend.clone() };
+        Ok(Engine { backend, meta })
+    }
+
+    /// The tree `name`.
     pub fn tree(&self, name: &'static str) -> Result<Tr, EngineError> {
-        Ok(Tr { name, ks: self.db.keyspace(name, tree_options)? })
+        Ok(Tr { name, id: self.backend.tree(name)?, backend: self.backend.clone() })
     }
 
-    /// Runs `f` in one transaction: its reads see its own writes, and if it returns `Ok` its writes
-    /// are committed as one atomic batch (none if it aborts). Transactions take turns. Durable
-    /// after the next [`Engine::persist`].
+    /// Runs `f` in one transaction: its reads see its own writes, and if it returns `Ok` its
+    /// writes are committed as one atomic batch (none if it aborts). Transactions take turns.
+    /// Durable after the next [`Engine::persist`].
     pub fn transact<R, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R, TxError<E>>) -> Result<R, TxError<E>> {
-        let tx = Tx { wtx: RefCell::new(self.db.write_tx()), wrote: std::cell::Cell::new(false) };
-        let r = f(&tx)?;
-        if tx.wrote.get() {
-            let mut wtx = tx.wtx.into_inner();
-            let n = self.commits.load(Ordering::Acquire) + 1;
-            wtx.insert(&self.meta.ks, COMMITS, n.to_be_bytes());
-            if let Err(e) = wtx.commit() {
-                self.failed.store(true, Ordering::Release);
-                return Err(e.into());
-            }
-            self.commits.store(n, Ordering::Release);
-        }
-        Ok(r)
+        let mut f = Some(f);
+        let mut out: Option<Result<R, TxError<E>>> = None;
+        self.backend.transact(&mut |ops| {
+            let Some(f) = f.take() else { return false };
+            let tx = Tx { ops: RefCell::new(ops), wrote: Cell::new(false) };
+            let r = f(&tx);
+            let commit = r.is_ok() && tx.wrote.get();
+            out = Some(r);
+            commit
+        })?;
+        out.unwrap_or_else(|| Err(TxError::Storage(EngineError::Poisoned)))
     }
 
-    /// Writes one value outside any transaction (the store's own bookkeeping in `meta`).
+    /// Writes one value outside any other transaction (the store's own bookkeeping in `meta`).
     pub fn put_meta(&self, key: &[u8], value: &[u8]) -> Result<(), TxError<()>> {
         self.transact(|tx| {
             tx.on(&self.meta).insert(key, value)?;
@@ -425,45 +304,26 @@ impl Engine {
         self.meta.get(key)
     }
 
-    /// Makes every committed transaction durable (one `fdatasync` for all of them), then records
-    /// that in the witness. Receipts may go out once it returns.
+    /// Makes every committed transaction durable. Receipts may go out once it returns.
     pub fn persist(&self) -> Result<(), EngineError> {
-        let _one = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
-        if self.failed.load(Ordering::Acquire) {
-            return Err(EngineError::Poisoned);
-        }
-        let commits = self.commits.load(Ordering::Acquire);
-        if commits == self.durable.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.db.persist(PersistMode::SyncData)?;
-        self.witness.write(commits)?;
-        self.durable.store(commits, Ordering::Release);
-        Ok(())
+        self.backend.persist()
     }
 
-    /// The last [`Engine::persist`], made crash-proof for a power loss too (on close).
+    /// The last persist, on close.
     pub fn close(&self) -> Result<(), EngineError> {
-        self.persist()?;
-        self.db.persist(PersistMode::SyncAll)?;
-        self.witness.sync()
+        self.backend.close()
     }
 
-    /// Bytes on disk (tables, journals).
+    /// Bytes on disk.
     pub fn disk_space(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        self.backend.disk_space()
+    }
+
+    /// A read-only handle on everything committed so far, as of now (see [`Backend::snapshot`]).
+    pub fn snapshot(&self) -> Result<Engine, EngineError> {
+        Engine::over(self.backend.snapshot()?)
     }
 }
-
-/// How every tree is created. Memtables of at most 8 MiB (fjall's default is 64 MiB per tree):
-/// with eighteen trees the default would let memory grow by hundreds of megabytes before the
-/// first flush, against issue #14's target of under 100 MB after 250k messages.
-fn tree_options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-}
-
-/// See [`tree_options`].
-const MEMTABLE_BYTES: u64 = 8 << 20;
 
 /// A big-endian `u64` (0 if the bytes are not 8 long).
 pub fn id_of(v: &[u8]) -> u64 {

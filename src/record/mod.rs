@@ -26,6 +26,7 @@ mod correspondence;
 mod dead;
 pub mod engine;
 pub mod fhir;
+mod fjall_backend;
 pub mod flusher;
 pub mod import;
 pub mod keys;
@@ -458,7 +459,7 @@ impl Store {
             e => StoreError::Engine(e),
         })?;
         let log_key: [u8; 32] = match db.meta(b"log_key")? {
-            Some(k) if k.len() == 32 => k.as_ref().try_into().unwrap_or([0; 32]),
+            Some(k) if k.len() == 32 => k.as_slice().try_into().unwrap_or([0; 32]),
             _ => {
                 let k: [u8; 32] = rand::random();
                 db.put_meta(b"log_key", &k).map_err(tx_err)?;
@@ -1162,10 +1163,15 @@ impl Store {
     /// Walks the journal and checks every link ([`chain::verify`]).
     /// Then reads every block of every other tree too, so a damaged table anywhere in the store
     /// fails the check (the chain covers only the patient's file, not the indexes and queues).
+    ///
+    /// Everything is read from one snapshot, so a daemon writing meanwhile (through the admin
+    /// API) never shows as a break: a head read after later commits than the journal walk saw
+    /// would look like a journal cut short.
     pub fn verify(&self) -> Result<chain::Report, StoreError> {
-        let report = chain::verify(&self.db, &self.keys)?;
+        let snapshot = self.db.snapshot()?;
+        let report = chain::verify(&snapshot, &self.keys)?;
         for name in TREES.iter().filter(|n| !chain::CHAINED_TREES.contains(n)) {
-            for entry in self.db.tree(name)?.iter() {
+            for entry in snapshot.tree(name)?.iter() {
                 entry?;
             }
         }
