@@ -327,6 +327,23 @@ impl Worker {
                 }
             }
             let limit = me.config.borrow().max_in_flight.max(1);
+            // The rows this round may look at, read from the store in one go on a blocking
+            // thread (a read may wait for the disk; the async workers must not).
+            let unread: Vec<OutboxKey> =
+                queue.iter().take(SCAN_WINDOW).filter(|q| q.item.is_none()).map(|q| q.key.clone()).collect();
+            let mut read = if unread.is_empty() || stop.is_cancelled() {
+                std::collections::HashMap::new()
+            } else {
+                let store = me.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    unread
+                        .into_iter()
+                        .map(|k| (k.clone(), store.outbox_item(&k)))
+                        .collect::<std::collections::HashMap<_, _>>()
+                })
+                .await
+                .unwrap_or_default()
+            };
             // Start what may start: not in backoff, recipient not busy, under the limit.
             let mut wake_at: Option<u64> = None;
             if !stop.is_cancelled() {
@@ -335,7 +352,12 @@ impl Worker {
                 let mut i = 0;
                 while i < queue.len().min(SCAN_WINDOW) && running.len() < limit {
                     if queue[i].item.is_none() {
-                        match me.store.outbox_item(&queue[i].key) {
+                        // Not read this round (the window moved on): read with the next round's.
+                        let Some(row) = read.remove(&queue[i].key) else {
+                            wake_at = Some(now);
+                            break;
+                        };
+                        match row {
                             Ok(Some(item)) => queue[i].item = Some(item),
                             Ok(None) => {
                                 if let Some(gone) = queue.remove(i) {
@@ -424,20 +446,34 @@ impl Worker {
     async fn attempt(&self, key: OutboxKey, mut item: OutboxItemV1) -> OutboxUpdate {
         let d = item.delivery.id;
         let r = item.delivery.record_id;
-        if item.requires_consent {
-            let still = match &item.patient_id {
-                Some(p) => self.store.consents(p, &self.account.to_string()).map(|c| !c.is_empty()).unwrap_or(false),
-                None => false,
-            };
-            if !still {
-                warn!(delivery_id = %d, record_id = %r, account = %self.account, rule = "builtin.consent.recheck", "Consent withdrawn since recording; delivery held for review.");
-                let events = vec![EventKind::ConsentWithdrawn { delivery: d }];
-                return OutboxUpdate::Review { key, item, rule: "builtin.consent.recheck".into(), events };
+        // What the send needs from the store (the consent in force, the attachments' bytes), read
+        // on a blocking thread; most deliveries need neither.
+        let needs_store = item.requires_consent || !item.delivery.attachments.is_empty();
+        let (still, delivery) = if needs_store {
+            let (store, account, patient, stored) =
+                (self.store.clone(), self.account.to_string(), item.patient_id.clone(), item.delivery.clone());
+            let check = item.requires_consent;
+            match tokio::task::spawn_blocking(move || {
+                let still = !check
+                    || patient.is_some_and(|p| store.consents(&p, &account).map(|c| !c.is_empty()).unwrap_or(false));
+                (still, store.delivery_to_send(&stored))
+            })
+            .await
+            {
+                Ok(read) => read,
+                Err(_) => (true, Err(StoreError::Aborted("the store read for this delivery did not finish"))),
             }
+        } else {
+            (true, Ok(item.delivery.to_contract(Vec::new())))
+        };
+        if !still {
+            warn!(delivery_id = %d, record_id = %r, account = %self.account, rule = "builtin.consent.recheck", "Consent withdrawn since recording; delivery held for review.");
+            let events = vec![EventKind::ConsentWithdrawn { delivery: d }];
+            return OutboxUpdate::Review { key, item, rule: "builtin.consent.recheck".into(), events };
         }
         item.attempts += 1;
         let attempt = item.attempts;
-        let delivery = match self.store.delivery_to_send(&item.delivery) {
+        let delivery = match delivery {
             Ok(delivery) => delivery,
             Err(e) => {
                 // Damage, not a passing condition: a dead letter the administrator sees, with
