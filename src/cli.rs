@@ -396,7 +396,7 @@ fn check_environment(config: &Config) -> Result<()> {
 }
 
 fn open_store(config: &Config) -> Result<Store> {
-    crate::record::open_configured(config)
+    crate::record::open_existing(config, config.file.is_some())
 }
 
 /// Calls the admin API if it is configured and answering; `Ok(None)` if the daemon is not running
@@ -534,7 +534,7 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("reading the message from stdin (it must be UTF-8)")?;
     let consents = match patient {
-        Some(p) => crate::record::open_configured(config)
+        Some(p) => crate::record::open_existing(config, true)
             .ok()
             .map(|s| s.consents(p, &account.to_string()).unwrap_or_default())
             .unwrap_or_default(),

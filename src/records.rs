@@ -419,7 +419,7 @@ pub mod cli {
     }
 
     fn direct(config: &Config, actor: &str, command: &RecordsCommand) -> Result<Value> {
-        let store = crate::record::open_configured(config)?;
+        let store = crate::record::open_existing(config, config.file.is_some())?;
         let actor = Actor { name: actor.to_string(), via: "cli" };
         let v = match command {
             RecordsCommand::List { patient } => json!(list(&store, &actor, patient)?),

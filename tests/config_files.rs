@@ -104,3 +104,30 @@ fn inline_secrets_and_unknown_keys_are_refused_with_a_way_out() {
     assert_eq!(code, 2);
     assert!(err.contains("data_dri") && err.contains("line 2"), "{err}");
 }
+
+/// Issue #15, item 6: a read command where there is no store refuses, and creates nothing.
+#[test]
+fn a_read_command_without_a_store_refuses_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).current_dir(dir.path()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for args in
+        [&["records", "--actor", "officer", "list", "--patient", "p-1"][..], &["export"][..], &["review", "list"][..]]
+    {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("no record store") && err.contains("--config"), "{args:?}: {err}");
+        assert!(!err.contains("restore the key file"), "{args:?}: {err}");
+        assert!(!dir.path().join("data").exists(), "{args:?} created ./data");
+    }
+    // With a config whose data directory holds no store: the same, naming the setting.
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("[daemon]\ndata_dir = \"{}\"\n", dir.path().join("nothing").display())).unwrap();
+    let (code, err) =
+        run(&["records", "--actor", "officer", "--config", cfg.to_str().unwrap(), "list", "--patient", "p-1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("data_dir"), "{err}");
+    assert!(!dir.path().join("nothing").exists());
+}

@@ -374,6 +374,27 @@ pub fn open_configured(config: &crate::config::Config) -> anyhow::Result<Store> 
         .with_context(|| format!("opening the record store in {}", data_dir.display()))
 }
 
+/// Opens the store a config names for a command (not `run`): there must already be one. A
+/// command run in the wrong directory, or without `--config`, would otherwise create an empty
+/// store and a new key file, print nothing and succeed, as if the clinic had no records.
+pub fn open_existing(config: &crate::config::Config, config_given: bool) -> anyhow::Result<Store> {
+    let data_dir = &config.daemon.data_dir;
+    if !has_store(data_dir) {
+        let hint = if config_given {
+            "check `[daemon] data_dir` in the config, or start the daemon once to create the store"
+        } else {
+            "no --config was given, so the embedded default's ./data was looked in: pass --config with the clinic's config file"
+        };
+        return Err(crate::exit::ConfigFailure(format!("no record store in {}: {hint}", data_dir.display())).into());
+    }
+    open_configured(config)
+}
+
+/// Whether `data_dir` holds a record store (this version's, or an earlier one to migrate).
+pub fn has_store(data_dir: &Path) -> bool {
+    data_dir.join(engine::ENGINE_DIR).exists() || legacy::present(data_dir)
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -125,7 +125,7 @@ impl StoreConfig {
             ))
             .into());
         }
-        if data_dir.join("db").exists() {
+        if super::has_store(data_dir) {
             return Err(crate::exit::ConfigFailure(format!(
                 "the store in {} exists but its key file {} does not: restore the key file from backup; \
                  if the store predates encryption (schema v1), create one with \

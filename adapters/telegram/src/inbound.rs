@@ -94,8 +94,17 @@ async fn poll(api: BotApi, intake: Arc<Intake>, cx: InboundContext, timeout_secs
     let account = cx.account.clone();
     // getUpdates answers 409 while a webhook is set (say, after switching modes).
     match api.call::<bool>("deleteWebhook", &serde_json::json!({"drop_pending_updates": false})).await {
-        Ok(_) => debug!(account = %account, "Webhook cleared for long polling."),
-        Err(e) => warn!(account = %account, error = %e, "deleteWebhook failed; polling anyway."),
+        Ok(_) => {
+            // The API answered: the poller is ready, though its first long poll may be held for
+            // the whole timeout when nothing is waiting (25 s by default); readiness must not
+            // wait for it (issue #15, item 7).
+            cx.health.up();
+            debug!(account = %account, "Webhook cleared for long polling.");
+        }
+        Err(e) => {
+            cx.health.down(e.kind());
+            warn!(account = %account, error = %e, "deleteWebhook failed; polling anyway.");
+        }
     }
     info!(account = %account, timeout_secs, "Long polling started.");
 

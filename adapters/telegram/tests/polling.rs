@@ -12,6 +12,19 @@ use serde_json::json;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+#[tokio::test]
+async fn a_poller_that_reached_the_api_is_ready_before_its_first_long_poll_returns() {
+    let fake = FakeBotApi::start().await;
+    // Every getUpdates is held as long as the test runs, as Telegram holds an empty long poll
+    // for its whole timeout: readiness comes from the API answering at all.
+    fake.stall_polls(true);
+    let router = Router::start(0);
+    let run = start(&fake, &router, "");
+    wait_health(&run, Health::Up).await;
+    fake.stall_polls(false);
+    run.stop().await;
+}
+
 const PATIENT: i64 = 4242;
 const STAFF_CHAT: i64 = -1_001_234;
 
