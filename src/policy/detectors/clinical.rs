@@ -26,7 +26,7 @@
 //! lab puppy" must not make a message clinical (`tools/vocab/curated/drop.txt` lists what is
 //! kept out of the sources). Precision errors here cost an unnecessary reroute, not a leak.
 
-use super::{Judge, Judged, Spec};
+use super::{Judge, Judged, Prefilter, Spec};
 use crate::policy::Class;
 use std::sync::OnceLock;
 
@@ -121,10 +121,13 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec::judged("reading", Class::Clinical, "[0-9]{1,3}(?:[.,][0-9]{1,2})?(?: ?%)?", Judge::Fixed(30))
             .with_context(READING_CONTEXT)
             .requiring_context(),
-        Spec::regex("sensitive_topic", Class::Sensitive, "PrEP|PREP|PEP|PPrE", |_, _, end| {
-            Some(Judged { pct: TERM, end })
-        })
-        .with_terms(&v.sensitive, TERM),
+        Spec {
+            prefilter: Prefilter::Byte(b'P'),
+            ..Spec::regex("sensitive_topic", Class::Sensitive, "PrEP|PREP|PEP|PPrE", |_, _, end| {
+                Some(Judged { pct: TERM, end })
+            })
+            .with_terms(&v.sensitive, TERM)
+        },
     ]
 }
 

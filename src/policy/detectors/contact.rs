@@ -11,7 +11,7 @@
 
 use super::identifiers::digits;
 use super::normalize::{char_at, char_before};
-use super::{Judged, Spec};
+use super::{Judged, Prefilter, Spec};
 use crate::policy::Class;
 
 const PHONE_CONTEXT: &[&str] = &[
@@ -60,6 +60,7 @@ pub(crate) fn specs() -> Vec<Spec> {
     // An address glued to non-ASCII letters (`courriel:ann@…`, CJK text) is still an address:
     // the regex takes the longest ASCII run, which is the part worth masking.
     address.isolated = false;
+    address.prefilter = Prefilter::Byte(b'@');
     vec![
         Spec::regex(
             "phone",

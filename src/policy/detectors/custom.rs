@@ -8,7 +8,7 @@
 //! quadratic time on hostile input).
 
 use super::normalize::fold_term;
-use super::{Judge, Spec, builtin_specs};
+use super::{Judge, Prefilter, Spec, builtin_specs};
 use crate::policy::config::{PolicyConfig, Validator};
 use std::collections::BTreeSet;
 
@@ -43,6 +43,7 @@ pub(crate) fn assemble(config: &PolicyConfig) -> Vec<Spec> {
                 if let Some(p) = &t.pattern {
                     s.pattern = Some(p.clone());
                     s.bounded = false;
+                    s.prefilter = Prefilter::Whole;
                 }
                 if let Some(score) = t.score {
                     s.judge = Judge::Fixed(pct(score));
@@ -78,6 +79,7 @@ pub(crate) fn assemble(config: &PolicyConfig) -> Vec<Spec> {
             bounded: false,
             fuzzy: false,
             share_across_labels: true,
+            prefilter: Prefilter::Whole,
         });
     }
     specs

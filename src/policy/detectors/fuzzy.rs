@@ -21,6 +21,11 @@ fn close(typed: &str, want: &str) -> bool {
     if typed == want {
         return true;
     }
+    // Cheap rejections first: this runs for every word of a window against every phrase.
+    // (Byte lengths bound character counts: a word of under 4 bytes has under 4 letters.)
+    if typed.as_bytes().first() != want.as_bytes().first() || want.len() < 5 || typed.len() < 4 {
+        return false;
+    }
     let (lt, lw) = (typed.chars().count(), want.chars().count());
     if lw < 5 || lt < 4 || typed.chars().next() != want.chars().next() {
         return false;

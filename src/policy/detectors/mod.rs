@@ -25,7 +25,7 @@ pub(crate) mod normalize;
 use super::Class;
 use aho_corasick::{AhoCorasick, MatchKind};
 use normalize::{View, isolated, next_boundary, whole_word};
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::{Regex, RegexBuilder};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Compiled-size cap for one pattern (user patterns included): large enough for any sane
@@ -107,7 +107,25 @@ pub(crate) struct Spec {
     /// son: 2345678904" under "- me: 1234567897"). Off for dates: the next labelled line's
     /// date is another date ("Preferred date: …" under "Date of birth: …").
     pub share_across_labels: bool,
+    /// Where the pattern is run (see [`Prefilter`]).
+    pub prefilter: Prefilter,
 }
+
+/// Where a detector's pattern can match, so that it is not run over text where it cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Prefilter {
+    /// Anywhere: run over the whole text (the clinic's own patterns).
+    Whole,
+    /// Every match holds a digit and at most [`DIGIT_REACH`] bytes before or after its digits
+    /// (built-in numbers, dates, codes, values): run only around digits.
+    Digits,
+    /// Every match holds this byte (`@` for email addresses): run only if the text has it.
+    Byte(u8),
+}
+
+/// How far a built-in match may reach from its digits ("September 7, 1984", "saturation: 91%",
+/// "72 battements par minute").
+const DIGIT_REACH: usize = 24;
 
 impl Spec {
     /// A built-in regex detector with its judge.
@@ -131,6 +149,7 @@ impl Spec {
             bounded: true,
             fuzzy: false,
             share_across_labels: true,
+            prefilter: Prefilter::Digits,
         }
     }
 
@@ -150,6 +169,7 @@ impl Spec {
             bounded: true,
             fuzzy: false,
             share_across_labels: true,
+            prefilter: Prefilter::Digits,
         }
     }
 
@@ -244,10 +264,8 @@ struct ContextHit {
 #[derive(Clone, Debug)]
 pub(crate) struct Engine {
     specs: Vec<Spec>,
-    /// (detector index, its regex), in the order of `set`'s patterns.
+    /// (detector index, its regex).
     regexes: Vec<(usize, Regex)>,
-    /// Pre-filter: which regexes match anywhere.
-    set: Option<RegexSet>,
     /// Keywords and context words in one automaton, so the folded text is searched once.
     terms: Option<AhoCorasick>,
     /// For each pattern of `terms`: the detectors listing it as a keyword.
@@ -268,24 +286,12 @@ impl Engine {
     /// TOML path before this is reached.
     pub(crate) fn build(specs: Vec<Spec>, params: Params, allow: &[String]) -> Result<Engine, String> {
         let mut regexes = Vec::new();
-        let mut patterns = Vec::new();
         for (i, s) in specs.iter().enumerate() {
             if let Some(p) = &s.pattern {
                 let re = compile_regex(p).map_err(|e| format!("detector `{}`: {e}", s.kind))?;
                 regexes.push((i, re));
-                patterns.push(p.as_str());
             }
         }
-        let set = if patterns.is_empty() {
-            None
-        } else {
-            Some(
-                RegexSetBuilder::new(&patterns)
-                    .size_limit(REGEX_SIZE_LIMIT.saturating_mul(8))
-                    .build()
-                    .map_err(|e| format!("detector patterns: {e}"))?,
-            )
-        };
 
         // Folded term -> (detectors listing it as a keyword, detectors using it as context).
         let mut all: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = BTreeMap::new();
@@ -328,7 +334,6 @@ impl Engine {
         Ok(Engine {
             specs,
             regexes,
-            set,
             terms,
             keyword_owners,
             context_users,
@@ -361,18 +366,33 @@ impl Engine {
         let folded = View::folded(text);
 
         let mut candidates = Vec::new();
-        if let Some(set) = &self.set {
-            for k in set.matches(plain.text()).iter() {
-                if let Some((spec, re)) = self.regexes.get(k) {
-                    self.run_regex(*spec, re, &plain, text, false, &mut candidates);
+        if !self.regexes.is_empty() {
+            let hay = plain.text();
+            let whole = [(0, hay.len())];
+            let digits = digit_windows(hay);
+            for (spec, re) in &self.regexes {
+                let ranges: &[(usize, usize)] = match self.specs.get(*spec).map(|s| s.prefilter) {
+                    Some(Prefilter::Digits) => &digits,
+                    Some(Prefilter::Byte(b)) if !hay.as_bytes().contains(&b) => &[],
+                    _ => &whole,
+                };
+                for &(lo, hi) in ranges {
+                    self.run_regex(*spec, re, &plain, lo, hi, text, false, &mut candidates);
                 }
             }
             // Numbers hard-wrapped across a line break ("1234 567\n897"): matched again with
-            // the break removed; only matches that span one are new.
-            if let Some(joined) = View::joined(text) {
-                for k in set.matches(joined.text()).iter() {
-                    if let Some((spec, re)) = self.regexes.get(k) {
-                        self.run_regex(*spec, re, &joined, text, true, &mut candidates);
+            // the break removed, around the breaks; only matches that span one are new.
+            if let Some((joined, joins)) = View::joined(text) {
+                let windows: Vec<(usize, usize)> = digit_windows(joined.text())
+                    .into_iter()
+                    .filter(|&(lo, hi)| joins.iter().any(|&j| lo <= j && j <= hi))
+                    .collect();
+                for (spec, re) in &self.regexes {
+                    // Built-in patterns only: the clinic's own are matched once, as written.
+                    if self.specs.get(*spec).is_some_and(|s| s.bounded && !matches!(s.prefilter, Prefilter::Byte(_))) {
+                        for &(lo, hi) in &windows {
+                            self.run_regex(*spec, re, &joined, lo, hi, text, true, &mut candidates);
+                        }
                     }
                 }
             }
@@ -399,13 +419,24 @@ impl Engine {
         }
         context.sort_by_key(|h| (h.start, h.end, h.term));
 
+        // Several detectors match the same span (a number is a chart number, a reading, a
+        // ZIP code…): its context window is computed once.
+        let mut windows: rustc_hash::FxHashMap<(usize, usize), (usize, usize)> = Default::default();
         let mut near: Vec<bool> = candidates
             .iter()
             .map(|h| {
                 let Some(spec) = self.specs.get(h.spec) else { return false };
-                !spec.context.is_empty()
-                    && (self.context_near(text, &context, h.spec, h.start, h.end)
-                        || (spec.fuzzy && self.fuzzy_near(text, h.spec, h.start, h.end)))
+                if spec.context.is_empty() {
+                    return false;
+                }
+                let (from, to) = *windows.entry((h.start, h.end)).or_insert_with(|| {
+                    (
+                        window_start(text, h.start, self.params.words_before),
+                        window_end(text, h.end, self.params.words_after),
+                    )
+                });
+                self.context_near(&context, h.spec, from, to)
+                    || (spec.fuzzy && self.fuzzy_near(text, h.spec, (from, h.start), (h.end, to)))
             })
             .collect();
         share_context(text, &candidates, &mut near, &self.specs);
@@ -430,20 +461,24 @@ impl Engine {
         resolve_overlaps(kept, &self.specs)
     }
 
-    /// Runs one detector's regex over a view. With `spanning_breaks` (the joined view), only
-    /// matches whose original text spans a line break are kept: the others were found in the
-    /// plain view already.
+    /// Runs one detector's regex over `lo..hi` of a view (matches start at `lo` or later and end
+    /// by `hi`, which is whitespace or the end of the text, so judges see the context they
+    /// check). With `spanning_breaks` (the joined view), only matches whose original text spans
+    /// a line break are kept: the others were found in the plain view already.
+    #[allow(clippy::too_many_arguments)]
     fn run_regex(
         &self,
         spec_index: usize,
         re: &Regex,
         view: &View<'_>,
+        lo: usize,
+        hi: usize,
         text: &str,
         spanning_breaks: bool,
         out: &mut Vec<Hit>,
     ) {
         let Some(spec) = self.specs.get(spec_index) else { return };
-        let hay = view.text();
+        let Some(hay) = view.text().get(..hi) else { return };
         let mut push = |m_start: usize, j: Judged| {
             if let Some((start, end)) = view.original(m_start, j.end)
                 && (!spanning_breaks || text.get(start..end).is_some_and(|t| t.contains('\n')))
@@ -452,7 +487,7 @@ impl Engine {
             }
         };
         if spec.bounded {
-            let mut pos = 0;
+            let mut pos = lo;
             while pos <= hay.len() {
                 let Some(m) = re.find_at(hay, pos) else { break };
                 let next = next_boundary(hay, m.start());
@@ -473,10 +508,8 @@ impl Engine {
         }
     }
 
-    /// Whether a context word of detector `spec` lies within the window around `start..end`.
-    fn context_near(&self, text: &str, hits: &[ContextHit], spec: usize, start: usize, end: usize) -> bool {
-        let from = window_start(text, start, self.params.words_before);
-        let to = window_end(text, end, self.params.words_after);
+    /// Whether a context word of detector `spec` lies within the window `from..to`.
+    fn context_near(&self, hits: &[ContextHit], spec: usize, from: usize, to: usize) -> bool {
         let lo = hits.partition_point(|h| h.start.saturating_add(self.context_max_len) <= from);
         hits.get(lo..)
             .unwrap_or_default()
@@ -488,12 +521,11 @@ impl Engine {
 
     /// Whether a context word of detector `spec`, misspelt by a letter or two, lies within the
     /// window around `start..end` (see [`fuzzy`]).
-    fn fuzzy_near(&self, text: &str, spec: usize, start: usize, end: usize) -> bool {
+    /// `before` and `after` are the window's parts on either side of the match.
+    fn fuzzy_near(&self, text: &str, spec: usize, before: (usize, usize), after: (usize, usize)) -> bool {
         let Some(phrases) = self.fuzzy_phrases.get(spec).filter(|p| !p.is_empty()) else { return false };
-        let from = window_start(text, start, self.params.words_before);
-        let to = window_end(text, end, self.params.words_after);
-        let fold = |a: usize, b: usize| text.get(a..b).map(normalize::fold_term).unwrap_or_default();
-        let (before, after) = (fold(from, start), fold(end, to));
+        let fold = |(a, b): (usize, usize)| text.get(a..b).map(normalize::fold_term).unwrap_or_default();
+        let (before, after) = (fold(before), fold(after));
         [before, after].iter().any(|w| fuzzy::contains_phrase(&fuzzy::words(w), phrases))
     }
 
@@ -558,7 +590,8 @@ fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
 }
 
 fn is_stop_word(w: &str) -> bool {
-    STOP_WORDS.iter().any(|s| s.eq_ignore_ascii_case(w) || *s == w)
+    // Every stop word is at most 5 bytes ("notre", "votre"): most words end the test here.
+    w.len() <= 5 && STOP_WORDS.iter().any(|s| s.len() == w.len() && (s.eq_ignore_ascii_case(w) || *s == w))
 }
 
 /// Whether `line` (the text between a line break and a match) starts with its own label
@@ -647,6 +680,55 @@ fn window_end(text: &str, end: usize, words: usize) -> usize {
         }
     }
     text.len()
+}
+
+/// The ranges of `hay` around its digits where a [`Prefilter::Digits`] pattern can match:
+/// [`DIGIT_REACH`] bytes on either side of each digit, widened to whitespace (the start to a
+/// word's start, the end to just before a space or line break, so no match is cut short),
+/// merged when they touch. A range whose edge finds no whitespace within 64 more bytes runs
+/// to the text's end (or start) instead.
+fn digit_windows(hay: &str) -> Vec<(usize, usize)> {
+    let b = hay.as_bytes();
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while b.get(j).is_some_and(|c| c.is_ascii_digit() || matches!(c, b' ' | b'-' | b'.' | b'/' | b',' | b':')) {
+            j += 1;
+        }
+        let mut lo = i.saturating_sub(DIGIT_REACH);
+        let floor = lo.saturating_sub(64);
+        while lo > floor && !b.get(lo - 1).is_some_and(u8::is_ascii_whitespace) {
+            lo -= 1;
+        }
+        if lo == floor && lo > 0 && !b.get(lo - 1).is_some_and(u8::is_ascii_whitespace) {
+            lo = 0;
+        }
+        let mut hi = (j + DIGIT_REACH).min(b.len());
+        let ceil = (hi + 64).min(b.len());
+        while hi < ceil && !b.get(hi).is_some_and(u8::is_ascii_whitespace) {
+            hi += 1;
+        }
+        if hi == ceil && hi < b.len() && !b.get(hi).is_some_and(u8::is_ascii_whitespace) {
+            hi = b.len();
+        }
+        while lo > 0 && !hay.is_char_boundary(lo) {
+            lo -= 1;
+        }
+        while hi < b.len() && !hay.is_char_boundary(hi) {
+            hi += 1;
+        }
+        match out.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+        i = j.max(i + 1);
+    }
+    out
 }
 
 /// Words in `text` (alphanumeric runs), at most `cap` + 1 counted.
@@ -767,6 +849,40 @@ mod tests {
         assert_eq!(window_end(t, 10, 3), 10);
         assert_eq!(window_start(t, 0, 3), 0);
         assert_eq!(window_end(t, t.len(), 3), t.len());
+    }
+
+    /// Running patterns only around digits (and only when the text has an `@`, a `P`) finds
+    /// exactly what running them over the whole text finds.
+    #[test]
+    fn prefilters_change_no_finding() {
+        let fast = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let mut specs = builtin_specs();
+        for s in &mut specs {
+            s.prefilter = Prefilter::Whole;
+        }
+        let slow = Engine::build(specs, Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let mut texts: Vec<String> = corpus.split("\n=== ").map(str::to_string).collect();
+        texts.push(corpus.to_string());
+        texts.extend(
+            [
+                "born September 7, 1984 and saturation: 91% then 72 battements par minute",
+                &("x".repeat(300) + " 1234567897 " + &"y".repeat(300)),
+                "TREM\u{00A0}8553 1512, é1234 567 897é, 4165550199abc, ann@example.com",
+                "OHIP 1234 567\n897 and 416-555-\n0199 ~ ４１６ ５５５ ０１９９",
+            ]
+            .map(|t| t.to_string()),
+        );
+        for t in &texts {
+            assert_eq!(fast.detect(t), slow.detect(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    #[ignore = "prints the keyword automaton's size"]
+    fn automaton_size() {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        println!("automaton: {:?} bytes", e.terms.as_ref().map(AhoCorasick::memory_usage));
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl<'a> View<'a> {
     /// "416-555-\n0199", "> 1234\n> 567 897" in a quoted reply): a break, with the spaces and
     /// quote markers around it, between a digit (or a `-` after one) and a digit. `None` when
     /// the text has no such break (the common case: no copy is made).
-    pub fn joined(src: &'a str) -> Option<View<'a>> {
+    /// Also returns where, in the joined text, a break was removed.
+    pub fn joined(src: &'a str) -> Option<(View<'a>, Vec<usize>)> {
         if !src.contains('\n') {
             return None;
         }
@@ -92,17 +93,21 @@ impl<'a> View<'a> {
         }
         let mut text = String::with_capacity(t.len());
         let mut map = ByteMap { starts: Vec::with_capacity(t.len()), ends: Vec::with_capacity(t.len()) };
+        let mut joins = Vec::with_capacity(cuts.len());
         let mut pos = 0;
         for (a, b) in cuts.into_iter().chain(std::iter::once((t.len(), t.len()))) {
             let seg = plain.text().get(pos..a)?;
             text.push_str(seg);
+            if b > a {
+                joins.push(text.len());
+            }
             for k in pos..a {
                 let (s, e) = plain.original(k, k + 1)?;
                 map.push(s, e, 1);
             }
             pos = b;
         }
-        Some(View { text: Cow::Owned(text), src, map: Some(map) })
+        Some((View { text: Cow::Owned(text), src, map: Some(map) }, joins))
     }
 
     /// The rewritten text.
@@ -401,8 +406,9 @@ mod tests {
     #[test]
     fn joined_view_removes_breaks_inside_numbers() {
         let src = "OHIP 1234 567\n897 and\n> 416-555-\r\n> 0199\nline 2\n3 items";
-        let v = View::joined(src).unwrap_or_else(|| View::plain(""));
+        let (v, joins) = View::joined(src).unwrap_or_else(|| (View::plain(""), Vec::new()));
         assert_eq!(v.text(), "OHIP 1234 567897 and\n> 416-555-0199\nline 23 items");
+        assert_eq!(joins, [13, 31, 42]);
         let at = v.text().find("567897").unwrap_or(0);
         let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
         assert_eq!(&src[s..e], "567\n897");
