@@ -203,12 +203,25 @@ pub enum OutboxCommand {
     },
 }
 
+/// The exit status when the reader of our standard output went away (`… | head`): what a shell
+/// reports for a process ended by SIGPIPE (128 + 13), as `seq 1 1000000 | head` gives.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
 /// Entry point; maps errors to exit codes (1 = failed, 2 = invalid config, 74 = the record
-/// store cannot be written: disk full or an I/O error, which a supervisor should retry).
+/// store cannot be written: disk full or an I/O error, which a supervisor should retry;
+/// 141 = standard output was closed by its reader, see [`EXIT_BROKEN_PIPE`]).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli) {
+    quiet_on_broken_pipe();
+    let dispatched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli)));
+    let dispatched = match dispatched {
+        Ok(d) => d,
+        Err(payload) if is_broken_pipe_panic(payload.as_ref()) => return ExitCode::from(EXIT_BROKEN_PIPE),
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
+    match dispatched {
         Ok(code) => code,
+        Err(e) if e.chain().any(is_broken_pipe_error) => ExitCode::from(EXIT_BROKEN_PIPE),
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigErrors>() {
                 eprintln!("carebridge: {c}");
@@ -221,6 +234,36 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Rust ignores SIGPIPE, so a write to a closed pipe fails with `BrokenPipe` and `println!`
+/// (used by every command that prints) panics on it: `carebridge records list | head` printed a
+/// panic and exited 101. A reader that has seen enough is not an error: this hook keeps that one
+/// panic silent, and [`main`] turns it into [`EXIT_BROKEN_PIPE`] after unwinding, so the store
+/// is still closed properly. Every other panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe_panic(info.payload()) {
+            default(info);
+        }
+    }));
+}
+
+/// Whether a panic is std's "failed printing to stdout: Broken pipe" (the message `print!`
+/// panics with; there is no typed error to match, only its text).
+fn is_broken_pipe_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    text.starts_with("failed printing to stdout") && text.contains("Broken pipe")
+}
+
+/// Whether an error (from a `writeln!` on stdout) is the reader having closed the pipe.
+fn is_broken_pipe_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn load(path: Option<&Path>) -> Result<Config> {
