@@ -116,6 +116,10 @@ pub fn describe() {
     describe_histogram!(FLUSH_SECONDS, Unit::Seconds, "Duration of each group-commit flush.");
     describe_histogram!(FLUSH_MESSAGES, "Messages answered by one flush.");
     describe_counter!(FLUSH_FAILURES, "Flushes that failed.");
+    // Registered at 0 now, not at the first failure: docs/operations.md tells the administrator
+    // to alert on it, and an alert on `increase(...) > 0` never fires for a series that is absent
+    // until the disk is already full (a first sample of 1 has no earlier one to increase from).
+    metrics::counter!(FLUSH_FAILURES).increment(0);
 }
 
 /// Every inbound account's [`HealthReporter`], by account. Clones share one registry, so a
@@ -451,6 +455,16 @@ mod tests {
     }
 
     #[test]
+    fn flush_failures_are_exported_from_the_start_at_zero() {
+        let recorder = build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, describe);
+        let text = handle.render();
+        assert_eq!(sample(&text, FLUSH_FAILURES, &[]), Some(0.0), "{text}");
+        assert!(text.contains("# HELP carebridge_flush_failures_total"), "{text}");
+    }
+
+    #[test]
     fn readiness_names_every_failed_check() {
         let ok = assess(Ok(()), &[(id("webhook.in"), Health::Up)]);
         assert!(ok.ready);
@@ -534,6 +548,7 @@ mod tests {
         let text = r.text().await.unwrap();
         assert_eq!(sample(&text, INBOUND_UP, &["account=\"email.ops_unit\""]), Some(0.0), "{text}");
         assert!(sample(&text, DEAD_LETTERS, &[]).is_some(), "{text}");
+        assert!(sample(&text, FLUSH_FAILURES, &[]).is_some(), "exported before any failure: {text}");
         stop.cancel();
         server.await.unwrap();
     }
