@@ -26,6 +26,7 @@ use axum::extract::State as AxState;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use carebridge_contract::http::Limits;
 use carebridge_contract::{AccountId, Health, HealthReporter, Receipt};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Serialize;
@@ -38,7 +39,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Messages the router answered, by account, channel and outcome
 /// (`recorded|duplicate|quarantined|unavailable`).
@@ -296,9 +297,9 @@ pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken)
             }
         }
     });
-    if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await {
-        error!(error_kind = ?e.kind(), "Ops endpoint failed.");
-    }
+    // Bounded like every listener (carebridge_contract::http): a scraper flood cannot take
+    // descriptors from the store.
+    carebridge_contract::http::serve(listener, router(state), Limits::OPERATOR, stop).await;
     upkeep.abort();
 }
 

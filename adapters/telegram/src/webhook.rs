@@ -20,6 +20,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use carebridge_contract::http::{Limits, is_body_timeout};
 use carebridge_contract::{AccountId, AdapterError, InboundContext, Redacted, Submitter};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,10 +94,9 @@ impl WebhookServer {
         cx.health.up();
         let shutdown = cx.shutdown.clone();
         let serve = async {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .map_err(|e| AdapterError::Connection(format!("webhook server failed: {}", e.kind())))
+            // Bounded: a connection cap and header/body timeouts (carebridge_contract::http).
+            carebridge_contract::http::serve(listener, app, Limits::MESSAGES, shutdown).await;
+            Ok::<(), AdapterError>(())
         };
         let register = register(&api, &cx, self.url.as_deref(), &self.secret);
         let (served, ()) = tokio::join!(serve, register);
@@ -153,6 +153,10 @@ async fn receive(State(st): State<Arc<HookState>>, request: Request) -> Response
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             warn!(account = %st.account, limit = MAX_UPDATE_BYTES, "Webhook update larger than the limit; refused.");
             return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
+        Err(rejection) if is_body_timeout(&rejection) => {
+            warn!(account = %st.account, "Webhook update not received in time; refused.");
+            return StatusCode::REQUEST_TIMEOUT.into_response();
         }
         Err(_) => {
             warn!(account = %st.account, "Webhook request body could not be read.");
