@@ -57,6 +57,17 @@ impl AccountConfig {
         }
     }
 
+    /// The key a forward to this account needs and lacks, if any. A forward (a patient's
+    /// message on its way to staff) has no recipient of its own: a Telegram account sends it to
+    /// `staff_chat_id`, and without one every forward is dead-lettered, so a route naming such
+    /// an account in `to` is refused by validation instead.
+    pub fn missing_forward_destination(&self) -> Option<&'static str> {
+        match self {
+            AccountConfig::Telegram(c) if c.staff_chat_id.is_none() => Some("staff_chat_id"),
+            _ => None,
+        }
+    }
+
     /// Builds the inbound task, if the account receives.
     pub fn build_inbound(&self, cx: &BuildContext) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
         match self {

@@ -463,6 +463,16 @@ impl Config {
                             format!("route `{}`: account `{a}` cannot send (no outbound side configured)", r.name),
                         ));
                     }
+                    if !need_in && let Some(key) = account.missing_forward_destination() {
+                        p.push(Problem::new(
+                            format!("{path}.to"),
+                            format!(
+                                "route `{}`: `{a}` has no `{key}`, so forwards to it could never be delivered \
+                                 (set `{a}.{key}`)",
+                                r.name
+                            ),
+                        ));
+                    }
                 }
             }
         }

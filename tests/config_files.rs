@@ -104,3 +104,37 @@ fn inline_secrets_and_unknown_keys_are_refused_with_a_way_out() {
     assert_eq!(code, 2);
     assert!(err.contains("data_dri") && err.contains("line 2"), "{err}");
 }
+
+/// A Telegram account in a route's `to` receives forwards, which go to `staff_chat_id`: without
+/// one every forward would be dead-lettered.
+#[test]
+fn a_telegram_staff_destination_needs_a_staff_chat_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tg.toml");
+    let text = r#"
+[webhook.in]
+listen = "127.0.0.1:0"
+secret_env = "S"
+
+[telegram.staff]
+token_env = "TG"
+STAFF
+
+[[route]]
+name = "to-staff"
+from = ["webhook.in"]
+to = ["telegram.staff"]
+
+[policy.channels]
+"telegram.staff" = "insecure"
+"#;
+    std::fs::write(&p, text.replace("STAFF", "")).unwrap();
+    let (code, _, err) = check_config(&p);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("route[0].to: route `to-staff`: `telegram.staff` has no `staff_chat_id`"), "{err}");
+    assert!(err.contains("set `telegram.staff.staff_chat_id`"), "{err}");
+
+    std::fs::write(&p, text.replace("STAFF", "staff_chat_id = -1001234567890")).unwrap();
+    let (code, out, err) = check_config(&p);
+    assert_eq!(code, 0, "{out}{err}");
+}
