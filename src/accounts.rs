@@ -20,14 +20,18 @@ pub enum AccountConfig {
 
 impl AccountConfig {
     /// Parses an account table into its adapter's config type (unknown keys rejected there).
-    pub fn parse(kind: ChannelKind, table: toml::Table) -> Result<Self, String> {
+    /// `path` is the account's TOML path (`webhook.in`); every parse or type error is returned,
+    /// each naming its key (`webhook.in.listen`).
+    pub fn parse(kind: ChannelKind, table: toml::Table, path: &str) -> Result<Self, Vec<Problem>> {
+        use crate::config::deserialize_all;
         let value = toml::Value::Table(table);
-        let r = match kind {
-            ChannelKind::Email => value.try_into().map(AccountConfig::Email),
-            ChannelKind::Telegram => value.try_into().map(AccountConfig::Telegram),
-            ChannelKind::Webhook => value.try_into().map(AccountConfig::Webhook),
+        let mut problems = Vec::new();
+        let parsed = match kind {
+            ChannelKind::Email => deserialize_all(value, path, &mut problems).map(AccountConfig::Email),
+            ChannelKind::Telegram => deserialize_all(value, path, &mut problems).map(AccountConfig::Telegram),
+            ChannelKind::Webhook => deserialize_all(value, path, &mut problems).map(AccountConfig::Webhook),
         };
-        r.map_err(|e: toml::de::Error| crate::config::toml_message(&e, ""))
+        parsed.ok_or(problems)
     }
 
     /// The adapter's own pure validation; `path` is the account's TOML path.
@@ -65,6 +69,20 @@ impl AccountConfig {
         match self {
             AccountConfig::Telegram(c) if c.staff_chat_id.is_none() => Some("staff_chat_id"),
             _ => None,
+        }
+    }
+
+    /// The address this account's HTTP listener binds, with the key that sets it, if it listens.
+    pub fn listen_addr(&self) -> Option<(&'static str, std::net::SocketAddr)> {
+        match self {
+            AccountConfig::Email(_) => None,
+            AccountConfig::Telegram(c) => match c.mode {
+                carebridge_telegram::Mode::Webhook => {
+                    c.webhook_listen.as_deref().and_then(|l| l.parse().ok()).map(|a| ("webhook_listen", a))
+                }
+                carebridge_telegram::Mode::Polling => None,
+            },
+            AccountConfig::Webhook(c) => c.listen.map(|a| ("listen", a)),
         }
     }
 
