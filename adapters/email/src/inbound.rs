@@ -206,6 +206,19 @@ impl ImapError {
     }
 }
 
+/// Drains the responses the server sent outside any command's own answer and says whether one
+/// announced new mail (EXISTS or RECENT). Flag updates and the like are dropped, as before.
+fn mailbox_grew(session: &mut ImapSession) -> bool {
+    let mut grew = false;
+    while let Ok(r) = session.unsolicited_responses.try_recv() {
+        grew |= matches!(
+            r,
+            async_imap::types::UnsolicitedResponse::Exists(_) | async_imap::types::UnsolicitedResponse::Recent(_)
+        );
+    }
+    grew
+}
+
 /// Doubling delays with a cap.
 struct Backoff {
     next: Duration,
@@ -339,6 +352,14 @@ impl Runner {
                 Sync::Done => {
                     backoff.reset();
                     unavailable.reset();
+                    // Mail that arrived after the SEARCH was announced (`* n EXISTS`) during one
+                    // of the sync's own commands (a FETCH, the acknowledging STORE), and the server
+                    // announces a change once: an IDLE now would not hear of it and the message
+                    // would wait for `idle_resync_secs`. Look again at once instead.
+                    if mailbox_grew(&mut session) {
+                        debug!(account = %self.account(), "IMAP mail arrived during the sync; looking again.");
+                        continue;
+                    }
                 }
                 Sync::Unavailable => {
                     let wait = unavailable.next_delay();
