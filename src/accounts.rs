@@ -95,6 +95,16 @@ impl AccountConfig {
         }
     }
 
+    /// The environment check of the receiving side (`carebridge check-config`): builds it (reads
+    /// its secrets and files) and, for email, logs in to the IMAP server once. Telegram's token
+    /// and webhook secrets are read by the build; its API is checked through the sending side.
+    pub async fn check_inbound(&self, cx: &BuildContext) -> Result<(), AdapterError> {
+        match self {
+            AccountConfig::Email(c) => carebridge_email::check_inbound(c, cx).await,
+            _ => self.build_inbound(cx).map(drop),
+        }
+    }
+
     /// Builds the sender, if the account sends.
     pub fn build_outbound(&self, cx: &BuildContext) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {
         match self {

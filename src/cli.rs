@@ -366,28 +366,68 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The environment checks of `check-config`: every account's secrets and files are read, its
+/// remote side is reached (SMTP and IMAP log in, webhook and Telegram senders connect), and the
+/// record store's key file is checked as `run` would load it (present, a key file, readable only
+/// by its owner). Every problem is reported once, as a configuration error (exit 2).
+///
+/// Everything runs inside the runtime: lettre's SMTP pool spawns a task when it is built and
+/// when it is dropped, which panicked ("there is no reactor running") outside one.
 fn check_environment(config: &Config) -> Result<()> {
     let rt = runtime()?;
-    let mut failed = Vec::new();
-    for (id, account) in &config.accounts {
-        let cx =
-            carebridge_contract::config::BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
-        match account.build_outbound(&cx) {
-            Ok(Some(sender)) => {
-                if let Err(e) = rt.block_on(sender.healthcheck()) {
-                    failed.push(format!("{id}: {e}"));
+    let mut problems: Vec<carebridge_contract::config::Problem> = Vec::new();
+    let mut push = |path: String, message: String| {
+        if !problems.iter().any(|p| p.path == path && p.message == message) {
+            problems.push(carebridge_contract::config::Problem::new(path, message));
+        }
+    };
+    rt.block_on(async {
+        for (id, account) in &config.accounts {
+            let cx = carebridge_contract::config::BuildContext {
+                account: id.clone(),
+                config_dir: config.config_dir.clone(),
+            };
+            match account.build_outbound(&cx) {
+                Ok(Some(sender)) => {
+                    if let Err(e) = sender.healthcheck().await {
+                        push(id.to_string(), e.to_string());
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => push(id.to_string(), e.to_string()),
             }
-            Ok(None) => {}
-            Err(e) => failed.push(format!("{id}: {e}")),
+            if account.receives()
+                && let Err(e) = account.check_inbound(&cx).await
+            {
+                push(id.to_string(), e.to_string());
+            }
         }
-        if account.receives()
-            && let Err(e) = account.build_inbound(&cx)
-        {
-            failed.push(format!("{id}: {e}"));
+    });
+    let key = config.store.key_path(&config.config_dir, &config.daemon.data_dir);
+    if key.exists() {
+        if let Err(e) = crate::record::Keyring::load(&key) {
+            push("store.key_file".into(), e.to_string());
         }
+    } else if config.store.key_file.is_some() {
+        push(
+            "store.key_file".into(),
+            format!(
+                "the key file {} does not exist; create it with `carebridge keys generate --file {}`",
+                key.display(),
+                key.display()
+            ),
+        );
+    } else if config.daemon.data_dir.join("db").exists() {
+        push(
+            "store.key_file".into(),
+            format!(
+                "the store in {} exists but its key file {} does not: restore the key file from backup",
+                config.daemon.data_dir.display(),
+                key.display()
+            ),
+        );
     }
-    if failed.is_empty() { Ok(()) } else { bail!("environment checks failed:\n  - {}", failed.join("\n  - ")) }
+    if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems).into()) }
 }
 
 fn open_store(config: &Config) -> Result<Store> {

@@ -103,6 +103,33 @@ impl ImapInbound {
     }
 }
 
+impl ImapInbound {
+    /// Connects, logs in and logs out once: the environment check of `carebridge check-config`,
+    /// so a wrong password, a closed port or a certificate the CA file does not vouch for is
+    /// reported before the daemon starts (where the reader would only retry and log). The error
+    /// says what failed (connect, tls, login, …), never the password.
+    pub async fn check_login(self, account: AccountId) -> Result<(), AdapterError> {
+        let (submitter, _router) = carebridge_contract::Submitter::channel(1);
+        let (host, port) = (self.host.clone(), self.port);
+        let runner = Runner {
+            cfg: self,
+            cx: InboundContext {
+                account,
+                submitter,
+                shutdown: tokio_util::sync::CancellationToken::new(),
+                health: carebridge_contract::HealthReporter::new(),
+            },
+        };
+        match runner.connect().await {
+            Ok((mut session, _)) => {
+                runner.logout(&mut session).await;
+                Ok(())
+            }
+            Err(e) => Err(AdapterError::Connection(format!("IMAP {host}:{port}: {e}"))),
+        }
+    }
+}
+
 impl Inbound for ImapInbound {
     fn run(self: Box<Self>, cx: InboundContext) -> Task {
         Box::pin(async move { Runner { cfg: *self, cx }.run().await })
