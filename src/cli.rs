@@ -51,6 +51,10 @@ pub enum Command {
         /// The TOML config file (for the admin API address or the store).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+        /// Who reads a held message (`show`, recorded in the audit trail); default: your login
+        /// name.
+        #[arg(long, global = true)]
+        actor: Option<String>,
         /// What to do.
         #[command(subcommand)]
         command: ReviewCommand,
@@ -98,6 +102,9 @@ pub enum Command {
         /// Where the consent came from (`paper-form`, `phone`).
         #[arg(long, default_value = "cli")]
         source: String,
+        /// Who records it (the audit trail's actor); default: your login name.
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// The patient's file: list, show, export (JSON lines or FHIR), audit trail, verify, purge.
     /// Every read is recorded in the audit trail.
@@ -125,6 +132,9 @@ pub enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Who exports (the audit trail's actor); default: your login name.
+        #[arg(long)]
+        actor: Option<String>,
     },
 }
 
@@ -166,17 +176,17 @@ pub enum ReviewCommand {
     Approve {
         /// Delivery id.
         id: String,
-        /// Who approves.
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who approves (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Reject: the author is notified per the rule.
     Reject {
         /// Delivery id.
         id: String,
-        /// Who rejects.
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who rejects (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -189,17 +199,17 @@ pub enum OutboxCommand {
     Retry {
         /// Delivery id (`dlv-…`).
         id: String,
-        /// Who decided (recorded in the patient's file).
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who decided (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Drop a dead letter for good (recorded in the patient's file).
     Drop {
         /// Delivery id.
         id: String,
-        /// Who decided.
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who decided (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -310,21 +320,36 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Records { config, actor, command } => {
             let config = load(config.as_deref())?;
-            let actor = crate::records::cli::actor_name(actor);
+            let actor = who_acts(actor)?;
             crate::records::cli::check_actor(&actor)?;
             crate::records::cli::records(&config, actor, command)
         }
         Command::Keys { command } => crate::records::cli::keys(command),
-        Command::Review { config, command } => {
+        Command::Review { config, actor, command } => {
             let config = load(config.as_deref())?;
-            review(&config, command)
+            let command = match command {
+                ReviewCommand::Approve { id, by } => ReviewCommand::Approve { id, by: Some(who_acts(by)?) },
+                ReviewCommand::Reject { id, by } => ReviewCommand::Reject { id, by: Some(who_acts(by)?) },
+                other => other,
+            };
+            let actor = match &command {
+                ReviewCommand::Show { .. } => who_acts(actor)?,
+                _ => String::new(),
+            };
+            review(&config, command, &actor)
         }
         Command::Outbox { config, command } => {
             let config = load(config.as_deref())?;
+            let command = match command {
+                OutboxCommand::Retry { id, by } => OutboxCommand::Retry { id, by: Some(who_acts(by)?) },
+                OutboxCommand::Drop { id, by } => OutboxCommand::Drop { id, by: Some(who_acts(by)?) },
+                other => other,
+            };
             outbox(&config, command)
         }
         Command::Link { config, patient, account, purpose } => {
             let config = load(config.as_deref())?;
+            crate::admin::check_request(&config, &patient, &account, true).map_err(|e| anyhow!("{e}"))?;
             let body = serde_json::json!({ "patient_id": patient, "account": account, "purpose": purpose });
             let out = match admin_call(&config, "POST", "/admin/link-codes", Some(body))? {
                 Some(v) => v,
@@ -342,14 +367,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", out["code"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Consent { config, action, patient, account, purpose, source } => {
+        Command::Consent { config, action, patient, account, purpose, source, actor } => {
             let config = load(config.as_deref())?;
             let grant = match action.as_str() {
                 "grant" => true,
                 "withdraw" => false,
                 other => bail!("unknown consent action `{other}` (grant or withdraw)"),
             };
-            let actor = crate::records::cli::actor_name(None);
+            crate::admin::check_request(&config, &patient, &account, false).map_err(|e| anyhow!("{e}"))?;
+            let actor = who_acts(actor)?;
             let req = crate::admin::ConsentRequest { patient_id: patient, account, purpose, grant, source, actor };
             if admin_call(&config, "POST", "/admin/consents", Some(serde_json::to_value(&req)?))?.is_none() {
                 let store = open_store(&config)?;
@@ -359,9 +385,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("ok");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { config } => {
+        Command::Export { config, actor } => {
             let config = load(config.as_deref())?;
-            export(&config)
+            export(&config, &who_acts(actor)?)
         }
     }
 }
@@ -430,6 +456,40 @@ fn check_environment(config: &Config) -> Result<()> {
     if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems).into()) }
 }
 
+/// Who is acting, for the audit trail: `given` (`--actor`, `--by`), else the login name (SUDO_USER,
+/// USER, LOGNAME), else the name of the process's user id in /etc/passwd (under systemd, cron or
+/// `docker exec` the variables are often unset, and the trail said "unknown"). With none of
+/// these the command refuses: every audited action names a real actor.
+pub(crate) fn who_acts(given: Option<String>) -> Result<String> {
+    if let Some(name) = given {
+        if name.trim().is_empty() {
+            bail!("--actor/--by must not be empty");
+        }
+        return Ok(name);
+    }
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(name) = var("SUDO_USER").or_else(|| var("USER")).or_else(|| var("LOGNAME")).or_else(os_user_name) {
+        return Ok(name);
+    }
+    bail!(
+        "cannot tell who is acting: USER and LOGNAME are unset and this user id has no name; \
+         say who you are with --actor (records, review show, consent, export) or --by (review, outbox)"
+    )
+}
+
+/// The name /etc/passwd gives the user id this process runs as (the owner of /proc/self).
+fn os_user_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let entry_uid: u32 = fields.nth(1)?.parse().ok()?;
+        (entry_uid == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
 fn open_store(config: &Config) -> Result<Store> {
     crate::record::open_configured(config)
 }
@@ -469,17 +529,12 @@ pub(crate) fn admin_call(
     })
 }
 
-fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
+fn review(config: &Config, command: ReviewCommand, actor: &str) -> Result<ExitCode> {
     let (method, path, body) = match &command {
         ReviewCommand::List => ("GET", "/admin/review".to_string(), None),
-        ReviewCommand::Show { id } => (
-            "GET",
-            format!(
-                "/admin/review/{id}?actor={}",
-                crate::records::cli::query_value(&crate::records::cli::actor_name(None))
-            ),
-            None,
-        ),
+        ReviewCommand::Show { id } => {
+            ("GET", format!("/admin/review/{id}?actor={}", crate::records::cli::query_value(actor)), None)
+        }
         ReviewCommand::Approve { id, by } => {
             ("POST", format!("/admin/review/{id}/approve"), Some(serde_json::json!({ "by": by })))
         }
@@ -494,14 +549,14 @@ fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
             match command {
                 ReviewCommand::List => serde_json::to_value(crate::admin::review_list(&store)?)?,
                 ReviewCommand::Show { id } => {
-                    let actor = crate::record::Actor { name: crate::records::cli::actor_name(None), via: "cli" };
+                    let actor = crate::record::Actor { name: actor.to_string(), via: "cli" };
                     crate::admin::review_show(&store, parse_delivery(&id)?, &actor)?
                         .ok_or_else(|| anyhow!("no such held delivery"))?
                 }
                 ReviewCommand::Approve { id, by } | ReviewCommand::Reject { id, by } => {
                     let approve = path.ends_with("approve");
                     store
-                        .resolve_review(parse_delivery(&id)?, approve, &by)?
+                        .resolve_review(parse_delivery(&id)?, approve, by.as_deref().unwrap_or_default())?
                         .ok_or_else(|| anyhow!("no such held delivery"))?;
                     store.flush_blocking()?;
                     serde_json::json!({ "delivery": id, "verdict": if approve { "approved" } else { "rejected" }, "note": "queued; sent when the daemon next runs" })
@@ -531,11 +586,15 @@ fn outbox(config: &Config, command: OutboxCommand) -> Result<ExitCode> {
             let out = match command {
                 OutboxCommand::List => serde_json::to_value(crate::admin::dead_list(&store)?)?,
                 OutboxCommand::Retry { id, by } => {
-                    store.retry_dead(parse_delivery(&id)?, &by)?.ok_or_else(|| anyhow!("no such dead letter"))?;
+                    store
+                        .retry_dead(parse_delivery(&id)?, by.as_deref().unwrap_or_default())?
+                        .ok_or_else(|| anyhow!("no such dead letter"))?;
                     serde_json::json!({ "delivery": id, "outcome": "requeued", "note": "sent when the daemon next runs" })
                 }
                 OutboxCommand::Drop { id, by } => {
-                    store.drop_dead(parse_delivery(&id)?, &by)?.ok_or_else(|| anyhow!("no such dead letter"))?;
+                    store
+                        .drop_dead(parse_delivery(&id)?, by.as_deref().unwrap_or_default())?
+                        .ok_or_else(|| anyhow!("no such dead letter"))?;
                     serde_json::json!({ "delivery": id, "outcome": "dropped" })
                 }
             };
@@ -591,10 +650,10 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(config: &Config) -> Result<ExitCode> {
+fn export(config: &Config, actor: &str) -> Result<ExitCode> {
     let store = open_store(config)?;
     // The whole store is every patient's file: the read is audited before anything is printed.
-    let actor = crate::record::Actor { name: crate::records::cli::actor_name(None), via: "cli" };
+    let actor = crate::record::Actor { name: actor.to_string(), via: "cli" };
     store.audit(&actor, "store.export", None, vec![], None)?;
     store.flush_blocking()?;
     let mut out = std::io::stdout().lock();
