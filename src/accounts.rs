@@ -20,14 +20,18 @@ pub enum AccountConfig {
 
 impl AccountConfig {
     /// Parses an account table into its adapter's config type (unknown keys rejected there).
-    pub fn parse(kind: ChannelKind, table: toml::Table) -> Result<Self, String> {
+    /// `path` is the account's TOML path (`webhook.in`); every parse or type error is returned,
+    /// each naming its key (`webhook.in.listen`).
+    pub fn parse(kind: ChannelKind, table: toml::Table, path: &str) -> Result<Self, Vec<Problem>> {
+        use crate::config::deserialize_all;
         let value = toml::Value::Table(table);
-        let r = match kind {
-            ChannelKind::Email => value.try_into().map(AccountConfig::Email),
-            ChannelKind::Telegram => value.try_into().map(AccountConfig::Telegram),
-            ChannelKind::Webhook => value.try_into().map(AccountConfig::Webhook),
+        let mut problems = Vec::new();
+        let parsed = match kind {
+            ChannelKind::Email => deserialize_all(value, path, &mut problems).map(AccountConfig::Email),
+            ChannelKind::Telegram => deserialize_all(value, path, &mut problems).map(AccountConfig::Telegram),
+            ChannelKind::Webhook => deserialize_all(value, path, &mut problems).map(AccountConfig::Webhook),
         };
-        r.map_err(|e: toml::de::Error| crate::config::toml_message(&e, ""))
+        parsed.ok_or(problems)
     }
 
     /// The adapter's own pure validation; `path` is the account's TOML path.
@@ -57,12 +61,47 @@ impl AccountConfig {
         }
     }
 
+    /// The key a forward to this account needs and lacks, if any. A forward (a patient's
+    /// message on its way to staff) has no recipient of its own: a Telegram account sends it to
+    /// `staff_chat_id`, and without one every forward is dead-lettered, so a route naming such
+    /// an account in `to` is refused by validation instead.
+    pub fn missing_forward_destination(&self) -> Option<&'static str> {
+        match self {
+            AccountConfig::Telegram(c) if c.staff_chat_id.is_none() => Some("staff_chat_id"),
+            _ => None,
+        }
+    }
+
+    /// The address this account's HTTP listener binds, with the key that sets it, if it listens.
+    pub fn listen_addr(&self) -> Option<(&'static str, std::net::SocketAddr)> {
+        match self {
+            AccountConfig::Email(_) => None,
+            AccountConfig::Telegram(c) => match c.mode {
+                carebridge_telegram::Mode::Webhook => {
+                    c.webhook_listen.as_deref().and_then(|l| l.parse().ok()).map(|a| ("webhook_listen", a))
+                }
+                carebridge_telegram::Mode::Polling => None,
+            },
+            AccountConfig::Webhook(c) => c.listen.map(|a| ("listen", a)),
+        }
+    }
+
     /// Builds the inbound task, if the account receives.
     pub fn build_inbound(&self, cx: &BuildContext) -> Result<Option<Box<dyn Inbound>>, AdapterError> {
         match self {
             AccountConfig::Email(c) => carebridge_email::build_inbound(c, cx),
             AccountConfig::Telegram(c) => carebridge_telegram::build_inbound(c, cx),
             AccountConfig::Webhook(c) => carebridge_webhook::build_inbound(c, cx),
+        }
+    }
+
+    /// The environment check of the receiving side (`carebridge check-config`): builds it (reads
+    /// its secrets and files) and, for email, logs in to the IMAP server once. Telegram's token
+    /// and webhook secrets are read by the build; its API is checked through the sending side.
+    pub async fn check_inbound(&self, cx: &BuildContext) -> Result<(), AdapterError> {
+        match self {
+            AccountConfig::Email(c) => carebridge_email::check_inbound(c, cx).await,
+            _ => self.build_inbound(cx).map(drop),
         }
     }
 

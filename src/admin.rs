@@ -139,8 +139,42 @@ pub struct ShowQuery {
     pub actor: String,
 }
 
+/// A missing actor is empty, and refused by the handlers: the audit trail never says "unnamed".
 fn unnamed() -> String {
-    "unnamed".into()
+    String::new()
+}
+
+/// Checks that a link or consent request names a patient of the directory and a configured
+/// account, with a did-you-mean for near misses; for a link (`linking`), also that the account
+/// links chats by code: only Telegram does (`/start CODE`); email and webhook senders are matched
+/// by their address in the directory, so a code for them could never be used. Before, a
+/// misspelt account ("ok") or an unknown patient was recorded as given and silently did nothing.
+pub fn check_request(config: &Config, patient_id: &str, account: &str, linking: bool) -> Result<AccountId, String> {
+    let names: Vec<String> = config.accounts.keys().map(ToString::to_string).collect();
+    let hint = |word: &str, candidates: &[String]| {
+        crate::config::did_you_mean(word, candidates).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
+    };
+    let id = account
+        .parse::<AccountId>()
+        .ok()
+        .filter(|id| config.accounts.contains_key(id))
+        .ok_or_else(|| format!("unknown account `{account}`{}", hint(account, &names)))?;
+    if linking && id.kind() != carebridge_contract::ChannelKind::Telegram {
+        return Err(format!(
+            "`{id}` is a {} account: link codes are for Telegram (`/start CODE`); {} senders are \
+             recognised by their address in the directory",
+            id.kind().as_str(),
+            id.kind().as_str()
+        ));
+    }
+    if !config.directory.patient.iter().any(|p| p.id == patient_id) {
+        let ids: Vec<String> = config.directory.patient.iter().map(|p| p.id.clone()).collect();
+        return Err(format!(
+            "unknown patient id `{patient_id}`{} (add the patient to the directory first)",
+            hint(patient_id, &ids)
+        ));
+    }
+    Ok(id)
 }
 
 /// Creates a one-time link code for a patient on an account. Only the code's hash is stored.
@@ -297,6 +331,9 @@ async fn show(
         return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let Ok(id) = id.parse::<DeliveryId>() else { return err(StatusCode::BAD_REQUEST, "not a delivery id") };
+    if q.actor.trim().is_empty() {
+        return err(StatusCode::BAD_REQUEST, "`actor` is required: who reads the held message");
+    }
     let actor = crate::record::Actor { name: q.actor, via: "admin-api" };
     match review_show(&s.store, id, &actor) {
         Ok(Some(v)) => {
@@ -323,7 +360,10 @@ async fn decide(
         "reject" => false,
         _ => return err(StatusCode::NOT_FOUND, "use approve or reject"),
     };
-    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "admin-api".into());
+    // The decision is in the patient's file: it names who made it, never a placeholder.
+    let Some(by) = body.and_then(|b| b.0.by).filter(|b| !b.trim().is_empty()) else {
+        return err(StatusCode::BAD_REQUEST, "`by` is required: who decided");
+    };
     match s.store.resolve_review(id, approve, &by) {
         Ok(Some(keys)) => {
             info!(delivery_id = %id, verdict = if approve { "approved" } else { "rejected" }, "Held delivery reviewed.");
@@ -340,14 +380,10 @@ async fn link(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<LinkReques
     if !authorised(&s, &h) {
         return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
-    let Ok(account) = r.account.parse::<AccountId>() else { return err(StatusCode::BAD_REQUEST, "not an account id") };
-    let config = s.config.get();
-    if !config.accounts.contains_key(&account) {
-        return err(StatusCode::BAD_REQUEST, "unknown account");
-    }
-    if !config.directory.patient.iter().any(|p| p.id == r.patient_id) {
-        return err(StatusCode::BAD_REQUEST, "unknown patient id (add the patient to the directory first)");
-    }
+    let account = match check_request(&s.config.get(), &r.patient_id, &r.account, true) {
+        Ok(a) => a,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e),
+    };
     match create_link_code(&s.store, &r.patient_id, &account, &r.purpose) {
         Ok(code) => {
             s.flusher.flush().await;
@@ -361,6 +397,12 @@ async fn link(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<LinkReques
 async fn consent(AxState(s): AxState<State>, h: HeaderMap, Json(r): Json<ConsentRequest>) -> Response {
     if !authorised(&s, &h) {
         return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    if let Err(e) = check_request(&s.config.get(), &r.patient_id, &r.account, false) {
+        return err(StatusCode::BAD_REQUEST, e);
+    }
+    if r.actor.trim().is_empty() {
+        return err(StatusCode::BAD_REQUEST, "`actor` is required: who records the consent");
     }
     match apply_consent(&s.store, &r, "admin-api") {
         Ok(()) => {
@@ -392,7 +434,9 @@ async fn dead_action(
         return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let Ok(id) = id.parse::<DeliveryId>() else { return err(StatusCode::BAD_REQUEST, "not a delivery id") };
-    let by = body.and_then(|b| b.0.by).unwrap_or_else(|| "admin-api".into());
+    let Some(by) = body.and_then(|b| b.0.by).filter(|b| !b.trim().is_empty()) else {
+        return err(StatusCode::BAD_REQUEST, "`by` is required: who decided");
+    };
     let done = match action.as_str() {
         "retry" => s.store.retry_dead(id, &by).map(|key| {
             key.map(|k| {

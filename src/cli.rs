@@ -51,6 +51,10 @@ pub enum Command {
         /// The TOML config file (for the admin API address or the store).
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+        /// Who reads a held message (`show`, recorded in the audit trail); default: your login
+        /// name.
+        #[arg(long, global = true)]
+        actor: Option<String>,
         /// What to do.
         #[command(subcommand)]
         command: ReviewCommand,
@@ -98,6 +102,9 @@ pub enum Command {
         /// Where the consent came from (`paper-form`, `phone`).
         #[arg(long, default_value = "cli")]
         source: String,
+        /// Who records it (the audit trail's actor); default: your login name.
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// The patient's file: list, show, export (JSON lines or FHIR), audit trail, verify, purge.
     /// Every read is recorded in the audit trail.
@@ -132,6 +139,9 @@ pub enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Who exports (the audit trail's actor); default: your login name.
+        #[arg(long)]
+        actor: Option<String>,
     },
 }
 
@@ -186,17 +196,17 @@ pub enum ReviewCommand {
     Approve {
         /// Delivery id.
         id: String,
-        /// Who approves.
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who approves (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Reject: the author is notified per the rule.
     Reject {
         /// Delivery id.
         id: String,
-        /// Who rejects.
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who rejects (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -209,29 +219,41 @@ pub enum OutboxCommand {
     Retry {
         /// Delivery id (`dlv-…`).
         id: String,
-        /// Who decided (recorded in the patient's file).
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who decided (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Drop a dead letter for good (recorded in the patient's file).
     Drop {
         /// Delivery id.
         id: String,
-        /// Who decided.
-        #[arg(long, default_value = "cli")]
-        by: String,
+        /// Who decided (recorded in the patient's file); default: your login name.
+        #[arg(long)]
+        by: Option<String>,
     },
 }
+
+/// The exit status when the reader of our standard output went away (`… | head`): what a shell
+/// reports for a process ended by SIGPIPE (128 + 13), as `seq 1 1000000 | head` gives.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
 
 /// Entry point; maps errors to exit codes ([`crate::exit::code_of`]: 1 = failed, 2 = invalid or
 /// unusable config (also a missing secret or key file, found only at start) or a store the
 /// administrator must act on, 65 = the record store is damaged, 71 = out of file descriptors,
 /// 74 = the record store cannot be written: disk full or an I/O error, which a supervisor
-/// should retry).
+/// should retry; 141 = standard output was closed by its reader, see [`EXIT_BROKEN_PIPE`]).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match dispatch(cli) {
+    quiet_on_broken_pipe();
+    let dispatched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli)));
+    let dispatched = match dispatched {
+        Ok(d) => d,
+        Err(payload) if is_broken_pipe_panic(payload.as_ref()) => return ExitCode::from(EXIT_BROKEN_PIPE),
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
+    match dispatched {
         Ok(code) => code,
+        Err(e) if e.chain().any(is_broken_pipe_error) => ExitCode::from(EXIT_BROKEN_PIPE),
         Err(e) => {
             if let Some(c) = e.downcast_ref::<ConfigErrors>() {
                 eprintln!("carebridge: {c}");
@@ -241,6 +263,36 @@ pub fn main() -> ExitCode {
             ExitCode::from(crate::exit::code_of(&e))
         }
     }
+}
+
+/// Rust ignores SIGPIPE, so a write to a closed pipe fails with `BrokenPipe` and `println!`
+/// (used by every command that prints) panics on it: `carebridge records list | head` printed a
+/// panic and exited 101. A reader that has seen enough is not an error: this hook keeps that one
+/// panic silent, and [`main`] turns it into [`EXIT_BROKEN_PIPE`] after unwinding, so the store
+/// is still closed properly. Every other panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe_panic(info.payload()) {
+            default(info);
+        }
+    }));
+}
+
+/// Whether a panic is std's "failed printing to stdout: Broken pipe" (the message `print!`
+/// panics with; there is no typed error to match, only its text).
+fn is_broken_pipe_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    text.starts_with("failed printing to stdout") && text.contains("Broken pipe")
+}
+
+/// Whether an error (from a `writeln!` on stdout) is the reader having closed the pipe.
+fn is_broken_pipe_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn load(path: Option<&Path>) -> Result<Config> {
@@ -311,7 +363,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Records { config, actor, command } => {
             let config = load(config.as_deref())?;
-            let actor = crate::records::cli::actor_name(actor);
+            let actor = who_acts(actor)?;
             crate::records::cli::check_actor(&actor)?;
             crate::records::cli::records(&config, actor, command)
         }
@@ -320,16 +372,31 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let config = load(config.as_deref())?;
             store_migrate(&config)
         }
-        Command::Review { config, command } => {
+        Command::Review { config, actor, command } => {
             let config = load(config.as_deref())?;
-            review(&config, command)
+            let command = match command {
+                ReviewCommand::Approve { id, by } => ReviewCommand::Approve { id, by: Some(who_acts(by)?) },
+                ReviewCommand::Reject { id, by } => ReviewCommand::Reject { id, by: Some(who_acts(by)?) },
+                other => other,
+            };
+            let actor = match &command {
+                ReviewCommand::Show { .. } => who_acts(actor)?,
+                _ => String::new(),
+            };
+            review(&config, command, &actor)
         }
         Command::Outbox { config, command } => {
             let config = load(config.as_deref())?;
+            let command = match command {
+                OutboxCommand::Retry { id, by } => OutboxCommand::Retry { id, by: Some(who_acts(by)?) },
+                OutboxCommand::Drop { id, by } => OutboxCommand::Drop { id, by: Some(who_acts(by)?) },
+                other => other,
+            };
             outbox(&config, command)
         }
         Command::Link { config, patient, account, purpose } => {
             let config = load(config.as_deref())?;
+            crate::admin::check_request(&config, &patient, &account, true).map_err(|e| anyhow!("{e}"))?;
             let body = serde_json::json!({ "patient_id": patient, "account": account, "purpose": purpose });
             let out = match admin_call(&config, "POST", "/admin/link-codes", Some(body))? {
                 Some(v) => v,
@@ -347,14 +414,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", out["code"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Consent { config, action, patient, account, purpose, source } => {
+        Command::Consent { config, action, patient, account, purpose, source, actor } => {
             let config = load(config.as_deref())?;
             let grant = match action.as_str() {
                 "grant" => true,
                 "withdraw" => false,
                 other => bail!("unknown consent action `{other}` (grant or withdraw)"),
             };
-            let actor = crate::records::cli::actor_name(None);
+            crate::admin::check_request(&config, &patient, &account, false).map_err(|e| anyhow!("{e}"))?;
+            let actor = who_acts(actor)?;
             let req = crate::admin::ConsentRequest { patient_id: patient, account, purpose, grant, source, actor };
             if admin_call(&config, "POST", "/admin/consents", Some(serde_json::to_value(&req)?))?.is_none() {
                 let store = open_store(&config)?;
@@ -364,35 +432,109 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("ok");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { config } => {
+        Command::Export { config, actor } => {
             let config = load(config.as_deref())?;
-            export(&config)
+            export(&config, &who_acts(actor)?)
         }
     }
 }
 
+/// The environment checks of `check-config`: every account's secrets and files are read, its
+/// remote side is reached (SMTP and IMAP log in, webhook and Telegram senders connect), and the
+/// record store's key file is checked as `run` would load it (present, a key file, readable only
+/// by its owner). Every problem is reported once, as a configuration error (exit 2).
+///
+/// Everything runs inside the runtime: lettre's SMTP pool spawns a task when it is built and
+/// when it is dropped, which panicked ("there is no reactor running") outside one.
 fn check_environment(config: &Config) -> Result<()> {
     let rt = runtime()?;
-    let mut failed = Vec::new();
-    for (id, account) in &config.accounts {
-        let cx =
-            carebridge_contract::config::BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
-        match account.build_outbound(&cx) {
-            Ok(Some(sender)) => {
-                if let Err(e) = rt.block_on(sender.healthcheck()) {
-                    failed.push(format!("{id}: {e}"));
+    let mut problems: Vec<carebridge_contract::config::Problem> = Vec::new();
+    let mut push = |path: String, message: String| {
+        if !problems.iter().any(|p| p.path == path && p.message == message) {
+            problems.push(carebridge_contract::config::Problem::new(path, message));
+        }
+    };
+    rt.block_on(async {
+        for (id, account) in &config.accounts {
+            let cx = carebridge_contract::config::BuildContext {
+                account: id.clone(),
+                config_dir: config.config_dir.clone(),
+            };
+            match account.build_outbound(&cx) {
+                Ok(Some(sender)) => {
+                    if let Err(e) = sender.healthcheck().await {
+                        push(id.to_string(), e.to_string());
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => push(id.to_string(), e.to_string()),
             }
-            Ok(None) => {}
-            Err(e) => failed.push(format!("{id}: {e}")),
+            if account.receives()
+                && let Err(e) = account.check_inbound(&cx).await
+            {
+                push(id.to_string(), e.to_string());
+            }
         }
-        if account.receives()
-            && let Err(e) = account.build_inbound(&cx)
-        {
-            failed.push(format!("{id}: {e}"));
+    });
+    let key = config.store.key_path(&config.config_dir, &config.daemon.data_dir);
+    if key.exists() {
+        if let Err(e) = crate::record::Keyring::load(&key) {
+            push("store.key_file".into(), e.to_string());
         }
+    } else if config.store.key_file.is_some() {
+        push(
+            "store.key_file".into(),
+            format!(
+                "the key file {} does not exist; create it with `carebridge keys generate --file {}`",
+                key.display(),
+                key.display()
+            ),
+        );
+    } else if config.daemon.data_dir.join("db").exists() {
+        push(
+            "store.key_file".into(),
+            format!(
+                "the store in {} exists but its key file {} does not: restore the key file from backup",
+                config.daemon.data_dir.display(),
+                key.display()
+            ),
+        );
     }
-    if failed.is_empty() { Ok(()) } else { bail!("environment checks failed:\n  - {}", failed.join("\n  - ")) }
+    if problems.is_empty() { Ok(()) } else { Err(ConfigErrors(problems).into()) }
+}
+
+/// Who is acting, for the audit trail: `given` (`--actor`, `--by`), else the login name (SUDO_USER,
+/// USER, LOGNAME), else the name of the process's user id in /etc/passwd (under systemd, cron or
+/// `docker exec` the variables are often unset, and the trail said "unknown"). With none of
+/// these the command refuses: every audited action names a real actor.
+pub(crate) fn who_acts(given: Option<String>) -> Result<String> {
+    if let Some(name) = given {
+        if name.trim().is_empty() {
+            bail!("--actor/--by must not be empty");
+        }
+        return Ok(name);
+    }
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(name) = var("SUDO_USER").or_else(|| var("USER")).or_else(|| var("LOGNAME")).or_else(os_user_name) {
+        return Ok(name);
+    }
+    bail!(
+        "cannot tell who is acting: USER and LOGNAME are unset and this user id has no name; \
+         say who you are with --actor (records, review show, consent, export) or --by (review, outbox)"
+    )
+}
+
+/// The name /etc/passwd gives the user id this process runs as (the owner of /proc/self).
+fn os_user_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let entry_uid: u32 = fields.nth(1)?.parse().ok()?;
+        (entry_uid == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 fn open_store(config: &Config) -> Result<Store> {
@@ -434,17 +576,12 @@ pub(crate) fn admin_call(
     })
 }
 
-fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
+fn review(config: &Config, command: ReviewCommand, actor: &str) -> Result<ExitCode> {
     let (method, path, body) = match &command {
         ReviewCommand::List => ("GET", "/admin/review".to_string(), None),
-        ReviewCommand::Show { id } => (
-            "GET",
-            format!(
-                "/admin/review/{id}?actor={}",
-                crate::records::cli::query_value(&crate::records::cli::actor_name(None))
-            ),
-            None,
-        ),
+        ReviewCommand::Show { id } => {
+            ("GET", format!("/admin/review/{id}?actor={}", crate::records::cli::query_value(actor)), None)
+        }
         ReviewCommand::Approve { id, by } => {
             ("POST", format!("/admin/review/{id}/approve"), Some(serde_json::json!({ "by": by })))
         }
@@ -459,14 +596,14 @@ fn review(config: &Config, command: ReviewCommand) -> Result<ExitCode> {
             match command {
                 ReviewCommand::List => serde_json::to_value(crate::admin::review_list(&store)?)?,
                 ReviewCommand::Show { id } => {
-                    let actor = crate::record::Actor { name: crate::records::cli::actor_name(None), via: "cli" };
+                    let actor = crate::record::Actor { name: actor.to_string(), via: "cli" };
                     crate::admin::review_show(&store, parse_delivery(&id)?, &actor)?
                         .ok_or_else(|| anyhow!("no such held delivery"))?
                 }
                 ReviewCommand::Approve { id, by } | ReviewCommand::Reject { id, by } => {
                     let approve = path.ends_with("approve");
                     store
-                        .resolve_review(parse_delivery(&id)?, approve, &by)?
+                        .resolve_review(parse_delivery(&id)?, approve, by.as_deref().unwrap_or_default())?
                         .ok_or_else(|| anyhow!("no such held delivery"))?;
                     store.flush_blocking()?;
                     serde_json::json!({ "delivery": id, "verdict": if approve { "approved" } else { "rejected" }, "note": "queued; sent when the daemon next runs" })
@@ -496,11 +633,15 @@ fn outbox(config: &Config, command: OutboxCommand) -> Result<ExitCode> {
             let out = match command {
                 OutboxCommand::List => serde_json::to_value(crate::admin::dead_list(&store)?)?,
                 OutboxCommand::Retry { id, by } => {
-                    store.retry_dead(parse_delivery(&id)?, &by)?.ok_or_else(|| anyhow!("no such dead letter"))?;
+                    store
+                        .retry_dead(parse_delivery(&id)?, by.as_deref().unwrap_or_default())?
+                        .ok_or_else(|| anyhow!("no such dead letter"))?;
                     serde_json::json!({ "delivery": id, "outcome": "requeued", "note": "sent when the daemon next runs" })
                 }
                 OutboxCommand::Drop { id, by } => {
-                    store.drop_dead(parse_delivery(&id)?, &by)?.ok_or_else(|| anyhow!("no such dead letter"))?;
+                    store
+                        .drop_dead(parse_delivery(&id)?, by.as_deref().unwrap_or_default())?
+                        .ok_or_else(|| anyhow!("no such dead letter"))?;
                     serde_json::json!({ "delivery": id, "outcome": "dropped" })
                 }
             };
@@ -556,10 +697,10 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(config: &Config) -> Result<ExitCode> {
+fn export(config: &Config, actor: &str) -> Result<ExitCode> {
     let store = open_store(config)?;
     // The whole store is every patient's file: the read is audited before anything is printed.
-    let actor = crate::record::Actor { name: crate::records::cli::actor_name(None), via: "cli" };
+    let actor = crate::record::Actor { name: actor.to_string(), via: "cli" };
     store.audit(&actor, "store.export", None, vec![], None)?;
     store.flush_blocking()?;
     let mut out = std::io::stdout().lock();

@@ -205,6 +205,18 @@ struct DirectoryFile {
     staff: Vec<PersonConfig>,
 }
 
+/// Only the account tables, read again when another section failed, so their problems are
+/// reported in the same run.
+#[derive(Debug, Default, Deserialize)]
+struct AccountTables {
+    #[serde(default)]
+    email: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    telegram: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    webhook: BTreeMap<String, toml::Table>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -271,6 +283,14 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![Problem::new(path.display().to_string(), format!("cannot read: {e}"))]))?;
+        // An empty file (or only comments) parses as "everything default, no accounts": a daemon
+        // that receives nothing. That is a wrong path or a truncated copy, not a config.
+        if text.parse::<toml::Table>().is_ok_and(|t| t.is_empty()) {
+            return Err(ConfigErrors(vec![Problem::new(
+                path.display().to_string(),
+                "the file is empty: nothing to run (start from `carebridge print-default-config`)",
+            )]));
+        }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut config = Config::from_toml(&text, &dir)?;
         config.file = Some(path.to_path_buf());
@@ -292,9 +312,27 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
-        drop(value);
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e: toml::de::Error| ConfigErrors(vec![Problem::new("(file)", toml_message(&e, text))]))?;
+        // Every section's parse and type errors, each with its TOML path, not only the first one
+        // as line and column; the accounts' tables are parsed (and reported) below even if
+        // another section is wrong.
+        let raw: Option<RawConfig> = deserialize_all(toml::Value::Table(value), "", &mut problems);
+        let Some(raw) = raw else {
+            // Accounts are still parsed for their own problems when the tables themselves parsed.
+            if let Ok(accounts) = toml::from_str::<AccountTables>(text) {
+                for (kind, tables) in [
+                    (ChannelKind::Email, accounts.email),
+                    (ChannelKind::Telegram, accounts.telegram),
+                    (ChannelKind::Webhook, accounts.webhook),
+                ] {
+                    for (name, table) in tables {
+                        if let Err(mut more) = AccountConfig::parse(kind, table, &format!("{kind}.{name}")) {
+                            problems.append(&mut more);
+                        }
+                    }
+                }
+            }
+            return Err(ConfigErrors(problems));
+        };
         let mut accounts = BTreeMap::new();
         let mut sections = BTreeMap::new();
         for (kind, tables) in [
@@ -311,12 +349,12 @@ impl Config {
                         continue;
                     }
                 };
-                match AccountConfig::parse(kind, table.clone()) {
+                match AccountConfig::parse(kind, table.clone(), &path) {
                     Ok(c) => {
                         accounts.insert(id.clone(), c);
                         sections.insert(id, table);
                     }
-                    Err(e) => problems.push(Problem::new(path, e)),
+                    Err(mut more) => problems.append(&mut more),
                 }
             }
         }
@@ -409,11 +447,44 @@ impl Config {
         for (id, account) in &self.accounts {
             p.extend(account.validate(&id.to_string()));
         }
+        self.validate_listeners(&mut p);
         self.validate_routes(&mut p);
         self.validate_directory(&mut p);
         let ids: Vec<AccountId> = self.accounts.keys().cloned().collect();
         p.extend(self.policy.validate(&ids));
         p
+    }
+
+    /// Two listeners on one address would fail at start ("address in use") or, worse, one of
+    /// them would bind and the other's clients would reach the wrong service: refused here,
+    /// naming both keys. An unspecified address (`0.0.0.0`, `::`) overlaps every address on its
+    /// port; port 0 (any free port) never clashes.
+    fn validate_listeners(&self, p: &mut Vec<Problem>) {
+        let mut listeners: Vec<(String, std::net::SocketAddr)> = Vec::new();
+        if let Some(ops) = &self.ops {
+            listeners.push(("ops.listen".into(), ops.listen));
+        }
+        if let Some(addr) = self.admin.listen {
+            listeners.push(("admin.listen".into(), addr));
+        }
+        for (id, account) in &self.accounts {
+            if let Some((key, addr)) = account.listen_addr() {
+                listeners.push((format!("{id}.{key}"), addr));
+            }
+        }
+        for (i, (path, addr)) in listeners.iter().enumerate() {
+            let clash = listeners[..i].iter().find(|(_, other)| {
+                addr.port() != 0
+                    && addr.port() == other.port()
+                    && (addr.ip() == other.ip() || addr.ip().is_unspecified() || other.ip().is_unspecified())
+            });
+            if let Some((first, other)) = clash {
+                p.push(Problem::new(
+                    path.clone(),
+                    format!("{addr} is already the address of `{first}` ({other}): each listener needs its own"),
+                ));
+            }
+        }
     }
 
     fn validate_routes(&self, p: &mut Vec<Problem>) {
@@ -456,6 +527,16 @@ impl Config {
                         p.push(Problem::new(
                             format!("{path}.to"),
                             format!("route `{}`: account `{a}` cannot send (no outbound side configured)", r.name),
+                        ));
+                    }
+                    if !need_in && let Some(key) = account.missing_forward_destination() {
+                        p.push(Problem::new(
+                            format!("{path}.to"),
+                            format!(
+                                "route `{}`: `{a}` has no `{key}`, so forwards to it could never be delivered \
+                                 (set `{a}.{key}`)",
+                                r.name
+                            ),
                         ));
                     }
                 }
@@ -580,14 +661,130 @@ fn find_inline_secrets(table: &toml::Table, prefix: &str, problems: &mut Vec<Pro
 /// "invalid type"/"invalid value", keep key names (which are ours) elsewhere.
 fn hide_values(msg: &str) -> String {
     for lead in ["invalid type: ", "invalid value: "] {
-        if let Some(rest) = msg.strip_prefix(lead)
-            && let (Some(open), Some(close)) = (rest.find('`'), rest.rfind('`'))
-            && close > open
-        {
-            return format!("{lead}{}(value not shown){}", &rest[..open], &rest[close + 1..]);
+        let Some(rest) = msg.strip_prefix(lead) else { continue };
+        // The value ends before ", expected …"; serde quotes integers with backticks and strings
+        // with double quotes (`string "twelve"`).
+        let (value_part, tail) = rest.split_once(", expected").map_or((rest, ""), |(v, t)| (v, t));
+        for quote in ['`', '"'] {
+            if let (Some(open), Some(close)) = (value_part.find(quote), value_part.rfind(quote))
+                && close > open
+            {
+                let expected = if tail.is_empty() { String::new() } else { format!(", expected{tail}") };
+                return format!("{lead}{}(value not shown){}{expected}", &value_part[..open], &value_part[close + 1..]);
+            }
         }
     }
     msg.to_string()
+}
+
+/// At most this many problems are collected from one table before giving up on it.
+const MAX_PROBLEMS_PER_TABLE: usize = 50;
+
+/// Deserializes `value` into `T`, reporting every parse or type error with the TOML path of its
+/// key (`daemon.data_dri`, `outbox.max_attempts`, `webhook.in.listen`) under `prefix`.
+///
+/// serde stops at the first error, so after each one the offending key is taken out and the rest
+/// is tried again (its default then applies to what is left), until the table parses or an error
+/// cannot be isolated to a key (a missing required field, a bad array element). Returns `None`
+/// if there was any problem: a config with an error is never used.
+pub fn deserialize_all<T: serde::de::DeserializeOwned>(
+    mut value: toml::Value,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let mut reported: Vec<Vec<String>> = Vec::new();
+    for _ in 0..MAX_PROBLEMS_PER_TABLE {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) if reported.is_empty() => return Some(t),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        let mut segments: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(format!("[{index}]")),
+                _ => None,
+            })
+            .collect();
+        let message = hide_values(e.inner().message().trim());
+        let named =
+            backticked_after(&message, "unknown field ").or_else(|| backticked_after(&message, "missing field "));
+        // serde_path_to_error ends the path with an unknown field's name, not a missing one's.
+        if let Some(field) = &named
+            && segments.last() != Some(field)
+        {
+            segments.push(field.clone());
+        }
+        if message.starts_with("missing field") && reported.contains(&segments) {
+            // Follows from a key taken out after its own error: already reported.
+            return None;
+        }
+        let mut message = message;
+        if let Some(field) = backticked_after(&message, "unknown field ") {
+            let expected = backticked_words(message.split_once("expected").map_or("", |(_, rest)| rest));
+            if let Some(hint) = did_you_mean(&field, &expected) {
+                message = format!("{message} (did you mean `{hint}`?)");
+            }
+        }
+        problems.push(Problem::new(join_path(prefix, &segments), message));
+        let removable = !e.inner().message().starts_with("missing field");
+        reported.push(segments.clone());
+        if !removable || !remove_key(&mut value, &segments) {
+            return None;
+        }
+    }
+    None
+}
+
+/// `prefix` and path segments as one TOML path: `route[0].name`, `daemon.data_dir`.
+fn join_path(prefix: &str, segments: &[String]) -> String {
+    let mut out = prefix.to_string();
+    for s in segments {
+        if !s.starts_with('[') && !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(s);
+    }
+    if out.is_empty() { "(file)".to_string() } else { out }
+}
+
+/// Takes the key at `segments` out of `value`; false if the path does not end in a table key
+/// (an array element cannot be taken out without shifting the indices of later problems).
+fn remove_key(value: &mut toml::Value, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else { return false };
+    if last.starts_with('[') {
+        return false;
+    }
+    let mut at = value;
+    for s in parents {
+        let next = match (s.strip_prefix('[').and_then(|i| i.strip_suffix(']')), at) {
+            (Some(i), toml::Value::Array(items)) => i.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            (None, toml::Value::Table(t)) => t.get_mut(s),
+            _ => None,
+        };
+        match next {
+            Some(n) => at = n,
+            None => return false,
+        }
+    }
+    match at {
+        toml::Value::Table(t) => t.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+/// The first backticked word after `lead` at the start of `message` (serde's "unknown field
+/// `x`, expected …" and "missing field `x`").
+fn backticked_after(message: &str, lead: &str) -> Option<String> {
+    let rest = message.strip_prefix(lead)?;
+    backticked_words(rest).into_iter().next()
+}
+
+/// Every `word` between backticks in `text`.
+fn backticked_words(text: &str) -> Vec<String> {
+    text.split('`').skip(1).step_by(2).map(str::to_string).collect()
 }
 
 /// A toml error with its line and column but without the echoed source line (it could contain
@@ -678,7 +875,12 @@ to = ["webhook.b"]
         let err = parse("[[directory.patient]]\nid = \"p-1\"\naddresses = [4165550199]\n", Path::new(".")).unwrap_err();
         let text = err.to_string();
         assert!(!text.contains("4165550199"), "{text}");
-        assert!(text.contains("invalid type") && text.contains("line 3"), "{text}");
+        // Named by its path (issue 15, item 4), not by line and column.
+        assert!(text.contains("directory.patient[0].addresses[0]: invalid type"), "{text}");
+        let err = parse("[[directory.patient]]\nid = \"p-1\"\naddresses = 4165550199\n", Path::new(".")).unwrap_err();
+        assert!(!err.to_string().contains("4165550199"), "{err}");
+        let err = parse("[outbox]\nmax_attempts = \"Ann Example\"\n", Path::new(".")).unwrap_err();
+        assert!(!err.to_string().contains("Ann"), "strings are hidden too: {err}");
     }
 
     #[test]

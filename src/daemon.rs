@@ -33,7 +33,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Runs the daemon until `shutdown` resolves (a signal) or an adapter fails fatally; SIGHUP
 /// meanwhile reloads the config file.
@@ -162,13 +162,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .with_context(|| format!("admin API: cannot listen on {addr}"))?;
             info!(listen = %addr, "Admin API listening.");
             let stop = admin_stop.clone();
-            Some(tokio::spawn(async move {
-                if let Err(e) =
-                    axum::serve(listener, admin::router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
-                {
-                    error!(error = %e, "Admin API failed.");
-                }
-            }))
+            // Bounded like every listener (carebridge_contract::http).
+            Some(tokio::spawn(carebridge_contract::http::serve(
+                listener,
+                admin::router(state),
+                carebridge_contract::http::Limits::OPERATOR,
+                stop,
+            )))
         }
         None => None,
     };

@@ -26,6 +26,7 @@ use axum::extract::State as AxState;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use carebridge_contract::http::Limits;
 use carebridge_contract::{AccountId, Health, HealthReporter, Receipt};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Serialize;
@@ -38,7 +39,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// Messages the router answered, by account, channel and outcome
 /// (`recorded|duplicate|quarantined|unavailable`).
@@ -116,6 +117,10 @@ pub fn describe() {
     describe_histogram!(FLUSH_SECONDS, Unit::Seconds, "Duration of each group-commit flush.");
     describe_histogram!(FLUSH_MESSAGES, "Messages answered by one flush.");
     describe_counter!(FLUSH_FAILURES, "Flushes that failed.");
+    // Registered at 0 now, not at the first failure: docs/operations.md tells the administrator
+    // to alert on it, and an alert on `increase(...) > 0` never fires for a series that is absent
+    // until the disk is already full (a first sample of 1 has no earlier one to increase from).
+    metrics::counter!(FLUSH_FAILURES).increment(0);
 }
 
 /// Every inbound account's [`HealthReporter`], by account. Clones share one registry, so a
@@ -292,9 +297,9 @@ pub async fn serve(listener: TcpListener, state: State, stop: CancellationToken)
             }
         }
     });
-    if let Err(e) = axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await {
-        error!(error_kind = ?e.kind(), "Ops endpoint failed.");
-    }
+    // Bounded like every listener (carebridge_contract::http): a scraper flood cannot take
+    // descriptors from the store.
+    carebridge_contract::http::serve(listener, router(state), Limits::OPERATOR, stop).await;
     upkeep.abort();
 }
 
@@ -451,6 +456,16 @@ mod tests {
     }
 
     #[test]
+    fn flush_failures_are_exported_from_the_start_at_zero() {
+        let recorder = build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, describe);
+        let text = handle.render();
+        assert_eq!(sample(&text, FLUSH_FAILURES, &[]), Some(0.0), "{text}");
+        assert!(text.contains("# HELP carebridge_flush_failures_total"), "{text}");
+    }
+
+    #[test]
     fn readiness_names_every_failed_check() {
         let ok = assess(Ok(()), &[(id("webhook.in"), Health::Up)]);
         assert!(ok.ready);
@@ -534,6 +549,7 @@ mod tests {
         let text = r.text().await.unwrap();
         assert_eq!(sample(&text, INBOUND_UP, &["account=\"email.ops_unit\""]), Some(0.0), "{text}");
         assert!(sample(&text, DEAD_LETTERS, &[]).is_some(), "{text}");
+        assert!(sample(&text, FLUSH_FAILURES, &[]).is_some(), "exported before any failure: {text}");
         stop.cancel();
         server.await.unwrap();
     }

@@ -507,7 +507,8 @@ to = ["webhook.b"]
         .unwrap();
         let problems = check(&current).err().unwrap();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["webhook.a", "webhook.b"], "{problems:?}");
+        // Each names the key, not only the account (issue 15, item 4).
+        assert_eq!(paths, ["webhook.a.listen", "webhook.b.surprise"], "{problems:?}");
         assert!(problems[1].message.contains("surprise"), "{problems:?}");
 
         // Valid TOML, but data_dir moved and a secret is missing.

@@ -102,7 +102,122 @@ fn inline_secrets_and_unknown_keys_are_refused_with_a_way_out() {
     std::fs::write(&p, "[daemon]\ndata_dri = \"x\"\n").unwrap();
     let (code, _, err) = check_config(&p);
     assert_eq!(code, 2);
-    assert!(err.contains("data_dri") && err.contains("line 2"), "{err}");
+    assert!(err.contains("daemon.data_dri: unknown field `data_dri`"), "{err}");
+    assert!(err.contains("(did you mean `data_dir`?)"), "{err}");
+}
+
+/// Parse and type errors name their TOML path and come all at once, like validation problems:
+/// several in one section, in other sections, and inside accounts (naming the key).
+#[test]
+fn parse_and_type_errors_name_their_path_and_come_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.toml");
+    std::fs::write(
+        &p,
+        r#"
+[daemon]
+data_dri = "x"
+log_format = "xml"
+
+[outbox]
+max_attempts = "twelve"
+
+[webhook.in]
+listen = "not an address"
+secret_env = "S"
+max_skew = 3
+
+[webhook.out]
+url = "http://127.0.0.1:9/"
+secret_env = "S"
+timeout_ms = "soon"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&p);
+    assert_eq!(code, 2, "{err}");
+    for needle in [
+        "daemon.data_dri: unknown field `data_dri`",
+        "daemon.log_format: unknown variant `xml`",
+        "outbox.max_attempts: invalid type",
+        "webhook.in.listen:",
+        "webhook.in.max_skew: unknown field `max_skew`",
+        "webhook.out.timeout_ms: invalid type",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+    assert!(!err.contains("twelve") && !err.contains("soon"), "values are never echoed: {err}");
+}
+
+#[test]
+fn two_listeners_on_one_address_and_an_empty_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("l.toml");
+    std::fs::write(
+        &p,
+        r#"
+[ops]
+listen = "127.0.0.1:9187"
+
+[admin]
+listen = "127.0.0.1:8181"
+token_env = "T"
+
+[webhook.in]
+listen = "127.0.0.1:8181"
+secret_env = "S"
+
+[webhook.other]
+listen = "0.0.0.0:9187"
+secret_env = "S"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&p);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("webhook.in.listen: 127.0.0.1:8181 is already the address of `admin.listen`"), "{err}");
+    assert!(err.contains("webhook.other.listen: 0.0.0.0:9187 is already the address of `ops.listen`"), "{err}");
+
+    for empty in ["", "\n# only a comment\n"] {
+        std::fs::write(&p, empty).unwrap();
+        let (code, _, err) = check_config(&p);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("the file is empty"), "{err}");
+    }
+}
+
+/// A Telegram account in a route's `to` receives forwards, which go to `staff_chat_id`: without
+/// one every forward would be dead-lettered.
+#[test]
+fn a_telegram_staff_destination_needs_a_staff_chat_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tg.toml");
+    let text = r#"
+[webhook.in]
+listen = "127.0.0.1:0"
+secret_env = "S"
+
+[telegram.staff]
+token_env = "TG"
+STAFF
+
+[[route]]
+name = "to-staff"
+from = ["webhook.in"]
+to = ["telegram.staff"]
+
+[policy.channels]
+"telegram.staff" = "insecure"
+"#;
+    std::fs::write(&p, text.replace("STAFF", "")).unwrap();
+    let (code, _, err) = check_config(&p);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("route[0].to: route `to-staff`: `telegram.staff` has no `staff_chat_id`"), "{err}");
+    assert!(err.contains("set `telegram.staff.staff_chat_id`"), "{err}");
+
+    std::fs::write(&p, text.replace("STAFF", "staff_chat_id = -1001234567890")).unwrap();
+    let (code, out, err) = check_config(&p);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 /// Issue #15, item 6: a read command where there is no store refuses, and creates nothing.

@@ -15,6 +15,7 @@ export CAREBRIDGE_MAIL_DIR=${CAREBRIDGE_MAIL_DIR:-/tmp/carebridge-mail}
 export CAREBRIDGE_MAIL_ENV="$CAREBRIDGE_MAIL_DIR/env"
 export CAREBRIDGE_REQUIRE_MAIL=1
 export CAREBRIDGE_REQUIRE_FHIR_VALIDATOR=1
+export CAREBRIDGE_REQUIRE_SYSTEMD_ANALYZE=1
 
 tests/mail-servers.sh start "$CAREBRIDGE_MAIL_DIR" >/dev/null
 trap 'tests/mail-servers.sh stop "$CAREBRIDGE_MAIL_DIR" >/dev/null 2>&1 || true' EXIT
@@ -25,6 +26,12 @@ if ! command -v npm >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=error
+
+# systemd-analyze, for tests/systemd_unit.rs (verify and security-rate the shipped units); a
+# container image has no systemd, and the package is small.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 
 # Two test threads per binary: end-to-end tests each run a daemon, and CI has two cores.
 cargo test --workspace --locked -- --test-threads=2

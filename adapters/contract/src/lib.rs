@@ -12,12 +12,15 @@
 //! - [`inbound`]: how an adapter hands messages to the router and learns whether it may ack
 //!   ([`Submission`], [`Receipt`], [`Submitter`], [`Inbound`]), and how it says whether it is
 //!   connected ([`HealthReporter`]).
+//! - [`http`]: the bounded HTTP listener every carebridge listener serves through (connection
+//!   cap, header and body timeouts).
 //! - [`outbound`]: how the router asks an adapter to send ([`Delivery`], [`Outbound`],
 //!   [`SendError`]).
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod envelope;
+pub mod http;
 pub mod ids;
 pub mod inbound;
 pub mod outbound;

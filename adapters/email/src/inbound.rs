@@ -103,6 +103,33 @@ impl ImapInbound {
     }
 }
 
+impl ImapInbound {
+    /// Connects, logs in and logs out once: the environment check of `carebridge check-config`,
+    /// so a wrong password, a closed port or a certificate the CA file does not vouch for is
+    /// reported before the daemon starts (where the reader would only retry and log). The error
+    /// says what failed (connect, tls, login, …), never the password.
+    pub async fn check_login(self, account: AccountId) -> Result<(), AdapterError> {
+        let (submitter, _router) = carebridge_contract::Submitter::channel(1);
+        let (host, port) = (self.host.clone(), self.port);
+        let runner = Runner {
+            cfg: self,
+            cx: InboundContext {
+                account,
+                submitter,
+                shutdown: tokio_util::sync::CancellationToken::new(),
+                health: carebridge_contract::HealthReporter::new(),
+            },
+        };
+        match runner.connect().await {
+            Ok((mut session, _)) => {
+                runner.logout(&mut session).await;
+                Ok(())
+            }
+            Err(e) => Err(AdapterError::Connection(format!("IMAP {host}:{port}: {e}"))),
+        }
+    }
+}
+
 impl Inbound for ImapInbound {
     fn run(self: Box<Self>, cx: InboundContext) -> Task {
         Box::pin(async move { Runner { cfg: *self, cx }.run().await })
@@ -204,6 +231,19 @@ impl ImapError {
             _ => ImapError::Protocol(op),
         }
     }
+}
+
+/// Drains the responses the server sent outside any command's own answer and says whether one
+/// announced new mail (EXISTS or RECENT). Flag updates and the like are dropped, as before.
+fn mailbox_grew(session: &mut ImapSession) -> bool {
+    let mut grew = false;
+    while let Ok(r) = session.unsolicited_responses.try_recv() {
+        grew |= matches!(
+            r,
+            async_imap::types::UnsolicitedResponse::Exists(_) | async_imap::types::UnsolicitedResponse::Recent(_)
+        );
+    }
+    grew
 }
 
 /// Doubling delays with a cap.
@@ -339,6 +379,14 @@ impl Runner {
                 Sync::Done => {
                     backoff.reset();
                     unavailable.reset();
+                    // Mail that arrived after the SEARCH was announced (`* n EXISTS`) during one
+                    // of the sync's own commands (a FETCH, the acknowledging STORE), and the server
+                    // announces a change once: an IDLE now would not hear of it and the message
+                    // would wait for `idle_resync_secs`. Look again at once instead.
+                    if mailbox_grew(&mut session) {
+                        debug!(account = %self.account(), "IMAP mail arrived during the sync; looking again.");
+                        continue;
+                    }
                 }
                 Sync::Unavailable => {
                     let wait = unavailable.next_delay();

@@ -39,6 +39,15 @@ pub fn build_inbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Box<dyn I
     Ok(Some(Box::new(ImapInbound::new(cfg, imap, &cx.config_dir)?)))
 }
 
+/// Checks the IMAP side of an account for `carebridge check-config`: reads its password and CA
+/// file, then connects and logs in and out once. `Ok` for send-only accounts.
+pub async fn check_inbound(cfg: &Config, cx: &BuildContext) -> Result<(), AdapterError> {
+    let Some(imap) = &cfg.imap else {
+        return Ok(());
+    };
+    ImapInbound::new(cfg, imap, &cx.config_dir)?.check_login(cx.account.clone()).await
+}
+
 /// The SMTP sender for an account with an `smtp` table; `None` for receive-only accounts.
 /// Reads the password and CA file, but does not connect (see `Outbound::healthcheck`).
 pub fn build_outbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Arc<dyn Outbound>>, AdapterError> {

@@ -251,6 +251,39 @@ async fn bad_input_is_quarantined_then_acked_and_the_reader_keeps_going() {
     run.stop().await.expect("clean stop");
 }
 
+/// Mail that arrives while the reader is busy with earlier mail (between its SEARCH and its
+/// IDLE) is picked up at once. The server announces it (`* n EXISTS`) during one of the reader's
+/// own commands, not during the IDLE that follows, so a reader that relied on IDLE alone slept
+/// until `idle_resync_secs`: the cause of the flaky "no submission arrived: submission 2 of 6"
+/// in the test above, whose SMTP-delivered messages land while the first ones are processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_arriving_during_a_sync_is_not_left_for_the_next_resync() {
+    let Some(env) = common::mail_env() else { return };
+    capture_logs();
+    let user = "box8@clinic.test";
+    env.empty_mailbox(user).await;
+    // A resync far beyond the waits below: only a prompt pickup passes.
+    let cfg = config(&toml_for(&env, user, "plain", "", "idle_resync_secs = 1500"));
+    let first = tag("first");
+    let second = tag("second");
+    env.append(user, "INBOX", &message("ann@patients.test", user, &first, "x", "", "one")).await;
+    let mut run = start_inbound(&env, "email.box8", &cfg);
+
+    let req = run.router.next("the first message").await;
+    assert_eq!(expect_message(&req).native_message_id.as_deref(), Some(first.as_str()));
+    // The second message lands while the first is still unanswered: the reader's next commands
+    // (the acknowledgement) carry the server's EXISTS for it.
+    env.append(user, "INBOX", &message("ann@patients.test", user, &second, "x", "", "two")).await;
+    req.reply.send(Receipt::Recorded(RecordId(1))).unwrap();
+
+    let req = tokio::time::timeout(Duration::from_secs(15), run.router.next("the second message"))
+        .await
+        .expect("mail that arrived during the sync was picked up without waiting for the resync");
+    assert_eq!(expect_message(&req).native_message_id.as_deref(), Some(second.as_str()));
+    req.reply.send(Receipt::Recorded(RecordId(2))).unwrap();
+    run.stop().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_mode_works_without_idle_and_stops_promptly() {
     let Some(env) = common::mail_env() else { return };

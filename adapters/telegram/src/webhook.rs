@@ -2,7 +2,9 @@
 //!
 //! - The request must carry `X-Telegram-Bot-Api-Secret-Token` equal to the configured secret
 //!   (compared in constant time): missing → 401, wrong → 403. The secret is never part of the
-//!   URL, and the bot token is never involved.
+//!   URL, and the bot token is never involved. It is checked before a byte of the body is read,
+//!   so an unauthenticated client cannot make us buffer anything (it gets 401, not 413).
+//! - An authenticated body larger than [`MAX_UPDATE_BYTES`] is refused with 413.
 //! - The answer is 200 only after the update's receipt says it may be acked (recorded,
 //!   duplicate, quarantined or deliberately ignored); otherwise 503 with `Retry-After`, and
 //!   Telegram delivers the update again.
@@ -14,10 +16,11 @@ use crate::inbound::sleep_or_shutdown;
 use crate::intake::{Intake, Outcome, Wait};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use carebridge_contract::http::{Limits, is_body_timeout};
 use carebridge_contract::{AccountId, AdapterError, InboundContext, Redacted, Submitter};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +33,10 @@ pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
 /// How long a webhook request waits for room in the router's queue before answering 503.
 const SUBMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// The largest update body read (after the secret matched). An update is one message's JSON:
+/// text is at most 4096 characters and files come by reference, so this is generous.
+pub const MAX_UPDATE_BYTES: usize = 2 * 1024 * 1024;
 
 /// The webhook server of one account, before it runs.
 pub(crate) struct WebhookServer {
@@ -79,15 +86,17 @@ impl WebhookServer {
             submitter: cx.submitter.clone(),
             secret: self.secret.clone(),
         });
-        let app = Router::new().route(&self.path, post(receive)).with_state(state);
+        let app = Router::new()
+            .route(&self.path, post(receive))
+            .layer(DefaultBodyLimit::max(MAX_UPDATE_BYTES))
+            .with_state(state);
         info!(account = %cx.account, listen = %addr, "Webhook server listening.");
         cx.health.up();
         let shutdown = cx.shutdown.clone();
         let serve = async {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .map_err(|e| AdapterError::Connection(format!("webhook server failed: {}", e.kind())))
+            // Bounded: a connection cap and header/body timeouts (carebridge_contract::http).
+            carebridge_contract::http::serve(listener, app, Limits::MESSAGES, shutdown).await;
+            Ok::<(), AdapterError>(())
         };
         let register = register(&api, &cx, self.url.as_deref(), &self.secret);
         let (served, ()) = tokio::join!(serve, register);
@@ -124,7 +133,11 @@ async fn register(api: &BotApi, cx: &InboundContext, url: Option<&str>, secret: 
     }
 }
 
-async fn receive(State(st): State<Arc<HookState>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Takes the request with its body unread (not `Bytes`, which axum would read before calling
+/// us): the secret is checked on the headers first, and only an authenticated request's body is
+/// read, within [`MAX_UPDATE_BYTES`].
+async fn receive(State(st): State<Arc<HookState>>, request: Request) -> Response {
+    let headers = request.headers();
     let Some(given) = headers.get(SECRET_HEADER) else {
         warn!(account = %st.account, "Webhook request without the secret header; rejected.");
         return StatusCode::UNAUTHORIZED.into_response();
@@ -133,6 +146,23 @@ async fn receive(State(st): State<Arc<HookState>>, headers: HeaderMap, body: Byt
         warn!(account = %st.account, "Webhook request with a wrong secret; rejected.");
         return StatusCode::FORBIDDEN.into_response();
     }
+    // Extracted only now, so nothing unauthenticated is buffered; the limit is the router's
+    // `DefaultBodyLimit` layer, which the extractor enforces (413 from the rejection).
+    let body = match Bytes::from_request(request, &()).await {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            warn!(account = %st.account, limit = MAX_UPDATE_BYTES, "Webhook update larger than the limit; refused.");
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
+        Err(rejection) if is_body_timeout(&rejection) => {
+            warn!(account = %st.account, "Webhook update not received in time; refused.");
+            return StatusCode::REQUEST_TIMEOUT.into_response();
+        }
+        Err(_) => {
+            warn!(account = %st.account, "Webhook request body could not be read.");
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+    };
     match st.intake.handle(&body, &st.submitter, Wait::AtMost(SUBMIT_WAIT)).await {
         Outcome::Ack => StatusCode::OK.into_response(),
         Outcome::Retry => {

@@ -96,6 +96,39 @@ async fn the_secret_header_is_required_and_checked() {
     run.stop().await;
 }
 
+/// Sends only a request head over a raw socket (no body follows) and returns the status line of
+/// the answer: a server that wanted the body first would never answer.
+async fn status_of_head_only(addr: SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    s.write_all(head.as_bytes()).await.expect("writes the head");
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("answered without waiting for the body")
+        .expect("reads");
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn the_secret_is_checked_before_the_body_is_read() {
+    let fake = FakeBotApi::start().await;
+    let router = Router::start(0);
+    let run = start(&fake, &router, "").await;
+    // A 3 MB upload announced without the secret: refused from its head alone.
+    let head = "POST /tg/hook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 3000000\r\n\r\n";
+    assert_eq!(status_of_head_only(run.addr, head).await, "HTTP/1.1 401 Unauthorized");
+    let wrong =
+        format!("POST /tg/hook HTTP/1.1\r\nhost: x\r\n{SECRET_HEADER}: nope\r\ncontent-length: 3000000\r\n\r\n");
+    assert_eq!(status_of_head_only(run.addr, &wrong).await, "HTTP/1.1 403 Forbidden");
+    // The same body sent in full without the secret is 401 too, not 413.
+    assert_eq!(post(&run.url(), None, "x".repeat(3_000_000)).await, 401);
+    // Authenticated, the size limit applies.
+    assert_eq!(post(&run.url(), Some(SECRET), "x".repeat(3_000_000)).await, 413);
+    assert_eq!(router.len(), 0, "nothing reached the router");
+    run.stop().await;
+}
+
 #[tokio::test]
 async fn ok_only_after_a_durable_receipt() {
     let fake = FakeBotApi::start().await;

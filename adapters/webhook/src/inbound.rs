@@ -19,7 +19,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use carebridge_contract::http::{Limits, is_body_timeout};
 use carebridge_contract::{
     AccountId, AdapterError, Address, Envelope, Inbound, InboundContext, Receipt, RecordId, Redacted, SourceKey,
     Submission, Submitter, Task,
@@ -27,7 +27,6 @@ use carebridge_contract::{
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,18 +112,15 @@ impl WebhookInbound {
         let app = router(Arc::new(Shared { account: cx.account, submitter: cx.submitter, settings: self.settings }));
         info!(account = %account, listen = %local, "Webhook listening.");
         health.up();
-        let listener = listener.tap_io(|tcp| {
-            // Answers are small single writes; Nagle would only add latency on keep-alive.
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // Bounded: a connection cap and header/body timeouts, so a flood or slow clients cannot
+        // exhaust the daemon's descriptors (carebridge_contract::http).
+        let server = carebridge_contract::http::serve(listener, app, Limits::MESSAGES, shutdown.clone());
         let drain_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_DEADLINE).await;
         };
         tokio::select! {
-            result = server.into_future() => {
-                result.map_err(|e| AdapterError::Connection(format!("listener on {local} failed: {}", e.kind())))?;
+            () = server => {
                 info!(account = %account, "Webhook listener stopped.");
             }
             () = drain_deadline => {
@@ -191,6 +187,10 @@ async fn receive(
             debug!(account = %account, limit = settings.max_body_bytes, "Webhook request refused: body too large.");
             let message = format!("body is larger than {} bytes", settings.max_body_bytes);
             return error(StatusCode::PAYLOAD_TOO_LARGE, message, None);
+        }
+        Err(rejection) if is_body_timeout(&rejection) => {
+            debug!(account = %account, "Webhook request refused: body not received in time.");
+            return error(StatusCode::REQUEST_TIMEOUT, "body not received in time".into(), None);
         }
         Err(rejection) => {
             debug!(account = %account, status = %rejection.status(), "Webhook request body could not be read.");
