@@ -42,6 +42,9 @@ async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sm
     assert_eq!(secure["kind"], "reply");
     assert_eq!(secure["text"], ANSWER);
     assert_eq!(secure["to"]["value"], "+14165550199");
+    // Issue 15, item 13: the portal learns where the answer was meant to go.
+    assert_eq!(secure["rerouted_from"], "webhook.sms", "{secure}");
+    assert!(s.ehr.received().iter().all(|r| r.body.get("rerouted_from").is_none()), "absent when not rerouted");
 
     // By SMS the patient gets only PHI-free notices: an advisory when they wrote health details
     // on SMS, and "you have a secure message" for the answer.
@@ -101,6 +104,14 @@ async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sm
         .collect();
     assert_eq!(told_fhir.len(), 1, "the notice is a Communication of the FHIR export");
     assert_eq!(told_fhir[0]["recipient"][0]["reference"], "Patient/p-0001");
+    // The rerouted answer's delivery: by the portal, to the patient.
+    let answer_dlv = format!("dlv-{:010}", decision["delivery"].as_u64().unwrap());
+    let dlv =
+        bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).find(|r| r["id"] == answer_dlv.as_str());
+    let dlv = dlv.expect("the rerouted delivery is in the bundle");
+    assert_eq!(dlv["recipient"][0]["reference"], "Patient/p-0001", "{dlv}");
+    assert_eq!(dlv["medium"][0]["text"], "webhook", "{dlv}");
+    assert_eq!(decision["rerouted_to"], "webhook.portal");
 
     let logs = s.d.logs().join("\n");
     assert!(!logs.to_lowercase().contains("amoxicillin"), "no message text in logs");

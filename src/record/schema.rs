@@ -44,6 +44,10 @@ pub struct RouteDecisionV1 {
     pub class: Class,
     /// The delivery created, if any.
     pub delivery: Option<DeliveryId>,
+    /// For a reroute: the account the delivery goes by instead (the secure account), so the
+    /// file says where a rerouted message went, not only where it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerouted_to: Option<String>,
 }
 
 /// One exchange: an inbound message with everything decided about it. Written once, in the same

@@ -384,6 +384,7 @@ impl Planner {
         let decision = self.check_out(d, dest, audience)?;
         let original = d.env.body.expose();
         let mut delivery_id = None;
+        let mut rerouted_to = None;
         let existing = match decision.action {
             Action::Allow | Action::Redact | Action::Hold => shared(d, dest, kind, &to),
             Action::Block | Action::Reroute { .. } => None,
@@ -417,7 +418,10 @@ impl Planner {
                 }
             }
             Action::Reroute { to: secure } => {
-                delivery_id = self.reroute(d, secure.as_deref(), kind, audience)?;
+                if let Some((id, target)) = self.reroute(d, dest, secure.as_deref(), kind, audience)? {
+                    delivery_id = Some(id);
+                    rerouted_to = Some(target.to_string());
+                }
                 if let Some(n) = self.notice_for(d, &decision, dest, to.clone())? {
                     d.outbox.push(n);
                 }
@@ -429,6 +433,7 @@ impl Planner {
             rules: decision.rules.clone(),
             class: decision.effective_class,
             delivery: delivery_id,
+            rerouted_to,
         });
         Ok(())
     }
@@ -464,13 +469,16 @@ impl Planner {
     /// checking it against that account too. A reply needs the patient's address there (from
     /// the directory); a forward goes to the secure account's default destination. What the
     /// secure account may not carry either is held for review.
+    /// Returns the delivery and the account it goes by. The delivery names `meant_for`, the
+    /// account it was meant to go by, so the receiver can tell where the patient wrote from.
     fn reroute(
         &self,
         d: &mut Draft<'_>,
+        meant_for: &AccountId,
         secure: Option<&str>,
         kind: DeliveryKind,
         audience: Audience,
-    ) -> Result<Option<DeliveryId>, StoreError> {
+    ) -> Result<Option<(DeliveryId, AccountId)>, StoreError> {
         let Some(target) = secure.and_then(|s| s.parse::<AccountId>().ok()).filter(|a| self.senders.contains(a)) else {
             return Ok(None);
         };
@@ -485,23 +493,25 @@ impl Planner {
             _ => None,
         };
         if let Some(id) = shared(d, &target, kind, &to) {
-            return Ok(Some(id));
+            return Ok(Some((id, target)));
         }
         let decision = self.check_out(d, &target, audience)?;
         let original = d.env.body.expose();
         match decision.body_to_send(original) {
             Some(body) => {
                 let body = body.to_string();
-                let item = self.item(d, &target, kind, to, body, false, decision.action == Action::Allow)?;
+                let mut item = self.item(d, &target, kind, to, body, false, decision.action == Action::Allow)?;
+                item.1.delivery.rerouted_from = Some(meant_for.clone());
                 let id = item.1.delivery.id;
                 d.outbox.push(item);
-                Ok(Some(id))
+                Ok(Some((id, target)))
             }
             None => {
-                let (_, item) = self.item(d, &target, kind, to, original.clone(), false, true)?;
+                let (_, mut item) = self.item(d, &target, kind, to, original.clone(), false, true)?;
+                item.delivery.rerouted_from = Some(meant_for.clone());
                 let id = item.delivery.id;
                 d.review.push(ReviewItemV1 { v: 1, at_ms: now_ms(), item, rules: decision.rules, reject_notice: None });
-                Ok(Some(id))
+                Ok(Some((id, target)))
             }
         }
     }
@@ -565,6 +575,7 @@ impl Planner {
             body: Redacted::new(body),
             attachments: if with_attachments { d.env.attachments.clone() } else { Vec::new() },
             in_reply_to,
+            rerouted_from: None,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -604,6 +615,7 @@ impl Planner {
             body: Redacted::new(text),
             attachments: Vec::new(),
             in_reply_to,
+            rerouted_from: None,
         };
         let item =
             OutboxItemV1 { v: 1, delivery, attempts: 0, not_before_ms: 0, patient_id: None, requires_consent: false };
@@ -654,6 +666,7 @@ fn skip(account: &str, rule: &str) -> RouteDecisionV1 {
         rules: vec![rule.to_string()],
         class: Class::None,
         delivery: None,
+        rerouted_to: None,
     }
 }
 
