@@ -146,17 +146,26 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     let second = held[1]["delivery"].as_str().unwrap().to_string();
     let shown = s.review(&["show", &first]);
     assert_eq!(shown["text"], ANSWER, "the clinician sees what they approve");
+    // Issue 15, item 10: every rule that applies, not only the one that held it, and what
+    // approving will do: SMS may not carry it, so approval sends it by the secure portal.
+    let applied: Vec<&str> = shown["applied"].as_array().unwrap().iter().map(|a| a["rule"].as_str().unwrap()).collect();
+    assert!(applied.len() >= 2 && applied.contains(&"builtin.insecure.clinical"), "{shown}");
+    assert_eq!(shown["on_approval"], serde_json::json!({ "action": "reroute", "to": "webhook.portal" }), "{shown}");
 
+    let notices_before = s.sms.received().len();
     let approved = s.review(&["approve", &first, "--by", "s-lee"]);
     assert_eq!(approved["verdict"], "approved");
-    for _ in 0..200 {
-        if !replies(&s).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(replies(&s).len(), 1, "an approved answer is sent");
-    assert_eq!(replies(&s)[0].body["text"], ANSWER);
+    assert_eq!(approved["rerouted_to"], "webhook.portal");
+    assert!(s.portal.wait_for(1, Duration::from_secs(10)).await, "the approved answer goes by the secure portal");
+    let secure = s.portal.received()[0].body.clone();
+    assert_eq!((secure["kind"].as_str(), secure["text"].as_str()), (Some("reply"), Some(ANSWER)));
+    assert_eq!(secure["rerouted_from"], "webhook.sms");
+    assert!(s.sms.wait_for(notices_before + 1, Duration::from_secs(10)).await, "the patient is told by SMS");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(replies(&s).len(), 0, "an approved clinical answer still never goes by SMS");
+    let told = s.sms.received()[notices_before].body.clone();
+    assert_eq!(told["kind"], "notice");
+    assert!(told["text"].as_str().unwrap().contains("secure message"), "{told}");
 
     let before = s.ehr.received().len();
     let rejected = s.review(&["reject", &second, "--by", "s-lee"]);
@@ -166,7 +175,8 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     assert_eq!(notice["kind"], "notice");
     assert!(notice["text"].as_str().unwrap().contains("not sent"), "{notice}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(replies(&s).len(), 1, "the rejected answer never reaches the patient");
+    assert_eq!(replies(&s).len(), 0, "the rejected answer never reaches the patient");
+    assert_eq!(s.portal.received().len(), 1, "nor the portal");
     assert_eq!(s.review(&["list"]), serde_json::json!([]));
 
     assert!(s.d.terminate());
@@ -188,7 +198,7 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
         .iter()
         .filter(|l| l["type"] == "record")
         .flat_map(|l| l["events"].as_array().unwrap().clone())
-        .filter(|e| e["event"] == "notice" && e["text"].as_str().unwrap().contains("not sent"))
+        .filter(|e| e["event"] == "notice" && e["text"].as_str().unwrap().contains("reply was not sent"))
         .collect();
     assert_eq!(not_sent.len(), 1, "{not_sent:?}");
     assert_eq!(not_sent[0]["to"]["value"], "dr-lee");
@@ -208,11 +218,12 @@ async fn consent_is_snapshotted_and_rechecked_just_before_each_send() {
     let from = s.d.log_len();
     assert!(s.d.wait_log("will retry", from, Duration::from_secs(10)), "the answer was allowed and is being sent");
 
-    // The patient withdraws consent before the gateway comes back.
+    // The patient withdraws consent before the gateway comes back. (The log is read from before
+    // the withdrawal: the next retry may notice it before the command returns.)
+    let from = s.d.log_len();
     let (ok, _, err) = s.d.cli(&["consent", "withdraw", "--patient", "p-0001", "--account", "webhook.sms"]);
     assert!(ok, "{err}");
     s.sms.set_mode(Mode::Accept);
-    let from = s.d.log_len();
     assert!(s.d.wait_log("Consent withdrawn since recording", from, Duration::from_secs(10)), "{:?}", s.d.logs());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.sms.received().iter().all(|m| m.body["kind"] != "reply"), "not sent after the withdrawal");

@@ -34,7 +34,9 @@ use super::config::{
 use super::detectors::custom::{assemble, pct};
 use super::detectors::{Engine, Hit, Params};
 use super::notices::{NoticeKind, Notices};
-use super::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan, Trust};
+use super::{
+    Action, AppliedRule, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan, Trust,
+};
 use carebridge_contract::AccountId;
 use carebridge_contract::config::Problem;
 use std::collections::BTreeSet;
@@ -152,6 +154,14 @@ impl Compiled {
         self.config.channels.get(&account.to_string()).and_then(|c| c.locale).unwrap_or(self.locale)
     }
 
+    pub(crate) fn reroute_notice(&self, account: &AccountId, audience: Audience) -> String {
+        let kind = match audience {
+            Audience::Patient => NoticeKind::SecureMessage,
+            Audience::Staff => NoticeKind::StaffSecureMessage,
+        };
+        self.notices.render(kind, self.locale_of(account))
+    }
+
     fn enabled(&self, rule: &str) -> bool {
         !self.disabled.contains(rule)
     }
@@ -183,6 +193,7 @@ impl Compiled {
             Direction::Out => (Action::Hold, vec![rule]),
         };
         let (notice, notice_to) = self.notice(&action, input);
+        let applied = rules.iter().map(|r| AppliedRule { rule: r.clone(), action: action.name().into() }).collect();
         Decision {
             action,
             rules,
@@ -192,6 +203,7 @@ impl Compiled {
             notice,
             notice_to,
             effective_class: Class::Sensitive,
+            applied,
         }
     }
 
@@ -208,6 +220,7 @@ impl Compiled {
             notice = Some(self.notices.render(NoticeKind::UseSecureChannel, self.locale_of(input.account)));
             notice_to = Some(NoticeTarget::Sender);
         }
+        let applied = rules.iter().map(|r| AppliedRule { rule: r.clone(), action: "allow".into() }).collect();
         Decision {
             action: Action::Allow,
             rules,
@@ -217,6 +230,7 @@ impl Compiled {
             notice,
             notice_to,
             effective_class: class,
+            applied,
         }
     }
 
@@ -244,6 +258,8 @@ impl Compiled {
                 rules.push(o.rule.clone());
             }
         }
+        let mut applied: Vec<AppliedRule> =
+            outcomes.iter().map(|o| AppliedRule { rule: o.rule.clone(), action: o.action.name().into() }).collect();
         let mut rendered = None;
         if action == Action::Redact {
             let spans: BTreeSet<usize> = winners.iter().flat_map(|o| o.redact.iter().copied()).collect();
@@ -252,6 +268,7 @@ impl Compiled {
             if classify::text_class(&self.engine, &again) > ceiling {
                 action = self.over_ceiling_action(input.account);
                 rules = vec!["builtin.rescan".to_string()];
+                applied.push(AppliedRule { rule: "builtin.rescan".into(), action: action.name().into() });
             } else {
                 rendered = Some(text);
             }
@@ -266,6 +283,7 @@ impl Compiled {
             notice,
             notice_to,
             effective_class: effective,
+            applied,
         }
     }
 

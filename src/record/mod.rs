@@ -31,6 +31,7 @@ pub mod keys;
 mod legacy;
 mod migrate;
 pub mod retention;
+mod review;
 pub mod schema;
 pub mod settings;
 

@@ -644,7 +644,7 @@ fn own_message(env: &Envelope) -> Vec<String> {
 }
 
 /// The address kind an account's recipients have.
-fn address_kind_of(account: &AccountId) -> AddressKind {
+pub(crate) fn address_kind_of(account: &AccountId) -> AddressKind {
     match account.kind() {
         ChannelKind::Email => AddressKind::Email,
         ChannelKind::Telegram => AddressKind::Telegram,
