@@ -34,6 +34,7 @@ pub mod retention;
 mod review;
 pub mod schema;
 pub mod settings;
+pub mod triage;
 
 pub use audit::Actor;
 pub use flusher::Flusher;

@@ -224,6 +224,15 @@ pub enum EventKind {
         /// The text (PHI-free by construction: a fixed template and clinic-level values).
         text: String,
     },
+    /// An administrator attached a record that had no patient (an unverified sender) to a
+    /// patient's file (`carebridge records assign`). Chained into that patient's chain, which
+    /// is how the record is then found in their file; the record itself is never rewritten.
+    Assigned {
+        /// The patient's directory id.
+        patient: String,
+        /// Who.
+        by: String,
+    },
 }
 
 /// Input that could not be parsed, kept for review.

@@ -5,7 +5,7 @@
 //! [`Store::commit_exchanges`]. Logs carry ids, channels, actions and rule ids only.
 
 use super::identify::Directory;
-use super::notices::{LinkNotice, link_notice};
+use super::notices::{LinkNotice, link_notice, unverified_notice};
 use crate::config::{Config, UnknownSender};
 use crate::policy::{
     Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy, Scan,
@@ -237,6 +237,7 @@ impl Planner {
             consents: Vec::new(),
         };
 
+        let mut staff_marks = Vec::new();
         match &thread {
             Thread::Reply(c) => match c.origin_account.parse::<AccountId>() {
                 Ok(dest) if self.senders.contains(&dest) => {
@@ -258,6 +259,18 @@ impl Planner {
                 for dest in dests {
                     if record_only {
                         d.decisions.push(skip(&dest.to_string(), "builtin.unknown_sender.record_only"));
+                    } else if sender == SenderV1::Unknown && self.insecure_staff_channel(&dest) {
+                        // Nobody knows who wrote it: their words and address stay in the record
+                        // (`records unassigned`); the channel gets a PHI-free notice, at most
+                        // once per interval per sender.
+                        d.decisions.push(skip(&dest.to_string(), "builtin.unknown_sender.insecure_channel"));
+                        if let Some(mark) = self.unthrottled("unverified", &dest, &env.from)? {
+                            let text = unverified_notice(&self.config, &dest);
+                            if let Some(n) = self.notice(&d, &dest, None, text, Vec::new())? {
+                                d.outbox.push(n);
+                                staff_marks.push(mark);
+                            }
+                        }
                     } else {
                         self.plan_delivery(&mut d, &dest, DeliveryKind::Forward, None)?;
                     }
@@ -267,7 +280,7 @@ impl Planner {
         // Unprompted notices (how to link an unknown chat; the policy's advisory to a patient who
         // put health details on an insecure channel) go at most once per interval per sender and
         // kind, however many messages they send: every new message is a new conversation.
-        let mut notice_marks = Vec::new();
+        let mut notice_marks = staff_marks;
         if sender == SenderV1::Unknown
             && env.link_code.is_none()
             && account.kind() == ChannelKind::Telegram
@@ -325,6 +338,19 @@ impl Planner {
             notes,
         };
         Ok(Step::Commit(Box::new(Exchange { record, conversation, native_refs, outbox, review, link, notice_marks })))
+    }
+
+    /// A staff destination where the platform can read everything: no place for the words (or
+    /// the phone number) of someone nobody has verified. Chat and email accounts count by their
+    /// trust (Telegram is `insecure` by default); a webhook only when `[policy.channels]` says
+    /// `insecure`, since its receiver is usually a clinic system (the EHR) whatever its default.
+    fn insecure_staff_channel(&self, dest: &AccountId) -> bool {
+        let configured = self.config.policy.channels.get(&dest.to_string()).and_then(|c| c.trust);
+        match (dest.kind(), configured) {
+            (_, Some(t)) => t == crate::policy::Trust::Insecure,
+            (ChannelKind::Webhook, None) => false,
+            _ => self.policy.trust(dest) == crate::policy::Trust::Insecure,
+        }
     }
 
     /// The mark to record for an unprompted notice of `kind` to `to` on `account`, or `None` if
