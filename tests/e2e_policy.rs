@@ -277,3 +277,65 @@ fn policy_explain_prints_the_documented_json() {
     assert!(v["decision"]["action"].is_string() && !v["decision"]["rules"].as_array().unwrap().is_empty());
     assert!(!v["rendered"].as_str().unwrap().contains("193 456 787"), "what would be sent has no SIN");
 }
+
+/// Issue 15, item 10, the other two ways an approval can go: a hold a clinic rule asked for is
+/// the reviewer's to waive (sent as held); a hold the channel's ceiling made, with the secure
+/// account closed to it too, is refused: nothing is sent and it stays held until rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_waives_a_review_rule_but_never_a_ceiling() {
+    let s = Clinic::start(
+        "over_ceiling = \"hold\"\n\
+         [[policy.rule]]\nid = \"clinic.review_ehr\"\naction = \"hold\"\nwhen = { accounts = [\"webhook.ehr\"], audience = \"staff\" }\n\
+         [[policy.rule]]\nid = \"clinic.portal_closed\"\naction = \"block\"\nwhen = { accounts = [\"webhook.portal\"] }\n",
+        "",
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let (st, _) =
+        post_message(&c, s.sms_port, &msg(serde_json::json!({"id": "sms-1", "from": "+14165550199", "text": ASK})))
+            .await;
+    assert_eq!(st, 202);
+    let held = |s: &Clinic| s.review(&["list"]).as_array().unwrap().clone();
+    let mut list = Vec::new();
+    for _ in 0..200 {
+        list = held(&s);
+        if !list.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(list.len(), 1, "the forward to the EHR is held by the clinic's rule: {list:?}");
+    assert_eq!(list[0]["rules"], serde_json::json!(["clinic.review_ehr"]));
+    let forward = list[0]["delivery"].as_str().unwrap().to_string();
+    assert_eq!(s.review(&["show", &forward])["on_approval"]["action"], "send");
+    s.review(&["approve", &forward, "--by", "s-lee"]);
+    assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await, "a review rule is the reviewer's to waive");
+    let token = s.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+
+    let (st, b) = post_message(
+        &c,
+        s.ehr_port,
+        &msg(serde_json::json!({"id": "ans-1", "from": "dr-lee", "text": ANSWER, "conversation": token})),
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let mut answer = None;
+    for _ in 0..200 {
+        answer = held(&s).into_iter().find(|h| h["account"] == "webhook.sms");
+        if answer.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = answer.expect("the answer is held by the SMS ceiling")["delivery"].as_str().unwrap().to_string();
+    let shown = s.review(&["show", &answer]);
+    assert_eq!(shown["on_approval"]["action"], "refuse", "{shown}");
+    let (ok, _, err) = s.d.cli(&["review", "approve", &answer, "--by", "s-lee"]);
+    assert!(!ok, "approval is refused");
+    assert!(err.contains("stays held") && err.contains("webhook.portal"), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.sms.received().iter().all(|m| m.body["kind"] != "reply"), "nothing by SMS");
+    assert!(s.portal.received().is_empty(), "nothing by the closed portal");
+    assert!(held(&s).iter().any(|h| h["delivery"] == answer.as_str()), "still held");
+    assert_eq!(s.review(&["reject", &answer, "--by", "s-lee"])["verdict"], "rejected");
+}
