@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::outbox::Wakers;
 use crate::policy::ConsentGrant;
-use crate::record::schema::{LinkCodeV1, ReviewItemV1};
+use crate::record::schema::LinkCodeV1;
 use crate::record::{Flusher, OutboxKey, Store, StoreError, now_ms};
 use crate::reload::Live;
 use crate::router::plan::{LINK_CODE_TTL_MS, link_code_hash};
@@ -106,29 +106,6 @@ pub fn review_list(store: &Store) -> Result<Vec<HeldSummary>, StoreError> {
             held_at_ms: h.at_ms,
         })
         .collect())
-}
-
-/// One held delivery in full (for the clinician deciding; contains PHI, so the read is audited
-/// as `review.show`).
-pub fn review_show(
-    store: &Store,
-    id: DeliveryId,
-    actor: &crate::record::Actor,
-) -> Result<Option<serde_json::Value>, StoreError> {
-    let Some(h) = store.held()?.into_iter().find(|h| h.item.delivery.id == id) else { return Ok(None) };
-    store.audit(actor, "review.show", h.item.patient_id.as_deref(), vec![h.item.delivery.record_id], None)?;
-    Ok(Some({
-        let h: ReviewItemV1 = h;
-        json!({
-            "delivery": h.item.delivery.id.to_string(),
-            "record": h.item.delivery.record_id.to_string(),
-            "account": h.item.delivery.account.to_string(),
-            "kind": h.item.delivery.kind,
-            "rules": h.rules,
-            "text": h.item.delivery.body.expose(),
-            "attachments": h.item.delivery.attachments.len(),
-        })
-    }))
 }
 
 /// Query of `GET /admin/review/{delivery}`: who is reading.
@@ -335,13 +312,13 @@ async fn show(
         return err(StatusCode::BAD_REQUEST, "`actor` is required: who reads the held message");
     }
     let actor = crate::record::Actor { name: q.actor, via: "admin-api" };
-    match review_show(&s.store, id, &actor) {
+    match crate::review::show(&s.store, &s.config.get(), id, &actor) {
         Ok(Some(v)) => {
             s.flusher.flush().await;
             Json(v).into_response()
         }
         Ok(None) => err(StatusCode::NOT_FOUND, "no such held delivery"),
-        Err(e) => store_err(e),
+        Err(e) => review_err(e),
     }
 }
 
@@ -364,15 +341,37 @@ async fn decide(
     let Some(by) = body.and_then(|b| b.0.by).filter(|b| !b.trim().is_empty()) else {
         return err(StatusCode::BAD_REQUEST, "`by` is required: who decided");
     };
-    match s.store.resolve_review(id, approve, &by) {
-        Ok(Some(keys)) => {
-            info!(delivery_id = %id, verdict = if approve { "approved" } else { "rejected" }, "Held delivery reviewed.");
+    // Approval asks the policy again for the hop (`crate::review`); rejection does not need to.
+    let done = if approve {
+        crate::review::approve(&s.store, &s.config.get(), id, &by).map(|r| r.map(|(o, keys)| (Some(o), keys)))
+    } else {
+        s.store.resolve_review(id, false, &by).map(|r| r.map(|keys| (None, keys))).map_err(Into::into)
+    };
+    match done {
+        Ok(Some((outcome, keys))) => {
+            let rerouted = match &outcome {
+                Some(crate::review::OnApproval::Reroute(to)) => Some(to.to_string()),
+                _ => None,
+            };
+            info!(delivery_id = %id, verdict = if approve { "approved" } else { "rejected" }, rerouted_to = ?rerouted, "Held delivery reviewed.");
             durable_then_wake(&s, keys).await;
-            Json(json!({ "delivery": id.to_string(), "verdict": if approve { "approved" } else { "rejected" } }))
-                .into_response()
+            Json(json!({
+                "delivery": id.to_string(),
+                "verdict": if approve { "approved" } else { "rejected" },
+                "rerouted_to": rerouted,
+            }))
+            .into_response()
         }
         Ok(None) => err(StatusCode::NOT_FOUND, "no such held delivery"),
-        Err(e) => store_err(e),
+        Err(e) => review_err(e),
+    }
+}
+
+fn review_err(e: crate::review::ReviewError) -> Response {
+    match e {
+        crate::review::ReviewError::Store(e) => store_err(e),
+        crate::review::ReviewError::Refused(why) => err(StatusCode::CONFLICT, why),
+        crate::review::ReviewError::Policy(why) => err(StatusCode::INTERNAL_SERVER_ERROR, why),
     }
 }
 

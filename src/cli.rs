@@ -597,16 +597,28 @@ fn review(config: &Config, command: ReviewCommand, actor: &str) -> Result<ExitCo
                 ReviewCommand::List => serde_json::to_value(crate::admin::review_list(&store)?)?,
                 ReviewCommand::Show { id } => {
                     let actor = crate::record::Actor { name: actor.to_string(), via: "cli" };
-                    crate::admin::review_show(&store, parse_delivery(&id)?, &actor)?
-                        .ok_or_else(|| anyhow!("no such held delivery"))?
-                }
-                ReviewCommand::Approve { id, by } | ReviewCommand::Reject { id, by } => {
-                    let approve = path.ends_with("approve");
-                    store
-                        .resolve_review(parse_delivery(&id)?, approve, by.as_deref().unwrap_or_default())?
+                    let v = crate::review::show(&store, config, parse_delivery(&id)?, &actor)?
                         .ok_or_else(|| anyhow!("no such held delivery"))?;
                     store.flush_blocking()?;
-                    serde_json::json!({ "delivery": id, "verdict": if approve { "approved" } else { "rejected" }, "note": "queued; sent when the daemon next runs" })
+                    v
+                }
+                ReviewCommand::Approve { id, by } => {
+                    let by = by.unwrap_or_default();
+                    let (outcome, _) = crate::review::approve(&store, config, parse_delivery(&id)?, &by)?
+                        .ok_or_else(|| anyhow!("no such held delivery"))?;
+                    store.flush_blocking()?;
+                    let rerouted = match outcome {
+                        crate::review::OnApproval::Reroute(to) => Some(to.to_string()),
+                        _ => None,
+                    };
+                    serde_json::json!({ "delivery": id, "verdict": "approved", "rerouted_to": rerouted, "note": "queued; sent when the daemon next runs" })
+                }
+                ReviewCommand::Reject { id, by } => {
+                    store
+                        .resolve_review(parse_delivery(&id)?, false, by.as_deref().unwrap_or_default())?
+                        .ok_or_else(|| anyhow!("no such held delivery"))?;
+                    store.flush_blocking()?;
+                    serde_json::json!({ "delivery": id, "verdict": "rejected", "note": "queued; sent when the daemon next runs" })
                 }
             }
         }

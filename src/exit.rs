@@ -43,6 +43,13 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
         if let Some(AdapterError::Config(_)) = cause.downcast_ref::<AdapterError>() {
             return CONFIG;
         }
+        // Out of descriptors before the store was even opened (the async runtime, a listener):
+        // the same cause as the store's, the same code.
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && crate::record::engine::io_is_fd_exhaustion(io)
+        {
+            return crate::record::flusher::EXIT_NO_DESCRIPTORS as u8;
+        }
     }
     1
 }
@@ -76,5 +83,7 @@ mod tests {
         assert_eq!(StoreError::Engine(enospc.into()).exit_code(), 74);
         let damaged = std::io::Error::new(std::io::ErrorKind::InvalidData, "checksum");
         assert_eq!(StoreError::Engine(damaged.into()).exit_code(), 65);
+        let runtime: Result<(), _> = Err(std::io::Error::from_raw_os_error(24));
+        assert_eq!(code_of(&runtime.context("starting the async runtime").unwrap_err()), 71);
     }
 }

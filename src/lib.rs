@@ -15,6 +15,7 @@
 //! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: builds and runs everything; owns the shutdown order.
 //! - [`receivers`]: the running inbound tasks, started and stopped per account.
+//! - [`review`]: `review show` and `review approve`, which ask the policy again.
 //! - [`reload`]: SIGHUP: check the config file again and apply it, or refuse it whole.
 //! - [`telemetry`]: logging (never PHI).
 //! - [`cli`]: the command-line interface behind `main.rs`.
@@ -32,5 +33,6 @@ pub mod receivers;
 pub mod record;
 pub mod records;
 pub mod reload;
+pub mod review;
 pub mod router;
 pub mod telemetry;

@@ -71,6 +71,36 @@ fn summary(store: &Store, r: &RecordV1) -> Result<Summary, StoreError> {
     })
 }
 
+/// Records no patient's file holds yet (unverified senders), for triage: summaries, no content
+/// (audited as `records.unassigned`).
+pub fn unassigned(store: &Store, actor: &Actor) -> Result<Vec<Summary>, RecordsError> {
+    let recs = store.unassigned_records()?;
+    store.audit(actor, "records.unassigned", None, recs.iter().map(|r| r.id).collect(), None)?;
+    recs.iter().map(|r| summary(store, r).map_err(RecordsError::from)).collect()
+}
+
+/// Attaches a record without a patient to `patient`'s file (a directory id), audited as
+/// `records.assign` in that patient's chain, and recorded as an `assigned` event of the record.
+pub fn assign(
+    store: &Store,
+    config: &crate::config::Config,
+    actor: &Actor,
+    id: RecordId,
+    patient: &str,
+) -> Result<(), RecordsError> {
+    if !config.directory.patient.iter().any(|p| p.id == patient) {
+        return Err(RecordsError::Invalid(format!(
+            "unknown patient id `{patient}` (add the patient to the directory first)"
+        )));
+    }
+    store.assign_record(id, patient, &actor.name).map_err(|e| match e {
+        crate::record::triage::AssignError::Store(e) => RecordsError::Store(e),
+        other => RecordsError::Invalid(other.to_string()),
+    })?;
+    store.audit(actor, "records.assign", Some(patient), vec![id], None)?;
+    Ok(())
+}
+
 /// Lists one patient's records (audited as `records.list`).
 pub fn list(store: &Store, actor: &Actor, patient: &str) -> Result<Vec<Summary>, RecordsError> {
     let recs = store.patient_records(patient)?;
@@ -179,6 +209,15 @@ pub mod http {
         pub format: Option<Format>,
     }
 
+    /// Body of `POST /admin/records/{id}/assign`.
+    #[derive(Debug, Deserialize)]
+    pub struct AssignBody {
+        /// Who assigns.
+        pub actor: String,
+        /// The patient's directory id.
+        pub patient: String,
+    }
+
     /// Body of `POST /admin/records/purge`.
     #[derive(Debug, Deserialize)]
     pub struct PurgeBody {
@@ -201,7 +240,9 @@ pub mod http {
             .route("/admin/records/audit", get(audit_h))
             .route("/admin/records/verify", post(verify_h))
             .route("/admin/records/purge", post(purge_h))
+            .route("/admin/records/unassigned", get(unassigned_h))
             .route("/admin/records/{id}", get(show_h))
+            .route("/admin/records/{id}/assign", post(assign_h))
     }
 
     fn actor(q: &str) -> Actor {
@@ -271,6 +312,31 @@ pub mod http {
         run(s, move |st| audit_trail(st, &actor(&q.actor), q.patient.as_deref())).await
     }
 
+    async fn unassigned_h(AxState(s): AxState<State>, h: HeaderMap, Query(q): Query<ReadQuery>) -> Response {
+        if !authorised(&s, &h) {
+            return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+        run(s, move |st| unassigned(st, &actor(&q.actor))).await
+    }
+
+    async fn assign_h(
+        AxState(s): AxState<State>,
+        h: HeaderMap,
+        Path(id): Path<String>,
+        Json(b): Json<AssignBody>,
+    ) -> Response {
+        if !authorised(&s, &h) {
+            return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+        let Ok(id) = id.parse::<RecordId>() else { return err(StatusCode::BAD_REQUEST, "not a record id") };
+        let config = s.config.get();
+        run(s, move |st| {
+            assign(st, &config, &actor(&b.actor), id, &b.patient)
+                .map(|()| json!({ "record": id.to_string(), "patient": b.patient }))
+        })
+        .await
+    }
+
     async fn verify_h(AxState(s): AxState<State>, h: HeaderMap) -> Response {
         if !authorised(&s, &h) {
             return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -303,6 +369,18 @@ pub mod cli {
     pub enum RecordsCommand {
         /// List a patient's records (ids, times, channels, decisions; no content).
         List {
+            /// The patient's directory id.
+            #[arg(long)]
+            patient: String,
+        },
+        /// List records no patient's file holds yet (messages from unverified senders), for
+        /// triage: ids, times, channels, decisions; no content.
+        Unassigned,
+        /// Attach a record without a patient to a patient's file (audited; the record gets an
+        /// `assigned` event, its conversation the patient).
+        Assign {
+            /// Record id (`rec-…`).
+            id: String,
             /// The patient's directory id.
             #[arg(long)]
             patient: String,
@@ -396,6 +474,12 @@ pub mod cli {
                 ("GET", format!("/admin/records?actor={a}&patient={}", query_value(patient)), None)
             }
             RecordsCommand::Show { id } => ("GET", format!("/admin/records/{}?actor={a}", query_value(id)), None),
+            RecordsCommand::Unassigned => ("GET", format!("/admin/records/unassigned?actor={a}"), None),
+            RecordsCommand::Assign { id, patient } => (
+                "POST",
+                format!("/admin/records/{}/assign", query_value(id)),
+                Some(json!({ "actor": actor, "patient": patient })),
+            ),
             RecordsCommand::Export { patient, format, .. } => {
                 let f = if *format == Format::Fhir { "fhir" } else { "jsonl" };
                 ("GET", format!("/admin/records/export?actor={a}&patient={}&format={f}", query_value(patient)), None)
@@ -423,6 +507,12 @@ pub mod cli {
         let actor = Actor { name: actor.to_string(), via: "cli" };
         let v = match command {
             RecordsCommand::List { patient } => json!(list(&store, &actor, patient)?),
+            RecordsCommand::Unassigned => json!(unassigned(&store, &actor)?),
+            RecordsCommand::Assign { id, patient } => {
+                let rid: RecordId = id.parse().map_err(|_| anyhow!("{id} is not a record id (rec-…)"))?;
+                assign(&store, config, &actor, rid, patient)?;
+                json!({ "record": rid.to_string(), "patient": patient })
+            }
             RecordsCommand::Show { id } => {
                 let id: RecordId = id.parse().map_err(|_| anyhow!("{id} is not a record id (rec-…)"))?;
                 show(&store, &actor, id)?.ok_or_else(|| anyhow!("no such record"))?
@@ -449,7 +539,7 @@ pub mod cli {
                     None => print!("{data}"),
                 }
             }
-            RecordsCommand::List { .. } | RecordsCommand::Audit { .. } => {
+            RecordsCommand::List { .. } | RecordsCommand::Audit { .. } | RecordsCommand::Unassigned => {
                 for line in v.as_array().into_iter().flatten() {
                     println!("{line}");
                 }

@@ -572,6 +572,7 @@ async fn a_rerouted_answers_notice_threads_under_the_patients_own_message() {
     assert!(sink.wait_for(2, WAIT).await, "the rerouted answer reaches the secure account: {:?}", d.logs());
     let secure = sink.received().into_iter().find(|r| r.body["kind"] == "reply").expect("the rerouted reply");
     assert_eq!(secure.body["text"], answer);
+    assert_eq!(secure.body["rerouted_from"], "email.clinic", "the portal learns where it was meant to go");
 
     // By email, only the notice, threaded under the patient's own message.
     wait_until("the notice reached the patient", || async {

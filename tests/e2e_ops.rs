@@ -357,3 +357,45 @@ fn every_configuration_failure_at_run_exits_2() {
     let (code, err) = run_to_exit(dir.path(), &toml);
     assert_eq!(code, Some(2), "a missing admin token file: {err}");
 }
+
+/// Issue 15, item 5: running out of file descriptors exited 74, which tells the operator the
+/// disk is full. Started under a tiny `RLIMIT_NOFILE` (so the store, or the runtime before it,
+/// cannot open what it needs), carebridge exits 71 and says why, never 74.
+#[test]
+fn running_out_of_file_descriptors_exits_71_not_74() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports { webhook: free_port(), ops: free_port(), admin: free_port() };
+    let cfg = dir.path().join("carebridge.toml");
+    std::fs::write(&cfg, config(dir.path(), &ports, "http://127.0.0.1:9/unused", "")).unwrap();
+    for limit in [8, 10, 12, 14] {
+        let _ = std::fs::remove_dir_all(dir.path().join("data"));
+        // Descriptors 3..9 inherited from the test harness are closed first, so the limit is
+        // what carebridge itself has.
+        let script =
+            format!("ulimit -n {limit} && exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- && exec \"$0\" run --config \"$1\"");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script, support::daemon::bin()])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + WAIT;
+        let code = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s.code();
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        assert_eq!(code, Some(71), "limit {limit}: {err}");
+        assert!(err.contains("Too many open files"), "limit {limit}: says why: {err}");
+    }
+}

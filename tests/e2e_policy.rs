@@ -42,6 +42,9 @@ async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sm
     assert_eq!(secure["kind"], "reply");
     assert_eq!(secure["text"], ANSWER);
     assert_eq!(secure["to"]["value"], "+14165550199");
+    // Issue 15, item 13: the portal learns where the answer was meant to go.
+    assert_eq!(secure["rerouted_from"], "webhook.sms", "{secure}");
+    assert!(s.ehr.received().iter().all(|r| r.body.get("rerouted_from").is_none()), "absent when not rerouted");
 
     // By SMS the patient gets only PHI-free notices: an advisory when they wrote health details
     // on SMS, and "you have a secure message" for the answer.
@@ -101,6 +104,14 @@ async fn a_prescription_asked_by_sms_is_answered_on_the_secure_channel_not_by_sm
         .collect();
     assert_eq!(told_fhir.len(), 1, "the notice is a Communication of the FHIR export");
     assert_eq!(told_fhir[0]["recipient"][0]["reference"], "Patient/p-0001");
+    // The rerouted answer's delivery: by the portal, to the patient.
+    let answer_dlv = format!("dlv-{:010}", decision["delivery"].as_u64().unwrap());
+    let dlv =
+        bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).find(|r| r["id"] == answer_dlv.as_str());
+    let dlv = dlv.expect("the rerouted delivery is in the bundle");
+    assert_eq!(dlv["recipient"][0]["reference"], "Patient/p-0001", "{dlv}");
+    assert_eq!(dlv["medium"][0]["text"], "webhook", "{dlv}");
+    assert_eq!(decision["rerouted_to"], "webhook.portal");
 
     let logs = s.d.logs().join("\n");
     assert!(!logs.to_lowercase().contains("amoxicillin"), "no message text in logs");
@@ -135,17 +146,26 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     let second = held[1]["delivery"].as_str().unwrap().to_string();
     let shown = s.review(&["show", &first]);
     assert_eq!(shown["text"], ANSWER, "the clinician sees what they approve");
+    // Issue 15, item 10: every rule that applies, not only the one that held it, and what
+    // approving will do: SMS may not carry it, so approval sends it by the secure portal.
+    let applied: Vec<&str> = shown["applied"].as_array().unwrap().iter().map(|a| a["rule"].as_str().unwrap()).collect();
+    assert!(applied.len() >= 2 && applied.contains(&"builtin.insecure.clinical"), "{shown}");
+    assert_eq!(shown["on_approval"], serde_json::json!({ "action": "reroute", "to": "webhook.portal" }), "{shown}");
 
+    let notices_before = s.sms.received().len();
     let approved = s.review(&["approve", &first, "--by", "s-lee"]);
     assert_eq!(approved["verdict"], "approved");
-    for _ in 0..200 {
-        if !replies(&s).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(replies(&s).len(), 1, "an approved answer is sent");
-    assert_eq!(replies(&s)[0].body["text"], ANSWER);
+    assert_eq!(approved["rerouted_to"], "webhook.portal");
+    assert!(s.portal.wait_for(1, Duration::from_secs(10)).await, "the approved answer goes by the secure portal");
+    let secure = s.portal.received()[0].body.clone();
+    assert_eq!((secure["kind"].as_str(), secure["text"].as_str()), (Some("reply"), Some(ANSWER)));
+    assert_eq!(secure["rerouted_from"], "webhook.sms");
+    assert!(s.sms.wait_for(notices_before + 1, Duration::from_secs(10)).await, "the patient is told by SMS");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(replies(&s).len(), 0, "an approved clinical answer still never goes by SMS");
+    let told = s.sms.received()[notices_before].body.clone();
+    assert_eq!(told["kind"], "notice");
+    assert!(told["text"].as_str().unwrap().contains("secure message"), "{told}");
 
     let before = s.ehr.received().len();
     let rejected = s.review(&["reject", &second, "--by", "s-lee"]);
@@ -155,7 +175,8 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
     assert_eq!(notice["kind"], "notice");
     assert!(notice["text"].as_str().unwrap().contains("not sent"), "{notice}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(replies(&s).len(), 1, "the rejected answer never reaches the patient");
+    assert_eq!(replies(&s).len(), 0, "the rejected answer never reaches the patient");
+    assert_eq!(s.portal.received().len(), 1, "nor the portal");
     assert_eq!(s.review(&["list"]), serde_json::json!([]));
 
     assert!(s.d.terminate());
@@ -177,7 +198,7 @@ async fn held_answers_wait_for_a_clinician_who_approves_or_rejects_them() {
         .iter()
         .filter(|l| l["type"] == "record")
         .flat_map(|l| l["events"].as_array().unwrap().clone())
-        .filter(|e| e["event"] == "notice" && e["text"].as_str().unwrap().contains("not sent"))
+        .filter(|e| e["event"] == "notice" && e["text"].as_str().unwrap().contains("reply was not sent"))
         .collect();
     assert_eq!(not_sent.len(), 1, "{not_sent:?}");
     assert_eq!(not_sent[0]["to"]["value"], "dr-lee");
@@ -197,11 +218,12 @@ async fn consent_is_snapshotted_and_rechecked_just_before_each_send() {
     let from = s.d.log_len();
     assert!(s.d.wait_log("will retry", from, Duration::from_secs(10)), "the answer was allowed and is being sent");
 
-    // The patient withdraws consent before the gateway comes back.
+    // The patient withdraws consent before the gateway comes back. (The log is read from before
+    // the withdrawal: the next retry may notice it before the command returns.)
+    let from = s.d.log_len();
     let (ok, _, err) = s.d.cli(&["consent", "withdraw", "--patient", "p-0001", "--account", "webhook.sms"]);
     assert!(ok, "{err}");
     s.sms.set_mode(Mode::Accept);
-    let from = s.d.log_len();
     assert!(s.d.wait_log("Consent withdrawn since recording", from, Duration::from_secs(10)), "{:?}", s.d.logs());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.sms.received().iter().all(|m| m.body["kind"] != "reply"), "not sent after the withdrawal");
@@ -254,4 +276,66 @@ fn policy_explain_prints_the_documented_json() {
     assert_eq!(v["class"], "identifier");
     assert!(v["decision"]["action"].is_string() && !v["decision"]["rules"].as_array().unwrap().is_empty());
     assert!(!v["rendered"].as_str().unwrap().contains("193 456 787"), "what would be sent has no SIN");
+}
+
+/// Issue 15, item 10, the other two ways an approval can go: a hold a clinic rule asked for is
+/// the reviewer's to waive (sent as held); a hold the channel's ceiling made, with the secure
+/// account closed to it too, is refused: nothing is sent and it stays held until rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_waives_a_review_rule_but_never_a_ceiling() {
+    let s = Clinic::start(
+        "over_ceiling = \"hold\"\n\
+         [[policy.rule]]\nid = \"clinic.review_ehr\"\naction = \"hold\"\nwhen = { accounts = [\"webhook.ehr\"], audience = \"staff\" }\n\
+         [[policy.rule]]\nid = \"clinic.portal_closed\"\naction = \"block\"\nwhen = { accounts = [\"webhook.portal\"] }\n",
+        "",
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let (st, _) =
+        post_message(&c, s.sms_port, &msg(serde_json::json!({"id": "sms-1", "from": "+14165550199", "text": ASK})))
+            .await;
+    assert_eq!(st, 202);
+    let held = |s: &Clinic| s.review(&["list"]).as_array().unwrap().clone();
+    let mut list = Vec::new();
+    for _ in 0..200 {
+        list = held(&s);
+        if !list.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(list.len(), 1, "the forward to the EHR is held by the clinic's rule: {list:?}");
+    assert_eq!(list[0]["rules"], serde_json::json!(["clinic.review_ehr"]));
+    let forward = list[0]["delivery"].as_str().unwrap().to_string();
+    assert_eq!(s.review(&["show", &forward])["on_approval"]["action"], "send");
+    s.review(&["approve", &forward, "--by", "s-lee"]);
+    assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await, "a review rule is the reviewer's to waive");
+    let token = s.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+
+    let (st, b) = post_message(
+        &c,
+        s.ehr_port,
+        &msg(serde_json::json!({"id": "ans-1", "from": "dr-lee", "text": ANSWER, "conversation": token})),
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let mut answer = None;
+    for _ in 0..200 {
+        answer = held(&s).into_iter().find(|h| h["account"] == "webhook.sms");
+        if answer.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = answer.expect("the answer is held by the SMS ceiling")["delivery"].as_str().unwrap().to_string();
+    let shown = s.review(&["show", &answer]);
+    assert_eq!(shown["on_approval"]["action"], "refuse", "{shown}");
+    let (ok, _, err) = s.d.cli(&["review", "approve", &answer, "--by", "s-lee"]);
+    assert!(!ok, "approval is refused");
+    assert!(err.contains("stays held") && err.contains("webhook.portal"), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.sms.received().iter().all(|m| m.body["kind"] != "reply"), "nothing by SMS");
+    assert!(s.portal.received().is_empty(), "nothing by the closed portal");
+    assert!(held(&s).iter().any(|h| h["delivery"] == answer.as_str()), "still held");
+    assert_eq!(s.review(&["reject", &answer, "--by", "s-lee"])["verdict"], "rejected");
 }

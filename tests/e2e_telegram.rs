@@ -396,3 +396,60 @@ async fn link_notices_follow_the_policy_locale() {
     let text = linked[0].text.clone().unwrap_or_default();
     assert_eq!(text, "Votre conversation est maintenant liée à la clinique.");
 }
+
+/// Issue 15, item 9: a message from a chat nobody has linked went to the insecure staff group in
+/// clear, phone number and all, and nothing queued it for triage. The group gets a PHI-free
+/// notice; the administrator lists the record while the daemon runs and attaches it to the
+/// patient's file (audited, chained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_senders_message_stays_off_the_staff_group_and_waits_for_triage() {
+    let mut s = setup().await;
+    const STRANGER: i64 = 5_550_999;
+    let text = "Hi, this is Ann from my new phone, please call me at 416-555-0143 about my results.";
+    s.fake.patient_text(STRANGER, "Ann", text);
+    let notice = s.staff_message_with("unverified sender").await;
+    s.settle().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for m in s.fake.sent_to(STAFF_CHAT) {
+        let t = m.text.unwrap_or_default();
+        assert!(!t.contains("555-0143") && !t.contains("results") && !t.contains(&STRANGER.to_string()), "{t}");
+    }
+    assert!(notice.text.unwrap_or_default().contains("records unassigned"));
+
+    // Triage while the daemon runs: through the admin API.
+    let (ok, out, err) = s.d.cli(&["records", "--actor", "triage-nurse", "unassigned"]);
+    assert!(ok, "{err}");
+    let waiting: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(waiting.len(), 1, "{out}");
+    assert_eq!(waiting[0]["sender"], "unknown");
+    assert!(!out.contains("555-0143"), "the list carries no content");
+    let id = waiting[0]["record"].as_str().unwrap().to_string();
+    let (ok, _, err) = s.d.cli(&["records", "--actor", "triage-nurse", "assign", &id, "--patient", "p-9999"]);
+    assert!(!ok && err.contains("unknown patient"), "a patient not in the directory is refused: {err}");
+    let (ok, _, err) = s.d.cli(&["records", "--actor", "triage-nurse", "assign", &id, "--patient", "p-0001"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = s.d.cli(&["records", "--actor", "triage-nurse", "assign", &id, "--patient", "p-0001"]);
+    assert!(!ok && err.contains("already"), "assigned once: {err}");
+    let (ok, out, err) = s.d.cli(&["records", "--actor", "triage-nurse", "unassigned"]);
+    assert!(ok && out.trim().is_empty(), "nothing waits any more: {out} {err}");
+    let (ok, out, err) = s.d.cli(&["records", "--actor", "triage-nurse", "list", "--patient", "p-0001"]);
+    assert!(ok && out.contains(&id), "now in the patient's file: {out} {err}");
+
+    let export = s.stop_and_export();
+    let rec = records(&export).into_iter().find(|r| r["record"]["body"] == text).expect("recorded");
+    let assigned: Vec<&serde_json::Value> =
+        rec["events"].as_array().unwrap().iter().filter(|e| e["event"] == "assigned").collect();
+    assert_eq!(assigned.len(), 1, "{rec}");
+    assert_eq!((assigned[0]["patient"].as_str(), assigned[0]["by"].as_str()), (Some("p-0001"), Some("triage-nurse")));
+    let decisions = rec["record"]["decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["account"] == "telegram.front" && d["rules"][0] == "builtin.unknown_sender.insecure_channel"),
+        "{decisions:?}"
+    );
+    let (ok, trail, err) = s.d.cli(&["records", "--actor", "officer", "audit", "--patient", "p-0001"]);
+    assert!(ok && trail.contains("records.assign"), "the assignment is audited: {trail} {err}");
+    let (ok, _, err) = s.d.cli(&["records", "verify"]);
+    assert!(ok, "the chain verifies: {err}");
+}

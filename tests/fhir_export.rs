@@ -88,6 +88,7 @@ fn decision(account: &str, action: &str, rules: &[&str], delivery: Option<u64>) 
         rules: rules.iter().map(|r| r.to_string()).collect(),
         class: Class::Clinical,
         delivery: delivery.map(DeliveryId),
+        rerouted_to: (action == "reroute").then(|| "webhook.portal".into()),
     }
 }
 

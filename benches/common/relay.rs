@@ -77,6 +77,7 @@ async fn relay(port: u16, url: &str, secret: &str) {
             body: envelope.body,
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
+            rerouted_from: None,
         };
         let slot = slots.clone().acquire_owned().await.unwrap();
         let outbound = outbound.clone();

@@ -88,6 +88,7 @@ impl Synth {
             body: Redacted::new(text.clone()),
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
+            rerouted_from: None,
         };
         let record = RecordV1 {
             v: 1,
@@ -109,6 +110,7 @@ impl Synth {
             finding_kinds: vec!["medication".into()],
             consents: Vec::new(),
             decisions: vec![RouteDecisionV1 {
+                rerouted_to: None,
                 account: self.outbound.to_string(),
                 action: "allow".into(),
                 rules: Vec::new(),

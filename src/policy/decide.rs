@@ -38,7 +38,9 @@ use super::detectors::custom::{assemble, pct};
 use super::detectors::{Engine, Hit, Params};
 use super::notices::{NoticeKind, Notices};
 use super::safe;
-use super::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan, Trust};
+use super::{
+    Action, AppliedRule, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan, Trust,
+};
 use carebridge_contract::AccountId;
 use carebridge_contract::config::Problem;
 use std::collections::BTreeSet;
@@ -156,6 +158,14 @@ impl Compiled {
         self.config.channels.get(&account.to_string()).and_then(|c| c.locale).unwrap_or(self.locale)
     }
 
+    pub(crate) fn reroute_notice(&self, account: &AccountId, audience: Audience) -> String {
+        let kind = match audience {
+            Audience::Patient => NoticeKind::SecureMessage,
+            Audience::Staff => NoticeKind::StaffSecureMessage,
+        };
+        self.notices.render(kind, self.locale_of(account))
+    }
+
     fn enabled(&self, rule: &str) -> bool {
         !self.disabled.contains(rule)
     }
@@ -187,6 +197,7 @@ impl Compiled {
             Direction::Out => (Action::Hold, vec![rule]),
         };
         let (notice, notice_to) = self.notice(&action, input);
+        let applied = rules.iter().map(|r| AppliedRule { rule: r.clone(), action: action.name().into() }).collect();
         Decision {
             action,
             rules,
@@ -196,6 +207,7 @@ impl Compiled {
             notice,
             notice_to,
             effective_class: Class::Sensitive,
+            applied,
         }
     }
 
@@ -212,6 +224,7 @@ impl Compiled {
             notice = Some(self.notices.render(NoticeKind::UseSecureChannel, self.locale_of(input.account)));
             notice_to = Some(NoticeTarget::Sender);
         }
+        let applied = rules.iter().map(|r| AppliedRule { rule: r.clone(), action: "allow".into() }).collect();
         Decision {
             action: Action::Allow,
             rules,
@@ -221,6 +234,7 @@ impl Compiled {
             notice,
             notice_to,
             effective_class: class,
+            applied,
         }
     }
 
@@ -248,6 +262,8 @@ impl Compiled {
                 rules.push(o.rule.clone());
             }
         }
+        let mut applied: Vec<AppliedRule> =
+            outcomes.iter().map(|o| AppliedRule { rule: o.rule.clone(), action: o.action.name().into() }).collect();
         let mut rendered = None;
         // What would go out, with the spans the safety net ignores (contact details found,
         // masked placeholders).
@@ -259,6 +275,7 @@ impl Compiled {
             if classify::text_class(&self.engine, &again) > ceiling {
                 action = self.over_ceiling_action(input.account);
                 rules = vec!["builtin.rescan".to_string()];
+                applied.push(AppliedRule { rule: "builtin.rescan".into(), action: action.name().into() });
             } else {
                 let mut neutral = masks;
                 neutral.extend(again.iter().map(|h| (h.start, h.end)));
@@ -296,6 +313,7 @@ impl Compiled {
             notice,
             notice_to,
             effective_class: effective,
+            applied,
         }
     }
 

@@ -281,6 +281,20 @@ pub struct Decision {
     /// attachments on outbound hops.
     #[serde(default)]
     pub effective_class: Class,
+    /// Every rule that applied to this hop and the action it proposed, in evaluation order:
+    /// `rules` are only those that won. A reviewer about to approve what one rule held must see
+    /// that another would have rerouted it (`review show`).
+    #[serde(default)]
+    pub applied: Vec<AppliedRule>,
+}
+
+/// One rule that applied to a hop (see [`Decision::applied`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRule {
+    /// The rule id.
+    pub rule: String,
+    /// The action it proposed (`allow`, `redact`, `reroute`, `hold`, `block`).
+    pub action: String,
 }
 
 impl Decision {
@@ -379,6 +393,13 @@ impl Policy {
     /// The highest class `account` may carry for `audience`, given the consents in force.
     pub fn ceiling(&self, account: &AccountId, audience: Audience, consents: &[ConsentGrant]) -> Class {
         self.inner.ceiling(account, audience, consents).0
+    }
+
+    /// The notice a reroute leaves on `account` for `audience` ("you have a new secure message";
+    /// for staff, "read it in the secure inbox"), in the account's locale. For a held delivery
+    /// that approval sends to the secure account instead (`crate::review`).
+    pub fn reroute_notice(&self, account: &AccountId, audience: Audience) -> String {
+        self.inner.reroute_notice(account, audience)
     }
 
     /// Decides. Pure, total, deterministic.

@@ -83,6 +83,7 @@ impl Store {
         let blind = self.patient_key(patient_id);
         let want: [u8; 32] = blind[1..].try_into().unwrap_or([0; 32]);
         let mut out = Vec::new();
+        let mut assigned = Vec::new();
         for e in chain::entries(&self.journal) {
             let e = e?.map_err(|seq| StoreError::Decode {
                 tree: "journal",
@@ -93,8 +94,21 @@ impl Store {
                 if let Some(r) = self.record(id)? {
                     out.push(r);
                 }
+            } else if e.kind == Kind::Event && e.patient == Some(want) {
+                // An event in this patient's chain on a record without a patient: the record
+                // was attached to them later (`records assign`, `super::triage`).
+                let id = RecordId(e.key.get(..8).and_then(|k| k.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0));
+                if !assigned.contains(&id) && !out.iter().any(|r: &RecordV1| r.id == id) {
+                    assigned.push(id);
+                }
             }
         }
+        for id in assigned {
+            if let Some(r) = self.assigned_record(id, patient_id)? {
+                out.push(r);
+            }
+        }
+        out.sort_by_key(|r| r.id);
         Ok(out)
     }
 }

@@ -110,6 +110,7 @@ mod tests {
             body: Redacted::new("dead letter body".into()),
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
+            rerouted_from: None,
         };
         let item = OutboxItemV1 {
             v: 1,

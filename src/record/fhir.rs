@@ -45,13 +45,13 @@
 //! | `partOf` | the conversation: a logical reference, `identifier` `urn:carebridge:conversation` = a hash of the conversation token (the token itself is a capability and is not exported) | the message |
 //! | `inResponseTo` | the latest earlier message of the *other* party in the same conversation (a clinician's reply answers the patient's latest message; the patient's follow-up answers the latest reply) | – |
 //! | `status` | `completed` | see above; `statusReason.text` says why when not `completed` |
-//! | `medium` | `v3-ParticipationMode` by channel: email `EMAILWRIT`; Telegram, SMS gateways and other webhooks `ONLINEWRIT` (text over a computer network), `text` naming the channel | same, for the destination account |
+//! | `medium` | `v3-ParticipationMode` by channel: email `EMAILWRIT`; Telegram, SMS gateways and other webhooks `ONLINEWRIT` (text over a computer network), `text` naming the channel | same, for the account it went by (rerouted: the secure account) |
 //! | `subject` | `Patient/<patient id>` | same |
 //! | `topic` | the email subject, as `text` | – |
 //! | `sent` | the channel's time for the message | time of the successful attempt |
 //! | `received` | when carebridge recorded it | – |
 //! | `sender` | `Patient/<id>` or `Practitioner/<id>` for directory entries (`display` = the name the channel gave); an unknown sender is a display-only reference whose `identifier` is its address (`urn:carebridge:address` = `email:ann@x.test`) | the message's sender (carebridge relays their words) |
-//! | `recipient` | a clinician's reply: the patient; otherwise the clinic account written to (`urn:carebridge:account` = `email.clinic`) | the patient (reply) or the destination account (forward); none when rerouted |
+//! | `recipient` | a clinician's reply: the patient; otherwise the clinic account written to (`urn:carebridge:account` = `email.clinic`) | the patient (reply) or the account it went by (forward; when rerouted, the secure account) |
 //! | `payload` | the text as `contentString`; each file as `contentAttachment` (`contentType`, `title` = file name, `size`, `data` base64) | – |
 //! | `note` | PHI-free facts: unverified sender, link codes, edits, privacy class, decisions without a delivery | the routing decision and its rules |
 //!
@@ -237,9 +237,13 @@ fn delivery(record: &RecordV1, decision: &RouteDecisionV1, id: DeliveryId, event
     if let Some(reason) = state.reason.as_deref().and_then(fhir_string) {
         c.insert("statusReason".into(), json!({ "text": reason }));
     }
+    // A rerouted delivery went by the account the policy chose (recorded since issue 15; an
+    // older record only says it did not go by `decision.account`, and gets no medium or
+    // recipient).
     let rerouted = decision.action == "reroute";
-    let account: Option<AccountId> = decision.account.parse().ok();
-    if let (false, Some(a)) = (rerouted, &account) {
+    let went_by = if rerouted { decision.rerouted_to.as_deref() } else { Some(decision.account.as_str()) };
+    let account: Option<AccountId> = went_by.and_then(|a| a.parse().ok());
+    if let Some(a) = &account {
         c.insert("medium".into(), json!([medium(a.kind(), None)]));
     }
     if let Some(s) = record.patient_id.as_deref().and_then(|p| party("Patient", SYSTEM_PATIENT, p, None)) {
@@ -248,18 +252,20 @@ fn delivery(record: &RecordV1, decision: &RouteDecisionV1, id: DeliveryId, event
     if let Some(t) = state.sent_at_ms.and_then(instant) {
         c.insert("sent".into(), t.into());
     }
-    let recipient = match (rerouted, is_reply(record)) {
-        (true, _) => None,
-        (false, true) => record.patient_id.as_deref().and_then(|p| party("Patient", SYSTEM_PATIENT, p, None)),
-        (false, false) => account_ref(&decision.account),
+    let recipient = match (went_by, is_reply(record)) {
+        (None, _) => None,
+        (Some(_), true) => record.patient_id.as_deref().and_then(|p| party("Patient", SYSTEM_PATIENT, p, None)),
+        (Some(a), false) => account_ref(a),
     };
     put_array(&mut c, "recipient", recipient.into_iter().collect());
     if let Some(s) = sender(record) {
         c.insert("sender".into(), s);
     }
     let mut note = format!("Routing decision for {}: {}{}", decision.account, decision.action, rules(&decision.rules));
-    if rerouted {
-        note.push_str(" (sent over a secure account instead)");
+    match (rerouted, went_by) {
+        (true, Some(a)) => note.push_str(&format!(" (sent by {a} instead)")),
+        (true, None) => note.push_str(" (sent over a secure account instead)"),
+        _ => {}
     }
     put_array(&mut c, "note", fhir_string(&note).map(|t| json!({ "text": t })).into_iter().collect());
     Value::Object(c)
@@ -283,6 +289,7 @@ pub fn notices(record: &RecordV1, events: &[EventV1]) -> Vec<(DeliveryId, Value)
             rules: Vec::new(),
             class: crate::policy::Class::None,
             delivery: Some(*id),
+            rerouted_to: None,
         };
         let state = delivery_state(&as_delivery, *id, events);
         let mut c = Map::new();
@@ -670,6 +677,7 @@ mod tests {
             rules: if action == "allow" { Vec::new() } else { vec!["clinical_on_sms".into()] },
             class: Class::None,
             delivery: delivery.map(DeliveryId),
+            rerouted_to: (action == "reroute").then(|| "webhook.portal".into()),
         }
     }
 
@@ -926,7 +934,23 @@ mod tests {
         let rerouted = &ds[1];
         assert_eq!(rerouted["status"], "in-progress");
         assert_eq!(rerouted["statusReason"], json!({ "text": "Queued for delivery" }));
-        assert!(rerouted.get("recipient").is_none() && rerouted.get("medium").is_none());
+        // Where it went instead: the secure account's medium, and it as the recipient.
+        assert_eq!(rerouted["medium"][0]["text"], "webhook");
+        assert_eq!(rerouted["recipient"][0]["identifier"]["value"], "webhook.portal");
+        assert_eq!(
+            rerouted["note"][0]["text"],
+            "Routing decision for email.secure: reroute (rules: clinical_on_sms) (sent by webhook.portal instead)"
+        );
+        // A rerouted reply goes to the patient, by the secure account.
+        let mut reply = record(50, SenderV1::Staff { id: "s-1".into() }, Some("p-1"));
+        reply.decisions = vec![decision("webhook.sms", "reroute", Some(51))];
+        let d = &deliveries(&reply, &[])[0];
+        assert_eq!(d["recipient"][0]["reference"], "Patient/p-1");
+        assert_eq!(d["medium"][0]["text"], "webhook");
+        // A record from before the secure account was recorded: no guess.
+        reply.decisions[0].rerouted_to = None;
+        let d = &deliveries(&reply, &[])[0];
+        assert!(d.get("recipient").is_none() && d.get("medium").is_none());
     }
 
     #[test]

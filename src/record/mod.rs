@@ -33,10 +33,12 @@ pub mod keys;
 mod legacy;
 mod migrate;
 pub mod retention;
+mod review;
 pub mod schema;
 pub mod settings;
 #[cfg(test)]
 mod tests;
+pub mod triage;
 
 pub use audit::Actor;
 pub use flusher::Flusher;

@@ -216,6 +216,9 @@ pub struct DeliveryV1 {
     /// Native ids to thread under.
     #[serde(default)]
     pub in_reply_to: Vec<String>,
+    /// For a rerouted delivery, the account it was meant for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerouted_from: Option<AccountId>,
 }
 
 impl From<Delivery> for DeliveryV1 {
@@ -233,6 +236,7 @@ impl From<Delivery> for DeliveryV1 {
             body: d.body,
             attachments: d.attachments.iter().map(AttachmentV1::from).collect(),
             in_reply_to: d.in_reply_to,
+            rerouted_from: d.rerouted_from,
         }
     }
 }
@@ -253,6 +257,7 @@ impl DeliveryV1 {
             body: self.body.clone(),
             attachments,
             in_reply_to: self.in_reply_to.clone(),
+            rerouted_from: self.rerouted_from.clone(),
         }
     }
 }
@@ -288,6 +293,10 @@ pub struct RouteDecisionV1 {
     pub class: Class,
     /// The delivery created, if any.
     pub delivery: Option<DeliveryId>,
+    /// For a reroute: the account the delivery goes by instead (the secure account), so the
+    /// file says where a rerouted message went, not only where it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerouted_to: Option<String>,
 }
 
 /// One exchange: an inbound message with everything decided about it. Written once, in the same
@@ -463,6 +472,15 @@ pub enum EventKind {
         to: Option<AddressV1>,
         /// The text (PHI-free by construction: a fixed template and clinic-level values).
         text: String,
+    },
+    /// An administrator attached a record that had no patient (an unverified sender) to a
+    /// patient's file (`carebridge records assign`). Chained into that patient's chain, which
+    /// is how the record is then found in their file; the record itself is never rewritten.
+    Assigned {
+        /// The patient's directory id.
+        patient: String,
+        /// Who.
+        by: String,
     },
 }
 

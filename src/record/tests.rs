@@ -55,6 +55,7 @@ fn exchange(store: &Store, native: &str, data: &[u8]) -> (Exchange, OutboxKey) {
         body: Redacted::new("Synthetic text.".into()),
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
+        rerouted_from: None,
     };
     let mut delivery = DeliveryV1::from(delivery);
     delivery.attachments = vec![stored.clone().without_data()];

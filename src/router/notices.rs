@@ -25,6 +25,25 @@ pub fn link_notice(config: &Config, account: &AccountId, which: LinkNotice) -> S
     if let Some(text) = configured {
         return text.to_string();
     }
+    localised(config, account, |fr| default_text(which, fr))
+}
+
+/// The PHI-free notice an insecure staff channel gets instead of a message from an unverified
+/// sender (whose words, and address, stay in the record until someone triages it).
+pub fn unverified_notice(config: &Config, account: &AccountId) -> String {
+    localised(config, account, |fr| {
+        if fr {
+            "Nouveau message d'un expéditeur non vérifié : il n'a pas été publié ici. Il attend d'être \
+             rattaché à un dossier (carebridge records unassigned)."
+        } else {
+            "New message from an unverified sender: it was not posted here. It waits to be attached to a \
+             patient's file (carebridge records unassigned)."
+        }
+    })
+}
+
+/// `text(french)` in the locale of `account`: `[policy.channels]`, else `policy.locale`.
+fn localised(config: &Config, account: &AccountId, text: impl Fn(bool) -> &'static str) -> String {
     let locale = config
         .policy
         .channels
@@ -33,9 +52,9 @@ pub fn link_notice(config: &Config, account: &AccountId, which: LinkNotice) -> S
         .or(config.policy.locale)
         .unwrap_or_default();
     match locale {
-        Locale::En => default_text(which, false).to_string(),
-        Locale::Fr => default_text(which, true).to_string(),
-        Locale::Bilingual => format!("{}\n\n{}", default_text(which, false), default_text(which, true)),
+        Locale::En => text(false).to_string(),
+        Locale::Fr => text(true).to_string(),
+        Locale::Bilingual => format!("{}\n\n{}", text(false), text(true)),
     }
 }
 

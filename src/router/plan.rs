@@ -5,7 +5,7 @@
 //! [`Store::commit_exchanges`]. Logs carry ids, channels, actions and rule ids only.
 
 use super::identify::Directory;
-use super::notices::{LinkNotice, link_notice};
+use super::notices::{LinkNotice, link_notice, unverified_notice};
 use crate::config::{Config, UnknownSender};
 use crate::policy::{
     Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy, Scan,
@@ -237,6 +237,7 @@ impl Planner {
             consents: Vec::new(),
         };
 
+        let mut staff_marks = Vec::new();
         match &thread {
             Thread::Reply(c) => match c.origin_account.parse::<AccountId>() {
                 Ok(dest) if self.senders.contains(&dest) => {
@@ -258,6 +259,18 @@ impl Planner {
                 for dest in dests {
                     if record_only {
                         d.decisions.push(skip(&dest.to_string(), "builtin.unknown_sender.record_only"));
+                    } else if sender == SenderV1::Unknown && self.insecure_staff_channel(&dest) {
+                        // Nobody knows who wrote it: their words and address stay in the record
+                        // (`records unassigned`); the channel gets a PHI-free notice, at most
+                        // once per interval per sender.
+                        d.decisions.push(skip(&dest.to_string(), "builtin.unknown_sender.insecure_channel"));
+                        if let Some(mark) = self.unthrottled("unverified", &dest, &env.from)? {
+                            let text = unverified_notice(&self.config, &dest);
+                            if let Some(n) = self.notice(&d, &dest, None, text, Vec::new())? {
+                                d.outbox.push(n);
+                                staff_marks.push(mark);
+                            }
+                        }
                     } else {
                         self.plan_delivery(&mut d, &dest, DeliveryKind::Forward, None)?;
                     }
@@ -267,7 +280,7 @@ impl Planner {
         // Unprompted notices (how to link an unknown chat; the policy's advisory to a patient who
         // put health details on an insecure channel) go at most once per interval per sender and
         // kind, however many messages they send: every new message is a new conversation.
-        let mut notice_marks = Vec::new();
+        let mut notice_marks = staff_marks;
         if sender == SenderV1::Unknown
             && env.link_code.is_none()
             && account.kind() == ChannelKind::Telegram
@@ -327,6 +340,19 @@ impl Planner {
         Ok(Step::Commit(Box::new(Exchange { record, conversation, native_refs, outbox, review, link, notice_marks })))
     }
 
+    /// A staff destination where the platform can read everything: no place for the words (or
+    /// the phone number) of someone nobody has verified. Chat and email accounts count by their
+    /// trust (Telegram is `insecure` by default); a webhook only when `[policy.channels]` says
+    /// `insecure`, since its receiver is usually a clinic system (the EHR) whatever its default.
+    fn insecure_staff_channel(&self, dest: &AccountId) -> bool {
+        let configured = self.config.policy.channels.get(&dest.to_string()).and_then(|c| c.trust);
+        match (dest.kind(), configured) {
+            (_, Some(t)) => t == crate::policy::Trust::Insecure,
+            (ChannelKind::Webhook, None) => false,
+            _ => self.policy.trust(dest) == crate::policy::Trust::Insecure,
+        }
+    }
+
     /// The mark to record for an unprompted notice of `kind` to `to` on `account`, or `None` if
     /// one went out within `router.notice_interval_secs`.
     fn unthrottled(&self, kind: &str, account: &AccountId, to: &Address) -> Result<Option<String>, StoreError> {
@@ -384,6 +410,7 @@ impl Planner {
         let decision = self.check_out(d, dest, audience)?;
         let original = d.env.body.expose();
         let mut delivery_id = None;
+        let mut rerouted_to = None;
         let existing = match decision.action {
             Action::Allow | Action::Redact | Action::Hold => shared(d, dest, kind, &to),
             Action::Block | Action::Reroute { .. } => None,
@@ -417,7 +444,10 @@ impl Planner {
                 }
             }
             Action::Reroute { to: secure } => {
-                delivery_id = self.reroute(d, secure.as_deref(), kind, audience)?;
+                if let Some((id, target)) = self.reroute(d, dest, secure.as_deref(), kind, audience)? {
+                    delivery_id = Some(id);
+                    rerouted_to = Some(target.to_string());
+                }
                 if let Some(n) = self.notice_for(d, &decision, dest, to.clone())? {
                     d.outbox.push(n);
                 }
@@ -429,6 +459,7 @@ impl Planner {
             rules: decision.rules.clone(),
             class: decision.effective_class,
             delivery: delivery_id,
+            rerouted_to,
         });
         Ok(())
     }
@@ -464,13 +495,16 @@ impl Planner {
     /// checking it against that account too. A reply needs the patient's address there (from
     /// the directory); a forward goes to the secure account's default destination. What the
     /// secure account may not carry either is held for review.
+    /// Returns the delivery and the account it goes by. The delivery names `meant_for`, the
+    /// account it was meant to go by, so the receiver can tell where the patient wrote from.
     fn reroute(
         &self,
         d: &mut Draft<'_>,
+        meant_for: &AccountId,
         secure: Option<&str>,
         kind: DeliveryKind,
         audience: Audience,
-    ) -> Result<Option<DeliveryId>, StoreError> {
+    ) -> Result<Option<(DeliveryId, AccountId)>, StoreError> {
         let Some(target) = secure.and_then(|s| s.parse::<AccountId>().ok()).filter(|a| self.senders.contains(a)) else {
             return Ok(None);
         };
@@ -485,23 +519,25 @@ impl Planner {
             _ => None,
         };
         if let Some(id) = shared(d, &target, kind, &to) {
-            return Ok(Some(id));
+            return Ok(Some((id, target)));
         }
         let decision = self.check_out(d, &target, audience)?;
         let original = d.env.body.expose();
         match decision.body_to_send(original) {
             Some(body) => {
                 let body = body.to_string();
-                let item = self.item(d, &target, kind, to, body, false, decision.action == Action::Allow)?;
+                let mut item = self.item(d, &target, kind, to, body, false, decision.action == Action::Allow)?;
+                item.1.delivery.rerouted_from = Some(meant_for.clone());
                 let id = item.1.delivery.id;
                 d.outbox.push(item);
-                Ok(Some(id))
+                Ok(Some((id, target)))
             }
             None => {
-                let (_, item) = self.item(d, &target, kind, to, original.clone(), false, true)?;
+                let (_, mut item) = self.item(d, &target, kind, to, original.clone(), false, true)?;
+                item.delivery.rerouted_from = Some(meant_for.clone());
                 let id = item.delivery.id;
                 d.review.push(ReviewItemV1 { v: 1, at_ms: now_ms(), item, rules: decision.rules, reject_notice: None });
-                Ok(Some(id))
+                Ok(Some((id, target)))
             }
         }
     }
@@ -570,6 +606,7 @@ impl Planner {
                 Vec::new()
             },
             in_reply_to,
+            rerouted_from: None,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -609,6 +646,7 @@ impl Planner {
             body: Redacted::new(text),
             attachments: Vec::new(),
             in_reply_to,
+            rerouted_from: None,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -654,7 +692,7 @@ fn own_message(env: &Envelope) -> Vec<String> {
 }
 
 /// The address kind an account's recipients have.
-fn address_kind_of(account: &AccountId) -> AddressKind {
+pub(crate) fn address_kind_of(account: &AccountId) -> AddressKind {
     match account.kind() {
         ChannelKind::Email => AddressKind::Email,
         ChannelKind::Telegram => AddressKind::Telegram,
@@ -676,6 +714,7 @@ fn skip(account: &str, rule: &str) -> RouteDecisionV1 {
         rules: vec![rule.to_string()],
         class: Class::None,
         delivery: None,
+        rerouted_to: None,
     }
 }
 

@@ -51,6 +51,11 @@ pub struct Delivery {
     /// Native ids on the destination channel to thread under (`In-Reply-To`, Telegram
     /// `reply_to_message_id` as `<chat>:<id>`).
     pub in_reply_to: Vec<String>,
+    /// The account this delivery was meant for, when the privacy policy rerouted it here (a
+    /// reply that may not go by SMS, sent to the secure portal instead): the receiver can say
+    /// where the patient wrote from. `None` for a delivery to the account it was meant for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerouted_from: Option<AccountId>,
 }
 
 /// What a successful send reports back.

@@ -60,6 +60,7 @@ fn delivery(kind: DeliveryKind, to: Option<&str>, body: &str) -> Delivery {
         body: Redacted::new(body.into()),
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
+        rerouted_from: None,
     }
 }
 

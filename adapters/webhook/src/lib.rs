@@ -110,6 +110,11 @@
 //! `{"kind":"phone","value":"+14165550199"}`, kinds `phone`, `email`, `telegram`, `opaque`) or
 //! `notice` (a content-free notice from carebridge).
 //!
+//! A delivery the privacy policy rerouted to this account (a secure portal) instead of the one
+//! it was meant for also carries `"rerouted_from": "webhook.sms"`: the account it was meant to go
+//! by, so the portal can tell the patient wrote by SMS (and that only a PHI-free notice went
+//! there). The field is absent on every other delivery.
+//!
 //! The receiver's answer decides what happens next:
 //! - 2xx: sent. If the body is JSON with a string `"id"`, that id is remembered, so a later
 //!   message whose `in_reply_to` names it joins the conversation. Any other body is fine.

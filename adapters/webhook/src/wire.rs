@@ -122,6 +122,11 @@ pub struct OutboundMessage<'a> {
     pub attachments: Vec<OutboundAttachment<'a>>,
     /// Native ids this message answers.
     pub in_reply_to: &'a [String],
+    /// The account the message was meant to go by, when the privacy policy rerouted it to this
+    /// one (`"webhook.sms"`: the patient wrote by SMS, the answer may not go back that way).
+    /// Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerouted_from: Option<String>,
 }
 
 impl<'a> OutboundMessage<'a> {
@@ -139,6 +144,7 @@ impl<'a> OutboundMessage<'a> {
             text: d.body.expose(),
             attachments: d.attachments.iter().map(OutboundAttachment::from).collect(),
             in_reply_to: &d.in_reply_to,
+            rerouted_from: d.rerouted_from.as_ref().map(ToString::to_string),
         }
     }
 }

@@ -96,6 +96,7 @@ async fn no_personal_data_reaches_the_logs() {
             data: Redacted::new(b"hello".to_vec()),
         }],
         in_reply_to: vec![],
+        rerouted_from: None,
     };
     let key = SigningKey::new(common::SECRET);
     let out =

@@ -91,6 +91,7 @@ fn forward(id: u64) -> Delivery {
             data: Redacted::new(b"hello".to_vec()),
         }],
         in_reply_to: vec!["m-1".into()],
+        rerouted_from: None,
     }
 }
 
