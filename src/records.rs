@@ -245,8 +245,12 @@ pub mod http {
             .route("/admin/records/{id}/assign", post(assign_h))
     }
 
-    fn actor(q: &str) -> Actor {
-        Actor { name: q.to_string(), via: "admin-api" }
+    /// Who reads, as the audit trail records it: a real name, never empty (issue #15, item 15).
+    fn actor(q: &str) -> Result<Actor, RecordsError> {
+        if q.trim().is_empty() {
+            return Err(RecordsError::Invalid("`actor` is required: who reads or changes the record".into()));
+        }
+        Ok(Actor { name: q.to_string(), via: "admin-api" })
     }
 
     fn fail(e: RecordsError) -> Response {
@@ -279,7 +283,7 @@ pub mod http {
             return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
         let Some(patient) = q.patient else { return err(StatusCode::BAD_REQUEST, "patient is required") };
-        run(s, move |st| list(st, &actor(&q.actor), &patient)).await
+        run(s, move |st| list(st, &actor(&q.actor)?, &patient)).await
     }
 
     async fn show_h(
@@ -292,7 +296,7 @@ pub mod http {
             return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
         let Ok(id) = id.parse::<RecordId>() else { return err(StatusCode::BAD_REQUEST, "not a record id") };
-        run(s, move |st| show(st, &actor(&q.actor), id)?.ok_or_else(|| RecordsError::Invalid("no such record".into())))
+        run(s, move |st| show(st, &actor(&q.actor)?, id)?.ok_or_else(|| RecordsError::Invalid("no such record".into())))
             .await
     }
 
@@ -302,21 +306,21 @@ pub mod http {
         }
         let Some(patient) = q.patient else { return err(StatusCode::BAD_REQUEST, "patient is required") };
         let format = q.format.unwrap_or(Format::Jsonl);
-        run(s, move |st| export(st, &actor(&q.actor), &patient, format).map(|data| json!({ "data": data }))).await
+        run(s, move |st| export(st, &actor(&q.actor)?, &patient, format).map(|data| json!({ "data": data }))).await
     }
 
     async fn audit_h(AxState(s): AxState<State>, h: HeaderMap, Query(q): Query<ReadQuery>) -> Response {
         if !authorised(&s, &h) {
             return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
-        run(s, move |st| audit_trail(st, &actor(&q.actor), q.patient.as_deref())).await
+        run(s, move |st| audit_trail(st, &actor(&q.actor)?, q.patient.as_deref())).await
     }
 
     async fn unassigned_h(AxState(s): AxState<State>, h: HeaderMap, Query(q): Query<ReadQuery>) -> Response {
         if !authorised(&s, &h) {
             return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
-        run(s, move |st| unassigned(st, &actor(&q.actor))).await
+        run(s, move |st| unassigned(st, &actor(&q.actor)?)).await
     }
 
     async fn assign_h(
@@ -331,7 +335,7 @@ pub mod http {
         let Ok(id) = id.parse::<RecordId>() else { return err(StatusCode::BAD_REQUEST, "not a record id") };
         let config = s.config.get();
         run(s, move |st| {
-            assign(st, &config, &actor(&b.actor), id, &b.patient)
+            assign(st, &config, &actor(&b.actor)?, id, &b.patient)
                 .map(|()| json!({ "record": id.to_string(), "patient": b.patient }))
         })
         .await
@@ -349,7 +353,7 @@ pub mod http {
             return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
         let retention = s.config.get().store.retention.clone();
-        run(s, move |st| purge(st, &actor(&b.actor), &retention, b.older_than_days, b.dry_run)).await
+        run(s, move |st| purge(st, &actor(&b.actor)?, &retention, b.older_than_days, b.dry_run)).await
     }
 }
 
@@ -443,17 +447,6 @@ pub mod cli {
             #[arg(long)]
             file: PathBuf,
         },
-    }
-
-    /// The name audit entries carry: `--actor`, else the login name (`SUDO_USER` first, so
-    /// `sudo carebridge …` names the person, not root).
-    pub fn actor_name(given: Option<String>) -> String {
-        given
-            .or_else(|| std::env::var("SUDO_USER").ok())
-            .or_else(|| std::env::var("USER").ok())
-            .or_else(|| std::env::var("LOGNAME").ok())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "unknown".into())
     }
 
     /// Percent-encodes a query value.

@@ -625,3 +625,22 @@ async fn a_truncated_store_file_is_refused_with_exit_65_and_a_message_never_a_pa
     println!("truncated files: {refused} refused with exit 65, {harmless} harmless");
     assert!(refused > 0 && run_checked, "cutting the store's files must be caught");
 }
+
+/// Issue #15, item 15: a read through the admin API names who reads, or is refused.
+#[tokio::test]
+async fn the_admin_api_refuses_a_read_without_an_actor() {
+    let c = Clinic::start("", "").await;
+    exchange(&c).await;
+    let client = reqwest::Client::new();
+    let get = |actor: &'static str| {
+        client
+            .get(format!("http://127.0.0.1:{}/admin/records?patient=p-0001&actor={actor}", c.admin_port))
+            .bearer_auth("admin-test-token")
+            .send()
+    };
+    let refused = get("").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("actor"));
+    assert_eq!(get("%20").await.unwrap().status(), 400, "blank is no name either");
+    assert_eq!(get("privacy-officer").await.unwrap().status(), 200);
+}

@@ -25,6 +25,8 @@ pub struct Clinic {
     pub ehr: Sink,
     /// The secure patient portal.
     pub portal: Sink,
+    /// The admin API (bearer token `admin-test-token`).
+    pub admin_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -88,7 +90,7 @@ secure_account = "webhook.portal"
         for p in [sms_port, ehr_port] {
             assert!(wait_http(&format!("http://127.0.0.1:{p}/healthz"), Duration::from_secs(20)).await);
         }
-        Clinic { d, sms_port, ehr_port, sms, ehr, portal, _dir: dir }
+        Clinic { d, sms_port, ehr_port, sms, ehr, portal, admin_port, _dir: dir }
     }
 
     /// `carebridge review <args>` against the running daemon, parsed.
