@@ -405,7 +405,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     if !config.directory.patient.iter().any(|p| p.id == patient) {
                         bail!("unknown patient id `{patient}` (add the patient to the directory first)");
                     }
-                    let store = open_store(&config)?;
+                    let store = open_store_to_write(&config)?;
                     let code = crate::admin::create_link_code(&store, &patient, &account, &purpose)?;
                     store.flush_blocking()?;
                     serde_json::json!({ "code": code })
@@ -425,7 +425,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let actor = who_acts(actor)?;
             let req = crate::admin::ConsentRequest { patient_id: patient, account, purpose, grant, source, actor };
             if admin_call(&config, "POST", "/admin/consents", Some(serde_json::to_value(&req)?))?.is_none() {
-                let store = open_store(&config)?;
+                let store = open_store_to_write(&config)?;
                 crate::admin::apply_consent(&store, &req, "cli")?;
                 store.flush_blocking()?;
             }
@@ -537,6 +537,13 @@ fn os_user_name() -> Option<String> {
     })
 }
 
+/// The store for a command that writes into it (`link`, `consent`): on a new install, before the
+/// daemon's first start, it may be created, as `run` would.
+fn open_store_to_write(config: &Config) -> Result<Store> {
+    crate::record::open_configured(config)
+}
+
+/// The store for a command that reads it: there must be one (see `record::open_existing`).
 fn open_store(config: &Config) -> Result<Store> {
     crate::record::open_existing(config, config.file.is_some())
 }
