@@ -197,8 +197,22 @@ impl FjallBackend {
 
     fn ks(&self, tree: TreeId) -> &SingleWriterTxKeyspace {
         // Ids come only from `tree`, which returns positions in this fixed list.
-        &self.trees[tree.0.min(self.trees.len() - 1)].1
+        keyspace(&self.trees, tree)
     }
+}
+
+/// A tree's id: its position in the fixed list every handle (the engine, its snapshots) shares.
+fn tree_id(trees: &[(&'static str, SingleWriterTxKeyspace)], name: &str) -> Result<TreeId, EngineError> {
+    trees
+        .iter()
+        .position(|(n, _)| *n == name)
+        .map(TreeId)
+        .ok_or_else(|| EngineError::Corrupt(format!("the store has no tree `{name}`")))
+}
+
+/// The keyspace of a tree id (ids come only from [`tree_id`] over the same list).
+fn keyspace<'a>(trees: &'a [(&'static str, SingleWriterTxKeyspace)], tree: TreeId) -> &'a SingleWriterTxKeyspace {
+    &trees[tree.0.min(trees.len() - 1)].1
 }
 
 fn entries(it: fjall::Iter) -> Entries<'static> {
@@ -207,11 +221,7 @@ fn entries(it: fjall::Iter) -> Entries<'static> {
 
 impl Backend for FjallBackend {
     fn tree(&self, name: &str) -> Result<TreeId, EngineError> {
-        self.trees
-            .iter()
-            .position(|(n, _)| *n == name)
-            .map(TreeId)
-            .ok_or_else(|| EngineError::Corrupt(format!("the store has no tree `{name}`")))
+        tree_id(&self.trees, name)
     }
 
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
@@ -281,17 +291,13 @@ struct FjallSnapshot {
 
 impl FjallSnapshot {
     fn ks(&self, tree: TreeId) -> &fjall::Keyspace {
-        self.trees[tree.0.min(self.trees.len() - 1)].1.inner()
+        keyspace(&self.trees, tree).inner()
     }
 }
 
 impl Backend for FjallSnapshot {
     fn tree(&self, name: &str) -> Result<TreeId, EngineError> {
-        self.trees
-            .iter()
-            .position(|(n, _)| *n == name)
-            .map(TreeId)
-            .ok_or_else(|| EngineError::Corrupt(format!("the store has no tree `{name}`")))
+        tree_id(&self.trees, name)
     }
 
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
