@@ -77,6 +77,7 @@
 //! | 400 | `{"error":"body is not valid JSON: expected value at line 1 column 1","quarantine_id":"rec-…"}` | signed but malformed: kept in quarantine, do not resend as is |
 //! | 401 | `{"error":"signature does not match"}` | missing/bad signature or timestamp out of range; nothing stored |
 //! | 413 | `{"error":"body is larger than 1048576 bytes"}` | over `max_body_bytes`; nothing stored |
+//! | 408 | `{"error":"body not received in time"}` | body slower than 30 s after the headers; nothing stored, connection closed |
 //! | 503 | `{"error":"not recorded, try again later"}` + `Retry-After: 5` | carebridge is busy or stopping; resend the same request later |
 //! | 404 / 405 | `{"error":"not found"}` / `{"error":"method not allowed"}` | wrong path / method |
 //!
