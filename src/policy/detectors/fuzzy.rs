@@ -7,59 +7,225 @@
 //! `ohip`, `of`) must be exact: one edit turns them into other words. A phrase also matches its
 //! words written as one ("healthcard", "dateofbirth").
 //!
-//! Only detectors whose matches are dropped without context use this (identifiers), and only
-//! for a match with no exact context word near: it costs a fold of the window and a few
-//! distance computations per such match.
+//! Only detectors whose matches are dropped without context use this (identifiers). The
+//! phrases are compiled once into an [`Index`] keyed by first letter; a text's words are
+//! compared once with the phrases starting with the same letter, and each approximate
+//! occurrence then counts as a context word of the phrase's detectors wherever it is.
 
 /// The words of a folded text: runs of letters and digits.
 pub(crate) fn words(folded: &str) -> Vec<&str> {
     folded.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect()
 }
 
-/// Whether typed word `typed` may be the phrase word `want`.
-fn close(typed: &str, want: &str) -> bool {
-    if typed == want {
-        return true;
-    }
-    // Cheap rejections first: this runs for every word of a window against every phrase.
-    // (Byte lengths bound character counts: a word of under 4 bytes has under 4 letters.)
-    if typed.as_bytes().first() != want.as_bytes().first() || want.len() < 5 || typed.len() < 4 {
-        return false;
-    }
-    let (lt, lw) = (typed.chars().count(), want.chars().count());
-    if lw < 5 || lt < 4 || typed.chars().next() != want.chars().next() {
-        return false;
-    }
-    let max = if lw >= 8 { 2 } else { 1 };
-    lt.abs_diff(lw) <= max && strsim::osa_distance(typed, want) <= max
+/// A word with what the cheap rejections need: its length in characters and the set of its
+/// letters (one bit per ASCII letter, digits and other letters folded onto a few more bits).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shaped<'a> {
+    text: std::borrow::Cow<'a, str>,
+    chars: usize,
+    letters: u32,
 }
 
-/// Whether one of `phrases` (each a list of folded words) occurs, approximately, in `words`.
-pub(crate) fn contains_phrase(words: &[&str], phrases: &[Vec<String>]) -> bool {
-    phrases.iter().any(|p| {
-        let n = p.len();
-        if n == 0 {
-            return false;
+impl<'a> Shaped<'a> {
+    fn new(text: impl Into<std::borrow::Cow<'a, str>>) -> Shaped<'a> {
+        let text = text.into();
+        let (mut chars, mut letters) = (0, 0u32);
+        for c in text.chars() {
+            chars += 1;
+            let bit = match c {
+                'a'..='z' => u32::from(c) - u32::from('a'),
+                '0'..='9' => 26,
+                _ => 27 + u32::from(c) % 5,
+            };
+            letters |= 1 << bit;
         }
-        let run = words.windows(n).any(|w| w.iter().zip(p).all(|(t, want)| close(t, want)));
-        run || (n > 1 && {
-            let joined: String = p.concat();
-            words.iter().any(|t| close(t, &joined))
-        })
-    })
+        Shaped { text, chars, letters }
+    }
+}
+
+/// Whether typed word `typed` may be the phrase word `want`.
+fn close(typed: &Shaped<'_>, want: &Shaped<'_>) -> bool {
+    if typed.text == want.text {
+        return true;
+    }
+    if typed.text.as_bytes().first() != want.text.as_bytes().first()
+        || want.chars < 5
+        || typed.chars < 4
+        || typed.text.chars().next() != want.text.chars().next()
+    {
+        return false;
+    }
+    let max = if want.chars >= 8 { 2 } else { 1 };
+    // An edit brings in at most one letter the other word lacks and takes out at most one it
+    // has: most pairs are rejected here, before the distance is computed.
+    let extra = (typed.letters & !want.letters).count_ones() as usize;
+    let missing = (want.letters & !typed.letters).count_ones() as usize;
+    typed.chars.abs_diff(want.chars) <= max
+        && extra <= max
+        && missing <= max
+        && strsim::osa_distance(&typed.text, &want.text) <= max
+}
+
+/// One fuzzy phrase: its words (indices into the index's vocabulary), the detectors using it.
+#[derive(Clone, Debug)]
+struct Phrase {
+    words: Vec<usize>,
+    specs: Vec<usize>,
+}
+
+/// Longest word (characters) looked up; longer typed words are compared with nothing.
+const MAX_CHARS: usize = 40;
+
+/// The fuzzy context phrases of the detectors that accept misspelt context words.
+///
+/// Their distinct words (and the phrases written as one word) form a small vocabulary,
+/// bucketed by first byte and length in characters: a typed word is compared only with the
+/// vocabulary words of its bucket and the neighbouring lengths, once per text, and phrases
+/// are then read off the words' matches.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Index {
+    vocab: Vec<Shaped<'static>>,
+    /// `buckets[first byte][length]`: vocabulary words with that first byte and length.
+    buckets: Vec<Vec<Vec<usize>>>,
+    phrases: Vec<Phrase>,
+    /// For each vocabulary word: the phrases it starts, and the phrases it writes as one.
+    starting: Vec<Vec<usize>>,
+    joining: Vec<Vec<usize>>,
+}
+
+impl Index {
+    /// Builds the index from `(folded phrase, detector index)` pairs.
+    pub(crate) fn new(phrases: impl IntoIterator<Item = (String, usize)>) -> Index {
+        let mut ix = Index { buckets: vec![Vec::new(); 256], ..Index::default() };
+        for (p, spec) in phrases {
+            let w: Vec<usize> = words(&p).into_iter().map(|w| ix.word(w)).collect();
+            let Some(&first) = w.first() else { continue };
+            if let Some(known) = ix.phrases.iter_mut().find(|k| k.words == w) {
+                if !known.specs.contains(&spec) {
+                    known.specs.push(spec);
+                }
+                continue;
+            }
+            let joined: String = words(&p).concat();
+            let joined = ix.word(&joined);
+            let id = ix.phrases.len();
+            if let Some(s) = ix.starting.get_mut(first) {
+                s.push(id);
+            }
+            if w.len() > 1
+                && let Some(j) = ix.joining.get_mut(joined)
+            {
+                j.push(id);
+            }
+            ix.phrases.push(Phrase { words: w, specs: vec![spec] });
+        }
+        ix
+    }
+
+    /// The vocabulary index of `w`, added if new.
+    fn word(&mut self, w: &str) -> usize {
+        if let Some(i) = self.vocab.iter().position(|v| v.text == w) {
+            return i;
+        }
+        let shaped = Shaped::new(w.to_string());
+        let (first, len) = (w.as_bytes().first().copied().unwrap_or(0), shaped.chars.min(MAX_CHARS));
+        let id = self.vocab.len();
+        if let Some(b) = self.buckets.get_mut(usize::from(first)) {
+            if b.len() <= len {
+                b.resize(len + 1, Vec::new());
+            }
+            if let Some(slot) = b.get_mut(len) {
+                slot.push(id);
+            }
+        }
+        self.vocab.push(shaped);
+        self.starting.push(Vec::new());
+        self.joining.push(Vec::new());
+        id
+    }
+
+    /// Whether there is nothing to look for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.phrases.is_empty()
+    }
+
+    /// The vocabulary words `typed` may be (each at most once, in vocabulary order).
+    fn matches(&self, typed: &str, out: &mut Vec<usize>) {
+        out.clear();
+        let Some(lens) = typed.as_bytes().first().and_then(|&f| self.buckets.get(usize::from(f))) else { return };
+        // Byte lengths bound character counts from above: a word too short for every
+        // vocabulary word of its first letter is rejected before it is measured.
+        let shortest = lens.iter().position(|ids| !ids.is_empty());
+        if shortest.is_none_or(|n| typed.len() + 2 < n) {
+            return;
+        }
+        let shaped = Shaped::new(typed);
+        if shaped.chars > MAX_CHARS {
+            return;
+        }
+        let (lo, hi) = (shaped.chars.saturating_sub(2), shaped.chars + 2);
+        for ids in lens.get(lo..=hi.min(lens.len().saturating_sub(1))).into_iter().flatten() {
+            for &id in ids {
+                if self.vocab.get(id).is_some_and(|want| close(&shaped, want)) {
+                    out.push(id);
+                }
+            }
+        }
+    }
+
+    /// Where phrases occur, approximately, in a folded text whose letter runs are `runs`:
+    /// calls `found(start, end, specs)` with byte offsets of the folded text and the detectors
+    /// using the phrase. Words are runs of letters (a number glued to a word,
+    /// `healthcard1234567897`, does not hide it).
+    pub(crate) fn find(&self, folded: &str, runs: &[(usize, usize)], mut found: impl FnMut(usize, usize, &[usize])) {
+        // Each word of the text with the vocabulary words it may be; most have none.
+        let mut buf = Vec::new();
+        let spans: Vec<(usize, usize, Vec<usize>)> = runs
+            .iter()
+            .map(|&(a, b)| {
+                self.matches(folded.get(a..b).unwrap_or_default(), &mut buf);
+                (a, b, if buf.is_empty() { Vec::new() } else { buf.clone() })
+            })
+            .collect();
+        for (k, (a, b, ids)) in spans.iter().enumerate() {
+            for &id in ids {
+                for &pi in self.starting.get(id).into_iter().flatten() {
+                    let Some(p) = self.phrases.get(pi) else { continue };
+                    let n = p.words.len();
+                    let run = spans
+                        .get(k..k + n)
+                        .is_some_and(|typed| typed.iter().zip(&p.words).all(|((_, _, t), want)| t.contains(want)));
+                    if run && let Some((_, end, _)) = spans.get(k + n - 1) {
+                        found(*a, *end, &p.specs);
+                    }
+                }
+                for &pi in self.joining.get(id).into_iter().flatten() {
+                    if let Some(p) = self.phrases.get(pi) {
+                        found(*a, *b, &p.specs);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn phrases(list: &[&str]) -> Vec<Vec<String>> {
-        list.iter().map(|p| words(p).into_iter().map(str::to_string).collect()).collect()
-    }
-
     #[test]
     fn misspelt_context_words() {
-        let ps = phrases(&["health card", "date of birth", "chart", "ohip", "insurance", "dob"]);
+        let ix = Index::new(
+            ["health card", "date of birth", "chart", "ohip", "insurance", "dob"]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.to_string(), i)),
+        );
+        let found = |t: &str| {
+            let mut v: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+            ix.find(t, &super::super::letter_runs(t), |a, b, specs| v.push((a, b, specs.to_vec())));
+            v
+        };
         for (typed, want) in [
             ("my helth card is", true),
             ("date of brith", true),
@@ -72,7 +238,10 @@ mod tests {
             ("start", false),
             ("date of bath", false),
         ] {
-            assert_eq!(contains_phrase(&words(typed), &ps), want, "{typed}");
+            assert_eq!(!found(typed).is_empty(), want, "{typed}");
         }
+        // Where, and for whom: the phrase's span in the folded text.
+        assert_eq!(found("my helth card is"), [(3, 13, vec![0])]);
+        assert_eq!(found("helthcard1234567897"), [(0, 9, vec![0])]);
     }
 }

@@ -25,7 +25,7 @@ pub(crate) mod normalize;
 use super::Class;
 use aho_corasick::{AhoCorasick, MatchKind};
 use normalize::{View, isolated, next_boundary, whole_word};
-use regex::{Regex, RegexBuilder};
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Compiled-size cap for one pattern (user patterns included): large enough for any sane
@@ -252,13 +252,33 @@ pub(crate) struct Hit {
     pub pct: u8,
 }
 
-/// A context word occurrence: which term, where (original offsets).
-#[derive(Clone, Copy, Debug)]
-struct ContextHit {
-    term: usize,
-    start: usize,
-    end: usize,
+/// The context words of one text, per detector: `(detector, start, end)` in original offsets,
+/// sorted, so each detector's occurrences are one slice.
+struct ContextHits {
+    hits: Vec<(usize, usize, usize)>,
+    /// Longest occurrence (bytes of the original), to bound look-ups by start.
+    max_len: usize,
 }
+
+impl ContextHits {
+    /// The occurrences of detector `spec`'s context words, sorted by start.
+    fn of(&self, spec: usize) -> &[(usize, usize, usize)] {
+        let lo = self.hits.partition_point(|h| h.0 < spec);
+        let hi = self.hits.partition_point(|h| h.0 <= spec);
+        self.hits.get(lo..hi).unwrap_or_default()
+    }
+
+    /// Whether one of detector `spec`'s context words overlaps `from..to`.
+    fn near(&self, spec: usize, from: usize, to: usize) -> bool {
+        let hits = self.of(spec);
+        let lo = hits.partition_point(|h| h.1.saturating_add(self.max_len) <= from);
+        hits.get(lo..).unwrap_or_default().iter().take_while(|h| h.1 < to).any(|h| h.2 > from)
+    }
+}
+
+/// How far around a match its context window can reach at most (the window's byte cap, plus
+/// the character it may stop inside): no context word outside this, no window to compute.
+const REACH: usize = WINDOW_CAP + 8;
 
 /// All detectors, compiled.
 #[derive(Clone, Debug)]
@@ -266,16 +286,22 @@ pub(crate) struct Engine {
     specs: Vec<Spec>,
     /// (detector index, its regex).
     regexes: Vec<(usize, Regex)>,
-    /// Keywords and context words in one automaton, so the folded text is searched once.
-    terms: Option<AhoCorasick>,
+    /// The patterns of the detectors run around digits, in one set: run once over each digit
+    /// window, it says which of them can match there, so the others are not run at all.
+    /// With it, for each entry of `regexes`, its index in the set.
+    digit_set: Option<(RegexSet, Vec<Option<usize>>)>,
+    /// Keywords and context words that start and end with a letter (nearly all): looked up
+    /// by the letter runs of the folded text (see [`WordTerms`]).
+    words: WordTerms,
+    /// The other keywords and context words (`file #`, `o2`, `covid-19`), in one automaton,
+    /// with each pattern's term id.
+    terms: Option<(AhoCorasick, Vec<usize>)>,
     /// For each pattern of `terms`: the detectors listing it as a keyword.
     keyword_owners: Vec<Vec<usize>>,
     /// For each pattern of `terms`: the detectors using it as a context word (sorted).
     context_users: Vec<Vec<usize>>,
-    /// Longest context term (bytes of the folded term), to bound window look-ups.
-    context_max_len: usize,
-    /// For each detector with fuzzy context: its context words as folded word lists.
-    fuzzy_phrases: Vec<Vec<Vec<String>>>,
+    /// The context words of detectors that accept them misspelt.
+    fuzzy: fuzzy::Index,
     /// Compacted allow-list values (sorted).
     allow: Vec<String>,
     params: Params,
@@ -295,7 +321,6 @@ impl Engine {
 
         // Folded term -> (detectors listing it as a keyword, detectors using it as context).
         let mut all: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = BTreeMap::new();
-        let mut context_max_len = 0;
         for (i, s) in specs.iter().enumerate() {
             for t in &s.terms {
                 let f = normalize::fold_term(t);
@@ -306,42 +331,43 @@ impl Engine {
             for t in &s.context {
                 let f = normalize::fold_term(t);
                 if !f.is_empty() {
-                    context_max_len = context_max_len.max(f.len());
                     all.entry(f).or_default().1.insert(i);
                 }
             }
         }
-        let (terms, keyword_owners, context_users) = automaton(all)?;
-        let fuzzy_phrases = specs
-            .iter()
-            .map(|s| {
-                if !s.fuzzy {
-                    return Vec::new();
+        let (words, terms, keyword_owners, context_users) = automaton(all)?;
+        let fuzzy = fuzzy::Index::new(specs.iter().enumerate().filter(|(_, s)| s.fuzzy).flat_map(|(i, s)| {
+            s.context
+                .iter()
+                // "record #", "n° de dossier": the symbol is part of the phrase, and fuzzy
+                // matching only sees words; those phrases match exactly or not at all.
+                .filter(|t| t.chars().all(|c| c.is_alphanumeric() || matches!(c, ' ' | '\'' | '-' | '.')))
+                .map(move |t| (normalize::fold_term(t), i))
+        }));
+        let digit_set = {
+            let mut members = Vec::with_capacity(regexes.len());
+            let mut patterns = Vec::new();
+            for (spec, _) in &regexes {
+                match specs.get(*spec) {
+                    Some(Spec { prefilter: Prefilter::Digits, pattern: Some(p), .. }) => {
+                        members.push(Some(patterns.len()));
+                        patterns.push(p.as_str());
+                    }
+                    _ => members.push(None),
                 }
-                s.context
-                    .iter()
-                    // "record #", "n° de dossier": the symbol is part of the phrase, and fuzzy
-                    // matching only sees words; those phrases match exactly or not at all.
-                    .filter(|t| t.chars().all(|c| c.is_alphanumeric() || matches!(c, ' ' | '\'' | '-' | '.')))
-                    .map(|t| fuzzy::words(&normalize::fold_term(t)).into_iter().map(str::to_string).collect())
-                    .filter(|w: &Vec<String>| !w.is_empty())
-                    .collect()
-            })
-            .collect();
+            }
+            // A set too large to compile only costs speed: every pattern is then run.
+            RegexSetBuilder::new(&patterns)
+                .size_limit(REGEX_SIZE_LIMIT.saturating_mul(patterns.len().max(1)))
+                .build()
+                .ok()
+                .filter(|_| !patterns.is_empty())
+                .map(|set| (set, members))
+        };
         let mut allow: Vec<String> = allow.iter().map(|a| normalize::compact(a)).filter(|a| !a.is_empty()).collect();
         allow.sort();
         allow.dedup();
-        Ok(Engine {
-            specs,
-            regexes,
-            terms,
-            keyword_owners,
-            context_users,
-            context_max_len,
-            fuzzy_phrases,
-            allow,
-            params,
-        })
+        Ok(Engine { specs, regexes, digit_set, words, terms, keyword_owners, context_users, fuzzy, allow, params })
     }
 
     /// The detectors, in evaluation order.
@@ -361,72 +387,69 @@ impl Engine {
     }
 
     /// Runs every detector over `text`: accepted findings, sorted by start, non-overlapping.
+    ///
+    /// Order of work, cheapest first: one automaton pass over the folded view finds keyword
+    /// matches and context words, and the misspelt context words are looked up once; then
+    /// the patterns run only where they can matter (around digits, where the pattern set
+    /// says they can match, and for detectors that need a context word only near one); a
+    /// match's context window is computed only when a context word lies within its reach.
     pub(crate) fn detect(&self, text: &str) -> Vec<Hit> {
-        let plain = View::plain(text);
         let folded = View::folded(text);
 
-        let mut candidates = Vec::new();
-        if !self.regexes.is_empty() {
-            let hay = plain.text();
-            let whole = [(0, hay.len())];
-            let digits = digit_windows(hay);
-            for (spec, re) in &self.regexes {
-                let ranges: &[(usize, usize)] = match self.specs.get(*spec).map(|s| s.prefilter) {
-                    Some(Prefilter::Digits) => &digits,
-                    Some(Prefilter::Byte(b)) if !hay.as_bytes().contains(&b) => &[],
-                    _ => &whole,
-                };
-                for &(lo, hi) in ranges {
-                    self.run_regex(*spec, re, &plain, lo, hi, text, false, &mut candidates);
-                }
-            }
-            // Numbers hard-wrapped across a line break ("1234 567\n897"): matched again with
-            // the break removed, around the breaks; only matches that span one are new.
-            if let Some((joined, joins)) = View::joined(text) {
-                let windows: Vec<(usize, usize)> = digit_windows(joined.text())
-                    .into_iter()
-                    .filter(|&(lo, hi)| joins.iter().any(|&j| lo <= j && j <= hi))
-                    .collect();
-                for (spec, re) in &self.regexes {
-                    // Built-in patterns only: the clinic's own are matched once, as written.
-                    if self.specs.get(*spec).is_some_and(|s| s.bounded && !matches!(s.prefilter, Prefilter::Byte(_))) {
-                        for &(lo, hi) in &windows {
-                            self.run_regex(*spec, re, &joined, lo, hi, text, true, &mut candidates);
-                        }
-                    }
-                }
-            }
-        }
         // One pass over the folded text finds keyword matches (candidates) and context words.
-        let mut context = Vec::new();
-        if let Some(ac) = &self.terms
+        let mut candidates = Vec::new();
+        let mut ctx = ContextHits { hits: Vec::new(), max_len: 0 };
+        let runs = letter_runs(folded.text());
+        let mut found: Vec<(usize, usize, usize)> = Vec::new();
+        self.words.find(folded.text(), &runs, |a, b, term| found.push((a, b, term)));
+        if let Some((ac, ids)) = &self.terms
             && let Ok(matches) = ac.try_find_overlapping_iter(folded.text())
         {
             for m in matches {
-                if !whole_word(folded.text(), m.start(), m.end()) {
-                    continue;
-                }
-                let Some((start, end)) = folded.original(m.start(), m.end()) else { continue };
-                let term = m.pattern().as_usize();
-                for &spec in self.keyword_owners.get(term).into_iter().flatten() {
-                    let pct = self.specs.get(spec).map_or(0, |s| s.term_pct);
-                    candidates.push(Hit { spec, start, end, pct });
-                }
-                if self.context_users.get(term).is_some_and(|u| !u.is_empty()) {
-                    context.push(ContextHit { term, start, end });
+                if whole_word(folded.text(), m.start(), m.end())
+                    && let Some(&term) = ids.get(m.pattern().as_usize())
+                {
+                    found.push((m.start(), m.end(), term));
                 }
             }
         }
-        context.sort_by_key(|h| (h.start, h.end, h.term));
+        for (a, b, term) in found {
+            let Some((start, end)) = folded.original(a, b) else { continue };
+            for &spec in self.keyword_owners.get(term).into_iter().flatten() {
+                let pct = self.specs.get(spec).map_or(0, |s| s.term_pct);
+                candidates.push(Hit { spec, start, end, pct });
+            }
+            for &spec in self.context_users.get(term).into_iter().flatten() {
+                ctx.hits.push((spec, start, end));
+                ctx.max_len = ctx.max_len.max(end - start);
+            }
+        }
+        if !self.fuzzy.is_empty() {
+            self.fuzzy.find(folded.text(), &runs, |a, b, specs| {
+                if let Some((start, end)) = folded.original(a, b) {
+                    for &spec in specs {
+                        ctx.hits.push((spec, start, end));
+                        ctx.max_len = ctx.max_len.max(end - start);
+                    }
+                }
+            });
+        }
+        ctx.hits.sort_unstable();
+        ctx.hits.dedup();
+
+        if !self.regexes.is_empty() {
+            self.run_regexes(text, &ctx, &mut candidates);
+        }
 
         // Several detectors match the same span (a number is a chart number, a reading, a
-        // ZIP code…): its context window is computed once.
+        // ZIP code…): its context window is computed once, and only when a context word of
+        // the detector is within reach at all.
         let mut windows: rustc_hash::FxHashMap<(usize, usize), (usize, usize)> = Default::default();
         let mut near: Vec<bool> = candidates
             .iter()
             .map(|h| {
                 let Some(spec) = self.specs.get(h.spec) else { return false };
-                if spec.context.is_empty() {
+                if spec.context.is_empty() || !ctx.near(h.spec, h.start.saturating_sub(REACH), h.end + REACH) {
                     return false;
                 }
                 let (from, to) = *windows.entry((h.start, h.end)).or_insert_with(|| {
@@ -435,8 +458,7 @@ impl Engine {
                         window_end(text, h.end, self.params.words_after),
                     )
                 });
-                self.context_near(&context, h.spec, from, to)
-                    || (spec.fuzzy && self.fuzzy_near(text, h.spec, (from, h.start), (h.end, to)))
+                ctx.near(h.spec, from, to)
             })
             .collect();
         share_context(text, &candidates, &mut near, &self.specs);
@@ -459,6 +481,70 @@ impl Engine {
             kept.push(h);
         }
         resolve_overlaps(kept, &self.specs)
+    }
+
+    /// Runs the detectors' patterns over the plain view (and the joined view, for numbers
+    /// broken across lines), adding their judged matches to `out`.
+    fn run_regexes(&self, text: &str, ctx: &ContextHits, out: &mut Vec<Hit>) {
+        let plain = View::plain(text);
+        let hay = plain.text();
+        let whole = [(0, hay.len())];
+        let digits = digit_windows(hay);
+        // Which patterns of the set can match in each digit window.
+        let possible: Option<Vec<regex::SetMatches>> = self.digit_set.as_ref().map(|(set, _)| {
+            digits.iter().map(|&(lo, hi)| set.matches_at(hay.get(..hi).unwrap_or_default(), lo)).collect()
+        });
+        for (ri, (spec_index, re)) in self.regexes.iter().enumerate() {
+            let Some(spec) = self.specs.get(*spec_index) else { continue };
+            match spec.prefilter {
+                Prefilter::Digits => {
+                    let member = self.digit_set.as_ref().and_then(|(_, m)| m.get(ri).copied().flatten());
+                    let reachable = if spec.context_required {
+                        Some(context_reachable(&digits, |lo, hi| {
+                            ctx.near(*spec_index, lo.saturating_sub(REACH), hi + REACH)
+                        }))
+                    } else {
+                        None
+                    };
+                    for (k, &(lo, hi)) in digits.iter().enumerate() {
+                        let can_match = match (&possible, member) {
+                            (Some(p), Some(m)) => p.get(k).is_some_and(|sm| sm.matched(m)),
+                            _ => true,
+                        };
+                        if can_match && reachable.as_ref().is_none_or(|r| r.get(k).copied().unwrap_or(true)) {
+                            self.run_regex(*spec_index, re, &plain, lo, hi, text, false, out);
+                        }
+                    }
+                }
+                Prefilter::Byte(b) if !hay.as_bytes().contains(&b) => {}
+                _ => {
+                    for &(lo, hi) in &whole {
+                        self.run_regex(*spec_index, re, &plain, lo, hi, text, false, out);
+                    }
+                }
+            }
+        }
+        // Numbers hard-wrapped across a line break ("1234 567\n897"): matched again with the
+        // break removed, around the breaks; only matches that span one are new.
+        if let Some((joined, joins)) = View::joined(text) {
+            let windows: Vec<(usize, usize)> = digit_windows(joined.text())
+                .into_iter()
+                .filter(|&(lo, hi)| joins.iter().any(|&j| lo <= j && j <= hi))
+                .collect();
+            for (spec_index, re) in &self.regexes {
+                let Some(spec) = self.specs.get(*spec_index) else { continue };
+                // Built-in patterns only: the clinic's own are matched once, as written. A
+                // detector that needs a context word is skipped when the text has none of its.
+                if spec.bounded
+                    && !matches!(spec.prefilter, Prefilter::Byte(_))
+                    && !(spec.context_required && ctx.of(*spec_index).is_empty())
+                {
+                    for &(lo, hi) in &windows {
+                        self.run_regex(*spec_index, re, &joined, lo, hi, text, true, out);
+                    }
+                }
+            }
+        }
     }
 
     /// Runs one detector's regex over `lo..hi` of a view (matches start at `lo` or later and end
@@ -496,6 +582,12 @@ impl Engine {
                         push(m.start(), j);
                         pos = j.end.max(next);
                     }
+                    // A match of an isolated pattern starting inside a run of digits is glued
+                    // to the digit before it: skip the rest of the run.
+                    None if spec.isolated && hay.as_bytes().get(m.start()).is_some_and(u8::is_ascii_digit) => {
+                        let run = hay.as_bytes().get(m.start()..).unwrap_or_default();
+                        pos = m.start() + run.iter().take_while(|b| b.is_ascii_digit()).count().max(1);
+                    }
                     None => pos = next,
                 }
             }
@@ -506,27 +598,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Whether a context word of detector `spec` lies within the window `from..to`.
-    fn context_near(&self, hits: &[ContextHit], spec: usize, from: usize, to: usize) -> bool {
-        let lo = hits.partition_point(|h| h.start.saturating_add(self.context_max_len) <= from);
-        hits.get(lo..)
-            .unwrap_or_default()
-            .iter()
-            .take_while(|h| h.start < to)
-            .filter(|h| h.end > from)
-            .any(|h| self.context_users.get(h.term).is_some_and(|u| u.binary_search(&spec).is_ok()))
-    }
-
-    /// Whether a context word of detector `spec`, misspelt by a letter or two, lies within the
-    /// window around `start..end` (see [`fuzzy`]).
-    /// `before` and `after` are the window's parts on either side of the match.
-    fn fuzzy_near(&self, text: &str, spec: usize, before: (usize, usize), after: (usize, usize)) -> bool {
-        let Some(phrases) = self.fuzzy_phrases.get(spec).filter(|p| !p.is_empty()) else { return false };
-        let fold = |(a, b): (usize, usize)| text.get(a..b).map(normalize::fold_term).unwrap_or_default();
-        let (before, after) = (fold(before), fold(after));
-        [before, after].iter().any(|w| fuzzy::contains_phrase(&fuzzy::words(w), phrases))
     }
 
     fn allowed(&self, text: &str, h: &Hit) -> bool {
@@ -543,26 +614,114 @@ pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
     RegexBuilder::new(pattern).size_limit(REGEX_SIZE_LIMIT).build()
 }
 
-/// The automaton of every folded term, with each pattern's keyword owners and context users.
+/// Every folded term, compiled: the ones bounded by letters into a [`WordTerms`], the others
+/// into an automaton; with each term's keyword owners and context users, by term id.
 #[allow(clippy::type_complexity)]
 fn automaton(
     terms: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
-) -> Result<(Option<AhoCorasick>, Vec<Vec<usize>>, Vec<Vec<usize>>), String> {
-    if terms.is_empty() {
-        return Ok((None, Vec::new(), Vec::new()));
-    }
-    let mut patterns = Vec::with_capacity(terms.len());
+) -> Result<(WordTerms, Option<(AhoCorasick, Vec<usize>)>, Vec<Vec<usize>>, Vec<Vec<usize>>), String> {
+    let mut words = WordTerms::default();
+    let (mut odd, mut odd_ids) = (Vec::new(), Vec::new());
     let (mut owners, mut users) = (Vec::with_capacity(terms.len()), Vec::with_capacity(terms.len()));
-    for (t, (o, u)) in terms {
-        patterns.push(t);
+    for (id, (t, (o, u))) in terms.into_iter().enumerate() {
+        if !words.insert(&t, id) {
+            odd.push(t);
+            odd_ids.push(id);
+        }
         owners.push(o.into_iter().collect());
         users.push(u.into_iter().collect());
     }
-    let ac = AhoCorasick::builder()
-        .match_kind(MatchKind::Standard)
-        .build(&patterns)
-        .map_err(|e| format!("keyword automaton: {e}"))?;
-    Ok((Some(ac), owners, users))
+    let ac = if odd.is_empty() {
+        None
+    } else {
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&odd)
+            .map_err(|e| format!("keyword automaton: {e}"))?;
+        Some((ac, odd_ids))
+    };
+    Ok((words, ac, owners, users))
+}
+
+/// Terms that start and end with a letter, found by hash look-ups over the letter runs of a
+/// folded text instead of an automaton over ~10,000 terms: a whole-word occurrence of such a
+/// term runs exactly from the start of a letter run to the end of one (a letter before or
+/// after it would glue it to a word), so from each run's start the text is looked up up to
+/// the end of that run, then of the next ones while what was read starts some longer term.
+/// Most words cost one look-up that misses.
+#[derive(Clone, Debug, Default)]
+struct WordTerms {
+    /// Term, or the start of a longer term cut at the end of a letter run -> (its term id if
+    /// it is a term, whether longer terms continue it).
+    map: rustc_hash::FxHashMap<Box<str>, (Option<usize>, bool)>,
+    /// Most letter runs in one term.
+    max_runs: usize,
+}
+
+impl WordTerms {
+    /// Adds a folded term; `false` when it does not start and end with a letter.
+    fn insert(&mut self, term: &str, id: usize) -> bool {
+        let bounded = term.chars().next().is_some_and(char::is_alphabetic)
+            && term.chars().next_back().is_some_and(char::is_alphabetic);
+        if !bounded {
+            return false;
+        }
+        let runs = letter_runs(term);
+        self.max_runs = self.max_runs.max(runs.len());
+        for &(_, end) in runs.iter().take(runs.len().saturating_sub(1)) {
+            if let Some(prefix) = term.get(..end) {
+                self.map.entry(prefix.into()).or_insert((None, false)).1 = true;
+            }
+        }
+        self.map.entry(term.into()).or_insert((None, false)).0 = Some(id);
+        true
+    }
+
+    /// Calls `found(start, end, term id)` for every occurrence in the folded text `f`, whose
+    /// letter runs are `runs`.
+    fn find(&self, f: &str, runs: &[(usize, usize)], mut found: impl FnMut(usize, usize, usize)) {
+        if self.map.is_empty() {
+            return;
+        }
+        for (k, &(start, _)) in runs.iter().enumerate() {
+            for &(_, end) in runs.get(k..).unwrap_or_default().iter().take(self.max_runs) {
+                let Some((id, more)) = f.get(start..end).and_then(|key| self.map.get(key)) else { break };
+                if let Some(id) = id {
+                    found(start, end, *id);
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The runs of letters of `s` (start, end): its words, for keywords and context words.
+pub(crate) fn letter_runs(s: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::with_capacity(s.len() / 5);
+    let mut start = None;
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let (letter, len) = match b.get(i) {
+            Some(&c) if c.is_ascii() => (c.is_ascii_alphabetic(), 1),
+            _ => normalize::char_at(s, i).map_or((false, 1), |c| (c.is_alphabetic(), c.len_utf8())),
+        };
+        match (letter, start) {
+            (true, None) => start = Some(i),
+            (false, Some(st)) => {
+                out.push((st, i));
+                start = None;
+            }
+            _ => {}
+        }
+        i += len;
+    }
+    if let Some(st) = start {
+        out.push((st, s.len()));
+    }
+    out
 }
 
 fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
@@ -680,6 +839,35 @@ fn window_end(text: &str, end: usize, words: usize) -> usize {
         }
     }
     text.len()
+}
+
+/// For a detector that needs a context word: which digit windows can hold a match that ends
+/// up with one. A window can when a context word is within reach of it (`has_context(lo, hi)`),
+/// or when it is within a window's reach of one that can: a number there may share that
+/// one's context ([`share_context`] chains along lists with gaps under [`WINDOW_CAP`]).
+/// Matches in the other windows would all be dropped, so their patterns are not run.
+fn context_reachable(windows: &[(usize, usize)], has_context: impl Fn(usize, usize) -> bool) -> Vec<bool> {
+    let mut ok: Vec<bool> = windows.iter().map(|&(lo, hi)| has_context(lo, hi)).collect();
+    let linked = |k: usize| {
+        k > 0 && windows.get(k - 1).zip(windows.get(k)).is_some_and(|(a, b)| b.0.saturating_sub(a.1) <= REACH)
+    };
+    for k in 1..ok.len() {
+        if linked(k)
+            && ok.get(k - 1).copied().unwrap_or(false)
+            && let Some(o) = ok.get_mut(k)
+        {
+            *o = true;
+        }
+    }
+    for k in (1..ok.len()).rev() {
+        if linked(k)
+            && ok.get(k).copied().unwrap_or(false)
+            && let Some(o) = ok.get_mut(k - 1)
+        {
+            *o = true;
+        }
+    }
+    ok
 }
 
 /// The ranges of `hay` around its digits where a [`Prefilter::Digits`] pattern can match:
@@ -878,11 +1066,60 @@ mod tests {
         }
     }
 
+    /// Looking terms up by letter runs (plus the small automaton for the others) finds
+    /// exactly the whole-word occurrences one automaton over every term finds.
+    #[test]
+    fn word_lookup_finds_what_one_automaton_finds() {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let mut all: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)> = BTreeMap::new();
+        for (i, s) in builtin_specs().iter().enumerate() {
+            for t in s.terms.iter().chain(&s.context) {
+                let f = normalize::fold_term(t);
+                if !f.is_empty() {
+                    all.entry(f).or_default().0.insert(i);
+                }
+            }
+        }
+        let patterns: Vec<&String> = all.keys().collect();
+        let ac =
+            AhoCorasick::builder().match_kind(MatchKind::Standard).build(&patterns).unwrap_or_else(|e| panic!("{e}"));
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let mut texts: Vec<String> = corpus.split("\n=== ").map(str::to_string).collect();
+        texts.extend(
+            [
+                "x-ray then covid-19, file # 12 and o2 sats",
+                "préavis d'hôpital; carte d'hôpital numéro",
+                "bloodsugar blood  sugar sugar",
+            ]
+            .map(str::to_string),
+        );
+        for t in &texts {
+            let folded = View::folded(t);
+            let f = folded.text();
+            let mut want: Vec<(usize, usize, usize)> = ac
+                .find_overlapping_iter(f)
+                .filter(|m| whole_word(f, m.start(), m.end()))
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+                .collect();
+            let mut got = Vec::new();
+            e.words.find(f, &letter_runs(f), |a, b, id| got.push((a, b, id)));
+            if let Some((odd, ids)) = &e.terms {
+                for m in odd.find_overlapping_iter(f).filter(|m| whole_word(f, m.start(), m.end())) {
+                    got.push((m.start(), m.end(), ids.get(m.pattern().as_usize()).copied().unwrap_or(usize::MAX)));
+                }
+            }
+            want.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want, "{t:?}");
+        }
+    }
+
     #[test]
     #[ignore = "prints the keyword automaton's size"]
     fn automaton_size() {
         let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
-        println!("automaton: {:?} bytes", e.terms.as_ref().map(AhoCorasick::memory_usage));
+        println!("automaton: {:?} bytes", e.terms.as_ref().map(|(ac, _)| ac.memory_usage()));
+        println!("terms looked up by word: {}", e.words.map.len());
     }
 
     #[test]

@@ -23,28 +23,74 @@ pub(crate) struct View<'a> {
     text: Cow<'a, str>,
     /// The original text.
     src: &'a str,
-    /// Where each byte of `text` came from; `None` while every original character became as
+    /// Where the bytes of `text` came from; `None` while every original character became as
     /// many bytes as it had (ASCII text, the common case), so byte `i` of `text` came from the
     /// character of `src` containing byte `i` and no table is needed.
     map: Option<ByteMap>,
 }
 
-/// For each byte of a view's text: the original start and end of the character it came from.
+/// Where a view's bytes came from, as runs: most of a view copies its original byte for
+/// byte (ASCII), so a run of such bytes is one entry, and only the characters that changed
+/// length (a collapsed space, an accent stripped, a full-width digit) add entries. Built in
+/// one pass and looked up by binary search, instead of two `u32`s for every byte of the view.
 #[derive(Debug, Default)]
 struct ByteMap {
-    starts: Vec<u32>,
-    ends: Vec<u32>,
+    runs: Vec<Run>,
+}
+
+/// View bytes `view..view_end` came from the original starting at `src`: byte for byte
+/// (`whole == false`; a byte maps to the original character holding `src + offset`), or all
+/// from the one original character `src..src_end` (`whole == true`).
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    view: u32,
+    view_end: u32,
+    src: u32,
+    src_end: u32,
+    whole: bool,
 }
 
 impl ByteMap {
-    /// Records that the next `bytes` bytes of the view came from the original `start..end`.
-    fn push(&mut self, start: usize, end: usize, bytes: usize) {
+    /// Records that the next `bytes` bytes of the view (from `view`) came from the original
+    /// character `start..end`.
+    fn push(&mut self, view: usize, start: usize, end: usize, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
         // Texts are bounded by `detection.max_text_bytes` (at most 64 MiB) before they get here.
-        let s = u32::try_from(start).unwrap_or(u32::MAX);
-        let e = u32::try_from(end).unwrap_or(u32::MAX);
-        self.starts.extend(std::iter::repeat_n(s, bytes));
-        self.ends.extend(std::iter::repeat_n(e, bytes));
+        let u = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let (view, start, end, bytes) = (u(view), u(start), u(end), u(bytes));
+        let copy = bytes == end.saturating_sub(start);
+        if copy
+            && let Some(last) = self.runs.last_mut()
+            && !last.whole
+            && last.view_end == view
+            && last.src_end == start
+        {
+            last.view_end = view.saturating_add(bytes);
+            last.src_end = end;
+            return;
+        }
+        self.runs.push(Run { view, view_end: view.saturating_add(bytes), src: start, src_end: end, whole: !copy });
     }
+
+    /// The run holding view byte `i`.
+    fn run(&self, i: usize) -> Option<&Run> {
+        let i = u32::try_from(i).ok()?;
+        let k = self.runs.partition_point(|r| r.view <= i).checked_sub(1)?;
+        self.runs.get(k).filter(|r| i < r.view_end)
+    }
+}
+
+/// Widens `i` down (`up == false`) or up to a char boundary of `s`.
+fn widen(s: &str, mut i: usize, up: bool) -> Option<usize> {
+    if i > s.len() {
+        return None;
+    }
+    while !s.is_char_boundary(i) {
+        if up { i += 1 } else { i -= 1 }
+    }
+    Some(i)
 }
 
 impl<'a> View<'a> {
@@ -92,18 +138,19 @@ impl<'a> View<'a> {
             return None;
         }
         let mut text = String::with_capacity(t.len());
-        let mut map = ByteMap { starts: Vec::with_capacity(t.len()), ends: Vec::with_capacity(t.len()) };
+        let mut map = ByteMap::default();
         let mut joins = Vec::with_capacity(cuts.len());
         let mut pos = 0;
         for (a, b) in cuts.into_iter().chain(std::iter::once((t.len(), t.len()))) {
             let seg = plain.text().get(pos..a)?;
+            let at = text.len();
             text.push_str(seg);
             if b > a {
                 joins.push(text.len());
             }
             for k in pos..a {
                 let (s, e) = plain.original(k, k + 1)?;
-                map.push(s, e, 1);
+                map.push(at + (k - pos), s, e, 1);
             }
             pos = b;
         }
@@ -123,9 +170,18 @@ impl<'a> View<'a> {
         }
         match &self.map {
             Some(m) => {
-                let s = *m.starts.get(start)?;
-                let e = *m.ends.get(end - 1)?;
-                Some((s as usize, e as usize))
+                let (first, last) = (m.run(start)?, m.run(end - 1)?);
+                let s = if first.whole {
+                    first.src as usize
+                } else {
+                    widen(self.src, first.src as usize + (start - first.view as usize), false)?
+                };
+                let e = if last.whole {
+                    last.src_end as usize
+                } else {
+                    widen(self.src, last.src as usize + (end - last.view as usize), true)?
+                };
+                Some((s, e))
             }
             None => {
                 // The text has the original's length and char boundaries: widen the span to
@@ -133,15 +189,7 @@ impl<'a> View<'a> {
                 if end > self.src.len() {
                     return None;
                 }
-                let mut s = start;
-                while !self.src.is_char_boundary(s) {
-                    s -= 1;
-                }
-                let mut e = end;
-                while !self.src.is_char_boundary(e) {
-                    e += 1;
-                }
-                Some((s, e))
+                Some((widen(self.src, start, false)?, widen(self.src, end, true)?))
             }
         }
     }
@@ -188,69 +236,81 @@ fn unaccent(c: char) -> Option<&'static str> {
 
 fn build(src: &str, fold: bool) -> View<'_> {
     // Most texts are plain already: borrow them instead of copying.
-    if !fold && src.chars().all(|c| c.is_ascii() || plain_char(c) == Some(c)) {
+    if !fold && (src.is_ascii() || src.chars().all(|c| c.is_ascii() || plain_char(c) == Some(c))) {
         return View { text: Cow::Borrowed(src), src, map: None };
     }
-    let mut text = String::with_capacity(src.len());
+    let mut out: Vec<u8> = Vec::with_capacity(src.len());
     let mut map: Option<ByteMap> = None;
     let mut last_space = false;
-    for (i, c) in src.char_indices() {
-        let before = text.len();
-        if c.is_ascii() {
-            // ASCII is its own plain form, lower-cases to ASCII and has no accents.
-            if !fold {
-                text.push(c);
-            } else if c.is_ascii_whitespace() || c == '\u{0B}' {
+    let bytes = src.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let before = out.len();
+        // The hot loop: a run of ASCII bytes that are their own plain form (and, folded, not
+        // spaces) is copied at once, lower-cased, and is one entry of the byte map at most.
+        let run = bytes
+            .get(i..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&b| b.is_ascii() && !(fold && (b.is_ascii_whitespace() || b == 0x0B)))
+            .count();
+        if run > 0 {
+            out.extend_from_slice(bytes.get(i..i + run).unwrap_or_default());
+            if fold && let Some(copied) = out.get_mut(before..) {
+                copied.make_ascii_lowercase();
+            }
+            last_space = false;
+            if let Some(m) = &mut map {
+                m.push(before, i, i + run, run);
+            }
+            i += run;
+            continue;
+        }
+        let Some(c) = src.get(i..).and_then(|t| t.chars().next()) else { break };
+        let len = c.len_utf8();
+        let put = |out: &mut Vec<u8>, c: char| out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        match if c.is_ascii() { Some(c) } else { plain_char(c) } {
+            None => {
+                map.get_or_insert_with(|| identity_map(i));
+            }
+            Some(p) if fold && (p.is_whitespace() || p == '\u{0B}') => {
                 if !last_space {
-                    text.push(' ');
+                    out.push(b' ');
                 }
                 last_space = true;
-            } else {
-                last_space = false;
-                text.push(c.to_ascii_lowercase());
             }
-        } else {
-            let Some(p) = plain_char(c) else {
-                map.get_or_insert_with(|| identity_map(src, i)).push(i, i + c.len_utf8(), 0);
-                continue;
-            };
-            if fold {
-                if p.is_whitespace() {
-                    if !last_space {
-                        text.push(' ');
-                    }
-                    last_space = true;
-                } else {
-                    last_space = false;
-                    for l in p.to_lowercase() {
-                        match unaccent(l) {
-                            Some(s) => text.push_str(s),
-                            None => text.push(l),
-                        }
+            Some(p) if fold => {
+                last_space = false;
+                for l in p.to_lowercase() {
+                    match unaccent(l) {
+                        Some(s) => out.extend_from_slice(s.as_bytes()),
+                        None => put(&mut out, l),
                     }
                 }
-            } else {
-                text.push(p);
             }
+            Some(p) => put(&mut out, p),
         }
-        let bytes = text.len() - before;
-        let len = c.len_utf8();
+        let written = out.len() - before;
         match &mut map {
-            None if bytes == len => {}
-            None => map.get_or_insert_with(|| identity_map(src, i)).push(i, i + len, bytes),
-            Some(m) => m.push(i, i + len, bytes),
+            None if written == len => {}
+            None => map.get_or_insert_with(|| identity_map(i)).push(before, i, i + len, written),
+            Some(m) => m.push(before, i, i + len, written),
         }
+        i += len;
     }
-    View { text: Cow::Owned(text), src, map }
+    // Only whole characters were written: this cannot fail; if it did, fall back to the
+    // original text with no folding rather than panic.
+    match String::from_utf8(out) {
+        Ok(text) => View { text: Cow::Owned(text), src, map },
+        Err(_) => View { text: Cow::Borrowed(src), src, map: None },
+    }
 }
 
-/// The byte map of a view whose first `upto` bytes came one for one from `src` (each
+/// The byte map of a view whose first `upto` bytes came one for one from the original (each
 /// character became as many bytes as it had), ready for the rest.
-fn identity_map(src: &str, upto: usize) -> ByteMap {
-    let mut m = ByteMap { starts: Vec::with_capacity(src.len()), ends: Vec::with_capacity(src.len()) };
-    for (i, c) in src.get(..upto).unwrap_or_default().char_indices() {
-        m.push(i, i + c.len_utf8(), c.len_utf8());
-    }
+fn identity_map(upto: usize) -> ByteMap {
+    let mut m = ByteMap::default();
+    m.push(0, 0, upto, upto);
     m
 }
 
