@@ -202,6 +202,7 @@ fn corpus_scores_meet_thresholds() {
     let mut per_kind: BTreeMap<&str, Count> = SPAN_KINDS.iter().map(|k| (*k, Count::default())).collect();
     let (mut clinical, mut clinical_found, mut sensitive, mut sensitive_found) = (0, 0, 0, 0);
     let (mut plain, mut plain_found, mut typed, mut typed_found) = (0, 0, 0, 0);
+    let (mut misspelt, mut misspelt_found) = (0, 0);
     let (mut safe, mut safe_flagged) = (0, 0);
     let mut misses = Vec::new();
     for m in &msgs {
@@ -248,6 +249,10 @@ fn corpus_scores_meet_thresholds() {
                 plain += 1;
                 plain_found += usize::from(ok);
             }
+            if m.tags.iter().any(|t| t == "misspelt") {
+                misspelt += 1;
+                misspelt_found += usize::from(ok);
+            }
         }
         if m.class == Class::Sensitive {
             sensitive += 1;
@@ -292,6 +297,7 @@ fn corpus_scores_meet_thresholds() {
         ratio(clinical_found, clinical)
     );
     println!("symptoms in plain words: {plain_found} of {plain}");
+    println!("clinical words misspelt: {misspelt_found} of {misspelt}");
     println!("sensitive recall: {:.2} ({sensitive_found} of {sensitive})", ratio(sensitive_found, sensitive));
     println!("safe messages the detectors class above contact: {safe_flagged} of {safe}");
     let pct = |n: usize| 100.0 * ratio(n, safe);
@@ -333,6 +339,7 @@ fn corpus_scores_meet_thresholds() {
     assert!(ids.recall() >= 0.95, "identifier recall {:.2}", ids.recall());
     assert!(ids.precision() >= 0.90, "identifier precision {:.2}", ids.precision());
     assert!(ratio(clinical_found, clinical) >= 0.95, "clinical recall {clinical_found}/{clinical}");
+    assert!(ratio(misspelt_found, misspelt) >= 0.80, "misspelt clinical words {misspelt_found}/{misspelt}");
     assert!(ratio(sensitive_found, sensitive) >= 0.90, "sensitive recall {sensitive_found}/{sensitive}");
     assert!(with_net.leaks.is_empty(), "leaks: {:?}", with_net.leaks);
     assert!(pct(with_net.over_blocked.len()) <= 10.0, "over-blocking {:?}", with_net.over_blocked);

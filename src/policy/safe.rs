@@ -15,6 +15,7 @@
 //!
 //! Pure and linear: one folded view of the text and a hash look-up per word.
 
+use super::detectors::fuzzy::Vocabulary;
 use super::detectors::normalize::{View, fold_term};
 use rustc_hash::FxHashSet;
 use std::sync::OnceLock;
@@ -135,6 +136,33 @@ fn everyday() -> &'static FxHashSet<&'static str> {
     })
 }
 
+/// Whether the folded word `word` (or a plain inflection of it) is an everyday word and no
+/// health word: the detectors do not read such a word as a misspelt keyword.
+pub(crate) fn is_everyday(word: &str) -> bool {
+    everyday_form(everyday(), word)
+}
+
+/// Fewest letters of an everyday word whose misspellings still read as it: shorter words are
+/// one edit from too many others.
+const TYPO_MIN_LETTERS: usize = 6;
+
+/// Whether `word` (folded, unknown) is an everyday word misspelt by one edit that keeps its
+/// first letter ("apointment", "buisness", "wonderfull", "acceuil"), and no health word
+/// misspelt: typos in front-desk text would otherwise all block it, while a word one edit from
+/// both ("tablett") keeps blocking.
+fn everyday_typo(word: &str) -> bool {
+    static INDEXES: OnceLock<(Vocabulary, Vocabulary)> = OnceLock::new();
+    let (everyday_words, health_words) = INDEXES.get_or_init(|| {
+        let health: Vec<&str> = health().iter().map(String::as_str).collect();
+        (
+            Vocabulary::of_words(everyday().iter().map(|w| (*w, 0)), TYPO_MIN_LETTERS, false),
+            // Health words a letter shorter still count: a typo may add one.
+            Vocabulary::of_words(health.into_iter().map(|w| (w, 0)), TYPO_MIN_LETTERS - 1, false),
+        )
+    });
+    everyday_words.near(word) && !health_words.near(word)
+}
+
 /// Whether `text` reads as contact or scheduling content with high confidence. `neutral`:
 /// byte ranges of `text` to ignore (contact details found, masked placeholders).
 pub(crate) fn reads_safe(text: &str, neutral: &[(usize, usize)]) -> bool {
@@ -199,7 +227,8 @@ fn blocking_word(text: &str, neutral: &[(usize, usize)]) -> Option<String> {
         if is_health(word) || parts().any(is_health) {
             return Some(word.to_string());
         }
-        let known = everyday_form(words, word) || parts().all(|p| everyday_form(words, p));
+        let everyday_or_typo = |p: &str| everyday_form(words, p) || everyday_typo(p);
+        let known = everyday_form(words, word) || parts().all(everyday_or_typo) || everyday_typo(word);
         if known {
             continue;
         }
@@ -271,6 +300,9 @@ mod tests {
             "note 3 about the booking",
             "Your reference is REF2894410023.",
             "🙂👍",
+            // Typos of everyday words.
+            "Can we come Wednseday instead? My husbands buisness trip moved.",
+            "Merci pour l'acceuil à la réception",
         ] {
             assert!(reads_safe(t, &[]), "{t}");
         }
@@ -285,6 +317,8 @@ mod tests {
             "j'ai mal au ventre",
             "Colonoscopy went fine, see you in a year",
             "Bring the sample on Monday",
+            // A typo of a health word stays a health word.
+            "Your colonoscapy is booked for Tuesday",
         ] {
             assert!(!reads_safe(t, &[]), "{t}");
         }

@@ -100,23 +100,24 @@ const MEASUREMENT_CONTEXT: &[&str] =
 pub(crate) fn specs() -> Vec<Spec> {
     let v = vocab();
     vec![
-        Spec::keywords("medication", Class::Clinical, &v.medications, TERM),
+        Spec::keywords("medication", Class::Clinical, &v.medications, TERM).fuzzy_terms(),
         Spec::regex(
             "dose",
             Class::Clinical,
             "(?i)[0-9]{1,5}(?:[.,][0-9]{1,3})?[ ]?(?:mg/ml|mg|mcg|µg|μg|ug|meq|iu|ui)",
             |_, _, end| Some(Judged { pct: 60, end }),
         ),
-        Spec::keywords("prescription_request", Class::Clinical, &v.prescription, TERM),
+        Spec::keywords("prescription_request", Class::Clinical, &v.prescription, TERM).fuzzy_terms(),
         Spec::regex(
             "lab_result",
             Class::Clinical,
             "(?i)[0-9]{1,5}(?:[.,][0-9]{1,3})?[ ]?(?:mmol/l|µmol/l|μmol/l|umol/l|pmol/l|nmol/l|mg/dl|g/l|miu/l|mu/l|u/l|ng/ml|x ?10\\^?9/l)",
             |_, _, end| Some(Judged { pct: TERM, end }),
         )
-        .with_terms(&v.tests, TERM),
-        Spec::keywords("diagnosis", Class::Clinical, &v.conditions, TERM),
-        Spec::keywords("symptom", Class::Clinical, &v.symptoms, TERM),
+        .with_terms(&v.tests, TERM)
+        .fuzzy_terms(),
+        Spec::keywords("diagnosis", Class::Clinical, &v.conditions, TERM).fuzzy_terms(),
+        Spec::keywords("symptom", Class::Clinical, &v.symptoms, TERM).fuzzy_terms(),
         Spec::regex("measurement", Class::Clinical, MEASUREMENT, measurement).with_context(MEASUREMENT_CONTEXT),
         Spec::judged("reading", Class::Clinical, "[0-9]{1,3}(?:[.,][0-9]{1,2})?(?: ?%)?", Judge::Fixed(30))
             .with_context(READING_CONTEXT)
@@ -127,6 +128,7 @@ pub(crate) fn specs() -> Vec<Spec> {
                 Some(Judged { pct: TERM, end })
             })
             .with_terms(&v.sensitive, TERM)
+            .fuzzy_terms()
         },
     ]
 }

@@ -78,6 +78,7 @@ pub(crate) fn assemble(config: &PolicyConfig) -> Vec<Spec> {
             isolated: d.isolated.unwrap_or(true),
             bounded: false,
             fuzzy: false,
+            fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Whole,
         });

@@ -209,9 +209,133 @@ impl Index {
     }
 }
 
+/// Fewest letters of a keyword matched misspelt: shorter words are one edit from too many
+/// others ("ulcer"/"under", "otite"/"porte").
+const VOCAB_MIN_LETTERS: usize = 7;
+
+/// Keywords as people misspell them ("perscription", "diabetis", "amoxicilin", "colosopie",
+/// "hypertention"): single-word terms of [`VOCAB_MIN_LETTERS`] letters or more (folded, so
+/// accents never count), matched by a typed word one edit away (an insertion, a deletion, a
+/// substitution or a swap of neighbours) that keeps the first letter.
+///
+/// An index, not a scan: every term and each of its one-letter deletions is a key of a hash
+/// map (SymSpell's deletion neighbourhood), so a typed word of n letters costs n + 1 look-ups,
+/// and a candidate found that way is confirmed by the distance. The engine asks only about
+/// words of the text that start no term and are not everyday words
+/// ([`crate::policy::safe::is_everyday`]): a real word ("relation", "cloture") one edit from a
+/// drug name is not that drug.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Vocabulary {
+    /// Term or one-letter deletion of a term -> indices into `terms`.
+    keys: rustc_hash::FxHashMap<Box<str>, Vec<u32>>,
+    /// (folded term, term id).
+    terms: Vec<(Box<str>, usize)>,
+    /// Fewest letters of a term (and, less one, of a typed word).
+    min_letters: usize,
+    /// Typed everyday words are not looked up (keywords); off for lists of everyday words.
+    skip_everyday: bool,
+}
+
+impl Vocabulary {
+    /// Builds the index from `(folded term, term id)` pairs; terms of several words, of other
+    /// characters than ASCII letters, or shorter than [`VOCAB_MIN_LETTERS`] are left out.
+    pub(crate) fn new<'a>(terms: impl IntoIterator<Item = (&'a str, usize)>) -> Vocabulary {
+        Vocabulary::of_words(terms, VOCAB_MIN_LETTERS, true)
+    }
+
+    /// The same index over any list of folded words (the safety net's everyday and health
+    /// words), with its own minimum length; `skip_everyday`: ignore typed everyday words.
+    pub(crate) fn of_words<'a>(
+        terms: impl IntoIterator<Item = (&'a str, usize)>,
+        min_letters: usize,
+        skip_everyday: bool,
+    ) -> Vocabulary {
+        let mut v = Vocabulary { min_letters, skip_everyday, ..Vocabulary::default() };
+        for (t, id) in terms {
+            if t.len() < min_letters || !t.bytes().all(|b| b.is_ascii_lowercase()) {
+                continue;
+            }
+            let Ok(index) = u32::try_from(v.terms.len()) else { break };
+            for key in std::iter::once(t.to_string()).chain(deletions(t)) {
+                let entry = v.keys.entry(key.into_boxed_str()).or_default();
+                if entry.last() != Some(&index) {
+                    entry.push(index);
+                }
+            }
+            v.terms.push((t.into(), id));
+        }
+        v
+    }
+
+    /// Whether there is nothing to look for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// Calls `found(term id)` for each term the folded word `typed` may be misspelt from.
+    pub(crate) fn find(&self, typed: &str, mut found: impl FnMut(usize)) {
+        if typed.len() + 1 < self.min_letters
+            || !typed.bytes().all(|b| b.is_ascii_lowercase())
+            || (self.skip_everyday && crate::policy::safe::is_everyday(typed))
+        {
+            return;
+        }
+        let mut seen: Vec<u32> = Vec::new();
+        for key in std::iter::once(typed.to_string()).chain(deletions(typed)) {
+            for &i in self.keys.get(key.as_str()).into_iter().flatten() {
+                if seen.contains(&i) {
+                    continue;
+                }
+                seen.push(i);
+                let Some((term, id)) = self.terms.get(i as usize) else { continue };
+                if term.as_bytes().first() == typed.as_bytes().first() && strsim::osa_distance(typed, term) <= 1 {
+                    found(*id);
+                }
+            }
+        }
+    }
+}
+
+impl Vocabulary {
+    /// Whether `typed` may be one of the words, misspelt.
+    pub(crate) fn near(&self, typed: &str) -> bool {
+        let mut any = false;
+        self.find(typed, |_| any = true);
+        any
+    }
+}
+
+/// The words made by deleting one letter of an ASCII word, each once.
+fn deletions(w: &str) -> impl Iterator<Item = String> + '_ {
+    (0..w.len())
+        // Deleting either letter of a double letter gives the same word: once is enough.
+        .filter(move |&i| i == 0 || w.as_bytes().get(i - 1) != w.as_bytes().get(i))
+        .filter_map(move |i| Some(format!("{}{}", w.get(..i)?, w.get(i + 1..)?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelt_keywords() {
+        let v = Vocabulary::new([("prescription", 0), ("diabetes", 1), ("amoxicillin", 2), ("ulcer", 3), ("x ray", 4)]);
+        let found = |t: &str| {
+            let mut ids = Vec::new();
+            v.find(t, |id| ids.push(id));
+            ids
+        };
+        assert_eq!(found("perscription"), [0]); // two neighbours swapped
+        assert_eq!(found("diabetis"), [1]); // a substitution
+        assert_eq!(found("amoxicilin"), [2]); // a deletion
+        assert_eq!(found("amoxicilllin"), [2]); // an insertion
+        assert!(found("prescription").contains(&0)); // exact (the engine finds it first anyway)
+        assert!(found("ulcers").is_empty()); // too short a term to match loosely
+        assert!(found("biabetes").is_empty()); // the first letter is kept
+        assert!(found("diabolic").is_empty()); // two edits or more
+        assert!(found("prescriptions").contains(&0)); // a plural is one edit
+        assert!(found("relation").is_empty());
+    }
 
     #[test]
     fn misspelt_context_words() {

@@ -103,6 +103,10 @@ pub(crate) struct Spec {
     /// Context words also match when misspelt by a letter or two ("helth card", "date of
     /// brith", "chrat"): for identifiers, whose numbers are dropped without context.
     pub fuzzy: bool,
+    /// Keywords of 7 letters or more also match misspelt by one edit ("perscription",
+    /// "diabetis", "colosopie"), when the typed word is no everyday word (see
+    /// [`fuzzy::Vocabulary`]): the built-in clinical lists.
+    pub fuzzy_terms: bool,
     /// A match may share a neighbour's context across a line with a label of its own ("- my
     /// son: 2345678904" under "- me: 1234567897"). Off for dates: the next labelled line's
     /// date is another date ("Preferred date: …" under "Date of birth: …").
@@ -148,6 +152,7 @@ impl Spec {
             isolated: true,
             bounded: true,
             fuzzy: false,
+            fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Digits,
         }
@@ -168,6 +173,7 @@ impl Spec {
             isolated: true,
             bounded: true,
             fuzzy: false,
+            fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Digits,
         }
@@ -195,6 +201,12 @@ impl Spec {
     /// Keeps a match from sharing a neighbour's context across a labelled line.
     pub(crate) fn not_sharing_across_labels(mut self) -> Spec {
         self.share_across_labels = false;
+        self
+    }
+
+    /// Lets this detector's keywords match misspelt (see [`Spec::fuzzy_terms`]).
+    pub(crate) fn fuzzy_terms(mut self) -> Spec {
+        self.fuzzy_terms = true;
         self
     }
 
@@ -302,6 +314,8 @@ pub(crate) struct Engine {
     context_users: Vec<Vec<usize>>,
     /// The context words of detectors that accept them misspelt.
     fuzzy: fuzzy::Index,
+    /// The keywords of detectors that accept them misspelt, by term id.
+    vocabulary: fuzzy::Vocabulary,
     /// Compacted allow-list values (sorted).
     allow: Vec<String>,
     params: Params,
@@ -335,6 +349,9 @@ impl Engine {
                 }
             }
         }
+        let vocabulary = fuzzy::Vocabulary::new(all.iter().enumerate().filter_map(|(id, (t, (owners, _)))| {
+            owners.iter().any(|&o| specs.get(o).is_some_and(|s| s.fuzzy_terms)).then_some((t.as_str(), id))
+        }));
         let (words, terms, keyword_owners, context_users) = automaton(all)?;
         let fuzzy = fuzzy::Index::new(specs.iter().enumerate().filter(|(_, s)| s.fuzzy).flat_map(|(i, s)| {
             s.context
@@ -367,7 +384,19 @@ impl Engine {
         let mut allow: Vec<String> = allow.iter().map(|a| normalize::compact(a)).filter(|a| !a.is_empty()).collect();
         allow.sort();
         allow.dedup();
-        Ok(Engine { specs, regexes, digit_set, words, terms, keyword_owners, context_users, fuzzy, allow, params })
+        Ok(Engine {
+            specs,
+            regexes,
+            digit_set,
+            words,
+            terms,
+            keyword_owners,
+            context_users,
+            fuzzy,
+            vocabulary,
+            allow,
+            params,
+        })
     }
 
     /// The detectors, in evaluation order.
@@ -401,7 +430,16 @@ impl Engine {
         let mut ctx = ContextHits { hits: Vec::new(), max_len: 0 };
         let runs = letter_runs(folded.text());
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
-        self.words.find(folded.text(), &runs, |a, b, term| found.push((a, b, term)));
+        let mut unknown: Vec<(usize, usize)> = Vec::new();
+        self.words.find(folded.text(), &runs, |a, b, term| found.push((a, b, term)), |a, b| unknown.push((a, b)));
+        // Words no term starts with: maybe a keyword misspelt.
+        if !self.vocabulary.is_empty() {
+            for (a, b) in unknown {
+                if let Some(word) = folded.text().get(a..b) {
+                    self.vocabulary.find(word, |term| found.push((a, b, term)));
+                }
+            }
+        }
         if let Some((ac, ids)) = &self.terms
             && let Ok(matches) = ac.try_find_overlapping_iter(folded.text())
         {
@@ -678,14 +716,22 @@ impl WordTerms {
     }
 
     /// Calls `found(start, end, term id)` for every occurrence in the folded text `f`, whose
-    /// letter runs are `runs`.
-    fn find(&self, f: &str, runs: &[(usize, usize)], mut found: impl FnMut(usize, usize, usize)) {
-        if self.map.is_empty() {
-            return;
-        }
+    /// letter runs are `runs`, and `unknown(start, end)` for each run no term starts with.
+    fn find(
+        &self,
+        f: &str,
+        runs: &[(usize, usize)],
+        mut found: impl FnMut(usize, usize, usize),
+        mut unknown: impl FnMut(usize, usize),
+    ) {
         for (k, &(start, _)) in runs.iter().enumerate() {
-            for &(_, end) in runs.get(k..).unwrap_or_default().iter().take(self.max_runs) {
-                let Some((id, more)) = f.get(start..end).and_then(|key| self.map.get(key)) else { break };
+            for (d, &(_, end)) in runs.get(k..).unwrap_or_default().iter().take(self.max_runs.max(1)).enumerate() {
+                let Some((id, more)) = f.get(start..end).and_then(|key| self.map.get(key)) else {
+                    if d == 0 {
+                        unknown(start, end);
+                    }
+                    break;
+                };
                 if let Some(id) = id {
                     found(start, end, *id);
                 }
@@ -1102,7 +1148,7 @@ mod tests {
                 .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
                 .collect();
             let mut got = Vec::new();
-            e.words.find(f, &letter_runs(f), |a, b, id| got.push((a, b, id)));
+            e.words.find(f, &letter_runs(f), |a, b, id| got.push((a, b, id)), |_, _| {});
             if let Some((odd, ids)) = &e.terms {
                 for m in odd.find_overlapping_iter(f).filter(|m| whole_word(f, m.start(), m.end())) {
                     got.push((m.start(), m.end(), ids.get(m.pattern().as_usize()).copied().unwrap_or(usize::MAX)));
