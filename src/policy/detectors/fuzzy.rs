@@ -45,6 +45,9 @@ impl<'a> Shaped<'a> {
 
 /// Whether typed word `typed` may be the phrase word `want`.
 fn close(typed: &Shaped<'_>, want: &Shaped<'_>) -> bool {
+    if typed.chars.abs_diff(want.chars) > 2 {
+        return false;
+    }
     if typed.text == want.text {
         return true;
     }
@@ -158,6 +161,15 @@ impl Index {
         let shortest = lens.iter().position(|ids| !ids.is_empty());
         if shortest.is_none_or(|n| typed.len() + 2 < n) {
             return;
+        }
+        // An ASCII word's length is its byte length: no vocabulary word of a close length,
+        // nothing to compare.
+        if typed.is_ascii() {
+            let n = typed.len();
+            let range = lens.get(n.saturating_sub(2)..(n + 3).min(lens.len())).unwrap_or_default();
+            if range.iter().all(Vec::is_empty) {
+                return;
+            }
         }
         let shaped = Shaped::new(typed);
         if shaped.chars > MAX_CHARS {
@@ -274,25 +286,42 @@ impl Vocabulary {
 
     /// Calls `found(term id)` for each term the folded word `typed` may be misspelt from.
     pub(crate) fn find(&self, typed: &str, mut found: impl FnMut(usize)) {
-        if typed.len() + 1 < self.min_letters
-            || !typed.bytes().all(|b| b.is_ascii_lowercase())
-            || (self.skip_everyday && crate::policy::safe::is_everyday(typed))
-        {
+        if typed.len() + 1 < self.min_letters || !typed.bytes().all(|b| b.is_ascii_lowercase()) {
             return;
         }
         let mut seen: Vec<u32> = Vec::new();
-        for key in std::iter::once(typed.to_string()).chain(deletions(typed)) {
-            for &i in self.keys.get(key.as_str()).into_iter().flatten() {
-                if seen.contains(&i) {
+        let mut hits: Vec<usize> = Vec::new();
+        let mut key = String::with_capacity(typed.len());
+        // The word itself, then each of its one-letter deletions (a double letter once).
+        for i in std::iter::once(None).chain((0..typed.len()).map(Some)) {
+            key.clear();
+            match i {
+                None => key.push_str(typed),
+                Some(i) => {
+                    let b = typed.as_bytes();
+                    if i > 0 && b.get(i - 1) == b.get(i) {
+                        continue;
+                    }
+                    key.push_str(typed.get(..i).unwrap_or_default());
+                    key.push_str(typed.get(i + 1..).unwrap_or_default());
+                }
+            }
+            for &t in self.keys.get(key.as_str()).into_iter().flatten() {
+                if seen.contains(&t) {
                     continue;
                 }
-                seen.push(i);
-                let Some((term, id)) = self.terms.get(i as usize) else { continue };
+                seen.push(t);
+                let Some((term, id)) = self.terms.get(t as usize) else { continue };
                 if term.as_bytes().first() == typed.as_bytes().first() && strsim::osa_distance(typed, term) <= 1 {
-                    found(*id);
+                    hits.push(*id);
                 }
             }
         }
+        // Checked last: most words hit no term, and this is the dearer test.
+        if hits.is_empty() || (self.skip_everyday && crate::policy::safe::is_everyday(typed)) {
+            return;
+        }
+        hits.into_iter().for_each(&mut found);
     }
 }
 

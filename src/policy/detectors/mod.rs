@@ -462,7 +462,25 @@ impl Engine {
                 ctx.max_len = ctx.max_len.max(end - start);
             }
         }
-        if !self.fuzzy.is_empty() {
+        // Where the patterns can match, worked out once for both what follows and the patterns.
+        let plain = View::plain(text);
+        let joined = if self.regexes.is_empty() { None } else { View::joined(text) };
+        let digits = if self.regexes.is_empty() { Vec::new() } else { digit_windows(plain.text()) };
+        let possible: Option<Vec<regex::SetMatches>> = self.digit_set.as_ref().map(|(set, _)| {
+            let hay = plain.text();
+            digits.iter().map(|&(lo, hi)| set.matches_at(hay.get(..hi).unwrap_or_default(), lo)).collect()
+        });
+        // Misspelt context words only serve detectors that accept them (identifiers, run
+        // around digits): not looked for when none of their patterns can match anywhere.
+        let fuzzy_needed = joined.is_some()
+            || self.regexes.iter().enumerate().any(|(ri, (spec, _))| {
+                self.specs.get(*spec).is_some_and(|s| s.fuzzy)
+                    && match (&possible, self.digit_set.as_ref().and_then(|(_, m)| m.get(ri).copied().flatten())) {
+                        (Some(p), Some(m)) => p.iter().any(|sm| sm.matched(m)),
+                        _ => true,
+                    }
+            });
+        if fuzzy_needed && !self.fuzzy.is_empty() {
             self.fuzzy.find(folded.text(), &runs, |a, b, specs| {
                 if let Some((start, end)) = folded.original(a, b) {
                     for &spec in specs {
@@ -476,7 +494,7 @@ impl Engine {
         ctx.hits.dedup();
 
         if !self.regexes.is_empty() {
-            self.run_regexes(text, &ctx, &mut candidates);
+            self.run_regexes(text, &plain, &digits, possible.as_deref(), joined, &ctx, &mut candidates);
         }
 
         // Several detectors match the same span (a number is a chart number, a reading, a
@@ -523,48 +541,54 @@ impl Engine {
 
     /// Runs the detectors' patterns over the plain view (and the joined view, for numbers
     /// broken across lines), adding their judged matches to `out`.
-    fn run_regexes(&self, text: &str, ctx: &ContextHits, out: &mut Vec<Hit>) {
-        let plain = View::plain(text);
+    /// `digits`: the plain view's digit windows; `possible`: which patterns of the set can
+    /// match in each; `joined`: the joined view and where it joined lines.
+    #[allow(clippy::too_many_arguments)]
+    fn run_regexes(
+        &self,
+        text: &str,
+        plain: &View<'_>,
+        digits: &[(usize, usize)],
+        possible: Option<&[regex::SetMatches]>,
+        joined: Option<(View<'_>, Vec<usize>)>,
+        ctx: &ContextHits,
+        out: &mut Vec<Hit>,
+    ) {
         let hay = plain.text();
         let whole = [(0, hay.len())];
-        let digits = digit_windows(hay);
-        // Which patterns of the set can match in each digit window.
-        let possible: Option<Vec<regex::SetMatches>> = self.digit_set.as_ref().map(|(set, _)| {
-            digits.iter().map(|&(lo, hi)| set.matches_at(hay.get(..hi).unwrap_or_default(), lo)).collect()
-        });
         for (ri, (spec_index, re)) in self.regexes.iter().enumerate() {
             let Some(spec) = self.specs.get(*spec_index) else { continue };
             match spec.prefilter {
                 Prefilter::Digits => {
                     let member = self.digit_set.as_ref().and_then(|(_, m)| m.get(ri).copied().flatten());
                     let reachable = if spec.context_required {
-                        Some(context_reachable(&digits, |lo, hi| {
+                        Some(context_reachable(digits, |lo, hi| {
                             ctx.near(*spec_index, lo.saturating_sub(REACH), hi + REACH)
                         }))
                     } else {
                         None
                     };
                     for (k, &(lo, hi)) in digits.iter().enumerate() {
-                        let can_match = match (&possible, member) {
+                        let can_match = match (possible, member) {
                             (Some(p), Some(m)) => p.get(k).is_some_and(|sm| sm.matched(m)),
                             _ => true,
                         };
                         if can_match && reachable.as_ref().is_none_or(|r| r.get(k).copied().unwrap_or(true)) {
-                            self.run_regex(*spec_index, re, &plain, lo, hi, text, false, out);
+                            self.run_regex(*spec_index, re, plain, lo, hi, text, false, out);
                         }
                     }
                 }
                 Prefilter::Byte(b) if !hay.as_bytes().contains(&b) => {}
                 _ => {
                     for &(lo, hi) in &whole {
-                        self.run_regex(*spec_index, re, &plain, lo, hi, text, false, out);
+                        self.run_regex(*spec_index, re, plain, lo, hi, text, false, out);
                     }
                 }
             }
         }
         // Numbers hard-wrapped across a line break ("1234 567\n897"): matched again with the
         // break removed, around the breaks; only matches that span one are new.
-        if let Some((joined, joins)) = View::joined(text) {
+        if let Some((joined, joins)) = joined {
             let windows: Vec<(usize, usize)> = digit_windows(joined.text())
                 .into_iter()
                 .filter(|&(lo, hi)| joins.iter().any(|&j| lo <= j && j <= hi))
