@@ -21,6 +21,9 @@
 //! - `sensitive_topic` (class `sensitive`): mental health, sexual health, pregnancy, substance
 //!   use, self-harm — in clinical and everyday words, plus the case-sensitive `PrEP`/`PEP`.
 //!
+//! Every list but the values also matches its single words of 7+ letters misspelt by one
+//! edit ("perscription", "diabetis"; see [`super::fuzzy::Vocabulary`]).
+//!
 //! Terms are chosen to be unambiguous in a clinic's inbox: generic words (`results`, `lab`,
 //! `test`, `culture`, `pain`, `scan`) are left out because "results of the election" and "my
 //! lab puppy" must not make a message clinical (`tools/vocab/curated/drop.txt` lists what is
