@@ -13,7 +13,8 @@
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
 //! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.
 //! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
-//! - [`daemon`]: builds and runs everything; owns the shutdown order.
+//! - [`daemon`]: starts the fixed parts, runs everything; owns the shutdown order.
+//! - [`assembly`]: the one way a config becomes running parts, at start-up and at a reload.
 //! - [`receivers`]: the running inbound tasks, started and stopped per account.
 //! - [`review`]: `review show` and `review approve`, which ask the policy again.
 //! - [`reload`]: SIGHUP: check the config file again and apply it, or refuse it whole.
@@ -22,6 +23,7 @@
 //! - [`exit`]: exit codes, and which errors end with which.
 pub mod accounts;
 pub mod admin;
+pub mod assembly;
 pub mod cli;
 pub mod config;
 pub mod daemon;
