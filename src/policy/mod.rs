@@ -28,7 +28,9 @@ mod decide;
 mod detectors;
 pub mod explain;
 pub mod notices;
+mod resolved;
 mod safe;
+mod validate;
 
 #[cfg(test)]
 mod tests;
