@@ -6,7 +6,7 @@
 //! `POST /admin/review/{delivery}/approve|reject`, `POST /admin/link-codes`,
 //! `POST /admin/consents`, `GET /admin/outbox/dead`, `POST /admin/outbox/dead/{delivery}/retry|drop`.
 
-use crate::config::Config;
+use crate::config::{Config, ValidConfig};
 use crate::outbox::Wakers;
 use crate::policy::ConsentGrant;
 use crate::record::schema::LinkCodeV1;
@@ -39,7 +39,7 @@ pub struct State {
     /// Bearer token.
     pub token: Redacted<String>,
     /// The config in force (to check account ids and patients); a reload replaces it.
-    pub config: Live<Config>,
+    pub config: Live<ValidConfig>,
 }
 
 /// One held delivery, as listed (no PHI: ids, account, rules, time).
@@ -371,7 +371,6 @@ fn review_err(e: crate::review::ReviewError) -> Response {
     match e {
         crate::review::ReviewError::Store(e) => store_err(e),
         crate::review::ReviewError::Refused(why) => err(StatusCode::CONFLICT, why),
-        crate::review::ReviewError::Policy(why) => err(StatusCode::INTERNAL_SERVER_ERROR, why),
     }
 }
 

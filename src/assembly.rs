@@ -14,9 +14,8 @@
 //! removed accounts finish the sends in hand (their unsent rows stay in the store).
 
 use crate::accounts::AccountConfig;
-use crate::config::Config;
+use crate::config::{Config, ValidConfig};
 use crate::outbox::Workers;
-use crate::policy::Policy;
 use crate::receivers::Receivers;
 use crate::record::{Store, StoreError};
 use crate::reload::{AccountChanges, Live, account_changes, restart_only};
@@ -32,10 +31,8 @@ use tracing::warn;
 
 /// A config that passed every check, with the parts that applying it starts.
 pub struct Blueprint {
-    /// The config.
-    pub config: Arc<Config>,
-    /// Its compiled policy.
-    pub policy: Arc<Policy>,
+    /// The config, with its compiled policy.
+    pub config: Arc<ValidConfig>,
     /// Accounts added, removed and changed against the running config (all added at start-up).
     pub changes: AccountChanges,
     /// Senders of the added and changed accounts.
@@ -49,22 +46,11 @@ pub struct Blueprint {
 /// Checks `new` and builds what it needs: against `running` (a reload), only the accounts
 /// whose section changed are built anew; from nothing (start-up, `running` = `None`), all.
 /// Every problem found, or the blueprint to apply.
-pub fn draw(new: Config, running: Option<&Config>) -> Result<Blueprint, Vec<Problem>> {
-    let mut problems = new.validate();
+pub fn draw(new: ValidConfig, running: Option<&Config>) -> Result<Blueprint, Vec<Problem>> {
+    let mut problems = Vec::new();
     if let Some(old) = running {
         problems.extend(restart_only(old, &new));
     }
-    let policy = if problems.iter().any(|p| p.path.starts_with("policy")) {
-        None
-    } else {
-        match Policy::compile(&new.policy) {
-            Ok(p) => Some(Arc::new(p)),
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
-        }
-    };
     let changes = match running {
         Some(old) => account_changes(old, &new),
         None => AccountChanges { added: new.accounts.keys().cloned().collect(), ..AccountChanges::default() },
@@ -136,11 +122,10 @@ pub fn draw(new: Config, running: Option<&Config>) -> Result<Blueprint, Vec<Prob
         }
     }
 
-    match policy {
-        Some(policy) if problems.is_empty() => {
-            Ok(Blueprint { config: Arc::new(new), policy, changes, senders, receivers, can_send })
-        }
-        _ => Err(problems),
+    if problems.is_empty() {
+        Ok(Blueprint { config: Arc::new(new), changes, senders, receivers, can_send })
+    } else {
+        Err(problems)
     }
 }
 
@@ -163,7 +148,7 @@ fn listen_addrs(account: &AccountConfig) -> Vec<(&'static str, SocketAddr)> {
 /// first [`Running::apply`], changed by each reload.
 pub struct Running {
     /// The config in force; the admin API reads the same cell.
-    pub current: Live<Config>,
+    pub current: Live<ValidConfig>,
     /// The store (for the planners).
     pub store: Store,
     /// The running receivers.
@@ -202,7 +187,6 @@ impl Running {
         let planner = Planner {
             store: self.store.clone(),
             config: new.clone(),
-            policy: b.policy,
             directory: Directory::new(&new.directory),
             senders: b.can_send,
         };
@@ -249,9 +233,9 @@ to = ["webhook.ehr"]
 "#;
 
     /// Parsed with relative files resolving in `dir`, which holds the webhooks' shared secret.
-    fn parse_in(dir: &Path, text: &str) -> Config {
+    fn parse_in(dir: &Path, text: &str) -> ValidConfig {
         std::fs::write(dir.join("secret"), "s3cret-for-tests-only-32-bytes!!").unwrap();
-        Config::from_toml(text, dir).unwrap()
+        ValidConfig::new(Config::from_toml(text, dir).unwrap()).unwrap()
     }
 
     fn names<T>(m: &BTreeMap<AccountId, T>) -> Vec<String> {

@@ -1,8 +1,8 @@
 //! The command line: `run`, `check-config`, `print-default-config`, `policy explain`, `review`,
 //! `outbox`, `link`, `consent`, `export`. Errors are reported with context here, at the edge (`anyhow`).
 
-use crate::config::{Config, ConfigErrors, DEFAULT_TOML};
-use crate::policy::{Audience, CheckInput, Class, Direction, Policy};
+use crate::config::{Config, ConfigErrors, DEFAULT_TOML, ValidConfig};
+use crate::policy::{Audience, CheckInput, Class, Direction};
 use crate::record::Store;
 use anyhow::{Context, Result, anyhow, bail};
 use carebridge_contract::{AccountId, DeliveryId};
@@ -295,16 +295,11 @@ fn is_broken_pipe_error(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-fn load(path: Option<&Path>) -> Result<Config> {
-    let config = match path {
-        Some(p) => Config::load(p)?,
-        None => Config::default_config()?,
-    };
-    let problems = config.validate();
-    if !problems.is_empty() {
-        return Err(ConfigErrors(problems).into());
-    }
-    Ok(config)
+fn load(path: Option<&Path>) -> Result<ValidConfig> {
+    Ok(match path {
+        Some(p) => ValidConfig::load(p)?,
+        None => ValidConfig::default_config()?,
+    })
 }
 
 /// `store migrate`: see [`crate::record::import`].
@@ -583,7 +578,7 @@ pub(crate) fn admin_call(
     })
 }
 
-fn review(config: &Config, command: ReviewCommand, actor: &str) -> Result<ExitCode> {
+fn review(config: &ValidConfig, command: ReviewCommand, actor: &str) -> Result<ExitCode> {
     let (method, path, body) = match &command {
         ReviewCommand::List => ("GET", "/admin/review".to_string(), None),
         ReviewCommand::Show { id } => {
@@ -676,7 +671,13 @@ fn parse_delivery(id: &str) -> Result<DeliveryId> {
     id.parse().map_err(|_| anyhow!("`{id}` is not a delivery id (dlv-…)"))
 }
 
-fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &str, audience: &str) -> Result<ExitCode> {
+fn explain(
+    config: &ValidConfig,
+    channel: &str,
+    patient: Option<&str>,
+    direction: &str,
+    audience: &str,
+) -> Result<ExitCode> {
     let account: AccountId = channel.parse().map_err(|e| anyhow!("--channel: {e}"))?;
     if !config.accounts.contains_key(&account) {
         bail!("--channel: unknown account `{account}`");
@@ -700,8 +701,7 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let policy = Policy::compile(&config.policy)
-        .map_err(|p| anyhow!("policy: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    let policy = config.policy();
     let input = CheckInput {
         text: &text,
         direction,

@@ -17,7 +17,7 @@
 
 use crate::admin;
 use crate::assembly::{self, Running};
-use crate::config::{Config, ConfigErrors};
+use crate::config::ValidConfig;
 use crate::outbox::{Bookkeeper, Workers};
 use crate::receivers::Receivers;
 use crate::record::Flusher;
@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 /// Runs the daemon until `shutdown` resolves (a signal) or an adapter fails fatally; SIGHUP
 /// meanwhile reloads the config file.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     // First, so a SIGHUP during start-up waits for `ready` instead of killing the process.
     let mut hangups = Hangups::new();
     if config.ops.is_some() {
@@ -45,7 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = crate::record::open_configured(&config)?;
     // Everything the config names is built before anything starts (a bad secret stops us
     // before we listen), by the code a reload uses (crate::assembly).
-    let blueprint = assembly::draw(config, None).map_err(ConfigErrors)?;
+    let blueprint = assembly::draw(config, None).map_err(crate::config::ConfigErrors)?;
     let config = blueprint.config.clone();
 
     let pending = Arc::new(AtomicU64::new(0));

@@ -23,7 +23,7 @@
 //! file says, and an operator never has to guess which half of an edit is live.
 
 use crate::assembly::{self, Blueprint, Running};
-use crate::config::Config;
+use crate::config::{Config, ValidConfig};
 use carebridge_contract::AccountId;
 use carebridge_contract::config::Problem;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -141,8 +141,13 @@ pub fn check(current: &Config) -> Result<Blueprint, Vec<Problem>> {
             "the daemon runs the embedded default config: there is no file to read again (restart with --config)",
         )]);
     };
+    // Problems in the file itself first; those of building its accounts once it is valid.
     let new = Config::load(file).map_err(|e| e.0)?;
-    assembly::draw(new, Some(current))
+    let restart = restart_only(current, &new);
+    match ValidConfig::new(new) {
+        Ok(valid) => assembly::draw(valid, Some(current)),
+        Err(e) => Err(e.0.into_iter().chain(restart).collect()),
+    }
 }
 
 impl Running {

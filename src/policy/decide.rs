@@ -139,6 +139,10 @@ impl Compiled {
         self.accounts.of(account).trust
     }
 
+    pub(crate) fn settings(&self, account: &AccountId) -> super::resolved::AccountSettings {
+        self.accounts.of(account)
+    }
+
     /// The ceiling for this hop, and whether a consent in force raised it.
     pub(crate) fn ceiling(&self, account: &AccountId, audience: Audience, consents: &[ConsentGrant]) -> (Class, bool) {
         let consent = self.has_consent(account, consents);

@@ -56,6 +56,8 @@ impl Ceiling {
 pub(crate) struct AccountSettings {
     /// How far the account is trusted.
     pub trust: Trust,
+    /// Whether `[policy.channels]` sets that trust (rather than the channel kind's default).
+    pub trust_configured: bool,
     /// Its ceilings (trust level's, with the account's overrides).
     pub ceiling: Ceiling,
     /// The language of its notices.
@@ -86,6 +88,7 @@ impl Resolved {
                 id,
                 AccountSettings {
                     trust,
+                    trust_configured: ch.trust.is_some(),
                     ceiling: config.ceiling_of_account(name, trust),
                     locale: ch.locale.unwrap_or(locale),
                     safety_net: ch.safety_net.unwrap_or(true),
@@ -101,7 +104,13 @@ impl Resolved {
             return *s;
         }
         let trust = default_trust(account.kind());
-        AccountSettings { trust, ceiling: self.by_trust[trust as usize], locale: self.locale, safety_net: true }
+        AccountSettings {
+            trust,
+            trust_configured: false,
+            ceiling: self.by_trust[trust as usize],
+            locale: self.locale,
+            safety_net: true,
+        }
     }
 }
 
@@ -169,19 +178,19 @@ without_consent = "identifier"
         let id = |s: &str| s.parse::<AccountId>().unwrap();
 
         let ehr = r.of(&id("webhook.ehr"));
-        assert_eq!(ehr.trust, Trust::Secure);
+        assert_eq!((ehr.trust, ehr.trust_configured), (Trust::Secure, true));
         assert_eq!(ehr.ceiling, Ceiling::default_for(Trust::Secure));
         assert_eq!(ehr.locale, Locale::Fr);
 
         let staff = r.of(&id("telegram.staff"));
-        assert_eq!(staff.trust, Trust::Insecure);
+        assert_eq!((staff.trust, staff.trust_configured), (Trust::Insecure, false));
         assert_eq!(staff.ceiling.staff, Class::Sensitive);
         assert_eq!(staff.ceiling.without_consent, Class::Contact);
         assert_eq!((staff.locale, staff.safety_net), (Locale::En, false));
 
         // Not named: the kind's trust, that trust's ceilings as configured, the policy's locale.
         let inbox = r.of(&id("email.inbox"));
-        assert_eq!(inbox.trust, Trust::EmailPlain);
+        assert_eq!((inbox.trust, inbox.trust_configured), (Trust::EmailPlain, false));
         assert_eq!(inbox.ceiling.without_consent, Class::Identifier);
         assert_eq!(inbox.ceiling.with_consent, Class::Clinical);
         assert_eq!((inbox.locale, inbox.safety_net), (Locale::Fr, true));

@@ -387,13 +387,8 @@ fn check_template(t: &str, vars: &[&str]) -> Result<(), String> {
 
 /// ", did you mean `x`?" for the closest option, or "".
 pub(crate) fn did_you_mean<'a>(word: &str, options: impl IntoIterator<Item = &'a str>) -> String {
-    let best = options
-        .into_iter()
-        .map(|o| (strsim::levenshtein(word, o), o))
-        .filter(|(d, o)| *d <= 2.max(o.chars().count() / 3))
-        .min_by_key(|(d, o)| (*d, *o));
-    match best {
-        Some((_, o)) => format!(", did you mean `{o}`?"),
+    match crate::config::closest(word, options) {
+        Some(o) => format!(", did you mean `{o}`?"),
         None => String::new(),
     }
 }

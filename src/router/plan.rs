@@ -6,10 +6,8 @@
 
 use super::identify::Directory;
 use super::notices::{LinkNotice, link_notice, unverified_notice};
-use crate::config::{Config, UnknownSender};
-use crate::policy::{
-    Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy, Scan,
-};
+use crate::config::{UnknownSender, ValidConfig};
+use crate::policy::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan};
 use crate::record::schema::*;
 use crate::record::{Committed, Exchange, OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::{
@@ -34,10 +32,8 @@ pub fn link_code_hash(code: &str) -> String {
 pub struct Planner {
     /// The store.
     pub store: Store,
-    /// The config (routes, router options).
-    pub config: Arc<Config>,
-    /// The compiled policy.
-    pub policy: Arc<Policy>,
+    /// The config (routes, router options) and its compiled policy.
+    pub config: Arc<ValidConfig>,
     /// The directory.
     pub directory: Directory,
     /// Accounts that can send (for notices back to senders).
@@ -184,8 +180,8 @@ impl Planner {
             None => None,
         };
 
-        let scan = self.policy.scan(env.body.expose());
-        let inbound = self.policy.check_scanned(
+        let scan = self.config.policy().scan(env.body.expose());
+        let inbound = self.config.policy().check_scanned(
             &CheckInput {
                 text: env.body.expose(),
                 direction: Direction::In,
@@ -345,11 +341,11 @@ impl Planner {
     /// trust (Telegram is `insecure` by default); a webhook only when `[policy.channels]` says
     /// `insecure`, since its receiver is usually a clinic system (the EHR) whatever its default.
     fn insecure_staff_channel(&self, dest: &AccountId) -> bool {
-        let configured = self.config.policy.channels.get(&dest.to_string()).and_then(|c| c.trust);
-        match (dest.kind(), configured) {
-            (_, Some(t)) => t == crate::policy::Trust::Insecure,
-            (ChannelKind::Webhook, None) => false,
-            _ => self.policy.trust(dest) == crate::policy::Trust::Insecure,
+        let settings = self.config.policy().settings(dest);
+        let insecure = settings.trust == crate::policy::Trust::Insecure;
+        match dest.kind() {
+            ChannelKind::Webhook => settings.trust_configured && insecure,
+            _ => insecure,
         }
     }
 
@@ -471,7 +467,7 @@ impl Planner {
             (Some(p), Audience::Patient) => self.store.consents(p, &dest.to_string())?,
             _ => Vec::new(),
         };
-        let decision = self.policy.check_scanned(
+        let decision = self.config.policy().check_scanned(
             &CheckInput {
                 text: d.env.body.expose(),
                 direction: Direction::Out,
