@@ -30,6 +30,9 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<StoreError>() {
             return s.exit_code();
         }
+        if let Some(crate::officer::OfficerError::Store(s)) = cause.downcast_ref() {
+            return s.exit_code();
+        }
         if let Some(u) = cause.downcast_ref::<crate::record::flusher::Unwritable>() {
             return u.exit_code as u8;
         }

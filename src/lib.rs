@@ -11,7 +11,8 @@
 //!   flusher.
 //! - [`records`]: the privacy officer's view: list, show, export, verify, purge — all audited.
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
-//! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.
+//! - [`officer`]: the staff's and privacy officer's operations on the record, each written once.
+//! - [`admin`]: the loopback admin API: the officer's operations over HTTP while the daemon runs.
 //! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
 //! - [`daemon`]: starts the fixed parts, runs everything; owns the shutdown order.
 //! - [`assembly`]: the one way a config becomes running parts, at start-up and at a reload.
@@ -19,7 +20,8 @@
 //! - [`review`]: `review show` and `review approve`, which ask the policy again.
 //! - [`reload`]: SIGHUP: check the config file again and apply it, or refuse it whole.
 //! - [`telemetry`]: logging (never PHI).
-//! - [`cli`]: the command-line interface behind `main.rs`.
+//! - [`cli`]: the command-line interface behind `main.rs`; officer commands go through a
+//!   backend (the daemon's admin API, or the store when it is stopped).
 //! - [`exit`]: exit codes, and which errors end with which.
 pub mod accounts;
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod officer;
 pub mod ops;
 pub mod outbox;
 pub mod policy;
