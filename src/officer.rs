@@ -533,7 +533,12 @@ mod tests {
                 .unwrap();
         assert!(matches!(link, Request::LinkCode { ref purpose, .. } if purpose == "clinical"));
         assert!(link.may_create_store() && !Request::RecordsVerify.may_create_store());
-        assert!(serde_json::from_value::<Request>(json!({ "op": "records_verify", "extra": 1 })).is_err());
+        assert!(
+            serde_json::from_value::<Request>(
+                json!({ "op": "records_list", "actor": "a", "patient": "p-1", "extra": 1 })
+            )
+            .is_err()
+        );
         assert!(serde_json::from_value::<Request>(json!({ "op": "format_disk" })).is_err());
     }
 }
