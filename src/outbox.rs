@@ -230,8 +230,19 @@ impl Workers {
     }
 }
 
+/// Why finished attempts could not be written.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BooksError {
+    /// The store refused the write (shared: one write serves every worker waiting on it).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The bookkeeping thread has ended (the daemon is stopping).
+    #[error("outbox bookkeeping stopped")]
+    Stopped,
+}
+
 /// One request to the bookkeeper: updates to write, and where to hand them back with the result.
-type BookRequest = (Vec<OutboxUpdate>, oneshot::Sender<(Vec<OutboxUpdate>, Result<(), String>)>);
+type BookRequest = (Vec<OutboxUpdate>, oneshot::Sender<(Vec<OutboxUpdate>, Result<(), BooksError>)>);
 
 /// Writes every worker's finished attempts on one thread, in one transaction for everything
 /// waiting. The store's writers take turns (one single-writer transaction at a time), so fewer,
@@ -260,7 +271,7 @@ impl Bookkeeper {
                     all.extend(updates);
                     replies.push(reply);
                 }
-                let result = store.apply_outbox(&all).map_err(|e| e.to_string());
+                let result = store.apply_outbox(&all).map_err(|e| BooksError::Store(Arc::new(e)));
                 let mut rest = all.into_iter();
                 for (n, reply) in sizes.into_iter().zip(replies) {
                     let _ = reply.send((rest.by_ref().take(n).collect(), result.clone()));
@@ -271,12 +282,12 @@ impl Bookkeeper {
     }
 
     /// Writes `updates`; hands them back with the outcome.
-    async fn apply(&self, updates: Vec<OutboxUpdate>) -> (Vec<OutboxUpdate>, Result<(), String>) {
+    async fn apply(&self, updates: Vec<OutboxUpdate>) -> (Vec<OutboxUpdate>, Result<(), BooksError>) {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError((updates, _))) = self.tx.send((updates, reply)) {
-            return (updates, Err("outbox bookkeeping stopped".into()));
+            return (updates, Err(BooksError::Stopped));
         }
-        rx.await.unwrap_or_else(|_| (Vec::new(), Err("outbox bookkeeping stopped".into())))
+        rx.await.unwrap_or_else(|_| (Vec::new(), Err(BooksError::Stopped)))
     }
 }
 

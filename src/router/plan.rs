@@ -122,8 +122,8 @@ impl Planner {
     }
 
     fn message(&self, env: Envelope) -> Result<Step, StoreError> {
-        // No dedup lookup here: the commit checks the source key under the log's lock (also
-        // against earlier messages of the same batch) and `finish` answers a redelivery with the
+        // No dedup lookup here: the commit checks the source key inside its single-writer
+        // transaction (also against earlier messages of the same batch) and `finish` answers a redelivery with the
         // first record's id. Looking up first cost a second index read for every new message.
         let account = env.source.account.clone();
         let kind = account.kind().as_str();
