@@ -43,7 +43,7 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
                 return CONFIG;
             }
         }
-        if let Some(AdapterError::Config(_)) = cause.downcast_ref::<AdapterError>() {
+        if let Some(AdapterError::Config(_) | AdapterError::Invalid(_)) = cause.downcast_ref::<AdapterError>() {
             return CONFIG;
         }
         // Out of descriptors before the store was even opened (the async runtime, a listener):

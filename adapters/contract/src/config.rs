@@ -29,6 +29,13 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// Refuses to build from a section with problems: every adapter's build functions call it with
+/// their section's `validate`, so a caller that skipped validation gets the problems (with their
+/// paths) instead of odd behaviour later.
+pub fn ensure_valid(problems: Vec<Problem>) -> Result<(), AdapterError> {
+    if problems.is_empty() { Ok(()) } else { Err(AdapterError::Invalid(problems)) }
+}
+
 /// What an adapter's `build` needs besides its own config section.
 #[derive(Clone, Debug)]
 pub struct BuildContext {

@@ -41,6 +41,9 @@ pub enum AdapterError {
     /// The adapter's configuration cannot be used (for example a secret file is unreadable).
     #[error("configuration: {0}")]
     Config(String),
+    /// The adapter's section does not validate: every problem, with its TOML path.
+    #[error("configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<config::Problem>),
     /// The remote service could not be reached or refused us (login failed, getMe failed).
     #[error("connection: {0}")]
     Connection(String),

@@ -84,12 +84,7 @@ pub fn outbound(cfg: &Config, cx: &BuildContext) -> Result<TelegramOutbound, Ada
 /// Refuses a config that does not validate, so a caller that skipped `validate` still gets a
 /// clear error rather than odd behaviour.
 fn check(cfg: &Config, cx: &BuildContext) -> Result<(), AdapterError> {
-    let problems = cfg.validate(&cx.account.to_string());
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    Err(AdapterError::Config(list.join("; ")))
+    carebridge_contract::config::ensure_valid(cfg.validate(&cx.account.to_string()))
 }
 
 fn api_for(cfg: &Config, cx: &BuildContext) -> Result<api::BotApi, AdapterError> {

@@ -184,12 +184,7 @@ pub fn build_outbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Arc<dyn 
 /// Refuses to build from a config that does not validate (the daemon validates first; this
 /// keeps a skipped validation from turning into a panic in the HTTP router).
 fn check(cfg: &Config, cx: &BuildContext) -> Result<(), AdapterError> {
-    let problems = cfg.validate(&cx.account.to_string());
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    Err(AdapterError::Config(list.join("; ")))
+    carebridge_contract::config::ensure_valid(cfg.validate(&cx.account.to_string()))
 }
 
 fn load_key(cfg: &Config, cx: &BuildContext) -> Result<SigningKey, AdapterError> {
