@@ -204,5 +204,25 @@ pub fn approve(
     if let OnApproval::Refuse(why) = r.outcome {
         return Err(ReviewError::Refused(format!("not approved: {why}; it stays held (reject it to tell its author)")));
     }
-    Ok(store.approve_review(id, r.queue, by)?.map(|keys| (r.outcome, keys)))
+    Ok(store.resolve_held(id, "approved", r.queue, by)?.map(|keys| (r.outcome, keys)))
+}
+
+/// Rejects a held delivery: nothing of it is sent; the notice its author is owed (if the hold
+/// prepared one) is queued instead. `Ok(None)` if it is not held.
+pub fn reject(store: &Store, id: DeliveryId, by: &str) -> Result<Option<Vec<OutboxKey>>, StoreError> {
+    let Some(h) = store.held_item(id)? else { return Ok(None) };
+    let mut queue = Vec::new();
+    if let Some(notice) = h.reject_notice {
+        let mut delivery = notice;
+        delivery.id = DeliveryId(store.next_id()?);
+        queue.push(OutboxItemV1 {
+            v: 1,
+            delivery,
+            attempts: 0,
+            not_before_ms: 0,
+            patient_id: None,
+            requires_consent: false,
+        });
+    }
+    store.resolve_held(id, "rejected", queue, by)
 }

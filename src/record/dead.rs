@@ -1,6 +1,6 @@
 //! Dead letters, in the operator's hands (`carebridge outbox list|retry|drop`, the admin API):
 //! send one again, or drop it. Each change is one transaction together with the event it
-//! appends (and chains) to the record, in the style of [`Store::resolve_review`].
+//! appends (and chains) to the record, in the style of [`Store::resolve_held`].
 
 use super::chain;
 use super::engine::{Tx, TxError};

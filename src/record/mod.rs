@@ -46,7 +46,7 @@ pub use keys::Keyring;
 pub use settings::StoreConfig;
 
 use crate::policy::ConsentGrant;
-use carebridge_contract::{AccountId, DeliveryId, RecordId, SourceKey};
+use carebridge_contract::{AccountId, RecordId, SourceKey};
 use chain::{Append, ChainKey, Kind};
 use engine::{Engine, EngineError, Tr, Tx, TxError, id_of};
 use schema::*;
@@ -1051,78 +1051,6 @@ impl Store {
     /// Deliveries held for review, oldest first.
     pub fn held(&self) -> Result<Vec<ReviewItemV1>, StoreError> {
         self.all_sealed(&self.review)
-    }
-
-    /// Resolves a held delivery: approved → queued in the outbox (returns its key); rejected →
-    /// its rejection notice (if any) is queued instead. Both are appended to the record.
-    pub fn resolve_review(
-        &self,
-        delivery: DeliveryId,
-        approve: bool,
-        by: &str,
-    ) -> Result<Option<Vec<OutboxKey>>, StoreError> {
-        let dkey = delivery.0.to_be_bytes();
-        let Some(held) = self.get_sealed::<ReviewItemV1>(&self.review, &dkey)? else { return Ok(None) };
-        let mut queue = Vec::new();
-        if approve {
-            let mut item = held.item.clone();
-            item.not_before_ms = 0;
-            queue.push((OutboxKey { account: item.delivery.account.clone(), seq: self.next_id()? }, item));
-        } else if let Some(notice) = &held.reject_notice {
-            let mut n = notice.clone();
-            n.id = DeliveryId(self.next_id()?);
-            let item = OutboxItemV1 {
-                v: 1,
-                delivery: n,
-                attempts: 0,
-                not_before_ms: 0,
-                patient_id: None,
-                requires_consent: false,
-            };
-            queue.push((OutboxKey { account: item.delivery.account.clone(), seq: self.next_id()? }, item));
-        }
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = queue
-            .iter()
-            .map(|(k, v)| {
-                let key = k.encode();
-                let val = self.seal(t::OUTBOX, &key, v);
-                (key, val)
-            })
-            .collect();
-        let ev = self.prepare_event(
-            held.item.delivery.record_id,
-            held.item.patient_id.as_deref(),
-            &EventKind::Reviewed {
-                delivery,
-                verdict: if approve { "approved" } else { "rejected" }.into(),
-                by: by.to_string(),
-            },
-        )?;
-        // The rejection notice, when one goes, is correspondence of the record too.
-        let notice_events =
-            self.prepare_notice_events(held.item.patient_id.as_deref(), queue.iter().map(|(_, i)| i))?;
-        self.transact(|tx| {
-            let (review, outbox, events, journal, heads) = (
-                &tx.on(&self.review),
-                &tx.on(&self.outbox),
-                &tx.on(&self.events),
-                &tx.on(&self.journal),
-                &tx.on(&self.chain_heads),
-            );
-            review.remove(dkey)?;
-            for (k, v) in &rows {
-                outbox.insert(k.as_slice(), v.as_slice())?;
-            }
-            events.insert(ev.key.as_slice(), ev.body.as_slice())?;
-            chain::append(&self.chain_key, journal, heads, ev.append())?;
-            for e in &notice_events {
-                events.insert(e.key.as_slice(), e.body.as_slice())?;
-                chain::append(&self.chain_key, journal, heads, e.append())?;
-            }
-            Ok::<(), TxError<()>>(())
-        })
-        .map_err(tx_err)?;
-        Ok(Some(queue.into_iter().map(|(k, _)| k).collect()))
     }
 
     fn event_key(&self, record: RecordId) -> Result<Vec<u8>, StoreError> {

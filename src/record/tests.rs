@@ -7,6 +7,7 @@
 use super::schema::*;
 use super::*;
 use crate::policy::Class;
+use carebridge_contract::DeliveryId;
 use carebridge_contract::{Address, AddressKind, Attachment, Delivery, DeliveryKind, Redacted, SourceKey};
 
 /// A store opener: a data directory and a key file in, a store out.
