@@ -6,7 +6,8 @@ pub mod clinic;
 pub mod daemon;
 pub mod gate;
 pub mod load;
-pub mod mail_env;
+#[allow(unused_imports)] // not every test binary reads the mail settings
+pub use carebridge_fakes::mail_env;
 pub mod sink;
 pub mod supervisor;
 
