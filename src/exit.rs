@@ -64,7 +64,11 @@ mod tests {
 
     #[test]
     fn configuration_failures_found_at_start_exit_2() {
-        let secret: Result<(), _> = Err(AdapterError::Config("cannot read secret file `x`: not found".into()));
+        let secret: Result<(), _> = Err(AdapterError::from(carebridge_contract::config::ConfigError::Unreadable {
+            what: "secret file",
+            path: "x".into(),
+            kind: std::io::ErrorKind::NotFound,
+        }));
         assert_eq!(code_of(&secret.context("building the sender of webhook.out").unwrap_err()), 2);
         let key: Result<(), _> = Err(KeyError::Invalid {
             path: "k".into(),

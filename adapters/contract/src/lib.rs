@@ -44,7 +44,7 @@ pub use redacted::Redacted;
 pub enum AdapterError {
     /// The adapter's configuration cannot be used (for example a secret file is unreadable).
     #[error("configuration: {0}")]
-    Config(String),
+    Config(#[from] config::ConfigError),
     /// The adapter's section does not validate: every problem, with its TOML path.
     #[error("configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<config::Problem>),

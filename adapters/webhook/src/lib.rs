@@ -157,6 +157,7 @@ pub use inbound::WebhookInbound;
 pub use outbound::{IDEMPOTENCY_KEY_HEADER, WebhookOutbound};
 pub use signature::{SIGNATURE_HEADER, SignatureError, SigningKey, TIMESTAMP_HEADER, sign, verify};
 
+use carebridge_contract::config::ConfigError;
 use carebridge_contract::config::{BuildContext, load_secret};
 use carebridge_contract::{AdapterError, Inbound, Outbound};
 use std::sync::Arc;
@@ -190,6 +191,6 @@ fn check(cfg: &Config, cx: &BuildContext) -> Result<(), AdapterError> {
 fn load_key(cfg: &Config, cx: &BuildContext) -> Result<SigningKey, AdapterError> {
     match load_secret(&cfg.secret_env, &cfg.secret_file, &cx.config_dir)? {
         Some(secret) => Ok(SigningKey::new(secret.expose().as_bytes())),
-        None => Err(AdapterError::Config(format!("{}: `secret_env` or `secret_file` is required", cx.account))),
+        None => Err(ConfigError::Missing { what: format!("{}: `secret_env` or `secret_file`", cx.account) }.into()),
     }
 }

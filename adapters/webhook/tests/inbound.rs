@@ -4,7 +4,7 @@
 
 mod common;
 
-use carebridge_contract::config::BuildContext;
+use carebridge_contract::config::{BuildContext, ConfigError};
 use carebridge_contract::{AdapterError, AddressKind, Health, HealthReporter, InboundContext, Submitter};
 use common::{Answers, FakeRouter, Seen, answer, post, post_signed, start};
 use serde_json::json;
@@ -346,7 +346,7 @@ async fn a_bind_failure_is_a_config_error_naming_the_address() {
         health: health.clone(),
     };
     match inbound.run(cx).await {
-        Err(AdapterError::Config(m)) => assert!(m.contains(&addr.to_string()), "{m}"),
+        Err(AdapterError::Config(ConfigError::Listen { addr: a, .. })) => assert_eq!(a, addr.to_string()),
         other => panic!("expected a config error, got {other:?}"),
     }
     assert_eq!(health.get(), Health::Starting, "a listener that never bound never reported up");
@@ -357,7 +357,10 @@ async fn a_missing_secret_fails_the_build() {
     let cfg = common::config("secret_file = \"does-not-exist\"\nlisten = \"127.0.0.1:1\"");
     let bcx = BuildContext { account: common::account(), config_dir: common::scratch_dir() };
     match carebridge_webhook::build_inbound(&cfg, &bcx) {
-        Err(AdapterError::Config(m)) => assert!(m.contains("does-not-exist"), "{m}"),
+        Err(AdapterError::Config(ConfigError::Unreadable { what, path, kind })) => {
+            assert_eq!((what, kind), ("secret file", std::io::ErrorKind::NotFound));
+            assert!(path.ends_with("does-not-exist"), "{}", path.display());
+        }
         other => panic!("expected a config error, got {:?}", other.map(|o| o.is_some())),
     }
 }
