@@ -156,6 +156,16 @@ pub trait Backend: Send + Sync {
     fn reserve_ids(&self) -> Result<Option<std::ops::Range<u64>>, EngineError> {
         Ok(None)
     }
+    /// With [`Backend::reserve_ids`]: an id above every id any instance was handed (`None`: the
+    /// store's own counter knows).
+    fn ids_used(&self) -> Result<Option<u64>, EngineError> {
+        Ok(None)
+    }
+    /// With [`Backend::reserve_ids`]: makes every later block start above `used` (a store copied
+    /// in keeps its ids, and new ones must not collide with them).
+    fn raise_ids(&self, _used: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// One transaction's reads and writes (see [`Backend::transact`]).
@@ -286,6 +296,16 @@ impl Engine {
     /// A block of ids unique across instances, or `None` (see [`Backend::reserve_ids`]).
     pub fn reserve_ids(&self) -> Result<Option<std::ops::Range<u64>>, EngineError> {
         self.backend.reserve_ids()
+    }
+
+    /// See [`Backend::ids_used`].
+    pub fn ids_used(&self) -> Result<Option<u64>, EngineError> {
+        self.backend.ids_used()
+    }
+
+    /// See [`Backend::raise_ids`].
+    pub fn raise_ids(&self, used: u64) -> Result<(), EngineError> {
+        self.backend.raise_ids(used)
     }
 
     /// The store's handle on `backend`.

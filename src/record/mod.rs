@@ -39,6 +39,7 @@ pub mod schema;
 pub mod settings;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 pub mod triage;
 
 pub use audit::Actor;

@@ -506,6 +506,23 @@ impl Backend for PgBackend {
         let start = u64::try_from(start).map_err(|_| EngineError::Corrupt("the id sequence went negative".into()))?;
         Ok(Some(start..start + ID_BLOCK))
     }
+
+    fn ids_used(&self) -> Result<Option<u64>, EngineError> {
+        // The last block handed out ends below last_value + ID_BLOCK.
+        let last: i64 = self.rows("SELECT last_value FROM carebridge_ids", &[])?.first().map(|r| r.get(0)).unwrap_or(0);
+        Ok(Some(u64::try_from(last).unwrap_or(0) + ID_BLOCK))
+    }
+
+    fn raise_ids(&self, used: u64) -> Result<(), EngineError> {
+        let next = i64::try_from(used.saturating_add(1))
+            .map_err(|_| EngineError::Corrupt("an id is past the sequence's range".into()))?;
+        // Never lowers it: blocks already handed out stay behind.
+        self.rows(
+            "SELECT setval('carebridge_ids', greatest($1, (SELECT last_value + $2 FROM carebridge_ids)), false)",
+            &[&next, &(ID_BLOCK as i64)],
+        )?;
+        Ok(())
+    }
 }
 
 /// The connection a snapshot reads through, in its repeatable-read transaction. Closed (not

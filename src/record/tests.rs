@@ -507,3 +507,50 @@ fn the_database_holds_no_planted_phi() {
         assert!(!dump.contains(&hex_phi), "{phi:?} is in the database in clear (bytea hex)");
     }
 }
+
+#[test]
+fn a_store_copied_into_postgres_and_back_keeps_every_entry_its_chain_and_its_ids() {
+    if !postgres_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = || keys_in(dir.path());
+    let embedded = Store::open(&dir.path().join("data"), keys()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (ex, key) = exchange(&embedded, &format!("sms-copy-{i}"), b"scan bytes");
+        ids.push((ex.record.id, key));
+        embedded.commit_exchanges(&[ex]).unwrap();
+    }
+    embedded.flush_blocking().unwrap();
+    let used = embedded.next_id().unwrap();
+    let pg = open_postgres(&dir.path().join("pg"), keys()).unwrap();
+    let there = transfer::copy_store(&embedded, &pg).unwrap();
+    assert_eq!(there.chain_entries, 5);
+    assert_eq!(there.chain_head, embedded.chain_head().unwrap().1, "the copy's head is the source's");
+    for (id, key) in &ids {
+        assert!(pg.record(*id).unwrap().is_some());
+        let item = pg.outbox_item(key).unwrap().unwrap();
+        let sent = pg.delivery_to_send(&item.delivery).unwrap();
+        assert_eq!(sent.attachments[0].data.expose(), b"scan bytes", "blobs come along");
+    }
+    assert!(pg.next_id().unwrap() > used, "new ids continue past the source's");
+    // Once more into a store that is not empty: refused.
+    let e = transfer::copy_store(&embedded, &pg).unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    // And back, after the PostgreSQL store took one more record.
+    let (ex, _) = exchange(&pg, "sms-copy-pg", b"x");
+    let last = ex.record.id;
+    pg.commit_exchanges(&[ex]).unwrap();
+    let back = Store::open(&dir.path().join("back"), keys()).unwrap();
+    let copied = transfer::copy_store(&pg, &back).unwrap();
+    assert_eq!(copied.chain_entries, 6);
+    assert_eq!(back.records().count(), 6);
+    assert!(back.record(last).unwrap().is_some());
+    assert!(back.next_id().unwrap() > last.0, "the embedded copy's ids continue past every PostgreSQL block");
+    back.close().unwrap();
+    drop(back);
+    let back = Store::open(&dir.path().join("back"), keys()).unwrap();
+    assert_eq!(back.patient_ref("p-1"), embedded.patient_ref("p-1"), "log pseudonyms stay the same");
+    assert_eq!(back.verify().unwrap().entries, 6);
+}
