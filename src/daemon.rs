@@ -134,6 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let inbound_tasks = TaskTracker::new();
     let mut receivers =
         Receivers::new(submitter, inbound_stop.clone(), fatal.clone(), inbound_tasks.clone(), adapter_health.clone());
+    receivers.set_leases(config.store.leases(&config.config_dir)?);
     for (account, task) in inbound {
         receivers.start(account, task);
     }

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod lease;
 pub mod ops;
 pub mod outbox;
 pub mod policy;

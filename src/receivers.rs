@@ -7,10 +7,17 @@
 //! stops the daemon, as at start-up: a receiver that cannot run is an outage the supervisor
 //! must see. [`Receivers`] holds one `Submitter` of its own so it can start tasks later;
 //! [`Receivers::close`] drops it at shutdown so the router's queue closes once the tasks end.
+//!
+//! On a store several instances share, a polling receiver (IMAP IDLE, Telegram `getUpdates`)
+//! first waits for its account's lease ([`crate::lease`]): one instance polls, the others stand
+//! by. Losing the lease stops the daemon (the supervisor starts it again as a standby), since a
+//! receiver cannot be rebuilt here; webhook listeners take no lease.
 
+use crate::lease::Leases;
 use crate::ops::AdapterHealth;
-use carebridge_contract::{AccountId, Inbound, InboundContext, Submitter};
+use carebridge_contract::{AccountId, ChannelKind, Inbound, InboundContext, Submitter};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +34,8 @@ pub struct Receivers {
     tracker: TaskTracker,
     health: AdapterHealth,
     running: BTreeMap<AccountId, (CancellationToken, JoinHandle<()>)>,
+    /// Set when several instances share the store: polling receivers run under a lease.
+    leases: Option<Arc<Leases>>,
 }
 
 impl Receivers {
@@ -39,7 +48,12 @@ impl Receivers {
         tracker: TaskTracker,
         health: AdapterHealth,
     ) -> Self {
-        Receivers { submitter: Some(submitter), stop, fatal, tracker, health, running: BTreeMap::new() }
+        Receivers { submitter: Some(submitter), stop, fatal, tracker, health, running: BTreeMap::new(), leases: None }
+    }
+
+    /// Runs every polling receiver started from now on under its account's lease.
+    pub fn set_leases(&mut self, leases: Option<Leases>) {
+        self.leases = leases.map(Arc::new);
     }
 
     /// The accounts with a running receiver.
@@ -54,11 +68,34 @@ impl Receivers {
         let health = self.health.register(&account);
         let cx = InboundContext { account: account.clone(), submitter, shutdown: stopping.clone(), health };
         let fatal = self.fatal.clone();
+        let leases = self.leases.clone().filter(|_| account.kind() != ChannelKind::Webhook);
         let handle = self.tracker.spawn({
             let stopping = stopping.clone();
             let account = account.clone();
             async move {
-                match task.run(cx).await {
+                let mut lease = None;
+                if let Some(leases) = leases {
+                    let Some(held) = leases.acquire(&account.to_string(), &stopping).await else {
+                        info!(account = %account, "Receiver stopped while standing by.");
+                        return;
+                    };
+                    let (lost, stop, fatal) = (held.lost.clone(), stopping.clone(), fatal.clone());
+                    let account = account.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = lost.cancelled() => {
+                                error!(account = %account, "Lease lost; stopping the daemon so it restarts as a standby.");
+                                stop.cancel();
+                                fatal.cancel();
+                            }
+                            _ = stop.cancelled() => {}
+                        }
+                    });
+                    lease = Some(held);
+                }
+                let result = task.run(cx).await;
+                drop(lease);
+                match result {
                     Ok(()) if stopping.is_cancelled() => info!(account = %account, "Receiver stopped."),
                     Ok(()) => {
                         error!(account = %account, "Receiver ended unexpectedly; stopping the daemon.");

@@ -7,6 +7,8 @@
 #   postgres.sh start [DIR]  install postgresql if missing, initdb a fresh cluster in DIR, start it,
 #                            print the DSN (also written to DIR/dsn)
 #   postgres.sh stop  [DIR]  stop the server started from DIR and remove DIR
+#   postgres.sh pause [DIR]  stop the server, keeping its data (an outage, for tests)
+#   postgres.sh resume [DIR] start the server of DIR again on the same port
 #
 # DIR defaults to $CAREBRIDGE_PG_DIR, else /tmp/carebridge-pg. Port: $PG_PORT (default 15432).
 # Trust authentication: for this throwaway cluster only (the daemon's own configuration takes
@@ -43,6 +45,13 @@ start)
     echo "$dsn" >"$dir/dsn"
     echo "$dsn"
     ;;
+pause)
+    su postgres -s /bin/sh -c "'$(bindir)/pg_ctl' -D '$dir/data' -m immediate -w stop" >/dev/null
+    ;;
+resume)
+    su postgres -s /bin/sh -c "'$(bindir)/pg_ctl' -D '$dir/data' -l '$dir/server.log' -w \
+        -o \"-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200\" start" >/dev/null
+    ;;
 stop)
     if [ -d "$dir/data" ] && bin=$(bindir); then
         su postgres -s /bin/sh -c "'$bin/pg_ctl' -D '$dir/data' -m fast -w stop" >/dev/null 2>&1 || true
@@ -50,7 +59,7 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start|stop [DIR]" >&2
+    echo "usage: $0 start|stop|pause|resume [DIR]" >&2
     exit 2
     ;;
 esac

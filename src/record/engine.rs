@@ -156,6 +156,11 @@ pub trait Backend: Send + Sync {
     fn reserve_ids(&self) -> Result<Option<std::ops::Range<u64>>, EngineError> {
         Ok(None)
     }
+    /// Whether the backend answers now (a server backend: one round trip; the embedded one has
+    /// nothing to reach, its writability is the flusher's to tell).
+    fn probe(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// With [`Backend::reserve_ids`]: an id above every id any instance was handed (`None`: the
     /// store's own counter knows).
     fn ids_used(&self) -> Result<Option<u64>, EngineError> {
@@ -301,6 +306,11 @@ impl Engine {
     /// See [`Backend::ids_used`].
     pub fn ids_used(&self) -> Result<Option<u64>, EngineError> {
         self.backend.ids_used()
+    }
+
+    /// See [`Backend::probe`].
+    pub fn probe(&self) -> Result<(), EngineError> {
+        self.backend.probe()
     }
 
     /// See [`Backend::raise_ids`].

@@ -669,6 +669,12 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the store's database answers now (always, for the embedded store): what
+    /// `/readyz` asks besides the flusher, since a server's outage shows in no flush.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        Ok(self.db.probe()?)
+    }
+
     /// Bytes the store takes on disk.
     pub fn disk_space(&self) -> u64 {
         self.db.disk_space()

@@ -254,6 +254,13 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .with_no_client_auth())
 }
 
+/// The TLS connector of every connection to the store's database (the leases' too).
+pub fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, EngineError> {
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(ca_file)?))
+}
+
 /// The smallest key greater than every key starting with `prefix` (none: no upper bound).
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -505,6 +512,10 @@ impl Backend for PgBackend {
         let start: i64 = self.rows("SELECT nextval('carebridge_ids')", &[])?.first().map(|r| r.get(0)).unwrap_or(0);
         let start = u64::try_from(start).map_err(|_| EngineError::Corrupt("the id sequence went negative".into()))?;
         Ok(Some(start..start + ID_BLOCK))
+    }
+
+    fn probe(&self) -> Result<(), EngineError> {
+        self.rows("SELECT 1", &[]).map(|_| ())
     }
 
     fn ids_used(&self) -> Result<Option<u64>, EngineError> {

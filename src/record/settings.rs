@@ -9,6 +9,7 @@
 //! url_env = "CAREBRIDGE_DATABASE_URL"     # or url_file = "/etc/carebridge/database.url"; never inline
 //! ca_file = "/etc/carebridge/db-ca.pem"   # optional: a private CA for the server's certificate
 //! pool_size = 8                           # connections this instance opens
+//! takeover_secs = 15                      # a polling input's take-over after its instance died
 //! [store.retention]
 //! exchanges_days = 3650                   # messages and what happened to them
 //! quarantine_days = 90                    # input that could not be parsed
@@ -67,11 +68,14 @@ pub struct PostgresConfig {
     pub ca_file: Option<PathBuf>,
     /// The most connections this instance opens.
     pub pool_size: u32,
+    /// How long a polling input (IMAP IDLE, `getUpdates`) may stay without a consumer after
+    /// the instance running it died, before another takes over (`crate::lease`).
+    pub takeover_secs: u32,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url_file: None, url_env: None, ca_file: None, pool_size: 8 }
+        PostgresConfig { url_file: None, url_env: None, ca_file: None, pool_size: 8, takeover_secs: 15 }
     }
 }
 
@@ -152,6 +156,9 @@ impl StoreConfig {
                 if pg.url_env.as_deref().is_some_and(str::is_empty) {
                     p.push(Problem::new("store.postgres.url_env", "must name an environment variable"));
                 }
+                if !(3..=600).contains(&pg.takeover_secs) {
+                    p.push(Problem::new("store.postgres.takeover_secs", "must be between 3 and 600 seconds"));
+                }
                 if !(2..=256).contains(&pg.pool_size) {
                     p.push(Problem::new("store.postgres.pool_size", "must be between 2 and 256"));
                 }
@@ -193,6 +200,13 @@ impl StoreConfig {
         })?;
         let ca_file = pg.ca_file.as_ref().map(|f| if f.is_absolute() { f.clone() } else { config_dir.join(f) });
         Ok(Some(super::pg_backend::PgSettings { config, ca_file, pool_size: pg.pool_size as usize }))
+    }
+
+    /// Leases for the polling inputs, when the store is shared ([`crate::lease`]).
+    pub fn leases(&self, config_dir: &Path) -> Result<Option<crate::lease::Leases>> {
+        let Some(settings) = self.postgres_settings(config_dir)? else { return Ok(None) };
+        let takeover = self.postgres.as_ref().map(|p| p.takeover_secs).unwrap_or(15);
+        Ok(Some(crate::lease::Leases::new(&settings, std::time::Duration::from_secs(u64::from(takeover)))?))
     }
 
     /// Where the key file is for this config.

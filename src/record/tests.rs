@@ -554,3 +554,62 @@ fn a_store_copied_into_postgres_and_back_keeps_every_entry_its_chain_and_its_ids
     assert_eq!(back.patient_ref("p-1"), embedded.patient_ref("p-1"), "log pseudonyms stay the same");
     assert_eq!(back.verify().unwrap().entries, 6);
 }
+
+/// A PostgreSQL server of a test's own (`tests/postgres.sh`), which it may stop and start:
+/// stopped with the guard.
+struct OwnServer {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnServer {
+    fn script(&self, cmd: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postgres.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(cmd)
+            .arg(&self.dir)
+            .env("PG_PORT", self.port.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postgres.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+#[test]
+fn an_outage_of_the_database_fails_writes_clearly_and_the_store_recovers_by_itself() {
+    if !postgres_available() {
+        return;
+    }
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let server = OwnServer { dir: std::env::temp_dir().join(format!("cb-pg-outage-{port}")), port };
+    server.script("start");
+    let dsn = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    let settings = pg_backend::testing::database(&dsn, "outage").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_postgres(keys_in(dir.path()), &settings).unwrap();
+    let (ex, _) = exchange(&store, "sms-before", b"x");
+    store.commit_exchanges(&[ex]).unwrap();
+    server.script("pause");
+    // Down: writes fail (the router answers "unavailable": no ack, the source keeps the message),
+    // the probe /readyz asks says so, and nothing is half written.
+    let (ex, _) = exchange(&store, "sms-during", b"x");
+    let e = store.commit_exchanges(&[ex]).unwrap_err();
+    assert!(matches!(e, StoreError::Engine(EngineError::Unavailable(_))), "{e}");
+    assert!(!e.is_io() && !e.is_corrupt(), "an outage is neither a full disk nor damage: {e}");
+    assert!(store.probe().is_err());
+    assert!(store.flush_blocking().is_ok(), "the flusher does not stop the daemon over an outage");
+    // Back: the same store handle works again, and the redelivered message is recorded.
+    server.script("resume");
+    store.probe().unwrap();
+    let (ex, _) = exchange(&store, "sms-during", b"x");
+    assert_eq!(store.commit_exchanges(&[ex]).unwrap(), vec![Committed::New]);
+    assert_eq!(store.records().count(), 2);
+    assert_eq!(store.verify().unwrap().entries, 2);
+}
