@@ -87,6 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         outbox_stop.clone(),
         outbox_tasks.clone(),
     );
+    workers.set_leases(config.store.leases(&config.config_dir)?, config.store.takeover() / 3);
     for (id, sender) in sending {
         workers.start(id, sender).await?;
     }

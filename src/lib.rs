@@ -29,6 +29,7 @@ pub mod exit;
 pub mod lease;
 pub mod ops;
 pub mod outbox;
+pub mod outbox_sweep;
 pub mod policy;
 pub mod receivers;
 pub mod record;

@@ -1081,18 +1081,19 @@ impl Store {
                     events.insert(e.key.as_slice(), e.body.as_slice())?;
                     chain::append(&self.chain_key, journal, heads, e.append())?;
                 }
-                match (u, &p.row) {
-                    (OutboxUpdate::Retry { .. }, Some(row)) => {
-                        outbox.insert(p.okey.as_slice(), row.as_slice())?;
-                    }
-                    _ => {
-                        outbox.remove(p.okey.as_slice())?;
-                    }
+                // On a store several instances share, another instance may have sent this row
+                // meanwhile (a take-over: `outbox_sweep`): the attempt stays in the record, but a
+                // row already gone is neither brought back for a retry nor moved.
+                let present = outbox.remove(p.okey.as_slice())?.is_some();
+                if let (OutboxUpdate::Retry { .. }, Some(row), true) = (u, &p.row, present) {
+                    outbox.insert(p.okey.as_slice(), row.as_slice())?;
                 }
                 for (k, v) in &p.native {
                     by_native.insert(k.as_slice(), v.as_slice())?;
                 }
-                if let Some((k, v)) = &p.moved {
+                if let Some((k, v)) = &p.moved
+                    && present
+                {
                     match u {
                         OutboxUpdate::Dead { .. } => dead.insert(k.as_slice(), v.as_slice())?,
                         _ => review.insert(k.as_slice(), v.as_slice())?,

@@ -202,11 +202,15 @@ impl StoreConfig {
         Ok(Some(super::pg_backend::PgSettings { config, ca_file, pool_size: pg.pool_size as usize }))
     }
 
+    /// The take-over time of leases (`[store.postgres] takeover_secs`).
+    pub fn takeover(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.postgres.as_ref().map(|p| p.takeover_secs).unwrap_or(15)))
+    }
+
     /// Leases for the polling inputs, when the store is shared ([`crate::lease`]).
     pub fn leases(&self, config_dir: &Path) -> Result<Option<crate::lease::Leases>> {
         let Some(settings) = self.postgres_settings(config_dir)? else { return Ok(None) };
-        let takeover = self.postgres.as_ref().map(|p| p.takeover_secs).unwrap_or(15);
-        Ok(Some(crate::lease::Leases::new(&settings, std::time::Duration::from_secs(u64::from(takeover)))?))
+        Ok(Some(crate::lease::Leases::new(&settings, self.takeover())?))
     }
 
     /// Where the key file is for this config.

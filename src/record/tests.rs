@@ -613,3 +613,25 @@ fn an_outage_of_the_database_fails_writes_clearly_and_the_store_recovers_by_itse
     assert_eq!(store.records().count(), 2);
     assert_eq!(store.verify().unwrap().entries, 2);
 }
+
+#[test]
+fn a_row_another_instance_sent_is_not_brought_back_by_a_late_retry() {
+    // Two instances may attempt one row during a take-over (`outbox_sweep`): whichever records
+    // second must not put a sent row back in the outbox, nor dead-letter it.
+    each_backend(|name, open, dir| {
+        let store = open(dir);
+        let (ex, key) = exchange(&store, "sms-late", b"x");
+        let record = ex.record.id;
+        store.commit_exchanges(&[ex]).unwrap();
+        let item = store.outbox_item(&key).unwrap().unwrap();
+        let sent = OutboxUpdate::Sent { key: key.clone(), item: item.clone(), native_ids: vec![], events: vec![] };
+        store.apply_outbox(&[sent]).unwrap();
+        let retry = OutboxUpdate::Retry { key: key.clone(), item: item.clone(), events: vec![] };
+        store.apply_outbox(&[retry]).unwrap();
+        assert!(store.outbox_item(&key).unwrap().is_none(), "{name}: a sent row stays gone");
+        let dead = OutboxUpdate::Dead { key: key.clone(), item, reason: "HTTP 400".into(), events: vec![] };
+        store.apply_outbox(&[dead]).unwrap();
+        assert!(store.dead_letters().unwrap().is_empty(), "{name}: nor is it dead-lettered");
+        assert!(store.record(record).unwrap().is_some());
+    });
+}
