@@ -65,17 +65,20 @@ impl Receivers {
     pub fn start(&mut self, account: AccountId, task: Box<dyn Inbound>) {
         let Some(submitter) = self.submitter.clone() else { return };
         let stopping = self.stop.child_token();
-        let health = self.health.register(&account);
-        let cx = InboundContext { account: account.clone(), submitter, shutdown: stopping.clone(), health };
         let fatal = self.fatal.clone();
         let leases = self.leases.clone().filter(|_| account.kind() != ChannelKind::Webhook);
+        // A receiver standing by for its lease is not in readiness (a standby instance is ready
+        // for its webhooks); it registers once it runs.
+        let registry = self.health.clone();
+        let health = leases.is_none().then(|| self.health.register(&account));
         let handle = self.tracker.spawn({
             let stopping = stopping.clone();
             let account = account.clone();
             async move {
                 let mut lease = None;
                 if let Some(leases) = leases {
-                    let Some(held) = leases.acquire(&account.to_string(), &stopping).await else {
+                    let held = leases.acquire(&account.to_string(), &stopping).await;
+                    let Some(held) = held.filter(|_| !stopping.is_cancelled()) else {
                         info!(account = %account, "Receiver stopped while standing by.");
                         return;
                     };
@@ -93,6 +96,8 @@ impl Receivers {
                     });
                     lease = Some(held);
                 }
+                let health = health.unwrap_or_else(|| registry.register(&account));
+                let cx = InboundContext { account: account.clone(), submitter, shutdown: stopping.clone(), health };
                 let result = task.run(cx).await;
                 drop(lease);
                 match result {
