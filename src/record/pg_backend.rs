@@ -129,11 +129,6 @@ impl Driver {
         // Set at construction, taken only in `drop`.
         self.0.as_ref().map(|rt| rt.handle()).expect("the driver runtime lives as long as its handles")
     }
-
-    /// Runs `f` on the driver (what needs tokio's reactor: opening connections), waiting for it.
-    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> Result<T, EngineError> {
-        block(self.handle().spawn(f)).map_err(|_| EngineError::Unavailable("the database driver stopped".into()))
-    }
 }
 
 /// The PostgreSQL backend of one store.
@@ -176,8 +171,10 @@ impl PgBackend {
 
     /// A connection from the pool (a new one if none is idle).
     fn client(&self) -> Result<Object, EngineError> {
-        let pool = self.pool.clone();
-        self.driver.run(async move { pool.get().await })?.map_err(|e| match e {
+        // Awaited here, inside the driver's context (a new connection registers with its
+        // reactor and timers, which its worker threads drive): no task per call.
+        let _driver = self.driver.handle().enter();
+        block(self.pool.get()).map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => pg(e),
             other => EngineError::Unavailable(format!("no connection to the database ({other})")),
         })
