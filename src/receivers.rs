@@ -137,3 +137,86 @@ impl Receivers {
         self.submitter = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::record::pg_backend::testing;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stand-in adapter that counts how many copies of it are running (the thing under test
+    /// is the lease gating around it, not an adapter).
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Inbound for Counted {
+        fn run(self: Box<Self>, cx: InboundContext) -> carebridge_contract::Task {
+            Box::pin(async move {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                cx.health.up();
+                cx.shutdown.cancelled().await;
+                self.0.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        // A guard against a hang, not a timing assertion.
+        let end = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < end, "{what} never happened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poller_runs_on_one_instance_at_a_time_and_a_standby_takes_it_over() {
+        let Some(dsn) = testing::dsn() else {
+            eprintln!("skipping: {} is not set", testing::DSN_VAR);
+            return;
+        };
+        let settings = testing::database(&dsn, "cb_receivers_lease").unwrap();
+        let (submitter, _queue) = Submitter::channel(8);
+        let fatal = CancellationToken::new();
+        let instance = || {
+            let health = AdapterHealth::default();
+            let mut r = Receivers::new(
+                submitter.clone(),
+                CancellationToken::new(),
+                fatal.clone(),
+                TaskTracker::new(),
+                health.clone(),
+            );
+            r.set_leases(Some(Leases::new(&settings, Duration::from_secs(3)).unwrap()));
+            (r, health)
+        };
+        let (mut a, _) = instance();
+        let (mut b, b_health) = instance();
+        let poller: AccountId = "email.front-desk".parse().unwrap();
+        let (on_a, on_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        a.start(poller.clone(), Box::new(Counted(on_a.clone())));
+        until("the first instance polling", || on_a.load(Ordering::SeqCst) == 1).await;
+        b.start(poller.clone(), Box::new(Counted(on_b.clone())));
+        // Webhooks take no lease: both instances listen.
+        let forms: AccountId = "webhook.forms".parse().unwrap();
+        let (wa, wb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        a.start(forms.clone(), Box::new(Counted(wa.clone())));
+        b.start(forms.clone(), Box::new(Counted(wb.clone())));
+        until("both webhook listeners running", || wa.load(Ordering::SeqCst) == 1 && wb.load(Ordering::SeqCst) == 1)
+            .await;
+        assert_eq!(on_b.load(Ordering::SeqCst), 0, "the standby does not poll while the lease is held");
+        assert!(
+            !b_health.states().iter().any(|(acc, _)| *acc == poller),
+            "a poller standing by is not in its instance's readiness"
+        );
+        // The holder stops (as when it is shut down or dies): the standby takes over.
+        assert!(a.stop(&poller, Duration::from_secs(5)).await);
+        until("the standby polling", || on_b.load(Ordering::SeqCst) == 1).await;
+        assert!(b_health.states().iter().any(|(acc, _)| *acc == poller));
+        assert!(!fatal.is_cancelled());
+        b.stop(&poller, Duration::from_secs(5)).await;
+        b.stop(&forms, Duration::from_secs(5)).await;
+        a.stop(&forms, Duration::from_secs(5)).await;
+    }
+}
