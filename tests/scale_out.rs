@@ -5,12 +5,17 @@
 //! `src/outbox_sweep.rs`), and at the end every accepted message is recorded exactly once and
 //! delivered at least once, repeats carrying the same Idempotency-Key.
 //!
+//! A second test runs one Telegram bot on both daemons: one polls `getUpdates` (the lease
+//! holder), the other stands by, and takes over when the holder is killed.
+//!
 //! Needs a PostgreSQL server: `tests/run.sh` starts one and sets `CAREBRIDGE_TEST_POSTGRES`
 //! (and `CAREBRIDGE_REQUIRE_POSTGRES`, so CI never skips this); without it the test says so and
 //! skips.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
 
+#[path = "support/fake_bot_api.rs"]
+mod fake_bot_api;
 mod support;
 
 use carebridge::record::pg_backend::testing;
@@ -189,4 +194,100 @@ async fn two_daemons_share_one_store_and_one_takes_over_when_the_other_is_killed
     }
     let (ok, out, err) = b.cli(&["records", "verify"]);
     assert!(ok, "verify: {out} {err}");
+}
+
+/// Setup shared by the tests: a database of its own, its URL in `db.url`, one key file.
+fn shared_store(dir: &std::path::Path, dsn: &str, db: &str) {
+    testing::database(dsn, db).unwrap();
+    let url = format!("{}/{db}", dsn.rsplit_once('/').unwrap().0);
+    std::fs::write(dir.join("db.url"), format!("{url}\n")).unwrap();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let out = std::process::Command::new(support::daemon::bin())
+        .args(["keys", "generate", "--file"])
+        .arg(dir.join("store.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn bot_config(dir: &std::path::Path, name: &str, api_url: &str, sink_url: &str) -> String {
+    std::fs::write(dir.join("tg-token"), format!("{}\n", fake_bot_api::TOKEN)).unwrap();
+    format!(
+        r#"
+[daemon]
+data_dir = "{data}"
+[store]
+key_file = "{key}"
+backend = "postgres"
+[store.postgres]
+url_file = "{url}"
+takeover_secs = 3
+[outbox]
+retry_initial_ms = 50
+retry_max_secs = 1
+[webhook.sink]
+url = "{sink_url}"
+secret_file = "{secret}"
+[telegram.front]
+token_file = "{token}"
+api_url = "{api_url}"
+poll_timeout_secs = 1
+staff_chat_id = -1009876
+[[route]]
+name = "telegram-to-clinic"
+from = ["telegram.front"]
+to = ["webhook.sink"]
+"#,
+        data = dir.join(name).display(),
+        key = dir.join("store.key").display(),
+        url = dir.join("db.url").display(),
+        secret = dir.join("secret").display(),
+        token = dir.join("tg-token").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bot_is_polled_by_one_daemon_and_the_other_takes_over_when_it_is_killed() {
+    let Some(dsn) = testing::dsn() else {
+        eprintln!("skipping: {} is not set (tests/run.sh starts PostgreSQL)", testing::DSN_VAR);
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    shared_store(dir.path(), &dsn, &format!("cb_scale_bot_{}", std::process::id()));
+    let fake = fake_bot_api::FakeBotApi::start().await;
+    let sink = Sink::start(Mode::Accept).await;
+    let mut daemons = Vec::new();
+    for name in ["a", "b"] {
+        let d_dir = dir.path().join(name);
+        std::fs::create_dir_all(&d_dir).unwrap();
+        daemons.push(Daemon::start(&d_dir, &bot_config(dir.path(), &format!("data-{name}"), &fake.url(), &sink.url())));
+    }
+    let holder = loop {
+        if let Some(i) = daemons.iter().position(|d| d.logs().iter().any(|l| l.contains("Lease taken"))) {
+            break i;
+        }
+        assert!(daemons.iter_mut().all(|d| d.alive()), "a daemon exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let standby = 1 - holder;
+    assert!(daemons[standby].wait_log("Another instance holds the lease", 0, Duration::from_secs(30)));
+    fake.patient_text(5_550_001, "Ann", "first message");
+    assert!(sink.wait_for(1, Duration::from_secs(30)).await, "the holder polls and forwards");
+
+    daemons[holder].kill9();
+    let killed = Instant::now();
+    fake.patient_text(5_550_001, "Ann", "second message");
+    assert!(
+        sink.wait_for(2, Duration::from_secs(30)).await,
+        "the standby takes the bot over: {:?}",
+        daemons[standby].logs().iter().rev().take(10).collect::<Vec<_>>()
+    );
+    println!("fail-over: the bot's next message forwarded {:?} after the kill (takeover_secs = 3)", killed.elapsed());
+    assert!(daemons[standby].logs().iter().any(|l| l.contains("Lease taken")));
+    let texts: Vec<String> = by_idempotency_key(&sink.received())
+        .0
+        .iter()
+        .map(|r| r.body["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts, ["first message", "second message"]);
 }
