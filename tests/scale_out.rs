@@ -210,6 +210,11 @@ fn shared_store(dir: &std::path::Path, dsn: &str, db: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A log line about the bot's lease (not an outbox sweep lease).
+fn bot_lease(line: &str, what: &str) -> bool {
+    line.contains(what) && line.contains("telegram.front") && !line.contains("outbox.")
+}
+
 fn bot_config(dir: &std::path::Path, name: &str, api_url: &str, sink_url: &str) -> String {
     std::fs::write(dir.join("tg-token"), format!("{}\n", fake_bot_api::TOKEN)).unwrap();
     format!(
@@ -263,14 +268,18 @@ async fn one_bot_is_polled_by_one_daemon_and_the_other_takes_over_when_it_is_kil
         daemons.push(Daemon::start(&d_dir, &bot_config(dir.path(), &format!("data-{name}"), &fake.url(), &sink.url())));
     }
     let holder = loop {
-        if let Some(i) = daemons.iter().position(|d| d.logs().iter().any(|l| l.contains("Lease taken"))) {
+        if let Some(i) = daemons.iter().position(|d| d.logs().iter().any(|l| bot_lease(l, "Lease taken"))) {
             break i;
         }
         assert!(daemons.iter_mut().all(|d| d.alive()), "a daemon exited");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let standby = 1 - holder;
-    assert!(daemons[standby].wait_log("Another instance holds the lease", 0, Duration::from_secs(30)));
+    let standing_by = Instant::now();
+    while !daemons[standby].logs().iter().any(|l| bot_lease(l, "Another instance holds the lease")) {
+        assert!(standing_by.elapsed() < Duration::from_secs(30), "the other daemon stands by for the bot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     fake.patient_text(5_550_001, "Ann", "first message");
     assert!(sink.wait_for(1, Duration::from_secs(30)).await, "the holder polls and forwards");
 
@@ -283,7 +292,7 @@ async fn one_bot_is_polled_by_one_daemon_and_the_other_takes_over_when_it_is_kil
         daemons[standby].logs().iter().rev().take(10).collect::<Vec<_>>()
     );
     println!("fail-over: the bot's next message forwarded {:?} after the kill (takeover_secs = 3)", killed.elapsed());
-    assert!(daemons[standby].logs().iter().any(|l| l.contains("Lease taken")));
+    assert!(daemons[standby].logs().iter().any(|l| bot_lease(l, "Lease taken")), "the standby took the bot's lease");
     let texts: Vec<String> = by_idempotency_key(&sink.received())
         .0
         .iter()
