@@ -60,6 +60,7 @@ pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Res
         outbox_stop.clone(),
         outbox_tasks.clone(),
     );
+    workers.set_leases(config.store.leases(&config.config_dir)?, config.store.takeover() / 3);
     let wakers = workers.wakers();
     let wake = wakers.clone();
     // Cancelled by a receiver that fails for good, or by the flusher when the store stops taking
@@ -90,8 +91,9 @@ pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Res
     .await?;
     let inbound_stop = CancellationToken::new();
     let inbound_tasks = TaskTracker::new();
-    let receivers =
+    let mut receivers =
         Receivers::new(submitter, inbound_stop.clone(), fatal.clone(), inbound_tasks.clone(), adapter_health.clone());
+    receivers.set_leases(config.store.leases(&config.config_dir)?);
 
     let live = Live::new(config.clone());
     let admin_stop = CancellationToken::new();

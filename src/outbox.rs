@@ -72,6 +72,13 @@ impl Wakers {
     }
 }
 
+/// A handle on `account`'s worker queue for its sweeper (registered by `Workers::start` just
+/// before). Keys sent after the worker stopped go nowhere, harmlessly.
+fn tx_for_sweep(wakers: &Wakers, account: &AccountId) -> mpsc::UnboundedSender<OutboxKey> {
+    let queues = wakers.queues.read().unwrap_or_else(PoisonError::into_inner);
+    queues.get(account).cloned().unwrap_or_else(|| mpsc::unbounded_channel().0)
+}
+
 /// The backoff before attempt `attempt + 1`: doubling from `initial`, capped, with ±25 % jitter,
 /// and never shorter than the remote asked for.
 pub fn backoff(cfg: &OutboxConfig, attempt: u32, remote: Option<Duration>) -> Duration {
@@ -114,6 +121,9 @@ pub struct Workers {
     /// Set once the router runs: a worker started then scans rows the router may have
     /// committed but not flushed yet, and must not send them before they are durable.
     flusher: Option<Flusher>,
+    /// Set when several instances share the store: each worker also gets the rows another
+    /// instance left ([`crate::outbox_sweep`]), every `sweep_every`.
+    leases: Option<(Arc<crate::lease::Leases>, Duration)>,
 }
 
 impl Workers {
@@ -138,7 +148,14 @@ impl Workers {
             running: BTreeMap::new(),
             stopping: BTreeMap::new(),
             flusher: None,
+            leases: None,
         }
+    }
+
+    /// From now on, every worker started also takes over rows other instances left, sweeping
+    /// its account's outbox every `every` while it holds the account's sweep lease.
+    pub fn set_leases(&mut self, leases: Option<crate::lease::Leases>, every: Duration) {
+        self.leases = leases.map(|l| (Arc::new(l), every));
     }
 
     /// From now on, a worker that starts waits for a flush after its scan (record before
@@ -206,6 +223,16 @@ impl Workers {
             books: self.books.clone(),
         };
         let stop = self.stop.child_token();
+        if let Some((leases, every)) = &self.leases {
+            self.tracker.spawn(crate::outbox_sweep::sweep(
+                leases.clone(),
+                account.clone(),
+                self.store.clone(),
+                tx_for_sweep(&self.wakers, &account),
+                *every,
+                stop.clone(),
+            ));
+        }
         let handle = self.tracker.spawn({
             let stop = stop.clone();
             async move { w.run(backlog, rx, stop).await }

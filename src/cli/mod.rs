@@ -160,6 +160,11 @@ pub enum StoreCommand {
         /// The TOML config file (its `data_dir` and key file).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Instead: copy the whole store into PostgreSQL (from `<data_dir>`) or back into an
+        /// empty `<data_dir>` (from `[store.postgres]`); the config needs `backend = "postgres"`.
+        /// Verified against the source's chain; the source is left as it was.
+        #[arg(long, value_enum)]
+        into: Option<crate::record::transfer::Target>,
     },
 }
 
@@ -368,9 +373,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             records::records(&config, actor, command)
         }
         Command::Keys { command } => records::keys(command),
-        Command::Store { command: StoreCommand::Migrate { config } } => {
+        Command::Store { command: StoreCommand::Migrate { config, into } } => {
             let config = load(config.as_deref())?;
-            store_migrate(&config)
+            match into {
+                None => store_migrate(&config),
+                Some(into) => {
+                    let c = crate::record::transfer::run(&config, into)?;
+                    println!(
+                        "copied {} entries into {into:?}; the chain verifies: {} entries, head {}",
+                        c.entries, c.chain_entries, c.chain_head
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Review { config, actor, command } => {
             let config = load(config.as_deref())?;

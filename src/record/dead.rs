@@ -121,6 +121,14 @@ mod tests {
             requires_consent: false,
         };
         let key = OutboxKey { account: item.delivery.account.clone(), seq: store.next_id().unwrap() };
+        // Queued first, as the worker's rows are: only a row still in the outbox moves.
+        let row = store.seal(super::super::t::OUTBOX, &key.encode(), &item);
+        store
+            .transact(|tx| {
+                tx.on(&store.outbox).insert(key.encode(), row.as_slice())?;
+                Ok::<(), crate::record::engine::TxError<()>>(())
+            })
+            .unwrap();
         store
             .apply_outbox(&[OutboxUpdate::Dead { key: key.clone(), item, reason: "HTTP 400".into(), events: vec![] }])
             .unwrap();
