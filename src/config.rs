@@ -215,6 +215,8 @@ struct AccountTables {
     telegram: BTreeMap<String, toml::Table>,
     #[serde(default)]
     webhook: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    fhir: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +246,8 @@ struct RawConfig {
     telegram: BTreeMap<String, toml::Table>,
     #[serde(default)]
     webhook: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    fhir: BTreeMap<String, toml::Table>,
 }
 
 /// The whole configuration, parsed. Run [`Config::validate`] before using it.
@@ -323,6 +327,7 @@ impl Config {
                     (ChannelKind::Email, accounts.email),
                     (ChannelKind::Telegram, accounts.telegram),
                     (ChannelKind::Webhook, accounts.webhook),
+                    (ChannelKind::Fhir, accounts.fhir),
                 ] {
                     for (name, table) in tables {
                         if let Err(mut more) = AccountConfig::parse(kind, table, &format!("{kind}.{name}")) {
@@ -339,6 +344,7 @@ impl Config {
             (ChannelKind::Email, raw.email),
             (ChannelKind::Telegram, raw.telegram),
             (ChannelKind::Webhook, raw.webhook),
+            (ChannelKind::Fhir, raw.fhir),
         ] {
             for (name, table) in tables {
                 let path = format!("{kind}.{name}");

@@ -277,6 +277,17 @@ impl Planner {
                 }
             }
         }
+        // A clinician's reply goes into the patient's file at the clinic too: every `fhir`
+        // account on the routes the patient's messages took files the answer as well.
+        if let Thread::Reply(c) = &thread
+            && let Ok(origin) = c.origin_account.parse::<AccountId>()
+        {
+            for dest in self.config.destinations(&origin) {
+                if dest.kind() == ChannelKind::Fhir && self.senders.contains(&dest) {
+                    self.plan_delivery(&mut d, &dest, DeliveryKind::Forward, None)?;
+                }
+            }
+        }
         // Unprompted notices (how to link an unknown chat; the policy's advisory to a patient who
         // put health details on an insecure channel) go at most once per interval per sender and
         // kind, however many messages they send: every new message is a new conversation.
@@ -509,6 +520,8 @@ impl Planner {
             return Ok(None);
         };
         let to = match (kind, &d.patient_id) {
+            // Filed in the patient's file at the clinic (the EMR): no address of theirs needed.
+            (DeliveryKind::Reply, Some(_)) if target.kind() == ChannelKind::Fhir => None,
             (DeliveryKind::Reply, Some(p)) => {
                 match self.directory.addresses_of(p, address_kind_of(&target)).into_iter().next() {
                     Some(a) => Some(a),
@@ -647,6 +660,7 @@ impl Planner {
             attachments: Vec::new(),
             in_reply_to,
             rerouted_from: None,
+            filed_as: None,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -697,6 +711,7 @@ pub(crate) fn address_kind_of(account: &AccountId) -> AddressKind {
         ChannelKind::Email => AddressKind::Email,
         ChannelKind::Telegram => AddressKind::Telegram,
         ChannelKind::Webhook => AddressKind::Phone,
+        ChannelKind::Fhir => AddressKind::Opaque,
     }
 }
 

@@ -200,7 +200,7 @@ impl SmtpOutbound {
         match self.transport.send(message).await {
             Ok(_) => {
                 debug!(account = %self.account, delivery_id = %delivery.id, "SMTP server accepted the message.");
-                Ok(Sent { native_ids: vec![self.message_id_for(delivery)] })
+                Ok(Sent { native_ids: vec![self.message_id_for(delivery)], outcome: None })
             }
             Err(e) => Err(classify(&e)),
         }
