@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs carebridge's whole test suite on a fresh Debian machine (as root, as CI does):
 #   1. starts real Postfix + Dovecot on 127.0.0.1 (installing them if missing),
-#   2. installs the pinned FHIR validators (npm; Node.js from Debian if missing),
+#   2. installs the pinned FHIR validators and the FHIR test server (npm; Node.js from Debian if
+#      missing),
 #   3. runs every test of the workspace (unit, adapter integration, end-to-end against the real
 #      daemon binary, a local Bot API server and loopback HTTP),
 #   4. builds the benches (not run: they measure, they do not test),
@@ -15,6 +16,7 @@ export CAREBRIDGE_MAIL_DIR=${CAREBRIDGE_MAIL_DIR:-/tmp/carebridge-mail}
 export CAREBRIDGE_MAIL_ENV="$CAREBRIDGE_MAIL_DIR/env"
 export CAREBRIDGE_REQUIRE_MAIL=1
 export CAREBRIDGE_REQUIRE_FHIR_VALIDATOR=1
+export CAREBRIDGE_REQUIRE_FHIR_SERVER=1
 export CAREBRIDGE_REQUIRE_SYSTEMD_ANALYZE=1
 
 tests/mail-servers.sh start "$CAREBRIDGE_MAIL_DIR" >/dev/null
@@ -26,6 +28,9 @@ if ! command -v npm >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=error
+# The FHIR R4 server tests/e2e_fhir.rs files into (Medplum's FHIR router, in memory, validating
+# what it stores; pinned in tests/fhir-server/package-lock.json; needs Node >= 20.19).
+npm ci --prefix tests/fhir-server --ignore-scripts --no-audit --no-fund --loglevel=error
 
 # systemd-analyze, for tests/systemd_unit.rs (verify and security-rate the shipped units); a
 # container image has no systemd, and the package is small.

@@ -1,0 +1,356 @@
+//! The `fhir` destination through the real daemon, against a real FHIR R4 server on loopback
+//! (Medplum's FHIR router, validating every resource it stores; `tests/support/fhir_server.rs`):
+//! conversations filed as linked `Communication`s under the right `Patient`, no second copy
+//! after a crash between the server's create and carebridge's bookkeeping, an unknown patient,
+//! a refusal with an `OperationOutcome`, and SMART tokens renewed when they expire or are
+//! revoked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
+
+#[path = "support/fake_bot_api.rs"]
+mod fake_bot_api;
+mod support;
+
+use fake_bot_api::FakeBotApi;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use support::daemon::{Daemon, wait_http};
+use support::fhir_server::{ADMIN_TOKEN, FhirServer, Smart, write_es384_keys};
+use support::sink::{Mode, Sink};
+use support::{SECRET, free_port, post_message};
+
+/// The EMR's MRN system, which the clinic configures as `patient_identifier_system`.
+const MRN: &str = "https://clinic.example/mrn";
+const PATIENT_PHONE: &str = "+14165550199";
+const PATIENT_TG: i64 = 5_550_001;
+const STAFF_CHAT: i64 = -1_009_876;
+
+/// A clinic whose patients write by SMS (webhook) and Telegram, whose clinicians answer through
+/// the EHR's webhook, and whose EMR (`fhir.emr`) files everything.
+struct Clinic {
+    d: Daemon,
+    sms_port: u16,
+    ehr_port: u16,
+    sms: Sink,
+    ehr: Sink,
+    fake: FakeBotApi,
+    _dir: tempfile::TempDir,
+}
+
+/// `auth` is the `[fhir.emr.*]` table (written into the temp dir's files by the caller).
+async fn clinic(fhir: &FhirServer, auth: &str, dir: tempfile::TempDir) -> Clinic {
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    std::fs::write(dir.path().join("emr.token"), ADMIN_TOKEN).unwrap();
+    let fake = FakeBotApi::start().await;
+    std::fs::write(dir.path().join("tg-token"), fake.token()).unwrap();
+    let (sms, ehr) = (Sink::start(Mode::Accept).await, Sink::start(Mode::Accept).await);
+    let (sms_port, ehr_port) = (free_port(), free_port());
+    let toml = format!(
+        r#"
+[daemon]
+data_dir = "{data}"
+[outbox]
+retry_initial_ms = 50
+retry_max_secs = 1
+[webhook.sms]
+listen = "127.0.0.1:{sms_port}"
+url = "{sms_url}"
+secret_file = "secret"
+from_kind = "phone"
+[webhook.ehr]
+listen = "127.0.0.1:{ehr_port}"
+url = "{ehr_url}"
+secret_file = "secret"
+from_kind = "opaque"
+[telegram.front]
+token_file = "tg-token"
+api_url = "{api_url}"
+poll_timeout_secs = 1
+staff_chat_id = {STAFF_CHAT}
+min_interval_per_chat_ms = 20
+[fhir.emr]
+base_url = "{fhir_url}"
+patient_identifier_system = "{MRN}"
+timeout_ms = 60000
+{auth}
+[[route]]
+name = "patients-to-clinic"
+from = ["webhook.sms", "telegram.front"]
+to = ["webhook.ehr", "fhir.emr"]
+[[directory.patient]]
+id = "p-0001"
+addresses = ["phone:{PATIENT_PHONE}", "telegram:{PATIENT_TG}"]
+[[directory.patient]]
+id = "p-0002"
+addresses = ["phone:+14165550100"]
+[[directory.staff]]
+id = "s-lee"
+addresses = ["opaque:dr-lee"]
+[policy.channels]
+"webhook.ehr" = "secure"
+"#,
+        data = dir.path().join("data").display(),
+        sms_url = sms.url(),
+        ehr_url = ehr.url(),
+        api_url = fake.url(),
+        fhir_url = fhir.base,
+    );
+    let d = Daemon::start(dir.path(), &toml);
+    for p in [sms_port, ehr_port] {
+        assert!(wait_http(&format!("http://127.0.0.1:{p}/healthz"), Duration::from_secs(20)).await);
+    }
+    Clinic { d, sms_port, ehr_port, sms, ehr, fake, _dir: dir }
+}
+
+const BEARER: &str = "[fhir.emr.bearer]\ntoken_file = \"emr.token\"\n";
+
+fn sms(id: &str, from: &str, text: &str, conversation: Option<&str>) -> Vec<u8> {
+    let mut m = json!({ "id": id, "from": from, "text": text });
+    if let Some(c) = conversation {
+        m["conversation"] = c.into();
+    }
+    serde_json::to_vec(&m).unwrap()
+}
+
+/// Waits until the server holds `n` Communications about `patient` (a `Patient/<id>`).
+async fn filed(fhir: &FhirServer, patient: &str, n: usize) -> Vec<Value> {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = fhir.search(&format!("Communication?subject={patient}&_count=100")).await;
+        if found.len() >= n {
+            return found;
+        }
+        assert!(std::time::Instant::now() < end, "{} of {n} Communications filed: {found:?}", found.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn record_id(c: &Value) -> &str {
+    c["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["system"] == "urn:carebridge:record")
+        .and_then(|i| i["value"].as_str())
+        .unwrap()
+}
+
+fn text(c: &Value) -> &str {
+    c["payload"][0]["contentString"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_over_sms_and_telegram_is_filed_as_linked_communications_under_the_patient() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let ann = fhir.add_patient(MRN, "p-0001", "Patient").await;
+    let _other = fhir.add_patient(MRN, "p-0002", "Other").await;
+    let mut s = clinic(&fhir, BEARER, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+
+    // The patient writes by SMS; a clinician answers through the EHR; the patient follows up.
+    let asked = "Can I move my appointment to Tuesday?";
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, asked, None)).await.0, 202);
+    assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await);
+    let token = s.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+    let answer = "Yes, Tuesday at 10 works.";
+    let reply = sms("ehr-1", "dr-lee", answer, Some(&token));
+    assert_eq!(post_message(&c, s.ehr_port, &reply).await.0, 202);
+    assert!(s.sms.wait_for(1, Duration::from_secs(10)).await, "the answer reaches the patient's phone");
+    filed(&fhir, &format!("Patient/{ann}"), 2).await; // the follow-up answers the filed reply
+    let thanks = sms("sms-2", PATIENT_PHONE, "Thanks!", Some(&token));
+    assert_eq!(post_message(&c, s.sms_port, &thanks).await.0, 202);
+    // And writes again on Telegram: a conversation of its own.
+    s.fake.patient_text(PATIENT_TG, "Ann", "Also, is the lab open on Saturday?");
+
+    let all = filed(&fhir, &format!("Patient/{ann}"), 4).await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    let by_text = |t: &str| all.iter().find(|c| text(c) == t).unwrap_or_else(|| panic!("{t} filed: {all:?}"));
+    let (first, reply, follow_up, tg) =
+        (by_text(asked), by_text(answer), by_text("Thanks!"), by_text("Also, is the lab open on Saturday?"));
+    for c in [first, reply, follow_up, tg] {
+        assert_eq!(c["status"], "completed");
+        assert_eq!(c["subject"]["reference"], format!("Patient/{ann}"), "resolved by MRN, not by name");
+        assert_eq!(c["subject"]["identifier"], json!({ "system": MRN, "value": "p-0001" }));
+    }
+    // One conversation (partOf, by the hash of its token); Telegram's is another.
+    let conversation = &first["partOf"][0]["identifier"];
+    assert_eq!(conversation["system"], "urn:carebridge:conversation");
+    assert_eq!(&reply["partOf"][0]["identifier"], conversation);
+    assert_eq!(&follow_up["partOf"][0]["identifier"], conversation);
+    assert_ne!(&tg["partOf"][0]["identifier"], conversation);
+    assert!(!first.to_string().contains(&token), "the token is a capability and never leaves");
+    // Threading: the reply answers the patient's message, the follow-up answers the reply, as
+    // references to the server's own resources.
+    let id = |c: &Value| format!("Communication/{}", c["id"].as_str().unwrap());
+    assert_eq!(reply["inResponseTo"][0]["reference"], id(first));
+    assert_eq!(reply["inResponseTo"][0]["identifier"]["value"], record_id(first));
+    assert_eq!(follow_up["inResponseTo"][0]["reference"], id(reply));
+    assert!(first.get("inResponseTo").is_none() && tg.get("inResponseTo").is_none());
+    // Who wrote, who read, by what medium.
+    assert_eq!(
+        reply["sender"],
+        json!({ "type": "Practitioner", "identifier": { "system": "urn:carebridge:staff", "value": "s-lee" } })
+    );
+    assert_eq!(reply["recipient"][0]["reference"], format!("Patient/{ann}"));
+    assert_eq!(first["sender"]["reference"], format!("Patient/{ann}"));
+    assert_eq!(first["medium"][0]["text"], "SMS (via webhook)");
+    assert_eq!(tg["medium"][0]["text"], "Telegram");
+    let stats = fhir.stats().await;
+    assert_eq!(stats["creates"], json!({ "created": 4, "existing": 0, "refused": 0 }), "every resource valid");
+
+    // carebridge's own record says what happened to each filing.
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let filings: Vec<&Value> = export
+        .iter()
+        .filter(|l| l["type"] == "record")
+        .flat_map(|l| l["events"].as_array().unwrap())
+        .filter(|e| e["event"] == "attempt" && e["reason"] == "created")
+        .collect();
+    assert_eq!(filings.len(), 4, "{export:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_servers_create_and_the_bookkeeping_files_no_second_copy() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let ann = fhir.add_patient(MRN, "p-0001", "Patient").await;
+    let mut s = clinic(&fhir, BEARER, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+    // The server stores the next Communication and never answers: carebridge is killed while it
+    // waits, so the create happened and nothing of it is in carebridge's books.
+    fhir.control("stall-next-create", None).await;
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "Please call me back.", None)).await.0, 202);
+    fhir.wait_stats("the stalled create", |st| st["creates"]["created"] == 1).await;
+    s.d.kill9();
+    s.d.spawn();
+    // After the restart the delivery goes again, with the same carebridge identifier.
+    fhir.wait_stats("the resend", |st| st["creates"]["existing"] == 1).await;
+    let all = filed(&fhir, &format!("Patient/{ann}"), 1).await;
+    assert_eq!(all.len(), 1, "one copy: {all:?}");
+    let same = fhir.search(&format!("Communication?identifier=urn:carebridge:record|{}", record_id(&all[0]))).await;
+    assert_eq!(same.len(), 1);
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let record = export.iter().find(|l| l["type"] == "record").unwrap();
+    let outcomes: Vec<&Value> =
+        record["events"].as_array().unwrap().iter().filter(|e| e["event"] == "attempt").map(|e| &e["reason"]).collect();
+    assert!(outcomes.contains(&&json!("already there")), "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_the_server_does_not_know_is_dead_lettered_once_and_filed_after_a_retry() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let mut s = clinic(&fhir, BEARER, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", "+14165550100", "Is my referral in?", None)).await.0, 202);
+    assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await);
+    assert!(s.d.wait_log("dead-lettered", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
+    let stats = fhir.stats().await;
+    assert_eq!(stats["creates"]["created"], 0, "nothing filed under a guessed patient");
+    assert!(s.d.terminate());
+    let (ok, out, err) = s.d.cli(&["outbox", "list"]);
+    assert!(ok, "{err}");
+    let dead: Value = serde_json::from_str(&out).unwrap();
+    let dead = dead.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["account"], "fhir.emr");
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("unknown patient"), "{reason}");
+    assert!(!reason.contains("p-0002") && !reason.contains("555"), "no identifier in the reason: {reason}");
+    // One attempt: a patient missing in the EMR is not retried in a loop.
+    let export = s.d.export();
+    let attempts = export
+        .iter()
+        .filter(|l| l["type"] == "record")
+        .flat_map(|l| l["events"].as_array().unwrap())
+        .filter(|e| e["event"] == "attempt" && e["outcome"] == "permanent")
+        .count();
+    assert_eq!(attempts, 1);
+
+    // The EMR administrator registers the patient; the dead letter goes again and is filed.
+    let bob = fhir.add_patient(MRN, "p-0002", "Other").await;
+    let delivery = dead[0]["delivery"].as_str().unwrap().to_string();
+    let (ok, _, err) = s.d.cli(&["outbox", "retry", &delivery, "--by", "privacy-officer"]);
+    assert!(ok, "{err}");
+    s.d.spawn();
+    let all = filed(&fhir, &format!("Patient/{bob}"), 1).await;
+    assert_eq!(text(&all[0]), "Is my referral in?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_recorded_by_its_operation_outcome_codes_only() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    fhir.add_patient(MRN, "p-0001", "Patient").await;
+    let diagnostics = "Chart of Ann Patient (MRN p-0001) is locked";
+    fhir.control(
+        "refuse-communications",
+        Some(json!({ "resourceType": "OperationOutcome", "issue": [
+            { "severity": "error", "code": "business-rule", "diagnostics": diagnostics, "details": { "text": diagnostics } }
+        ]})),
+    )
+    .await;
+    let mut s = clinic(&fhir, BEARER, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "Refill please.", None)).await.0, 202);
+    assert!(s.d.wait_log("dead-lettered", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
+    assert!(s.d.terminate());
+    let (ok, out, _) = s.d.cli(&["outbox", "list"]);
+    assert!(ok);
+    let dead: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dead[0]["reason"], "fhir create: HTTP 422 (OperationOutcome: error:business-rule)");
+    let (ok, all, _) = s.d.cli(&["export"]);
+    assert!(ok);
+    assert!(!all.contains("is locked"), "the server's free text stays out of the record");
+    assert!(s.d.logs().iter().all(|l| !l.contains("is locked") && !l.contains("Refill")));
+}
+
+fn smart_table(dir: &Path, key: &Path, fhir: &FhirServer) -> String {
+    let _ = dir;
+    format!(
+        "[fhir.emr.smart]\ntoken_url = \"{}/auth/token\"\nclient_id = \"carebridge-test\"\nprivate_key_file = \"{}\"\nalgorithm = \"ES384\"\nkey_id = \"k1\"\n",
+        fhir.base,
+        key.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_tokens_are_cached_then_renewed_when_they_expire_or_are_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    if !Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir-server/node_modules").is_dir() {
+        // FhirServer::start says why (or fails when the server is required).
+        let _ = FhirServer::start(None);
+        return;
+    }
+    let (private, public) = write_es384_keys(dir.path());
+    let smart = Smart { client_id: "carebridge-test".into(), public_key: public, token_ttl_secs: 3 };
+    let Some(fhir) = FhirServer::start(Some(&smart)) else { return };
+    let ann = format!("Patient/{}", fhir.add_patient(MRN, "p-0001", "Patient").await);
+    let auth = smart_table(dir.path(), &private, &fhir);
+    let s = clinic(&fhir, &auth, dir).await;
+    let c = reqwest::Client::new();
+    let send = |id: &'static str| sms(id, PATIENT_PHONE, id, None);
+
+    // Two messages within the token's life: one token.
+    assert_eq!(post_message(&c, s.sms_port, &send("one")).await.0, 202);
+    filed(&fhir, &ann, 1).await;
+    assert_eq!(post_message(&c, s.sms_port, &send("two")).await.0, 202);
+    filed(&fhir, &ann, 2).await;
+    assert_eq!(fhir.stats().await["tokens_issued"], 1, "the token is cached");
+
+    // Past its expiry: a new one is asked for before it is used, so the server refuses nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(post_message(&c, s.sms_port, &send("three")).await.0, 202);
+    filed(&fhir, &ann, 3).await;
+    let st = fhir.stats().await;
+    assert_eq!((st["tokens_issued"].as_u64(), st["unauthorized"].as_u64()), (Some(2), Some(0)), "{st}");
+
+    // Revoked by the server: the 401 drops it, a new one is fetched, the message is filed.
+    fhir.control("revoke-tokens", None).await;
+    assert_eq!(post_message(&c, s.sms_port, &send("four")).await.0, 202);
+    filed(&fhir, &ann, 4).await;
+    let st = fhir.stats().await;
+    assert_eq!(st["tokens_issued"], 3, "{st}");
+    assert!(st["unauthorized"].as_u64().unwrap() >= 1, "{st}");
+    assert!(s.d.logs().iter().all(|l| !l.contains("eyJ")), "no assertion or token in the logs");
+}
