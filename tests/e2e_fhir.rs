@@ -354,3 +354,40 @@ async fn smart_tokens_are_cached_then_renewed_when_they_expire_or_are_revoked() 
     assert!(st["unauthorized"].as_u64().unwrap() >= 1, "{st}");
     assert!(s.d.logs().iter().all(|l| !l.contains("eyJ")), "no assertion or token in the logs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reads_the_servers_metadata_with_the_accounts_credentials() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let config = dir.path().join("carebridge.toml");
+    let write = |token: &str| {
+        std::fs::write(dir.path().join("emr.token"), token).unwrap();
+        let toml = format!(
+            "[daemon]\ndata_dir = \"{data}\"\n[webhook.sms]\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"secret\"\nfrom_kind = \"phone\"\n\
+             [fhir.emr]\nbase_url = \"{base}\"\npatient_identifier_system = \"{MRN}\"\n{BEARER}\
+             [[route]]\nname = \"r\"\nfrom = [\"webhook.sms\"]\nto = [\"fhir.emr\"]\n",
+            data = dir.path().join("data").display(),
+            port = free_port(),
+            base = fhir.base,
+        );
+        std::fs::write(&config, toml).unwrap();
+    };
+    let check = || {
+        let out = std::process::Command::new(support::daemon::bin()).arg("check-config").arg(&config).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    write(ADMIN_TOKEN);
+    let (ok, _, err) = check();
+    assert!(ok, "{err}");
+    write("not-the-token");
+    let (ok, out, err) = check();
+    assert!(!ok, "{out}");
+    assert!(err.contains("fhir.emr") && err.contains("401"), "{err}");
+    assert!(!err.contains("not-the-token"), "the token is never printed: {err}");
+    assert_eq!(fhir.stats().await["creates"]["created"], 0, "a check files nothing");
+}

@@ -238,9 +238,11 @@ impl Outbound for FhirOutbound {
         Box::pin(self.file(delivery))
     }
 
-    /// Reads the server's `metadata` (its CapabilityStatement) with the account's credentials:
-    /// it catches a wrong URL, an untrusted certificate, a key the EMR does not know and a
-    /// server that is not FHIR R4, and files nothing.
+    /// Reads the server's `metadata` (its CapabilityStatement), then searches `Patient` for a
+    /// value of the configured identifier system that no patient has, with the account's
+    /// credentials (servers serve `metadata` to anyone): it catches a wrong URL, an untrusted
+    /// certificate, a server that is not FHIR R4 and a token or key the EMR does not take, and
+    /// files nothing.
     fn healthcheck(&self) -> BoxFuture<'_, Result<(), AdapterError>> {
         Box::pin(async move {
             let url = self.url("metadata");
@@ -252,10 +254,24 @@ impl Outbound for FhirOutbound {
                 return Err(AdapterError::Connection(format!("fhir metadata: HTTP {}", status.as_u16())));
             }
             match answer.get("fhirVersion").and_then(Value::as_str) {
-                Some(v) if v.starts_with("4.0") => Ok(()),
-                Some(_) => Err(AdapterError::Connection("fhir metadata: the server is not FHIR R4 (4.0.x)".into())),
-                None => Err(AdapterError::Connection("fhir metadata: not a CapabilityStatement".into())),
+                Some(v) if v.starts_with("4.0") => {}
+                Some(_) => {
+                    return Err(AdapterError::Connection("fhir metadata: the server is not FHIR R4 (4.0.x)".into()));
+                }
+                None => return Err(AdapterError::Connection("fhir metadata: not a CapabilityStatement".into())),
             }
+            let mut url = self.url("Patient");
+            url.query_pairs_mut()
+                .append_pair("identifier", &format!("{}|carebridge-healthcheck", self.patient_system))
+                .append_pair("_count", "1");
+            let (status, headers, answer) = self
+                .request(|| self.http.get(url.clone()))
+                .await
+                .map_err(|e| AdapterError::Connection(e.to_string()))?;
+            if !status.is_success() {
+                return Err(AdapterError::Connection(failure("patient search", status, &headers, &answer).to_string()));
+            }
+            Ok(())
         })
     }
 }
