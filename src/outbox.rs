@@ -521,6 +521,12 @@ impl Worker {
                 ];
                 OutboxUpdate::Dead { key, item, reason, events }
             }
+            Err(SendError::Hold { rule, reason }) => {
+                warn!(delivery_id = %d, record_id = %r, account = %self.account, attempt, rule = %rule, reason = %reason, "Delivery needs a person on the other side; held for review.");
+                let events =
+                    vec![EventKind::Attempt { delivery: d, attempt, outcome: "held".into(), reason: Some(reason) }];
+                OutboxUpdate::Review { key, item, rule, events }
+            }
             Err(SendError::Retry { after, reason }) => {
                 let ev =
                     EventKind::Attempt { delivery: d, attempt, outcome: "retry".into(), reason: Some(reason.clone()) };

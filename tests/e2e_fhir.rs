@@ -239,39 +239,43 @@ async fn a_crash_between_the_servers_create_and_the_bookkeeping_files_no_second_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_patient_the_server_does_not_know_is_dead_lettered_once_and_filed_after_a_retry() {
+async fn a_patient_the_server_does_not_know_waits_in_the_review_queue_and_is_filed_once_approved() {
     let Some(fhir) = FhirServer::start(None) else { return };
     let mut s = clinic(&fhir, BEARER, tempfile::tempdir().unwrap()).await;
     let c = reqwest::Client::new();
     assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", "+14165550100", "Is my referral in?", None)).await.0, 202);
     assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await);
-    assert!(s.d.wait_log("dead-lettered", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
-    let stats = fhir.stats().await;
-    assert_eq!(stats["creates"]["created"], 0, "nothing filed under a guessed patient");
+    assert!(s.d.wait_log("held for review", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
+    // Not an error loop: the outbox leaves it alone (the retry delay here is 50 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let searches = s.d.logs().iter().filter(|l| l.contains("held for review")).count();
+    assert_eq!(searches, 1, "asked the server once: {:?}", s.d.logs());
+    assert_eq!(fhir.stats().await["creates"]["created"], 0, "nothing filed under a guessed patient");
     assert!(s.d.terminate());
-    let (ok, out, err) = s.d.cli(&["outbox", "list"]);
+
+    // The review queue shows it, by the rule that held it.
+    let (ok, out, err) = s.d.cli(&["review", "list"]);
     assert!(ok, "{err}");
-    let dead: Value = serde_json::from_str(&out).unwrap();
-    let dead = dead.as_array().unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0]["account"], "fhir.emr");
-    let reason = dead[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("unknown patient"), "{reason}");
-    assert!(!reason.contains("p-0002") && !reason.contains("555"), "no identifier in the reason: {reason}");
-    // One attempt: a patient missing in the EMR is not retried in a loop.
+    let held: Value = serde_json::from_str(&out).unwrap();
+    let held = held.as_array().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["account"], "fhir.emr");
+    assert_eq!(held[0]["rules"], json!(["fhir.unknown_patient"]));
     let export = s.d.export();
-    let attempts = export
+    let attempt = export
         .iter()
         .filter(|l| l["type"] == "record")
         .flat_map(|l| l["events"].as_array().unwrap())
-        .filter(|e| e["event"] == "attempt" && e["outcome"] == "permanent")
-        .count();
-    assert_eq!(attempts, 1);
+        .find(|e| e["event"] == "attempt" && e["outcome"] == "held")
+        .expect("the attempt is recorded");
+    let reason = attempt["reason"].as_str().unwrap();
+    assert!(reason.contains("unknown patient"), "{reason}");
+    assert!(!reason.contains("p-0002") && !reason.contains("555"), "no identifier in the reason: {reason}");
 
-    // The EMR administrator registers the patient; the dead letter goes again and is filed.
+    // The EMR's administrator registers the patient; a clinician approves; it is filed.
     let bob = fhir.add_patient(MRN, "p-0002", "Other").await;
-    let delivery = dead[0]["delivery"].as_str().unwrap().to_string();
-    let (ok, _, err) = s.d.cli(&["outbox", "retry", &delivery, "--by", "privacy-officer"]);
+    let delivery = held[0]["delivery"].as_str().unwrap().to_string();
+    let (ok, _, err) = s.d.cli(&["review", "approve", &delivery, "--by", "s-lee"]);
     assert!(ok, "{err}");
     s.d.spawn();
     let all = filed(&fhir, &format!("Patient/{bob}"), 1).await;

@@ -413,6 +413,10 @@ fn delivery_state(decision: &RouteDecisionV1, id: DeliveryId, events: &[EventV1]
         match &e.kind {
             EventKind::Attempt { delivery, attempt, outcome, reason } if *delivery == id => match outcome.as_str() {
                 "sent" => s = DeliveryState { status: "completed", reason: None, sent_at_ms: Some(e.at_ms) },
+                "held" => {
+                    s.status = "on-hold";
+                    s.reason = Some(format!("Held for review after attempt {attempt}{}", because(reason.as_deref())));
+                }
                 "permanent" => {
                     s.status = "stopped";
                     s.reason = Some(format!("Attempt {attempt} failed permanently{}", because(reason.as_deref())));

@@ -94,6 +94,16 @@ pub enum SendError {
         /// PHI-free description (logged and recorded).
         reason: String,
     },
+    /// Cannot go until a person acts on the other side (a FHIR server that does not know the
+    /// patient): held for review, where staff see it, rather than retried in a loop or given up.
+    /// Approving it sends it again.
+    #[error("held: {reason}")]
+    Hold {
+        /// The review rule it is held under (`fhir.unknown_patient`), PHI-free.
+        rule: String,
+        /// PHI-free description (logged and recorded).
+        reason: String,
+    },
 }
 
 impl SendError {

@@ -245,7 +245,9 @@ impl Outbound for SmtpOutbound {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(AdapterError::Connection("SMTP server did not answer NOOP".into())),
                 Err(e) => Err(AdapterError::Connection(match classify(&e) {
-                    SendError::Retry { reason, .. } | SendError::Permanent { reason } => reason,
+                    SendError::Retry { reason, .. }
+                    | SendError::Permanent { reason }
+                    | SendError::Hold { reason, .. } => reason,
                 })),
             }
         })

@@ -24,6 +24,8 @@ pub const SYSTEM_DELIVERY: &str = "urn:carebridge:delivery";
 pub const SYSTEM_PATIENT: &str = "urn:carebridge:patient";
 /// Identifier system of a directory staff id.
 pub const SYSTEM_STAFF: &str = "urn:carebridge:staff";
+/// The review rule a delivery is held under when the server does not know its patient.
+pub const UNKNOWN_PATIENT_RULE: &str = "fhir.unknown_patient";
 /// The media type of FHIR JSON.
 const FHIR_JSON: &str = "application/fhir+json";
 /// At most this much of any answer is read.
@@ -126,10 +128,12 @@ impl FhirOutbound {
         let ids = entry_ids(&answer, "Patient");
         match ids.as_slice() {
             [id] => Ok(format!("Patient/{id}")),
-            [] => Err(SendError::permanent(
-                "fhir: unknown patient: no Patient on the server has the patient's identifier \
-                 (patient_identifier_system); create or link the patient in the EMR, then `carebridge outbox retry`",
-            )),
+            [] => Err(SendError::Hold {
+                rule: UNKNOWN_PATIENT_RULE.into(),
+                reason: "fhir: unknown patient: no Patient on the server has the patient's identifier \
+                         (patient_identifier_system); register it in the EMR, then approve"
+                    .into(),
+            }),
             many => Err(SendError::permanent(format!(
                 "fhir: ambiguous patient: {} Patients on the server share the patient's identifier",
                 many.len()

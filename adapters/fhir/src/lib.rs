@@ -14,7 +14,8 @@
 //!   resend finds it there (200) instead of making a second copy;
 //! - authenticates with a bearer token or SMART Backend Services ([`auth`]);
 //! - classifies the answer for the outbox: created / already there (sent), 408/429/5xx and auth
-//!   failures (retry), any other refusal with its `OperationOutcome` issue codes (permanent).
+//!   failures (retry), a patient the server does not know (held for review), any other refusal
+//!   with its `OperationOutcome` issue codes (permanent).
 //!
 //! ```toml
 //! [fhir.emr]
