@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 use support::daemon::{Daemon, wait_http};
-use support::fhir_server::{ADMIN_TOKEN, FhirServer, Smart, write_es384_keys};
+use support::fhir_server::{ADMIN_TOKEN, FhirServer, Smart, write_client_keys};
 use support::sink::{Mode, Sink};
 use support::{SECRET, free_port, post_message};
 
@@ -309,28 +309,53 @@ async fn a_refusal_is_recorded_by_its_operation_outcome_codes_only() {
     assert!(s.d.logs().iter().all(|l| !l.contains("is locked") && !l.contains("Refill")));
 }
 
-fn smart_table(dir: &Path, key: &Path, fhir: &FhirServer) -> String {
-    let _ = dir;
+fn smart_table(key: &Path, algorithm: &str, fhir: &FhirServer) -> String {
     format!(
-        "[fhir.emr.smart]\ntoken_url = \"{}/auth/token\"\nclient_id = \"carebridge-test\"\nprivate_key_file = \"{}\"\nalgorithm = \"ES384\"\nkey_id = \"k1\"\n",
+        "[fhir.emr.smart]\ntoken_url = \"{}/auth/token\"\nclient_id = \"carebridge-test\"\nprivate_key_file = \"{}\"\nalgorithm = \"{algorithm}\"\nkey_id = \"k1\"\n",
         fhir.base,
         key.display()
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smart_tokens_are_cached_then_renewed_when_they_expire_or_are_revoked() {
-    let dir = tempfile::tempdir().unwrap();
-    if !Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir-server/node_modules").is_dir() {
-        // FhirServer::start says why (or fails when the server is required).
+/// The FHIR test server is installed (or `FhirServer::start` says why not, or fails when it is
+/// required).
+fn server_installed() -> bool {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir-server/node_modules").is_dir();
+    if !installed {
         let _ = FhirServer::start(None);
+    }
+    installed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_rs384_assertions_are_taken_too() {
+    if !server_installed() {
         return;
     }
-    let (private, public) = write_es384_keys(dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = write_client_keys(dir.path(), "RS384");
+    let smart = Smart { client_id: "carebridge-test".into(), public_key: public, token_ttl_secs: 300 };
+    let Some(fhir) = FhirServer::start(Some(&smart)) else { return };
+    let ann = format!("Patient/{}", fhir.add_patient(MRN, "p-0001", "Patient").await);
+    let auth = smart_table(&private, "RS384", &fhir);
+    let s = clinic(&fhir, &auth, dir).await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "hello", None)).await.0, 202);
+    filed(&fhir, &ann, 1).await;
+    assert_eq!(fhir.stats().await["tokens_issued"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_tokens_are_cached_then_renewed_when_they_expire_or_are_revoked() {
+    if !server_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = write_client_keys(dir.path(), "ES384");
     let smart = Smart { client_id: "carebridge-test".into(), public_key: public, token_ttl_secs: 3 };
     let Some(fhir) = FhirServer::start(Some(&smart)) else { return };
     let ann = format!("Patient/{}", fhir.add_patient(MRN, "p-0001", "Patient").await);
-    let auth = smart_table(dir.path(), &private, &fhir);
+    let auth = smart_table(&private, "ES384", &fhir);
     let s = clinic(&fhir, &auth, dir).await;
     let c = reqwest::Client::new();
     let send = |id: &'static str| sms(id, PATIENT_PHONE, id, None);

@@ -149,15 +149,23 @@ impl Drop for FhirServer {
     }
 }
 
-/// Writes a new P-384 key pair for SMART into `dir` (`client.key.pem`, PKCS#8, and
-/// `client.pub.pem`), made by Node's crypto (the test server's own verifier). Answers the paths.
-pub fn write_es384_keys(dir: &Path) -> (PathBuf, PathBuf) {
+/// Writes a new key pair for SMART into `dir` (`client.key.pem`, PKCS#8, and `client.pub.pem`),
+/// made by Node's crypto (the test server's own verifier): P-384 for `ES384`, RSA 2048 for
+/// `RS384`. Answers the paths.
+pub fn write_client_keys(dir: &Path, algorithm: &str) -> (PathBuf, PathBuf) {
     let (private, public) = (dir.join("client.key.pem"), dir.join("client.pub.pem"));
-    let script = "const c=require('crypto');const fs=require('fs');\
-        const {privateKey,publicKey}=c.generateKeyPairSync('ec',{namedCurve:'P-384'});\
-        fs.writeFileSync(process.argv[1],privateKey.export({type:'pkcs8',format:'pem'}));\
-        fs.writeFileSync(process.argv[2],publicKey.export({type:'spki',format:'pem'}));";
-    let ok = Command::new("node").args(["-e", script]).arg(&private).arg(&public).status().expect("node runs");
+    let kind = match algorithm {
+        "ES384" => "'ec',{namedCurve:'P-384'}",
+        "RS384" => "'rsa',{modulusLength:2048}",
+        other => panic!("no keys for {other}"),
+    };
+    let script = format!(
+        "const c=require('crypto');const fs=require('fs');\
+         const {{privateKey,publicKey}}=c.generateKeyPairSync({kind});\
+         fs.writeFileSync(process.argv[1],privateKey.export({{type:'pkcs8',format:'pem'}}));\
+         fs.writeFileSync(process.argv[2],publicKey.export({{type:'spki',format:'pem'}}));"
+    );
+    let ok = Command::new("node").args(["-e", &script]).arg(&private).arg(&public).status().expect("node runs");
     assert!(ok.success());
     (private, public)
 }
