@@ -1,6 +1,8 @@
 //! The `fhir` destination through the real daemon, against a real FHIR R4 server on loopback
 //! (Medplum's FHIR router, validating every resource it stores; `tests/support/fhir_server.rs`):
-//! conversations filed as linked `Communication`s under the right `Patient`, no second copy
+//! conversations over SMS, Telegram and email (real Postfix + Dovecot from
+//! `tests/mail-servers.sh`; that test skips like the other email tests when they are not
+//! running) filed as linked `Communication`s under the right `Patient`, no second copy
 //! after a crash between the server's create and carebridge's bookkeeping, an unknown patient,
 //! a refusal with an `OperationOutcome`, and SMART tokens renewed when they expire or are
 //! revoked.
@@ -40,6 +42,11 @@ struct Clinic {
 
 /// `auth` is the `[fhir.emr.*]` table (written into the temp dir's files by the caller).
 async fn clinic(fhir: &FhirServer, auth: &str, dir: tempfile::TempDir) -> Clinic {
+    clinic_with(fhir, auth, dir, "", &[]).await
+}
+
+/// With more accounts (`extra` tables) whose messages also go to the EHR and the EMR.
+async fn clinic_with(fhir: &FhirServer, auth: &str, dir: tempfile::TempDir, extra: &str, also_from: &[&str]) -> Clinic {
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     std::fs::write(dir.path().join("emr.token"), ADMIN_TOKEN).unwrap();
     let fake = FakeBotApi::start().await;
@@ -76,11 +83,11 @@ timeout_ms = 60000
 {auth}
 [[route]]
 name = "patients-to-clinic"
-from = ["webhook.sms", "telegram.front"]
+from = [{from}]
 to = ["webhook.ehr", "fhir.emr"]
 [[directory.patient]]
 id = "p-0001"
-addresses = ["phone:{PATIENT_PHONE}", "telegram:{PATIENT_TG}"]
+addresses = ["phone:{PATIENT_PHONE}", "telegram:{PATIENT_TG}", "email:ann@patients.test"]
 [[directory.patient]]
 id = "p-0002"
 addresses = ["phone:+14165550100"]
@@ -89,7 +96,14 @@ id = "s-lee"
 addresses = ["opaque:dr-lee"]
 [policy.channels]
 "webhook.ehr" = "secure"
+{extra}
 "#,
+        from = ["webhook.sms", "telegram.front"]
+            .iter()
+            .chain(also_from)
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         data = dir.path().join("data").display(),
         sms_url = sms.url(),
         ehr_url = ehr.url(),
@@ -419,4 +433,108 @@ async fn check_config_reads_the_servers_metadata_with_the_accounts_credentials()
     assert!(err.contains("fhir.emr") && err.contains("401"), "{err}");
     assert!(!err.contains("not-the-token"), "the token is never printed: {err}");
     assert_eq!(fhir.stats().await["creates"]["created"], 0, "a check files nothing");
+}
+
+/// Sends `raw` through Postfix as any outside mail client would (plain SMTP on loopback).
+async fn smtp_send(env: &support::mail_env::MailEnv, from: &str, to: &str, raw: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect((env.host.as_str(), env.smtp_port)).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            assert!(!line.is_empty(), "SMTP server closed the connection");
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+    assert!(reply(&mut r).await.starts_with("220"));
+    let data: String = raw.lines().map(|l| format!("{}{l}\r\n", if l.starts_with('.') { "." } else { "" })).collect();
+    let steps = [
+        ("EHLO e2e.test".to_string(), "250"),
+        (format!("MAIL FROM:<{from}>"), "250"),
+        (format!("RCPT TO:<{to}>"), "250"),
+        ("DATA".to_string(), "354"),
+        (format!("{data}."), "250"),
+        ("QUIT".to_string(), "221"),
+    ];
+    for (cmd, want) in steps {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).await.unwrap();
+        let got = reply(&mut r).await;
+        assert!(got.starts_with(want), "{cmd} → {got}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_conversation_is_filed_with_its_subject_and_message_id() {
+    let Some(env) = support::mail_env::mail_env() else { return };
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let ann = fhir.add_patient(MRN, "p-0001", "Patient").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A mailbox of the test servers' that no other test reads.
+    let clinic_box = "box8@clinic.test";
+    std::fs::write(dir.path().join("box.pass"), format!("{}\n", env.users[clinic_box])).unwrap();
+    let email = format!(
+        r#"
+[email.clinic]
+address = "{clinic_box}"
+forward_to = "dr.lee@clinic.test"
+[email.clinic.imap]
+host = "{host}"
+port = {imaps}
+tls = "implicit"
+tls_name = "{tls_name}"
+ca_file = "{ca}"
+username = "{clinic_box}"
+password_file = "box.pass"
+reconnect_max_secs = 2
+[email.clinic.smtp]
+host = "{host}"
+port = {smtp}
+tls = "starttls"
+tls_name = "{tls_name}"
+ca_file = "{ca}"
+username = "{clinic_box}"
+password_file = "box.pass"
+"#,
+        host = env.host,
+        imaps = env.imaps_port,
+        smtp = env.smtp_port,
+        tls_name = env.tls_name,
+        ca = env.ca.display(),
+    );
+    let s = clinic_with(&fhir, BEARER, dir, &email, &["email.clinic"]).await;
+    assert!(s.d.wait_log("IMAP connected", 0, Duration::from_secs(60)), "{:?}", s.d.logs());
+
+    let message_id = format!("{}@patients.test", support::mail_env::tag("ann"));
+    let raw = format!(
+        "From: Ann Patient <ann@patients.test>\r\nTo: {clinic_box}\r\nSubject: Lab results\r\nMessage-ID: <{message_id}>\r\n\
+         Date: Mon, 3 Feb 2025 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Are my lab results back?\r\n"
+    );
+    smtp_send(&env, "ann@patients.test", clinic_box, &raw).await;
+    assert!(s.ehr.wait_for(1, Duration::from_secs(60)).await, "{:?}", s.d.logs());
+    let token = s.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+    // The clinician answers through the EHR; the answer goes back to Ann by email, and is filed.
+    let reply = sms("ehr-1", "dr-lee", "Yes, all normal.", Some(&token));
+    assert_eq!(post_message(&reqwest::Client::new(), s.ehr_port, &reply).await.0, 202);
+
+    let all = filed(&fhir, &format!("Patient/{ann}"), 2).await;
+    let asked = all.iter().find(|c| text(c) == "Are my lab results back?").expect("the email is filed");
+    let answer = all.iter().find(|c| text(c) == "Yes, all normal.").expect("the answer is filed");
+    assert_eq!(asked["medium"][0]["coding"][0]["code"], "EMAILWRIT");
+    assert_eq!(asked["topic"]["text"], "Lab results");
+    assert!(
+        asked["identifier"].as_array().unwrap().iter().any(|i| i["system"] == "urn:carebridge:native:email"
+            && i["value"].as_str().is_some_and(|v| v.contains(&message_id))),
+        "{asked}"
+    );
+    assert_eq!(answer["inResponseTo"][0]["reference"], format!("Communication/{}", asked["id"].as_str().unwrap()));
+    assert_eq!(answer["partOf"][0]["identifier"], asked["partOf"][0]["identifier"]);
+    assert_eq!(answer["recipient"][0]["reference"], format!("Patient/{ann}"));
 }
