@@ -42,11 +42,19 @@ struct Clinic {
 
 /// `auth` is the `[fhir.emr.*]` table (written into the temp dir's files by the caller).
 async fn clinic(fhir: &FhirServer, auth: &str, dir: tempfile::TempDir) -> Clinic {
-    clinic_with(fhir, auth, dir, "", &[]).await
+    clinic_with(fhir, auth, dir, "", &[], "").await
 }
 
 /// With more accounts (`extra` tables) whose messages also go to the EHR and the EMR.
-async fn clinic_with(fhir: &FhirServer, auth: &str, dir: tempfile::TempDir, extra: &str, also_from: &[&str]) -> Clinic {
+/// `policy` adds keys to `[policy]`.
+async fn clinic_with(
+    fhir: &FhirServer,
+    auth: &str,
+    dir: tempfile::TempDir,
+    extra: &str,
+    also_from: &[&str],
+    policy: &str,
+) -> Clinic {
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     std::fs::write(dir.path().join("emr.token"), ADMIN_TOKEN).unwrap();
     let fake = FakeBotApi::start().await;
@@ -94,6 +102,8 @@ addresses = ["phone:+14165550100"]
 [[directory.staff]]
 id = "s-lee"
 addresses = ["opaque:dr-lee"]
+[policy]
+{policy}
 [policy.channels]
 "webhook.ehr" = "secure"
 {extra}
@@ -508,7 +518,7 @@ password_file = "box.pass"
         tls_name = env.tls_name,
         ca = env.ca.display(),
     );
-    let s = clinic_with(&fhir, BEARER, dir, &email, &["email.clinic"]).await;
+    let s = clinic_with(&fhir, BEARER, dir, &email, &["email.clinic"], "").await;
     assert!(s.d.wait_log("IMAP connected", 0, Duration::from_secs(60)), "{:?}", s.d.logs());
 
     let message_id = format!("{}@patients.test", support::mail_env::tag("ann"));
@@ -537,4 +547,33 @@ password_file = "box.pass"
     assert_eq!(answer["inResponseTo"][0]["reference"], format!("Communication/{}", asked["id"].as_str().unwrap()));
     assert_eq!(answer["partOf"][0]["identifier"], asked["partOf"][0]["identifier"]);
     assert_eq!(answer["recipient"][0]["reference"], format!("Patient/{ann}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_the_secure_account_it_files_the_answer_that_may_not_go_by_sms() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let ann = fhir.add_patient(MRN, "p-0001", "Patient").await;
+    let s = clinic_with(&fhir, BEARER, tempfile::tempdir().unwrap(), "", &[], "secure_account = \"fhir.emr\"").await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "Any news?", None)).await.0, 202);
+    assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await);
+    let token = s.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+    let clinical = "Your HbA1c is 7.9%; increase metformin to 1000 mg twice daily.";
+    assert_eq!(post_message(&c, s.ehr_port, &sms("ehr-1", "dr-lee", clinical, Some(&token))).await.0, 202);
+
+    // The message, the answer, and the notice carebridge sent the patient about it.
+    let all = filed(&fhir, &format!("Patient/{ann}"), 3).await;
+    let answer = all.iter().find(|c| text(c) == clinical).expect("the answer is filed in the EMR");
+    assert_eq!(answer["recipient"][0]["reference"], format!("Patient/{ann}"));
+    let notice =
+        all.iter().find(|c| c["identifier"][0]["system"] == "urn:carebridge:delivery").expect("the notice is filed");
+    assert_eq!(notice["partOf"][0]["reference"], format!("Communication/{}", answer["id"].as_str().unwrap()));
+    assert_eq!(notice["sender"]["identifier"]["value"], "webhook.sms");
+    assert!(!text(notice).contains("metformin"), "a notice is PHI-free");
+    // The patient's phone gets the policy's notice, not the clinical text.
+    assert!(s.sms.wait_for(1, Duration::from_secs(10)).await);
+    assert!(s.sms.received().iter().all(|m| !m.body["text"].as_str().unwrap_or_default().contains("metformin")));
+    // Rerouted there and on the route: one delivery, one copy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fhir.stats().await["creates"], json!({ "created": 3, "existing": 0, "refused": 0 }));
 }

@@ -283,7 +283,10 @@ impl Planner {
             && let Ok(origin) = c.origin_account.parse::<AccountId>()
         {
             for dest in self.config.destinations(&origin) {
-                if dest.kind() == ChannelKind::Fhir && self.senders.contains(&dest) {
+                // Already on its way there (the policy rerouted the answer to it): filed once.
+                let going = d.outbox.iter().any(|(_, i)| i.delivery.account == dest)
+                    || d.review.iter().any(|r| r.item.delivery.account == dest);
+                if dest.kind() == ChannelKind::Fhir && self.senders.contains(&dest) && !going {
                     self.plan_delivery(&mut d, &dest, DeliveryKind::Forward, None)?;
                 }
             }
