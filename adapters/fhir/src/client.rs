@@ -176,7 +176,7 @@ impl FhirOutbound {
         };
         let Some(patient) = patient_value(&message) else {
             return Err(SendError::permanent(
-                "fhir: the exchange has no patient yet (`carebridge records assign`, then `carebridge outbox retry`)",
+                "fhir: the exchange has no patient (an unverified sender): nothing to file it under",
             ));
         };
         let patient_ref = self.patient(patient.expose()).await?;
