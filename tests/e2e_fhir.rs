@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 use support::daemon::{Daemon, wait_http};
-use support::fhir_server::{ADMIN_TOKEN, FhirServer, Smart, write_client_keys};
+use support::fhir_server::{ADMIN_TOKEN, FhirServer, Smart, write_client_keys, write_tls};
 use support::sink::{Mode, Sink};
 use support::{SECRET, free_port, post_message};
 
@@ -582,4 +582,32 @@ async fn as_the_secure_account_it_files_the_answer_that_may_not_go_by_sms() {
     // Rerouted there and on the route: one delivery, one copy.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fhir.stats().await["creates"], json!({ "created": 3, "existing": 0, "refused": 0 }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_clinics_ca_file_is_trusted_and_nothing_else() {
+    if !server_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tls = write_tls(dir.path());
+    let Some(fhir) = FhirServer::start_with(None, Some(&tls)) else { return };
+    assert!(fhir.base.starts_with("https://"));
+    let ann = format!("Patient/{}", fhir.add_patient(MRN, "p-0001", "Patient").await);
+    let auth = format!("ca_file = \"{}\"\n{BEARER}", tls.ca.display());
+    let s = clinic(&fhir, &auth, dir).await;
+    assert_eq!(
+        post_message(&reqwest::Client::new(), s.sms_port, &sms("sms-1", PATIENT_PHONE, "hi", None)).await.0,
+        202
+    );
+    assert_eq!(filed(&fhir, &ann, 1).await.len(), 1, "filed over TLS with the clinic's CA");
+
+    // Without the CA file the certificate is not trusted: check-config says so, naming the account.
+    let config =
+        std::fs::read_to_string(&s.d.config).unwrap().replace(&format!("ca_file = \"{}\"\n", tls.ca.display()), "");
+    let plain = s.d.config.with_file_name("no-ca.toml");
+    std::fs::write(&plain, config).unwrap();
+    let out = std::process::Command::new(support::daemon::bin()).arg("check-config").arg(&plain).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fhir.emr") && err.contains("certificate"), "{err}");
 }

