@@ -261,6 +261,8 @@ struct AccountTables {
     telegram: BTreeMap<String, toml::Table>,
     #[serde(default)]
     webhook: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    fhir: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +292,8 @@ struct RawConfig {
     telegram: BTreeMap<String, toml::Table>,
     #[serde(default)]
     webhook: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    fhir: BTreeMap<String, toml::Table>,
 }
 
 /// The whole configuration, as parsed. Nothing runs it as it is: [`ValidConfig::new`] checks it
@@ -370,6 +374,7 @@ impl Config {
                     (ChannelKind::Email, accounts.email),
                     (ChannelKind::Telegram, accounts.telegram),
                     (ChannelKind::Webhook, accounts.webhook),
+                    (ChannelKind::Fhir, accounts.fhir),
                 ] {
                     for (name, table) in tables {
                         if let Err(mut more) = AccountConfig::parse(kind, table, &format!("{kind}.{name}")) {
@@ -386,6 +391,7 @@ impl Config {
             (ChannelKind::Email, raw.email),
             (ChannelKind::Telegram, raw.telegram),
             (ChannelKind::Webhook, raw.webhook),
+            (ChannelKind::Fhir, raw.fhir),
         ] {
             for (name, table) in tables {
                 let path = format!("{kind}.{name}");

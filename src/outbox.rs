@@ -21,7 +21,7 @@
 use crate::config::OutboxConfig;
 use crate::record::schema::{EventKind, OutboxItemV1};
 use crate::record::{Flusher, OutboxKey, OutboxUpdate, Store, StoreError, now_ms};
-use carebridge_contract::{AccountId, Outbound, SendError};
+use carebridge_contract::{AccountId, ChannelKind, Outbound, SendError};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -326,7 +326,7 @@ impl Bookkeeper {
 fn order_key(item: &OutboxItemV1) -> String {
     match (&item.delivery.to, item.delivery.account.kind()) {
         (Some(a), _) => a.key().into_inner(),
-        (None, carebridge_contract::ChannelKind::Webhook) => {
+        (None, ChannelKind::Webhook | ChannelKind::Fhir) => {
             format!("conversation:{}", item.delivery.conversation.expose())
         }
         (None, _) => "default".to_string(),
@@ -486,7 +486,9 @@ impl Worker {
         let r = item.delivery.record_id;
         // What the send needs from the store (the consent in force, the attachments' bytes), read
         // on a blocking thread; most deliveries need neither.
-        let needs_store = item.requires_consent || !item.delivery.attachments.is_empty();
+        // A `fhir` account files the record itself (the export's mapping), read here too.
+        let files_record = self.account.kind() == ChannelKind::Fhir;
+        let needs_store = item.requires_consent || !item.delivery.attachments.is_empty() || files_record;
         let (still, delivery) = if needs_store {
             let (store, account, patient, stored) =
                 (self.store.clone(), self.account.to_string(), item.patient_id.clone(), item.delivery.clone());
@@ -494,7 +496,13 @@ impl Worker {
             match tokio::task::spawn_blocking(move || {
                 let still = !check
                     || patient.is_some_and(|p| store.consents(&p, &account).map(|c| !c.is_empty()).unwrap_or(false));
-                (still, store.delivery_to_send(&stored))
+                let delivery = store.delivery_to_send(&stored).and_then(|mut d| {
+                    if files_record {
+                        d.filed_as = store.filing(&d)?;
+                    }
+                    Ok(d)
+                });
+                (still, delivery)
             })
             .await
             {
@@ -533,7 +541,9 @@ impl Worker {
         match self.sender.send(&delivery).await {
             Ok(sent) => {
                 info!(delivery_id = %d, record_id = %r, account = %self.account, attempt, "Delivered.");
-                let events = vec![EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: None }];
+                // The channel's word on how it went (a FHIR server's `already there`), if any.
+                let events =
+                    vec![EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: sent.outcome }];
                 OutboxUpdate::Sent { key, item, native_ids: sent.native_ids, events }
             }
             Err(SendError::Permanent { reason }) => {
@@ -548,6 +558,12 @@ impl Worker {
                     EventKind::DeadLettered { delivery: d, reason: reason.clone() },
                 ];
                 OutboxUpdate::Dead { key, item, reason, events }
+            }
+            Err(SendError::Hold { rule, reason }) => {
+                warn!(delivery_id = %d, record_id = %r, account = %self.account, attempt, rule = %rule, reason = %reason, "Delivery needs a person on the other side; held for review.");
+                let events =
+                    vec![EventKind::Attempt { delivery: d, attempt, outcome: "held".into(), reason: Some(reason) }];
+                OutboxUpdate::Review { key, item, rule, events }
             }
             Err(SendError::Retry { after, reason }) => {
                 let ev =

@@ -2,7 +2,8 @@
 # Runs carebridge's whole test suite on a fresh Debian machine (as root, as CI does):
 #   1. starts real Postfix + Dovecot on 127.0.0.1 (installing them if missing), and a throwaway
 #      PostgreSQL (tests/postgres.sh, installing it if missing) for the store's second backend,
-#   2. installs the pinned FHIR validators (npm; Node.js from Debian if missing),
+#   2. installs the pinned FHIR validators and the FHIR test server (npm; Node.js from Debian if
+#      missing),
 #   3. runs every test of the workspace (unit, adapter integration, end-to-end against the real
 #      daemon binary, a local Bot API server and loopback HTTP),
 #   4. builds the benches (not run: they measure, they do not test),
@@ -17,6 +18,7 @@ export CAREBRIDGE_MAIL_DIR=${CAREBRIDGE_MAIL_DIR:-/tmp/carebridge-mail}
 export CAREBRIDGE_MAIL_ENV="$CAREBRIDGE_MAIL_DIR/env"
 export CAREBRIDGE_REQUIRE_MAIL=1
 export CAREBRIDGE_REQUIRE_FHIR_VALIDATOR=1
+export CAREBRIDGE_REQUIRE_FHIR_SERVER=1
 export CAREBRIDGE_REQUIRE_SYSTEMD_ANALYZE=1
 export CAREBRIDGE_PG_DIR=${CAREBRIDGE_PG_DIR:-/tmp/carebridge-pg}
 export CAREBRIDGE_REQUIRE_POSTGRES=1
@@ -36,6 +38,9 @@ if ! command -v npm >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=error
+# The FHIR R4 server tests/e2e_fhir.rs files into (Medplum's FHIR router, in memory, validating
+# what it stores; pinned in tests/fhir-server/package-lock.json; needs Node >= 20.19).
+npm ci --prefix tests/fhir-server --ignore-scripts --no-audit --no-fund --loglevel=error
 
 # systemd-analyze, for tests/systemd_unit.rs (verify and security-rate the shipped units); a
 # container image has no systemd, and the package is small.

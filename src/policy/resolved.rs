@@ -145,12 +145,14 @@ impl PolicyConfig {
     }
 }
 
-/// The channel kind's default trust (Telegram and webhooks insecure, email plain).
+/// The channel kind's default trust (Telegram and webhooks insecure, email plain, FHIR secure).
 pub(crate) fn default_trust(kind: ChannelKind) -> Trust {
     match kind {
         ChannelKind::Telegram => Trust::Insecure,
         ChannelKind::Email => Trust::EmailPlain,
         ChannelKind::Webhook => Trust::Insecure,
+        // The clinic's own EMR, over TLS with carebridge's credentials: a staff-side secure hop.
+        ChannelKind::Fhir => Trust::Secure,
     }
 }
 

@@ -111,6 +111,7 @@ mod tests {
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
             rerouted_from: None,
+            filed_as: None,
         };
         let item = OutboxItemV1 {
             v: 1,

@@ -26,6 +26,7 @@ mod correspondence;
 mod dead;
 pub mod engine;
 pub mod fhir;
+mod filing;
 mod fjall_backend;
 pub mod flusher;
 pub mod import;

@@ -102,6 +102,7 @@ fn exchange(store: &Store, native: &str, data: &[u8]) -> (Exchange, OutboxKey) {
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
         rerouted_from: None,
+        filed_as: None,
     };
     let mut delivery = DeliveryV1::from(delivery);
     delivery.attachments = vec![stored.clone().without_data()];

@@ -273,6 +273,20 @@ impl Planner {
                 }
             }
         }
+        // A clinician's reply goes into the patient's file at the clinic too: every `fhir`
+        // account on the routes the patient's messages took files the answer as well.
+        if let Thread::Reply(c) = &thread
+            && let Ok(origin) = c.origin_account.parse::<AccountId>()
+        {
+            for dest in self.config.destinations(&origin) {
+                // Already on its way there (the policy rerouted the answer to it): filed once.
+                let going = d.outbox.iter().any(|(_, i)| i.delivery.account == dest)
+                    || d.review.iter().any(|r| r.item.delivery.account == dest);
+                if dest.kind() == ChannelKind::Fhir && self.senders.contains(&dest) && !going {
+                    self.plan_delivery(&mut d, &dest, DeliveryKind::Forward, None)?;
+                }
+            }
+        }
         // Unprompted notices (how to link an unknown chat; the policy's advisory to a patient who
         // put health details on an insecure channel) go at most once per interval per sender and
         // kind, however many messages they send: every new message is a new conversation.
@@ -505,6 +519,8 @@ impl Planner {
             return Ok(None);
         };
         let to = match (kind, &d.patient_id) {
+            // Filed in the patient's file at the clinic (the EMR): no address of theirs needed.
+            (DeliveryKind::Reply, Some(_)) if target.kind() == ChannelKind::Fhir => None,
             (DeliveryKind::Reply, Some(p)) => {
                 match self.directory.addresses_of(p, address_kind_of(&target)).into_iter().next() {
                     Some(a) => Some(a),
@@ -643,6 +659,7 @@ impl Planner {
             attachments: Vec::new(),
             in_reply_to,
             rerouted_from: None,
+            filed_as: None,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -693,6 +710,7 @@ pub(crate) fn address_kind_of(account: &AccountId) -> AddressKind {
         ChannelKind::Email => AddressKind::Email,
         ChannelKind::Telegram => AddressKind::Telegram,
         ChannelKind::Webhook => AddressKind::Phone,
+        ChannelKind::Fhir => AddressKind::Opaque,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod clinic;
 pub mod daemon;
+pub mod fhir_server;
 pub mod gate;
 pub mod load;
 #[allow(unused_imports)] // not every test binary reads the mail settings

@@ -261,6 +261,7 @@ pub fn delivery(account: &AccountId, id: u64, kind: DeliveryKind, to: Option<Add
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
         rerouted_from: None,
+        filed_as: None,
     }
 }
 

@@ -205,7 +205,7 @@ impl SmtpOutbound {
         match self.transport.send(message).await {
             Ok(_) => {
                 debug!(account = %self.account, delivery_id = %delivery.id, "SMTP server accepted the message.");
-                Ok(Sent { native_ids: vec![self.message_id_for(delivery)] })
+                Ok(Sent { native_ids: vec![self.message_id_for(delivery)], outcome: None })
             }
             Err(e) => Err(classify(&e)),
         }
@@ -250,7 +250,9 @@ impl Outbound for SmtpOutbound {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(AdapterError::Connection("SMTP server did not answer NOOP".into())),
                 Err(e) => Err(AdapterError::Connection(match classify(&e) {
-                    SendError::Retry { reason, .. } | SendError::Permanent { reason } => reason,
+                    SendError::Retry { reason, .. }
+                    | SendError::Permanent { reason }
+                    | SendError::Hold { reason, .. } => reason,
                 })),
             }
         })

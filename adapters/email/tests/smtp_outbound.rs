@@ -61,6 +61,7 @@ fn delivery(kind: DeliveryKind, to: Option<&str>, body: &str) -> Delivery {
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
         rerouted_from: None,
+        filed_as: None,
     }
 }
 

@@ -38,6 +38,7 @@ fn delivery(id: u64, kind: DeliveryKind, to: Option<i64>, body: &str) -> Deliver
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
         rerouted_from: None,
+        filed_as: None,
     }
 }
 

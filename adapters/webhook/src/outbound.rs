@@ -78,7 +78,7 @@ impl WebhookOutbound {
         let status = response.status();
         debug!(account = %self.account, delivery_id = %delivery.id, status = status.as_u16(), "Webhook delivery answered.");
         if status.is_success() {
-            return Ok(Sent { native_ids: read_native_id(response).await.into_iter().collect() });
+            return Ok(Sent { native_ids: read_native_id(response).await.into_iter().collect(), outcome: None });
         }
         Err(classify_status(status, response.headers(), SystemTime::now()))
     }

@@ -96,6 +96,7 @@ async fn no_personal_data_reaches_the_logs() {
         }],
         in_reply_to: vec![],
         rerouted_from: None,
+        filed_as: None,
     };
     let key = SigningKey::new(common::SECRET);
     let out =
