@@ -3,7 +3,8 @@
 //! default detectors on (the config below sets no `[policy]` detector options) — not a timed
 //! test, a measurement to read (issue #7, "Performance").
 //!
-//! Run: `cargo bench --bench pipeline`. Env: `BENCH_MESSAGES` (40000 per run), `BENCH_CONNS`
+//! Run: `cargo bench --bench pipeline` (with `CAREBRIDGE_TEST_POSTGRES` set to a server's DSN,
+//! e.g. from `tests/postgres.sh start`, a last run puts the store in PostgreSQL). Env: `BENCH_MESSAGES` (40000 per run), `BENCH_CONNS`
 //! (32), `BENCH_CONNS_LOW` (4), `BENCH_PREFILL` (1000000 records written into the store of the
 //! last run before its daemon starts; 0 skips that run).
 //!
@@ -111,13 +112,35 @@ fn main() {
     let high = env("BENCH_CONNS", 32);
     let prefill = env("BENCH_PREFILL", 1_000_000);
     let mut runs = Vec::new();
-    runs.extend(rt.block_on(run("empty store, forwarded", low, Target::Daemon { deliver: true, prefill: 0 }, 1)));
-    runs.extend(rt.block_on(run("empty store, forwarded", high, Target::Daemon { deliver: true, prefill: 0 }, 2)));
+    runs.extend(rt.block_on(run(
+        "empty store, forwarded",
+        low,
+        Target::Daemon { deliver: true, prefill: 0, postgres: false },
+        1,
+    )));
+    runs.extend(rt.block_on(run(
+        "empty store, forwarded",
+        high,
+        Target::Daemon { deliver: true, prefill: 0, postgres: false },
+        2,
+    )));
     runs.extend(rt.block_on(run(FLOOR, high, Target::Relay, 1)));
-    runs.extend(rt.block_on(run("empty store, recorded only", high, Target::Daemon { deliver: false, prefill: 0 }, 1)));
+    runs.extend(rt.block_on(run(
+        "empty store, recorded only",
+        high,
+        Target::Daemon { deliver: false, prefill: 0, postgres: false },
+        1,
+    )));
     if prefill > 0 {
         let label = format!("{prefill} records in store, forwarded");
-        runs.extend(rt.block_on(run(&label, high, Target::Daemon { deliver: true, prefill }, 2)));
+        runs.extend(rt.block_on(run(&label, high, Target::Daemon { deliver: true, prefill, postgres: false }, 2)));
+    }
+    // Last, so the summary's comparisons with the targets read the embedded runs.
+    if std::env::var_os(carebridge::record::pg_backend::testing::DSN_VAR).is_some() {
+        let pg = Target::Daemon { deliver: true, prefill: 0, postgres: true };
+        runs.extend(rt.block_on(run("empty store on PostgreSQL, forwarded", high, pg, 1)));
+    } else {
+        println!("pipeline on PostgreSQL: skipped ({} is not set)", carebridge::record::pg_backend::testing::DSN_VAR);
     }
     summary(&runs, high, prefill);
 }
@@ -191,7 +214,7 @@ fn available_bytes(dir: &Path) -> Option<u64> {
 /// A daemon config: webhook in, webhook out to the sink (when `deliver`), a directory of the
 /// synthetic patients. No `[policy]` options beyond the destination's trust: every default
 /// detector runs on every message.
-fn config(data: &Path, port: u16, sink_url: &str, deliver: bool) -> String {
+fn config(data: &Path, port: u16, sink_url: &str, deliver: bool, store: &str) -> String {
     let route =
         if deliver { "[[route]]\nname = \"bench\"\nfrom = [\"webhook.in\"]\nto = [\"webhook.out\"]" } else { "" };
     let mut toml = format!(
@@ -213,6 +236,7 @@ submit_timeout_ms = 10000
 url = "{sink_url}"
 secret_file = "secret"
 {route}
+{store}
 [policy.channels]
 "webhook.out" = "secure"
 "#,
@@ -229,7 +253,7 @@ secret_file = "secret"
 enum Target {
     /// The daemon, forwarding to the sink when `deliver`, its store pre-filled with `prefill`
     /// records first.
-    Daemon { deliver: bool, prefill: usize },
+    Daemon { deliver: bool, prefill: usize, postgres: bool },
     /// The HTTP floor (`common/relay.rs`): the webhook adapters alone, forwarding everything.
     Relay,
 }
@@ -270,9 +294,20 @@ async fn run(label: &str, conns: usize, target: Target, passes: usize) -> Vec<Ru
     let sink = Sink::start(Mode::Accept).await;
     let port = free_port();
     let (mut proc, deliver, ready) = match target {
-        Target::Daemon { deliver, .. } => {
+        Target::Daemon { deliver, postgres, .. } => {
+            // On PostgreSQL: a database of its own on the server of `CAREBRIDGE_TEST_POSTGRES`.
+            let store = if postgres {
+                let dsn = std::env::var(carebridge::record::pg_backend::testing::DSN_VAR).unwrap();
+                let db = format!("cb_pipeline_{}", std::process::id());
+                carebridge::record::pg_backend::testing::database(&dsn, &db).unwrap();
+                let url = format!("{}/{db}", dsn.rsplit_once('/').unwrap().0);
+                std::fs::write(dir.path().join("db.url"), url).unwrap();
+                "[store]\nbackend = \"postgres\"\n[store.postgres]\nurl_file = \"db.url\"\n".to_string()
+            } else {
+                String::new()
+            };
             let started = Instant::now();
-            let d = Daemon::start(dir.path(), &config(&data, port, &sink.url(), deliver));
+            let d = Daemon::start(dir.path(), &config(&data, port, &sink.url(), deliver, &store));
             assert!(
                 wait_http(&format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(600)).await,
                 "daemon did not start: {:?}",

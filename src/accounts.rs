@@ -16,6 +16,8 @@ pub enum AccountConfig {
     Telegram(carebridge_telegram::Config),
     /// `[webhook.<name>]`.
     Webhook(carebridge_webhook::Config),
+    /// `[fhir.<name>]`.
+    Fhir(carebridge_fhir::Config),
 }
 
 impl AccountConfig {
@@ -30,6 +32,7 @@ impl AccountConfig {
             ChannelKind::Email => deserialize_all(value, path, &mut problems).map(AccountConfig::Email),
             ChannelKind::Telegram => deserialize_all(value, path, &mut problems).map(AccountConfig::Telegram),
             ChannelKind::Webhook => deserialize_all(value, path, &mut problems).map(AccountConfig::Webhook),
+            ChannelKind::Fhir => deserialize_all(value, path, &mut problems).map(AccountConfig::Fhir),
         };
         parsed.ok_or(problems)
     }
@@ -40,6 +43,7 @@ impl AccountConfig {
             AccountConfig::Email(c) => c.validate(path),
             AccountConfig::Telegram(c) => c.validate(path),
             AccountConfig::Webhook(c) => c.validate(path),
+            AccountConfig::Fhir(c) => c.validate(path),
         }
     }
 
@@ -49,6 +53,7 @@ impl AccountConfig {
             AccountConfig::Email(c) => c.imap.is_some(),
             AccountConfig::Telegram(_) => true,
             AccountConfig::Webhook(c) => c.listen.is_some(),
+            AccountConfig::Fhir(_) => false,
         }
     }
 
@@ -58,6 +63,7 @@ impl AccountConfig {
             AccountConfig::Email(c) => c.smtp.is_some(),
             AccountConfig::Telegram(_) => true,
             AccountConfig::Webhook(c) => c.url.is_some(),
+            AccountConfig::Fhir(_) => true,
         }
     }
 
@@ -83,6 +89,7 @@ impl AccountConfig {
                 carebridge_telegram::Mode::Polling => None,
             },
             AccountConfig::Webhook(c) => c.listen.map(|a| ("listen", a)),
+            AccountConfig::Fhir(_) => None,
         }
     }
 
@@ -92,6 +99,7 @@ impl AccountConfig {
             AccountConfig::Email(c) => carebridge_email::build_inbound(c, cx),
             AccountConfig::Telegram(c) => carebridge_telegram::build_inbound(c, cx),
             AccountConfig::Webhook(c) => carebridge_webhook::build_inbound(c, cx),
+            AccountConfig::Fhir(c) => carebridge_fhir::build_inbound(c, cx),
         }
     }
 
@@ -111,6 +119,7 @@ impl AccountConfig {
             AccountConfig::Email(c) => carebridge_email::build_outbound(c, cx),
             AccountConfig::Telegram(c) => carebridge_telegram::build_outbound(c, cx),
             AccountConfig::Webhook(c) => carebridge_webhook::build_outbound(c, cx),
+            AccountConfig::Fhir(c) => carebridge_fhir::build_outbound(c, cx),
         }
     }
 }

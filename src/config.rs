@@ -8,12 +8,13 @@
 //! directory, the policy) without touching the network or the disk.
 
 use crate::accounts::AccountConfig;
-use crate::policy::PolicyConfig;
+use crate::policy::{Policy, PolicyConfig};
 use carebridge_contract::config::Problem;
 use carebridge_contract::{AccountId, Address, AddressKind, ChannelKind};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The config the daemon runs with when none is given: a local store under `./data`, a webhook
 /// listener and a webhook sink on loopback, no outside accounts.
@@ -26,6 +27,51 @@ const SECRET_WORDS: &[&str] = &["password", "token", "secret", "api_key", "priva
 #[derive(Debug, thiserror::Error)]
 #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<Problem>);
+
+/// A config that passed every check, with its policy compiled: the only form the daemon and the
+/// commands run. [`ValidConfig::new`] is the one way to make one, so "validate before use" is a
+/// type, not something each caller must remember; the policy section is checked once, with the
+/// account list, and compiled once (each account's trust and ceilings resolved there).
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    config: Config,
+    policy: Arc<Policy>,
+}
+
+impl ValidConfig {
+    /// Checks `config` ([`Config::validate`]: every problem, with its TOML path) and compiles
+    /// its policy.
+    pub fn new(config: Config) -> Result<ValidConfig, ConfigErrors> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        let policy = Policy::compile_validated(&config.policy).map_err(ConfigErrors)?;
+        Ok(ValidConfig { config, policy: Arc::new(policy) })
+    }
+
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<ValidConfig, ConfigErrors> {
+        ValidConfig::new(Config::load(path)?)
+    }
+
+    /// The embedded default config, checked.
+    pub fn default_config() -> Result<ValidConfig, ConfigErrors> {
+        ValidConfig::new(Config::default_config()?)
+    }
+
+    /// The compiled policy.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
 
 /// `[daemon]`: process-wide settings.
 #[derive(Clone, Debug, Deserialize)]
@@ -215,6 +261,8 @@ struct AccountTables {
     telegram: BTreeMap<String, toml::Table>,
     #[serde(default)]
     webhook: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    fhir: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,9 +292,12 @@ struct RawConfig {
     telegram: BTreeMap<String, toml::Table>,
     #[serde(default)]
     webhook: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    fhir: BTreeMap<String, toml::Table>,
 }
 
-/// The whole configuration, parsed. Run [`Config::validate`] before using it.
+/// The whole configuration, as parsed. Nothing runs it as it is: [`ValidConfig::new`] checks it
+/// and compiles its policy, and the daemon and the commands take only a [`ValidConfig`].
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `[daemon]`.
@@ -323,6 +374,7 @@ impl Config {
                     (ChannelKind::Email, accounts.email),
                     (ChannelKind::Telegram, accounts.telegram),
                     (ChannelKind::Webhook, accounts.webhook),
+                    (ChannelKind::Fhir, accounts.fhir),
                 ] {
                     for (name, table) in tables {
                         if let Err(mut more) = AccountConfig::parse(kind, table, &format!("{kind}.{name}")) {
@@ -339,6 +391,7 @@ impl Config {
             (ChannelKind::Email, raw.email),
             (ChannelKind::Telegram, raw.telegram),
             (ChannelKind::Webhook, raw.webhook),
+            (ChannelKind::Fhir, raw.fhir),
         ] {
             for (name, table) in tables {
                 let path = format!("{kind}.{name}");
@@ -620,14 +673,21 @@ pub fn parse_address(s: &str) -> Result<Address, String> {
     Ok(Address::new(kind, value))
 }
 
-/// The closest candidate within a small edit distance, for "did you mean" hints.
-pub fn did_you_mean<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
+/// The closest candidate within a small edit distance (two edits, or a third of the
+/// candidate's length), for "did you mean" hints; ties go to the first in sort order. The one
+/// suggestion rule for every config message (accounts, keys, policy kinds and rule ids).
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
-        .iter()
+        .into_iter()
         .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.as_str())
+        .filter(|(d, c)| *d <= 2.max(c.chars().count() / 3))
+        .min_by_key(|(d, c)| (*d, *c))
+        .map(|(_, c)| c)
+}
+
+/// [`closest`] among owned names.
+pub fn did_you_mean<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
+    closest(word, candidates.iter().map(String::as_str))
 }
 
 fn find_inline_secrets(table: &toml::Table, prefix: &str, problems: &mut Vec<Problem>) {
@@ -808,6 +868,20 @@ mod tests {
 
     fn parse(text: &str, dir: &Path) -> Result<Config, ConfigErrors> {
         Config::from_toml(text, dir)
+    }
+
+    #[test]
+    fn only_a_config_without_problems_becomes_a_valid_config_with_its_policy() {
+        let dir = Path::new(".");
+        let bad = parse("[webhook.a]\nurl = \"http://127.0.0.1:1/\"\nsecret_env = \"S\"\n[policy.channels]\n\"webhook.b\" = \"secure\"\n", dir).unwrap();
+        let problems = ValidConfig::new(bad).err().unwrap().0;
+        assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["policy.channels.\"webhook.b\""]);
+
+        let good = parse("[webhook.a]\nurl = \"http://127.0.0.1:1/\"\nsecret_env = \"S\"\n[policy.channels]\n\"webhook.a\" = \"secure\"\n", dir).unwrap();
+        let valid = ValidConfig::new(good).unwrap();
+        let a: AccountId = "webhook.a".parse().unwrap();
+        assert_eq!(valid.policy().trust(&a), crate::policy::Trust::Secure);
+        assert_eq!(valid.accounts.len(), 1, "the config reads through");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Builds every part from a validated config, runs them, and owns the shutdown order:
+//! Starts the daemon's fixed parts (store, flusher, router thread, bookkeeping, listeners),
+//! applies the config to them as a reload would ([`crate::assembly`]), runs, and owns the
+//! shutdown order:
 //!
 //! 1. inbound adapters stop taking messages (HTTP stops accepting, polls stop);
 //! 2. their `Submitter`s drop, so the router's queue closes; the router drains it;
@@ -14,19 +16,15 @@
 //! whatever runs when the daemon stops.
 
 use crate::admin;
-use crate::config::Config;
+use crate::assembly::{self, Running};
+use crate::config::ValidConfig;
 use crate::outbox::{Bookkeeper, Workers};
-use crate::policy::Policy;
 use crate::receivers::Receivers;
 use crate::record::Flusher;
-use crate::reload::{Hangups, Live, Reloader};
+use crate::reload::{Hangups, Live};
 use crate::router::Router;
-use crate::router::identify::Directory;
-use crate::router::plan::Planner;
 use anyhow::{Context, Result, anyhow};
 use carebridge_contract::Submitter;
-use carebridge_contract::config::BuildContext;
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -37,46 +35,21 @@ use tracing::{info, warn};
 
 /// Runs the daemon until `shutdown` resolves (a signal) or an adapter fails fatally; SIGHUP
 /// meanwhile reloads the config file.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     // First, so a SIGHUP during start-up waits for `ready` instead of killing the process.
     let mut hangups = Hangups::new();
-    let config = Arc::new(config);
     if config.ops.is_some() {
         crate::ops::install_metrics(); // before any worker runs, so no count is missed
     }
     let data_dir = config.daemon.data_dir.clone();
     let store = crate::record::open_configured(&config)?;
-    let policy = Arc::new(
-        Policy::compile(&config.policy)
-            .map_err(|p| anyhow!("policy: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?,
-    );
+    // Everything the config names is built before anything starts (a bad secret stops us
+    // before we listen), by the code a reload uses (crate::assembly).
+    let blueprint = assembly::draw(config, None).map_err(crate::config::ConfigErrors)?;
+    let config = blueprint.config.clone();
 
-    // Senders first: the outbox needs them, and a bad secret should stop us before we listen.
-    let mut sending = Vec::new();
-    let mut senders = BTreeSet::new();
     let pending = Arc::new(AtomicU64::new(0));
     let (books, books_thread) = Bookkeeper::spawn(store.clone()).context("starting the outbox bookkeeping thread")?;
-    for (id, account) in &config.accounts {
-        if !account.sends() {
-            continue;
-        }
-        let cx = BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
-        if let Some(sender) = account.build_outbound(&cx).with_context(|| format!("building the sender of {id}"))? {
-            senders.insert(id.clone());
-            sending.push((id.clone(), sender));
-        }
-    }
-    let mut inbound = Vec::new();
-    for (id, account) in &config.accounts {
-        if !account.receives() {
-            continue;
-        }
-        let cx = BuildContext { account: id.clone(), config_dir: config.config_dir.clone() };
-        if let Some(task) = account.build_inbound(&cx).with_context(|| format!("building the receiver of {id}"))? {
-            inbound.push((id.clone(), task));
-        }
-    }
-
     let outbox_stop = CancellationToken::new();
     let outbox_tasks = TaskTracker::new();
     let mut workers = Workers::new(
@@ -87,9 +60,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         outbox_stop.clone(),
         outbox_tasks.clone(),
     );
-    for (id, sender) in sending {
-        workers.start(id, sender).await?;
-    }
+    workers.set_leases(config.store.leases(&config.config_dir)?, config.store.takeover() / 3);
     let wakers = workers.wakers();
     let wake = wakers.clone();
     // Cancelled by a receiver that fails for good, or by the flusher when the store stops taking
@@ -101,19 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (submitter, rx) = Submitter::channel(config.daemon.queue_capacity);
     let (planners, planner_updates) = std::sync::mpsc::channel();
-    let router = Router {
-        planner: Planner {
-            store: store.clone(),
-            config: config.clone(),
-            policy: policy.clone(),
-            directory: Directory::new(&config.directory),
-            senders,
-        },
-        flusher: flusher.clone(),
-        outbox_pending: pending.clone(),
-        max_outbox_pending: config.router.max_outbox_pending,
-        updates: planner_updates,
-    };
+    let router = Router { flusher: flusher.clone(), outbox_pending: pending.clone(), updates: planner_updates };
     let router_thread = std::thread::Builder::new()
         .name("carebridge-router".into())
         .spawn(move || router.run(rx))
@@ -134,9 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let inbound_tasks = TaskTracker::new();
     let mut receivers =
         Receivers::new(submitter, inbound_stop.clone(), fatal.clone(), inbound_tasks.clone(), adapter_health.clone());
-    for (account, task) in inbound {
-        receivers.start(account, task);
-    }
+    receivers.set_leases(config.store.leases(&config.config_dir)?);
 
     let live = Live::new(config.clone());
     let admin_stop = CancellationToken::new();
@@ -203,20 +160,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     });
 
-    let mut reloader = Reloader { current: live, store: store.clone(), receivers, workers, planners };
+    // Start-up is a reload from nothing: the same apply, in the same order.
+    let mut running = Running { current: live, store: store.clone(), receivers, workers, planners };
+    if let Some((id, e)) = running.apply(blueprint).await.into_iter().next() {
+        return Err(anyhow::Error::new(e).context(format!("loading the outbox of {id}")));
+    }
     info!(accounts = config.accounts.len(), routes = config.routes.len(), data_dir = %data_dir.display(), "carebridge ready.");
     tokio::pin!(shutdown);
     let failed = loop {
         tokio::select! {
             _ = &mut shutdown => break false,
             _ = fatal.cancelled() => break true,
-            _ = hangups.recv() => reloader.reload().await,
+            _ = hangups.recv() => running.reload().await,
         }
     };
 
     // The shutdown order from the module docs, under one deadline, for the accounts running now.
     let started = Instant::now();
-    let deadline = Duration::from_secs(reloader.current.get().daemon.shutdown_timeout_secs);
+    let deadline = Duration::from_secs(running.current.get().daemon.shutdown_timeout_secs);
     let left = || deadline.saturating_sub(started.elapsed());
     info!(timeout_secs = deadline.as_secs(), "Shutting down: stopping receivers.");
     inbound_stop.cancel();
@@ -227,7 +188,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if tokio::time::timeout(left(), inbound_tasks.wait()).await.is_err() {
         warn!(remaining = inbound_tasks.len(), "Receivers did not stop in time; abandoning them.");
     }
-    reloader.receivers.close();
+    running.receivers.close();
     if tokio::time::timeout(left(), join(router_thread)).await.is_err() {
         warn!("Router did not drain in time; unacknowledged messages will be redelivered by their sources.");
     }
@@ -249,7 +210,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let store_failure = flusher.failure();
     drop(flusher);
-    drop(reloader); // the workers' handle on the bookkeeping thread
+    drop(running); // the workers' handle on the bookkeeping thread
     let _ = tokio::time::timeout(left(), join(flusher_thread)).await;
     let _ = tokio::time::timeout(left(), join(books_thread)).await;
     let s = store.clone();

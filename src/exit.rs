@@ -30,6 +30,9 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
         if let Some(s) = cause.downcast_ref::<StoreError>() {
             return s.exit_code();
         }
+        if let Some(crate::officer::OfficerError::Store(s)) = cause.downcast_ref() {
+            return s.exit_code();
+        }
         if let Some(u) = cause.downcast_ref::<crate::record::flusher::Unwritable>() {
             return u.exit_code as u8;
         }
@@ -40,7 +43,7 @@ pub fn code_of(e: &anyhow::Error) -> u8 {
                 return CONFIG;
             }
         }
-        if let Some(AdapterError::Config(_)) = cause.downcast_ref::<AdapterError>() {
+        if let Some(AdapterError::Config(_) | AdapterError::Invalid(_)) = cause.downcast_ref::<AdapterError>() {
             return CONFIG;
         }
         // Out of descriptors before the store was even opened (the async runtime, a listener):
@@ -61,7 +64,11 @@ mod tests {
 
     #[test]
     fn configuration_failures_found_at_start_exit_2() {
-        let secret: Result<(), _> = Err(AdapterError::Config("cannot read secret file `x`: not found".into()));
+        let secret: Result<(), _> = Err(AdapterError::from(carebridge_contract::config::ConfigError::Unreadable {
+            what: "secret file",
+            path: "x".into(),
+            kind: std::io::ErrorKind::NotFound,
+        }));
         assert_eq!(code_of(&secret.context("building the sender of webhook.out").unwrap_err()), 2);
         let key: Result<(), _> = Err(KeyError::Invalid {
             path: "k".into(),

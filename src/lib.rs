@@ -11,23 +11,30 @@
 //!   flusher.
 //! - [`records`]: the privacy officer's view: list, show, export, verify, purge — all audited.
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
-//! - [`admin`]: the loopback admin API used by the CLI while the daemon runs.
+//! - [`officer`]: the staff's and privacy officer's operations on the record, each written once.
+//! - [`admin`]: the loopback admin API: the officer's operations over HTTP while the daemon runs.
 //! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
-//! - [`daemon`]: builds and runs everything; owns the shutdown order.
+//! - [`daemon`]: starts the fixed parts, runs everything; owns the shutdown order.
+//! - [`assembly`]: the one way a config becomes running parts, at start-up and at a reload.
 //! - [`receivers`]: the running inbound tasks, started and stopped per account.
 //! - [`review`]: `review show` and `review approve`, which ask the policy again.
 //! - [`reload`]: SIGHUP: check the config file again and apply it, or refuse it whole.
 //! - [`telemetry`]: logging (never PHI).
-//! - [`cli`]: the command-line interface behind `main.rs`.
+//! - [`cli`]: the command-line interface behind `main.rs`; officer commands go through a
+//!   backend (the daemon's admin API, or the store when it is stopped).
 //! - [`exit`]: exit codes, and which errors end with which.
 pub mod accounts;
 pub mod admin;
+pub mod assembly;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod lease;
+pub mod officer;
 pub mod ops;
 pub mod outbox;
+pub mod outbox_sweep;
 pub mod policy;
 pub mod receivers;
 pub mod record;

@@ -241,6 +241,17 @@ pub async fn check_store(flusher: &Flusher) -> Result<(), &'static str> {
     }
 }
 
+/// Whether the store's database answers (PostgreSQL: its outage shows in no flush, since commits
+/// are durable when they return). The embedded store always answers.
+pub async fn probe_database(store: &Store) -> Result<(), &'static str> {
+    let store = store.clone();
+    match tokio::time::timeout(FLUSH_WAIT, tokio::task::spawn_blocking(move || store.probe())).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(_) => Err("database unreachable"),
+        Err(_) => Err("database timed out"),
+    }
+}
+
 /// What the ops handlers read.
 #[derive(Clone)]
 pub struct State {
@@ -308,7 +319,11 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(AxState(s): AxState<State>) -> Response {
-    let r = assess(check_store(&s.flusher).await, &s.adapters.states());
+    let store = match check_store(&s.flusher).await {
+        Ok(()) => probe_database(&s.store).await,
+        failed => failed,
+    };
+    let r = assess(store, &s.adapters.states());
     let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json_response(status, serde_json::to_value(&r).unwrap_or_default())
 }

@@ -21,7 +21,7 @@
 use crate::config::OutboxConfig;
 use crate::record::schema::{EventKind, OutboxItemV1};
 use crate::record::{Flusher, OutboxKey, OutboxUpdate, Store, StoreError, now_ms};
-use carebridge_contract::{AccountId, Outbound, SendError};
+use carebridge_contract::{AccountId, ChannelKind, Outbound, SendError};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -72,6 +72,13 @@ impl Wakers {
     }
 }
 
+/// A handle on `account`'s worker queue for its sweeper (registered by `Workers::start` just
+/// before). Keys sent after the worker stopped go nowhere, harmlessly.
+fn tx_for_sweep(wakers: &Wakers, account: &AccountId) -> mpsc::UnboundedSender<OutboxKey> {
+    let queues = wakers.queues.read().unwrap_or_else(PoisonError::into_inner);
+    queues.get(account).cloned().unwrap_or_else(|| mpsc::unbounded_channel().0)
+}
+
 /// The backoff before attempt `attempt + 1`: doubling from `initial`, capped, with ±25 % jitter,
 /// and never shorter than the remote asked for.
 pub fn backoff(cfg: &OutboxConfig, attempt: u32, remote: Option<Duration>) -> Duration {
@@ -114,6 +121,9 @@ pub struct Workers {
     /// Set once the router runs: a worker started then scans rows the router may have
     /// committed but not flushed yet, and must not send them before they are durable.
     flusher: Option<Flusher>,
+    /// Set when several instances share the store: each worker also gets the rows another
+    /// instance left ([`crate::outbox_sweep`]), every `sweep_every`.
+    leases: Option<(Arc<crate::lease::Leases>, Duration)>,
 }
 
 impl Workers {
@@ -138,7 +148,14 @@ impl Workers {
             running: BTreeMap::new(),
             stopping: BTreeMap::new(),
             flusher: None,
+            leases: None,
         }
+    }
+
+    /// From now on, every worker started also takes over rows other instances left, sweeping
+    /// its account's outbox every `every` while it holds the account's sweep lease.
+    pub fn set_leases(&mut self, leases: Option<crate::lease::Leases>, every: Duration) {
+        self.leases = leases.map(|l| (Arc::new(l), every));
     }
 
     /// From now on, a worker that starts waits for a flush after its scan (record before
@@ -206,6 +223,16 @@ impl Workers {
             books: self.books.clone(),
         };
         let stop = self.stop.child_token();
+        if let Some((leases, every)) = &self.leases {
+            self.tracker.spawn(crate::outbox_sweep::sweep(
+                leases.clone(),
+                account.clone(),
+                self.store.clone(),
+                tx_for_sweep(&self.wakers, &account),
+                *every,
+                stop.clone(),
+            ));
+        }
         let handle = self.tracker.spawn({
             let stop = stop.clone();
             async move { w.run(backlog, rx, stop).await }
@@ -230,8 +257,19 @@ impl Workers {
     }
 }
 
+/// Why finished attempts could not be written.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BooksError {
+    /// The store refused the write (shared: one write serves every worker waiting on it).
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The bookkeeping thread has ended (the daemon is stopping).
+    #[error("outbox bookkeeping stopped")]
+    Stopped,
+}
+
 /// One request to the bookkeeper: updates to write, and where to hand them back with the result.
-type BookRequest = (Vec<OutboxUpdate>, oneshot::Sender<(Vec<OutboxUpdate>, Result<(), String>)>);
+type BookRequest = (Vec<OutboxUpdate>, oneshot::Sender<(Vec<OutboxUpdate>, Result<(), BooksError>)>);
 
 /// Writes every worker's finished attempts on one thread, in one transaction for everything
 /// waiting. The store's writers take turns (one single-writer transaction at a time), so fewer,
@@ -260,7 +298,7 @@ impl Bookkeeper {
                     all.extend(updates);
                     replies.push(reply);
                 }
-                let result = store.apply_outbox(&all).map_err(|e| e.to_string());
+                let result = store.apply_outbox(&all).map_err(|e| BooksError::Store(Arc::new(e)));
                 let mut rest = all.into_iter();
                 for (n, reply) in sizes.into_iter().zip(replies) {
                     let _ = reply.send((rest.by_ref().take(n).collect(), result.clone()));
@@ -271,12 +309,12 @@ impl Bookkeeper {
     }
 
     /// Writes `updates`; hands them back with the outcome.
-    async fn apply(&self, updates: Vec<OutboxUpdate>) -> (Vec<OutboxUpdate>, Result<(), String>) {
+    async fn apply(&self, updates: Vec<OutboxUpdate>) -> (Vec<OutboxUpdate>, Result<(), BooksError>) {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError((updates, _))) = self.tx.send((updates, reply)) {
-            return (updates, Err("outbox bookkeeping stopped".into()));
+            return (updates, Err(BooksError::Stopped));
         }
-        rx.await.unwrap_or_else(|_| (Vec::new(), Err("outbox bookkeeping stopped".into())))
+        rx.await.unwrap_or_else(|_| (Vec::new(), Err(BooksError::Stopped)))
     }
 }
 
@@ -288,7 +326,7 @@ impl Bookkeeper {
 fn order_key(item: &OutboxItemV1) -> String {
     match (&item.delivery.to, item.delivery.account.kind()) {
         (Some(a), _) => a.key().into_inner(),
-        (None, carebridge_contract::ChannelKind::Webhook) => {
+        (None, ChannelKind::Webhook | ChannelKind::Fhir) => {
             format!("conversation:{}", item.delivery.conversation.expose())
         }
         (None, _) => "default".to_string(),
@@ -448,7 +486,9 @@ impl Worker {
         let r = item.delivery.record_id;
         // What the send needs from the store (the consent in force, the attachments' bytes), read
         // on a blocking thread; most deliveries need neither.
-        let needs_store = item.requires_consent || !item.delivery.attachments.is_empty();
+        // A `fhir` account files the record itself (the export's mapping), read here too.
+        let files_record = self.account.kind() == ChannelKind::Fhir;
+        let needs_store = item.requires_consent || !item.delivery.attachments.is_empty() || files_record;
         let (still, delivery) = if needs_store {
             let (store, account, patient, stored) =
                 (self.store.clone(), self.account.to_string(), item.patient_id.clone(), item.delivery.clone());
@@ -456,7 +496,13 @@ impl Worker {
             match tokio::task::spawn_blocking(move || {
                 let still = !check
                     || patient.is_some_and(|p| store.consents(&p, &account).map(|c| !c.is_empty()).unwrap_or(false));
-                (still, store.delivery_to_send(&stored))
+                let delivery = store.delivery_to_send(&stored).and_then(|mut d| {
+                    if files_record {
+                        d.filed_as = store.filing(&d)?;
+                    }
+                    Ok(d)
+                });
+                (still, delivery)
             })
             .await
             {
@@ -495,7 +541,9 @@ impl Worker {
         match self.sender.send(&delivery).await {
             Ok(sent) => {
                 info!(delivery_id = %d, record_id = %r, account = %self.account, attempt, "Delivered.");
-                let events = vec![EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: None }];
+                // The channel's word on how it went (a FHIR server's `already there`), if any.
+                let events =
+                    vec![EventKind::Attempt { delivery: d, attempt, outcome: "sent".into(), reason: sent.outcome }];
                 OutboxUpdate::Sent { key, item, native_ids: sent.native_ids, events }
             }
             Err(SendError::Permanent { reason }) => {
@@ -510,6 +558,12 @@ impl Worker {
                     EventKind::DeadLettered { delivery: d, reason: reason.clone() },
                 ];
                 OutboxUpdate::Dead { key, item, reason, events }
+            }
+            Err(SendError::Hold { rule, reason }) => {
+                warn!(delivery_id = %d, record_id = %r, account = %self.account, attempt, rule = %rule, reason = %reason, "Delivery needs a person on the other side; held for review.");
+                let events =
+                    vec![EventKind::Attempt { delivery: d, attempt, outcome: "held".into(), reason: Some(reason) }];
+                OutboxUpdate::Review { key, item, rule, events }
             }
             Err(SendError::Retry { after, reason }) => {
                 let ev =

@@ -7,10 +7,17 @@
 //! stops the daemon, as at start-up: a receiver that cannot run is an outage the supervisor
 //! must see. [`Receivers`] holds one `Submitter` of its own so it can start tasks later;
 //! [`Receivers::close`] drops it at shutdown so the router's queue closes once the tasks end.
+//!
+//! On a store several instances share, a polling receiver (IMAP IDLE, Telegram `getUpdates`)
+//! first waits for its account's lease ([`crate::lease`]): one instance polls, the others stand
+//! by. Losing the lease stops the daemon (the supervisor starts it again as a standby), since a
+//! receiver cannot be rebuilt here; webhook listeners take no lease.
 
+use crate::lease::Leases;
 use crate::ops::AdapterHealth;
-use carebridge_contract::{AccountId, Inbound, InboundContext, Submitter};
+use carebridge_contract::{AccountId, ChannelKind, Inbound, InboundContext, Submitter};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +34,8 @@ pub struct Receivers {
     tracker: TaskTracker,
     health: AdapterHealth,
     running: BTreeMap<AccountId, (CancellationToken, JoinHandle<()>)>,
+    /// Set when several instances share the store: polling receivers run under a lease.
+    leases: Option<Arc<Leases>>,
 }
 
 impl Receivers {
@@ -39,7 +48,12 @@ impl Receivers {
         tracker: TaskTracker,
         health: AdapterHealth,
     ) -> Self {
-        Receivers { submitter: Some(submitter), stop, fatal, tracker, health, running: BTreeMap::new() }
+        Receivers { submitter: Some(submitter), stop, fatal, tracker, health, running: BTreeMap::new(), leases: None }
+    }
+
+    /// Runs every polling receiver started from now on under its account's lease.
+    pub fn set_leases(&mut self, leases: Option<Leases>) {
+        self.leases = leases.map(Arc::new);
     }
 
     /// The accounts with a running receiver.
@@ -51,14 +65,42 @@ impl Receivers {
     pub fn start(&mut self, account: AccountId, task: Box<dyn Inbound>) {
         let Some(submitter) = self.submitter.clone() else { return };
         let stopping = self.stop.child_token();
-        let health = self.health.register(&account);
-        let cx = InboundContext { account: account.clone(), submitter, shutdown: stopping.clone(), health };
         let fatal = self.fatal.clone();
+        let leases = self.leases.clone().filter(|_| account.kind() != ChannelKind::Webhook);
+        // A receiver standing by for its lease is not in readiness (a standby instance is ready
+        // for its webhooks); it registers once it runs.
+        let registry = self.health.clone();
+        let health = leases.is_none().then(|| self.health.register(&account));
         let handle = self.tracker.spawn({
             let stopping = stopping.clone();
             let account = account.clone();
             async move {
-                match task.run(cx).await {
+                let mut lease = None;
+                if let Some(leases) = leases {
+                    let held = leases.acquire(&account.to_string(), &stopping).await;
+                    let Some(held) = held.filter(|_| !stopping.is_cancelled()) else {
+                        info!(account = %account, "Receiver stopped while standing by.");
+                        return;
+                    };
+                    let (lost, stop, fatal) = (held.lost.clone(), stopping.clone(), fatal.clone());
+                    let account = account.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = lost.cancelled() => {
+                                error!(account = %account, "Lease lost; stopping the daemon so it restarts as a standby.");
+                                stop.cancel();
+                                fatal.cancel();
+                            }
+                            _ = stop.cancelled() => {}
+                        }
+                    });
+                    lease = Some(held);
+                }
+                let health = health.unwrap_or_else(|| registry.register(&account));
+                let cx = InboundContext { account: account.clone(), submitter, shutdown: stopping.clone(), health };
+                let result = task.run(cx).await;
+                drop(lease);
+                match result {
                     Ok(()) if stopping.is_cancelled() => info!(account = %account, "Receiver stopped."),
                     Ok(()) => {
                         error!(account = %account, "Receiver ended unexpectedly; stopping the daemon.");
@@ -93,5 +135,88 @@ impl Receivers {
     /// were told to stop): the queue closes when the last task ends, and the router drains it.
     pub fn close(&mut self) {
         self.submitter = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::record::pg_backend::testing;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stand-in adapter that counts how many copies of it are running (the thing under test
+    /// is the lease gating around it, not an adapter).
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Inbound for Counted {
+        fn run(self: Box<Self>, cx: InboundContext) -> carebridge_contract::Task {
+            Box::pin(async move {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                cx.health.up();
+                cx.shutdown.cancelled().await;
+                self.0.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        // A guard against a hang, not a timing assertion.
+        let end = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < end, "{what} never happened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poller_runs_on_one_instance_at_a_time_and_a_standby_takes_it_over() {
+        let Some(dsn) = testing::dsn() else {
+            eprintln!("skipping: {} is not set", testing::DSN_VAR);
+            return;
+        };
+        let settings = testing::database(&dsn, "cb_receivers_lease").unwrap();
+        let (submitter, _queue) = Submitter::channel(8);
+        let fatal = CancellationToken::new();
+        let instance = || {
+            let health = AdapterHealth::default();
+            let mut r = Receivers::new(
+                submitter.clone(),
+                CancellationToken::new(),
+                fatal.clone(),
+                TaskTracker::new(),
+                health.clone(),
+            );
+            r.set_leases(Some(Leases::new(&settings, Duration::from_secs(3)).unwrap()));
+            (r, health)
+        };
+        let (mut a, _) = instance();
+        let (mut b, b_health) = instance();
+        let poller: AccountId = "email.front-desk".parse().unwrap();
+        let (on_a, on_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        a.start(poller.clone(), Box::new(Counted(on_a.clone())));
+        until("the first instance polling", || on_a.load(Ordering::SeqCst) == 1).await;
+        b.start(poller.clone(), Box::new(Counted(on_b.clone())));
+        // Webhooks take no lease: both instances listen.
+        let forms: AccountId = "webhook.forms".parse().unwrap();
+        let (wa, wb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        a.start(forms.clone(), Box::new(Counted(wa.clone())));
+        b.start(forms.clone(), Box::new(Counted(wb.clone())));
+        until("both webhook listeners running", || wa.load(Ordering::SeqCst) == 1 && wb.load(Ordering::SeqCst) == 1)
+            .await;
+        assert_eq!(on_b.load(Ordering::SeqCst), 0, "the standby does not poll while the lease is held");
+        assert!(
+            !b_health.states().iter().any(|(acc, _)| *acc == poller),
+            "a poller standing by is not in its instance's readiness"
+        );
+        // The holder stops (as when it is shut down or dies): the standby takes over.
+        assert!(a.stop(&poller, Duration::from_secs(5)).await);
+        until("the standby polling", || on_b.load(Ordering::SeqCst) == 1).await;
+        assert!(b_health.states().iter().any(|(acc, _)| *acc == poller));
+        assert!(!fatal.is_cancelled());
+        b.stop(&poller, Duration::from_secs(5)).await;
+        b.stop(&forms, Duration::from_secs(5)).await;
+        a.stop(&forms, Duration::from_secs(5)).await;
     }
 }

@@ -1,11 +1,12 @@
 //! SIGHUP: read the config file again, check it as start-up and `check-config` do, and apply it
 //! to the running daemon, or refuse it whole and keep running the old one.
 //!
-//! **Checked first, applied only if everything passes.** The new file is parsed and validated
-//! (every problem, with its TOML path), the policy compiled, every account built (so a missing
-//! secret is found now, not when a message arrives), and the listen address of each added or
-//! changed receiver tried. Any problem refuses the reload; each is logged as `check-config`
-//! prints it (config problems never quote values, so the log stays PHI-free).
+//! **Checked first, applied only if everything passes**, by the same code start-up uses
+//! ([`crate::assembly`]): the new file is parsed and validated (every problem, with its TOML
+//! path), the policy compiled, every account built (so a missing secret is found now, not when a
+//! message arrives), and the listen address of each added or changed receiver tried. Any problem
+//! refuses the reload; each is logged as `check-config` prints it (config problems never quote
+//! values, so the log stays PHI-free).
 //!
 //! **What a reload applies:** routes, policy, directory (and its file), `[router]`, `[outbox]`
 //! (read by the workers at each decision), `daemon.shutdown_timeout_secs`, and accounts: an
@@ -21,20 +22,11 @@
 //! rather than applied in part: after `Configuration reloaded.` the daemon runs exactly what the
 //! file says, and an operator never has to guess which half of an edit is live.
 
-use crate::accounts::AccountConfig;
-use crate::config::Config;
-use crate::outbox::Workers;
-use crate::policy::Policy;
-use crate::receivers::Receivers;
-use crate::record::Store;
-use crate::router::identify::Directory;
-use crate::router::plan::Planner;
-use carebridge_contract::config::{BuildContext, Problem};
-use carebridge_contract::{AccountId, Inbound, Outbound};
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use crate::assembly::{self, Blueprint, Running};
+use crate::config::{Config, ValidConfig};
+use carebridge_contract::AccountId;
+use carebridge_contract::config::Problem;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// A value that a reload replaces while others read it (the config the admin API checks ids
@@ -140,154 +132,32 @@ pub fn restart_only(old: &Config, new: &Config) -> Vec<Problem> {
         .collect()
 }
 
-/// The addresses an account's receiver listens on, with the key that sets each.
-fn listen_addrs(account: &AccountConfig) -> Vec<(&'static str, SocketAddr)> {
-    match account {
-        AccountConfig::Webhook(c) => c.listen.map(|a| ("listen", a)).into_iter().collect(),
-        AccountConfig::Telegram(c) if c.mode == carebridge_telegram::Mode::Webhook => c
-            .webhook_listen
-            .as_deref()
-            .and_then(|a| a.parse().ok())
-            .map(|a| ("webhook_listen", a))
-            .into_iter()
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// A new config that passed every check, with the parts a reload starts.
-pub struct Candidate {
-    /// The new config.
-    pub config: Arc<Config>,
-    /// Its compiled policy.
-    pub policy: Arc<Policy>,
-    /// Accounts added, removed, changed.
-    pub changes: AccountChanges,
-    /// Senders of added and changed accounts.
-    pub senders: BTreeMap<AccountId, Arc<dyn Outbound>>,
-    /// Receivers of added and changed accounts.
-    pub receivers: BTreeMap<AccountId, Box<dyn Inbound>>,
-    /// Every account of the new config that can send (for the planner's notices).
-    pub can_send: BTreeSet<AccountId>,
-}
-
-/// Reads the file `current` came from and checks it fully; every problem found, or the
-/// candidate to apply.
-pub fn check(current: &Config) -> Result<Candidate, Vec<Problem>> {
+/// Reads the file `current` came from and draws its blueprint against the running config
+/// ([`crate::assembly::draw`]): every problem found, or what to apply.
+pub fn check(current: &Config) -> Result<Blueprint, Vec<Problem>> {
     let Some(file) = &current.file else {
         return Err(vec![Problem::new(
             "(reload)",
             "the daemon runs the embedded default config: there is no file to read again (restart with --config)",
         )]);
     };
+    // Problems in the file itself first; those of building its accounts once it is valid.
     let new = Config::load(file).map_err(|e| e.0)?;
-    let mut problems = new.validate();
-    problems.extend(restart_only(current, &new));
-    let policy = if problems.iter().any(|p| p.path.starts_with("policy")) {
-        None
-    } else {
-        match Policy::compile(&new.policy) {
-            Ok(p) => Some(Arc::new(p)),
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
-        }
-    };
-    let changes = account_changes(current, &new);
-
-    // Build every account, as start-up does: a secret that is missing now is found now.
-    let fresh: BTreeSet<&AccountId> = changes.added.iter().chain(&changes.changed).collect();
-    let mut senders = BTreeMap::new();
-    let mut receivers = BTreeMap::new();
-    let mut can_send = BTreeSet::new();
-    let has_problems = |problems: &[Problem], id: &AccountId| {
-        let path = id.to_string();
-        problems.iter().any(|p| p.path == path || p.path.starts_with(&format!("{path}.")))
-    };
-    for (id, account) in &new.accounts {
-        if has_problems(&problems, id) {
-            continue;
-        }
-        let path = id.to_string();
-        let cx = BuildContext { account: id.clone(), config_dir: new.config_dir.clone() };
-        if account.sends() {
-            match account.build_outbound(&cx) {
-                Ok(Some(s)) => {
-                    can_send.insert(id.clone());
-                    if fresh.contains(id) {
-                        senders.insert(id.clone(), s);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => problems.push(Problem::new(path.clone(), format!("building the sender: {e}"))),
-            }
-        }
-        if account.receives() {
-            match account.build_inbound(&cx) {
-                Ok(Some(r)) if fresh.contains(id) => {
-                    receivers.insert(id.clone(), r);
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(Problem::new(path.clone(), format!("building the receiver: {e}"))),
-            }
-        }
-    }
-
-    // A new listener must be able to bind, or the reload would stop the daemon (a receiver
-    // that cannot run is fatal). Addresses that an account being stopped holds are freed first.
-    let freed: BTreeSet<SocketAddr> = changes
-        .removed
-        .iter()
-        .chain(&changes.changed)
-        .filter_map(|id| current.accounts.get(id))
-        .flat_map(|a| listen_addrs(a).into_iter().map(|(_, addr)| addr))
-        .collect();
-    for id in &fresh {
-        let Some(account) = new.accounts.get(*id) else { continue };
-        if has_problems(&problems, id) {
-            continue;
-        }
-        for (key, addr) in listen_addrs(account) {
-            if freed.contains(&addr) {
-                continue;
-            }
-            if let Err(e) = std::net::TcpListener::bind(addr) {
-                problems.push(Problem::new(format!("{id}.{key}"), format!("cannot listen on {addr}: {}", e.kind())));
-            }
-        }
-    }
-
-    match policy {
-        Some(policy) if problems.is_empty() => {
-            Ok(Candidate { config: Arc::new(new), policy, changes, senders, receivers, can_send })
-        }
-        _ => Err(problems),
+    let restart = restart_only(current, &new);
+    match ValidConfig::new(new) {
+        Ok(valid) => assembly::draw(valid, Some(current)),
+        Err(e) => Err(e.0.into_iter().chain(restart).collect()),
     }
 }
 
-/// Everything a reload changes in the running daemon.
-pub struct Reloader {
-    /// The config in force; the admin API reads the same cell.
-    pub current: Live<Config>,
-    /// The store (for the new planner).
-    pub store: Store,
-    /// The running receivers.
-    pub receivers: Receivers,
-    /// The running outbox workers.
-    pub workers: Workers,
-    /// Where the router takes new planners from.
-    pub planners: std::sync::mpsc::Sender<Planner>,
-}
-
-impl Reloader {
+impl Running {
     /// Reads the config file again and applies it, or refuses it and logs why.
     pub async fn reload(&mut self) {
         let current = self.current.get();
         let file = current.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "(embedded)".into());
         info!(file = %file, "Reloading the configuration.");
-        match check(&current) {
-            Ok(candidate) => self.apply(candidate).await,
+        let blueprint = match check(&current) {
+            Ok(b) => b,
             Err(problems) => {
                 error!(
                     file = %file,
@@ -297,14 +167,10 @@ impl Reloader {
                 for p in &problems {
                     error!("  - {p}");
                 }
+                return;
             }
-        }
-    }
-
-    async fn apply(&mut self, c: Candidate) {
-        let new = c.config;
-        let within = Duration::from_secs(new.daemon.shutdown_timeout_secs);
-        let ch = &c.changes;
+        };
+        let ch = &blueprint.changes;
         for id in &ch.added {
             info!(account = %id, "Account added.");
         }
@@ -314,54 +180,19 @@ impl Reloader {
         for id in &ch.removed {
             info!(account = %id, "Account removed; its unsent deliveries stay in the store.");
         }
-
-        // 1. Senders first, so the new routes find their workers: the retry settings for all,
-        //    then changed accounts' workers restart (after their sends in hand) and added ones start.
-        self.workers.set_settings(new.outbox.clone());
-        for id in &ch.changed {
-            if !c.senders.contains_key(id) {
-                self.workers.stop(id, within).await;
-            }
-        }
-        for (id, sender) in c.senders {
-            if let Err(e) = self.workers.start(id.clone(), sender).await {
-                error!(account = %id, error = %e, "Cannot load the outbox of the account; its deliveries wait for a restart.");
-            }
-        }
-
-        // 2. The router (from its next batch) and the admin API switch to the new config.
-        let planner = Planner {
-            store: self.store.clone(),
-            config: new.clone(),
-            policy: c.policy,
-            directory: Directory::new(&new.directory),
-            senders: c.can_send,
-        };
-        if self.planners.send(planner).is_err() {
-            warn!("The router has stopped; the new routes take effect at the next start.");
-        }
-        self.current.set(new.clone());
-
-        // 3. Receivers: removed and changed ones stop (a listener frees its port), then added
-        //    and changed ones start.
-        for id in ch.removed.iter().chain(&ch.changed) {
-            self.receivers.stop(id, within).await;
-        }
-        for (id, task) in c.receivers {
-            self.receivers.start(id, task);
-        }
-
-        // 4. Removed accounts' workers finish the sends in hand; the rest waits in the store.
-        for id in &ch.removed {
-            self.workers.stop(id, within).await;
+        let (added, removed, changed) = (ch.added.len(), ch.removed.len(), ch.changed.len());
+        let (accounts, routes, rules) =
+            (blueprint.config.accounts.len(), blueprint.config.routes.len(), blueprint.config.policy.rule.len());
+        for (id, e) in self.apply(blueprint).await {
+            error!(account = %id, error = %e, "Cannot load the outbox of the account; its deliveries wait for a restart.");
         }
         info!(
-            accounts_added = ch.added.len(),
-            accounts_removed = ch.removed.len(),
-            accounts_changed = ch.changed.len(),
-            accounts = new.accounts.len(),
-            routes = new.routes.len(),
-            rules = new.policy.rule.len(),
+            accounts_added = added,
+            accounts_removed = removed,
+            accounts_changed = changed,
+            accounts,
+            routes,
+            rules,
             "Configuration reloaded."
         );
     }

@@ -9,7 +9,7 @@
 //! policy's notice where it was meant to go), and is refused if it cannot go there either.
 //! `review show` says which, with every rule that applies, before anyone decides.
 
-use crate::config::Config;
+use crate::config::{Config, ValidConfig};
 use crate::policy::{Action, Audience, CheckInput, Decision, Direction, Policy};
 use crate::record::schema::{AddressV1, OutboxItemV1, ReviewItemV1};
 use crate::record::{Actor, OutboxKey, Store, StoreError};
@@ -28,9 +28,6 @@ pub enum ReviewError {
     /// stays held (reject it to tell its author).
     #[error("{0}")]
     Refused(String),
-    /// The config's policy does not compile (cannot happen with a validated config).
-    #[error("policy: {0}")]
-    Policy(String),
 }
 
 /// What approving would do now.
@@ -58,12 +55,6 @@ pub struct Recheck {
 /// Rules a reviewer may waive by approving: they ask for review, not for another channel.
 fn waivable(rule: &str) -> bool {
     !rule.starts_with("builtin.") || rule == "builtin.too_long"
-}
-
-/// Compiles the policy of `config`.
-pub fn policy_of(config: &Config) -> Result<Policy, ReviewError> {
-    Policy::compile(&config.policy)
-        .map_err(|p| ReviewError::Policy(p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
 }
 
 /// Runs the policy again for a held delivery's hop.
@@ -176,10 +167,9 @@ pub fn recheck(store: &Store, config: &Config, policy: &Policy, held: &ReviewIte
 /// One held delivery in full, for the clinician deciding (contains PHI: audited as
 /// `review.show`): the rules that held it, every rule that applies to its hop now, and what
 /// approving would do.
-pub fn show(store: &Store, config: &Config, id: DeliveryId, actor: &Actor) -> Result<Option<Value>, ReviewError> {
+pub fn show(store: &Store, config: &ValidConfig, id: DeliveryId, actor: &Actor) -> Result<Option<Value>, ReviewError> {
     let Some(h) = store.held_item(id)? else { return Ok(None) };
-    let policy = policy_of(config)?;
-    let r = recheck(store, config, &policy, &h)?;
+    let r = recheck(store, config, config.policy(), &h)?;
     store.audit(actor, "review.show", h.item.patient_id.as_deref(), vec![h.item.delivery.record_id], None)?;
     let on_approval = match &r.outcome {
         OnApproval::Send if r.decision.action == Action::Redact => json!({ "action": "send_redacted" }),
@@ -205,15 +195,34 @@ pub fn show(store: &Store, config: &Config, id: DeliveryId, actor: &Actor) -> Re
 /// nothing may be sent.
 pub fn approve(
     store: &Store,
-    config: &Config,
+    config: &ValidConfig,
     id: DeliveryId,
     by: &str,
 ) -> Result<Option<(OnApproval, Vec<OutboxKey>)>, ReviewError> {
     let Some(h) = store.held_item(id)? else { return Ok(None) };
-    let policy = policy_of(config)?;
-    let r = recheck(store, config, &policy, &h)?;
+    let r = recheck(store, config, config.policy(), &h)?;
     if let OnApproval::Refuse(why) = r.outcome {
         return Err(ReviewError::Refused(format!("not approved: {why}; it stays held (reject it to tell its author)")));
     }
-    Ok(store.approve_review(id, r.queue, by)?.map(|keys| (r.outcome, keys)))
+    Ok(store.resolve_held(id, "approved", r.queue, by)?.map(|keys| (r.outcome, keys)))
+}
+
+/// Rejects a held delivery: nothing of it is sent; the notice its author is owed (if the hold
+/// prepared one) is queued instead. `Ok(None)` if it is not held.
+pub fn reject(store: &Store, id: DeliveryId, by: &str) -> Result<Option<Vec<OutboxKey>>, StoreError> {
+    let Some(h) = store.held_item(id)? else { return Ok(None) };
+    let mut queue = Vec::new();
+    if let Some(notice) = h.reject_notice {
+        let mut delivery = notice;
+        delivery.id = DeliveryId(store.next_id()?);
+        queue.push(OutboxItemV1 {
+            v: 1,
+            delivery,
+            attempts: 0,
+            not_before_ms: 0,
+            patient_id: None,
+            requires_consent: false,
+        });
+    }
+    store.resolve_held(id, "rejected", queue, by)
 }

@@ -1,5 +1,5 @@
 //! Telegram end to end: the real daemon binary long-polls a faithful fake Bot API
-//! (tests/support/fake_bot_api.rs) over loopback HTTP. A patient links their chat with a code
+//! (`carebridge_fakes::bot_api`) over loopback HTTP. A patient links their chat with a code
 //! from `carebridge link`, writes, the message is recorded and forwarded to a webhook sink and to
 //! the staff group; a clinician's reply in the staff group reaches the patient's chat. Also: a
 //! 429 storm delays but does not reorder or lose messages, a daemon killed around getUpdates
@@ -7,8 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
 
-#[path = "support/fake_bot_api.rs"]
-mod fake_bot_api;
+use carebridge_fakes::bot_api as fake_bot_api;
 mod support;
 
 use fake_bot_api::{FakeBotApi, SentMessage};

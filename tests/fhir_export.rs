@@ -390,3 +390,62 @@ fn the_validators_reject_broken_resources() {
         );
     }
 }
+
+/// What a `fhir` account files for a delivery (`record::fhir::filing`: the export's mapping, with
+/// the delivery's payload and references by carebridge identifier) is valid FHIR R4 too, for
+/// every record of the file; the message first, then its notices.
+#[test]
+fn what_a_fhir_account_files_is_valid_fhir_r4() {
+    use carebridge_contract::{Delivery, DeliveryKind};
+    let file = patient_file();
+    let answers = fhir::in_response_to(file.iter().map(|(r, _)| r));
+    let script = validator();
+    for (record, events) in &file {
+        let delivery = Delivery {
+            id: DeliveryId(record.id.0 + 9000),
+            record_id: record.id,
+            account: "fhir.emr".parse().unwrap(),
+            kind: DeliveryKind::Forward,
+            to: None,
+            conversation: Redacted::new(record.conversation.clone()),
+            patient_id: record.patient_id.clone().map(Redacted::new),
+            sender_label: None,
+            subject: None,
+            // What the policy let through on this hop, not the record's words.
+            body: Redacted::new("[redacted by policy] refill".into()),
+            attachments: vec![Attachment {
+                filename: Some(Redacted::new("lab.pdf".into())),
+                content_type: "application/pdf".into(),
+                data: Redacted::new(b"%PDF-1.4\n".to_vec()),
+            }],
+            in_reply_to: Vec::new(),
+            rerouted_from: None,
+            filed_as: None,
+        };
+        let filed = fhir::filing(record, events, answers.get(&record.id).copied(), &delivery);
+        let resources = filed.as_array().unwrap();
+        let message = &resources[0];
+        assert_eq!(message["identifier"][0], json!({ "system": fhir::SYSTEM_RECORD, "value": record.id.to_string() }));
+        assert_eq!(message["payload"][0]["contentString"], "[redacted by policy] refill");
+        assert_eq!(message["payload"][1]["contentAttachment"]["title"], "lab.pdf");
+        assert_eq!(message["payload"].as_array().unwrap().len(), 2, "the record's own payload is not filed");
+        match answers.get(&record.id) {
+            Some(prev) => assert_eq!(
+                message["inResponseTo"],
+                json!([{ "type": "Communication", "identifier": { "system": fhir::SYSTEM_RECORD, "value": prev.to_string() } }])
+            ),
+            None => assert!(message.get("inResponseTo").is_none()),
+        }
+        let notices = events.iter().filter(|e| matches!(e.kind, EventKind::Notice { .. })).count();
+        assert_eq!(resources.len(), 1 + notices);
+        for n in &resources[1..] {
+            assert_eq!(n["partOf"][0]["identifier"]["value"], record.id.to_string());
+        }
+        if let Some(script) = &script {
+            for r in resources {
+                let (valid, report) = validate(script, r);
+                assert!(valid, "a filed Communication of {} is not valid FHIR R4: {report:#}", record.id);
+            }
+        }
+    }
+}

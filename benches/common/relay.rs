@@ -78,6 +78,7 @@ async fn relay(port: u16, url: &str, secret: &str) {
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
             rerouted_from: None,
+            filed_as: None,
         };
         let slot = slots.clone().acquire_owned().await.unwrap();
         let outbound = outbound.clone();

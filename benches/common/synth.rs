@@ -89,6 +89,7 @@ impl Synth {
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
             rerouted_from: None,
+            filed_as: None,
         };
         let record = RecordV1 {
             v: 1,

@@ -31,12 +31,12 @@
 
 use super::classify;
 use super::config::{
-    Ceiling, DEFAULT_MAX_TEXT_BYTES, DEFAULT_PLACEHOLDER, Locale, OverCeiling, PolicyConfig, RuleAction, RuleWhen,
-    default_trust,
+    DEFAULT_MAX_TEXT_BYTES, DEFAULT_PLACEHOLDER, Locale, OverCeiling, PolicyConfig, RuleAction, RuleWhen,
 };
 use super::detectors::custom::{assemble, pct};
 use super::detectors::{Engine, Hit, Params};
 use super::notices::{NoticeKind, Notices};
+use super::resolved::Resolved;
 use super::safe;
 use super::{
     Action, AppliedRule, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan, Trust,
@@ -57,7 +57,8 @@ struct Rule {
 /// Everything [`super::Policy`] needs per check, built once.
 #[derive(Clone, Debug)]
 pub(crate) struct Compiled {
-    config: PolicyConfig,
+    /// Each account's trust, ceilings, locale and safety net.
+    accounts: Resolved,
     engine: Engine,
     secure_account: Option<String>,
     over_ceiling: OverCeiling,
@@ -113,7 +114,7 @@ impl Compiled {
             .map(|r| Rule { id: r.id.clone(), when: r.when.clone(), action: r.action, to: r.to.clone() })
             .collect();
         Ok(Compiled {
-            config: config.clone(),
+            accounts: Resolved::new(config),
             engine,
             secure_account: config.secure_account.clone(),
             over_ceiling: config.over_ceiling.unwrap_or_default(),
@@ -135,27 +136,29 @@ impl Compiled {
     }
 
     pub(crate) fn trust(&self, account: &AccountId) -> Trust {
-        self.config
-            .channels
-            .get(&account.to_string())
-            .and_then(|c| c.trust)
-            .unwrap_or_else(|| default_trust(account.kind()))
+        self.accounts.of(account).trust
+    }
+
+    pub(crate) fn settings(&self, account: &AccountId) -> super::resolved::AccountSettings {
+        self.accounts.of(account)
     }
 
     /// The ceiling for this hop, and whether a consent in force raised it.
     pub(crate) fn ceiling(&self, account: &AccountId, audience: Audience, consents: &[ConsentGrant]) -> (Class, bool) {
-        let name = account.to_string();
-        let c: Ceiling = self.config.ceiling_of_account(&name, self.trust(account));
-        let consent = self.has_consent(&name, consents);
-        (c.for_audience(audience, consent), consent)
+        let consent = self.has_consent(account, consents);
+        (self.accounts.of(account).ceiling.for_audience(audience, consent), consent)
     }
 
-    fn has_consent(&self, account: &str, consents: &[ConsentGrant]) -> bool {
-        consents.iter().any(|g| g.account == account && self.consent_purposes.contains(&g.purpose))
+    fn has_consent(&self, account: &AccountId, consents: &[ConsentGrant]) -> bool {
+        if consents.is_empty() {
+            return false;
+        }
+        let name = account.to_string();
+        consents.iter().any(|g| g.account == name && self.consent_purposes.contains(&g.purpose))
     }
 
     fn locale_of(&self, account: &AccountId) -> Locale {
-        self.config.channels.get(&account.to_string()).and_then(|c| c.locale).unwrap_or(self.locale)
+        self.accounts.of(account).locale
     }
 
     pub(crate) fn reroute_notice(&self, account: &AccountId, audience: Audience) -> String {
@@ -416,7 +419,7 @@ impl Compiled {
 
     /// Whether the account keeps the safety net (`[policy.channels] … safety_net`, default on).
     fn safety_net_on(&self, account: &AccountId) -> bool {
-        self.config.channels.get(&account.to_string()).and_then(|c| c.safety_net).unwrap_or(true)
+        self.accounts.of(account).safety_net
     }
 
     /// The text with the chosen hits replaced by the placeholder (overlaps merged), and where

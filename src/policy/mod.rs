@@ -28,7 +28,9 @@ mod decide;
 mod detectors;
 pub mod explain;
 pub mod notices;
+mod resolved;
 mod safe;
+mod validate;
 
 #[cfg(test)]
 mod tests;
@@ -381,7 +383,18 @@ impl Policy {
         if !problems.is_empty() {
             return Err(problems);
         }
+        Policy::compile_validated(config)
+    }
+
+    /// Compiles a section [`PolicyConfig::validate`] has accepted, without checking it again
+    /// ([`crate::config::ValidConfig`]).
+    pub(crate) fn compile_validated(config: &PolicyConfig) -> Result<Policy, Vec<Problem>> {
         decide::Compiled::new(config).map(|c| Policy { inner: Arc::new(c) })
+    }
+
+    /// An account's trust, ceilings, locale and safety net, as this policy resolved them.
+    pub(crate) fn settings(&self, account: &AccountId) -> resolved::AccountSettings {
+        self.inner.settings(account)
     }
 
     /// The trust level of an account (configured, or the channel kind's default: Telegram and

@@ -1,6 +1,6 @@
 //! Dead letters, in the operator's hands (`carebridge outbox list|retry|drop`, the admin API):
 //! send one again, or drop it. Each change is one transaction together with the event it
-//! appends (and chains) to the record, in the style of [`Store::resolve_review`].
+//! appends (and chains) to the record, in the style of [`Store::resolve_held`].
 
 use super::chain;
 use super::engine::{Tx, TxError};
@@ -111,6 +111,7 @@ mod tests {
             attachments: Vec::new(),
             in_reply_to: Vec::new(),
             rerouted_from: None,
+            filed_as: None,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -121,6 +122,14 @@ mod tests {
             requires_consent: false,
         };
         let key = OutboxKey { account: item.delivery.account.clone(), seq: store.next_id().unwrap() };
+        // Queued first, as the worker's rows are: only a row still in the outbox moves.
+        let row = store.seal(super::super::t::OUTBOX, &key.encode(), &item);
+        store
+            .transact(|tx| {
+                tx.on(&store.outbox).insert(key.encode(), row.as_slice())?;
+                Ok::<(), crate::record::engine::TxError<()>>(())
+            })
+            .unwrap();
         store
             .apply_outbox(&[OutboxUpdate::Dead { key: key.clone(), item, reason: "HTTP 400".into(), events: vec![] }])
             .unwrap();

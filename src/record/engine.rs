@@ -9,7 +9,8 @@
 //! own writes, and its writes become visible all together when it commits, or not at all.
 //! Committed writes survive a crash of the process; [`Backend::persist`] makes every committed
 //! transaction durable (group commit: the flusher calls it once for everything waiting), and
-//! only then may receipts go out. A backend reports damage as [`EngineError::Corrupt`], never by
+//! only then may receipts go out (a server backend's commit is durable when it returns, so its
+//! persist has nothing to do). A backend reports damage as [`EngineError::Corrupt`], never by
 //! returning less than it holds.
 
 use std::cell::{Cell, RefCell};
@@ -50,6 +51,19 @@ pub enum EngineError {
     /// `LimitNOFILE`, or find what holds the descriptors). A restart clears it.
     #[error("the process has run out of file descriptors (too many open files): {0}")]
     Descriptors(std::io::Error),
+    /// A database server (the PostgreSQL backend) cannot be reached, or refused the operation:
+    /// not fatal; the next operation tries again (inbound answers "unavailable" meanwhile).
+    /// The reason names the failure, never a value or the connection string.
+    #[error("the record store's database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database's schema is newer than this binary's.
+    #[error("the record store's database schema version {found} is newer than this program's {supported}")]
+    Newer {
+        /// In the database.
+        found: u32,
+        /// Known here.
+        supported: u32,
+    },
 }
 
 impl EngineError {
@@ -136,6 +150,27 @@ pub trait Backend: Send + Sync {
     /// A read-only view of everything committed so far, fixed: later commits do not show in it
     /// (what `records verify` walks while the daemon writes).
     fn snapshot(&self) -> Result<Arc<dyn Backend>, EngineError>;
+    /// A block of ids no other instance sharing this backend will hand out, or `None` when ids
+    /// are this process's alone (the embedded backend: the store keeps a dense counter in
+    /// `meta`, see `Store::transact`).
+    fn reserve_ids(&self) -> Result<Option<std::ops::Range<u64>>, EngineError> {
+        Ok(None)
+    }
+    /// Whether the backend answers now (a server backend: one round trip; the embedded one has
+    /// nothing to reach, its writability is the flusher's to tell).
+    fn probe(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// With [`Backend::reserve_ids`]: an id above every id any instance was handed (`None`: the
+    /// store's own counter knows).
+    fn ids_used(&self) -> Result<Option<u64>, EngineError> {
+        Ok(None)
+    }
+    /// With [`Backend::reserve_ids`]: makes every later block start above `used` (a store copied
+    /// in keeps its ids, and new ones must not collide with them).
+    fn raise_ids(&self, _used: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// One transaction's reads and writes (see [`Backend::transact`]).
@@ -256,6 +291,31 @@ impl Engine {
     /// `cache_mb` MiB.
     pub fn open(data_dir: &Path, cache_mb: u32) -> Result<Engine, EngineError> {
         Engine::over(Arc::new(super::fjall_backend::FjallBackend::open(data_dir, cache_mb)?))
+    }
+
+    /// Connects to the PostgreSQL backend and brings its schema up to date.
+    pub fn open_postgres(settings: &super::pg_backend::PgSettings) -> Result<Engine, EngineError> {
+        Engine::over(Arc::new(super::pg_backend::PgBackend::open(settings)?))
+    }
+
+    /// A block of ids unique across instances, or `None` (see [`Backend::reserve_ids`]).
+    pub fn reserve_ids(&self) -> Result<Option<std::ops::Range<u64>>, EngineError> {
+        self.backend.reserve_ids()
+    }
+
+    /// See [`Backend::ids_used`].
+    pub fn ids_used(&self) -> Result<Option<u64>, EngineError> {
+        self.backend.ids_used()
+    }
+
+    /// See [`Backend::probe`].
+    pub fn probe(&self) -> Result<(), EngineError> {
+        self.backend.probe()
+    }
+
+    /// See [`Backend::raise_ids`].
+    pub fn raise_ids(&self, used: u64) -> Result<(), EngineError> {
+        self.backend.raise_ids(used)
     }
 
     /// The store's handle on `backend`.

@@ -134,6 +134,63 @@ pub fn bundle(patient_id: &str, items: &[(RecordV1, Vec<EventV1>)], generated_at
     Value::Object(b)
 }
 
+/// What a `fhir` account files for one delivery of `record` (its destination, the EMR): the
+/// message's [`communication`], the same resource as the export's, with two differences that a
+/// live server needs, and then the record's [`notices`] so far.
+///
+/// - `payload` is what the delivery carries (the text and files the policy allowed on this
+///   hop), not the record's own words: a redaction the policy asks for holds here as on any
+///   other destination.
+/// - `inResponseTo` and each notice's `partOf` are logical references by the carebridge record
+///   identifier (`urn:carebridge:record`), not the bundle's `urn:uuid:` entries, for the
+///   destination to resolve against what the server holds.
+///
+/// Answers a JSON array: the message first.
+pub fn filing(
+    record: &RecordV1,
+    events: &[EventV1],
+    answers: Option<RecordId>,
+    delivery: &carebridge_contract::Delivery,
+) -> Value {
+    let mut message = communication(record, None);
+    if let Value::Object(m) = &mut message {
+        let mut payload = Vec::new();
+        if let Some(text) = fhir_string(delivery.body.expose()) {
+            payload.push(json!({ "contentString": text }));
+        }
+        for a in &delivery.attachments {
+            let as_recorded = AttachmentV1 {
+                filename: a.filename.clone(),
+                content_type: a.content_type.clone(),
+                len: a.data.expose().len() as u64,
+                sha256: String::new(),
+                blob: None,
+                inline: Some(a.data.clone()),
+                data_base64: None,
+            };
+            payload.push(json!({ "contentAttachment": attachment(&as_recorded) }));
+        }
+        m.remove("payload");
+        put_array(m, "payload", payload);
+        if let Some(prev) = answers {
+            m.insert("inResponseTo".into(), json!([record_identifier_ref(prev)]));
+        }
+    }
+    let mut out = vec![message];
+    for (_, mut notice) in notices(record, events) {
+        if let Value::Object(n) = &mut notice {
+            n.insert("partOf".into(), json!([record_identifier_ref(record.id)]));
+        }
+        out.push(notice);
+    }
+    Value::Array(out)
+}
+
+/// A logical reference to the `Communication` of a carebridge record, by its identifier.
+fn record_identifier_ref(id: RecordId) -> Value {
+    json!({ "type": "Communication", "identifier": { "system": SYSTEM_RECORD, "value": id.to_string() } })
+}
+
 /// Threading: for each record, the latest earlier record of the other party (patient side or
 /// clinic side) in the same conversation, if any. Records are taken in the order given (oldest
 /// first, as the store lists them).
@@ -356,6 +413,10 @@ fn delivery_state(decision: &RouteDecisionV1, id: DeliveryId, events: &[EventV1]
         match &e.kind {
             EventKind::Attempt { delivery, attempt, outcome, reason } if *delivery == id => match outcome.as_str() {
                 "sent" => s = DeliveryState { status: "completed", reason: None, sent_at_ms: Some(e.at_ms) },
+                "held" => {
+                    s.status = "on-hold";
+                    s.reason = Some(format!("Held for review after attempt {attempt}{}", because(reason.as_deref())));
+                }
                 "permanent" => {
                     s.status = "stopped";
                     s.reason = Some(format!("Attempt {attempt} failed permanently{}", because(reason.as_deref())));
@@ -514,6 +575,7 @@ fn medium(channel: ChannelKind, address: Option<AddressKind>) -> Value {
         (ChannelKind::Telegram, _) => ("ONLINEWRIT", "online written", "Telegram"),
         (ChannelKind::Webhook, Some(AddressKind::Phone)) => ("ONLINEWRIT", "online written", "SMS (via webhook)"),
         (ChannelKind::Webhook, _) => ("ONLINEWRIT", "online written", "webhook"),
+        (ChannelKind::Fhir, _) => ("ONLINEWRIT", "online written", "FHIR (the clinic's EMR)"),
     };
     json!({ "coding": [{ "system": PARTICIPATION_MODE, "code": code, "display": display }], "text": text })
 }

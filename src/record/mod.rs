@@ -26,27 +26,30 @@ mod correspondence;
 mod dead;
 pub mod engine;
 pub mod fhir;
+mod filing;
 mod fjall_backend;
 pub mod flusher;
 pub mod import;
 pub mod keys;
 mod legacy;
 mod migrate;
+pub mod pg_backend;
 pub mod retention;
 mod review;
 pub mod schema;
 pub mod settings;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 pub mod triage;
 
 pub use audit::Actor;
 pub use flusher::Flusher;
 pub use keys::Keyring;
-pub use settings::StoreConfig;
+pub use settings::{BackendKind, StoreConfig};
 
 use crate::policy::ConsentGrant;
-use carebridge_contract::{AccountId, DeliveryId, RecordId, SourceKey};
+use carebridge_contract::{AccountId, RecordId, SourceKey};
 use chain::{Append, ChainKey, Kind};
 use engine::{Engine, EngineError, Tr, Tx, TxError, id_of};
 use schema::*;
@@ -321,6 +324,9 @@ pub struct Store {
     chain_heads: Tr,
     blobs: Tr,
     ids: Arc<AtomicU64>,
+    /// On a backend shared by several instances: the block of ids this instance reserved and
+    /// has not handed out yet (`None`: the dense counter `ids`; see [`Store::next_id`]).
+    id_block: Option<Arc<std::sync::Mutex<std::ops::Range<u64>>>>,
     keys: Arc<Keyring>,
     chain_key: ChainKey,
     log_key: [u8; 32],
@@ -372,6 +378,9 @@ pub fn open_configured(config: &crate::config::Config) -> anyhow::Result<Store> 
     use anyhow::Context;
     let data_dir = &config.daemon.data_dir;
     let keys = config.store.keyring(&config.config_dir, data_dir).context("loading the record store's key file")?;
+    if let Some(pg) = config.store.postgres_settings(&config.config_dir)? {
+        return Store::open_postgres(keys, &pg).context("opening the record store in PostgreSQL");
+    }
     Store::open_with_cache(data_dir, keys, config.store.cache_mb)
         .with_context(|| format!("opening the record store in {}", data_dir.display()))
 }
@@ -381,7 +390,8 @@ pub fn open_configured(config: &crate::config::Config) -> anyhow::Result<Store> 
 /// store and a new key file, print nothing and succeed, as if the clinic had no records.
 pub fn open_existing(config: &crate::config::Config, config_given: bool) -> anyhow::Result<Store> {
     let data_dir = &config.daemon.data_dir;
-    if !has_store(data_dir) {
+    // A PostgreSQL store is the database's: nothing of it is in the data directory.
+    if config.store.backend == settings::BackendKind::Embedded && !has_store(data_dir) {
         let hint = if config_given {
             "check `[daemon] data_dir` in the config, or start the daemon once to create the store"
         } else {
@@ -452,6 +462,28 @@ impl Store {
             return Err(StoreError::OldStore(dir.display().to_string()));
         }
         let store = Store::open_engine(dir, keys, cache_mb)?;
+        store.check_schema(dir)?;
+        store.check_key()?;
+        Ok(store)
+    }
+
+    /// Opens (or creates) the store in the PostgreSQL database `settings` names, sealing with
+    /// `keys`: the schema is brought up to date first (refused when the database is newer than
+    /// this binary), then the key canary proves every instance shares the key file.
+    pub fn open_postgres(keys: Keyring, settings: &pg_backend::PgSettings) -> Result<Store, StoreError> {
+        let db = Engine::open_postgres(settings).map_err(|e| match e {
+            EngineError::Newer { found, supported } => StoreError::Schema { found, supported },
+            e => StoreError::Engine(e),
+        })?;
+        let store = Store::over_engine(db, keys)?;
+        store.check_schema(Path::new("the PostgreSQL database"))?;
+        store.check_key()?;
+        Ok(store)
+    }
+
+    /// Checks the store's schema version (setting it on a new store).
+    fn check_schema(&self, dir: &Path) -> Result<(), StoreError> {
+        let store = self;
         match store.db.meta(SCHEMA_KEY)?.map(|v| id_of32(&v)) {
             Some(found) if found > SCHEMA_VERSION => {
                 return Err(StoreError::Schema { found, supported: SCHEMA_VERSION });
@@ -463,8 +495,7 @@ impl Store {
             Some(_) => {}
             None => store.set_schema_version(SCHEMA_VERSION)?,
         }
-        store.check_key()?;
-        Ok(store)
+        Ok(())
     }
 
     /// Opens the engine in `dir` and the store's trees in it, with no check of its version or
@@ -481,15 +512,28 @@ impl Store {
             EngineError::Locked => StoreError::Locked(dir.display().to_string()),
             e => StoreError::Engine(e),
         })?;
-        let log_key: [u8; 32] = match db.meta(b"log_key")? {
-            Some(k) if k.len() == 32 => k.as_slice().try_into().unwrap_or([0; 32]),
-            _ => {
-                let k: [u8; 32] = rand::random();
-                db.put_meta(b"log_key", &k).map_err(tx_err)?;
-                k
-            }
-        };
+        Store::over_engine(db, keys)
+    }
+
+    /// The store's trees over an open engine.
+    fn over_engine(db: Engine, keys: Keyring) -> Result<Store, StoreError> {
+        // Read and written in one transaction: instances sharing a backend that start at once
+        // agree on one key.
+        let log_key: [u8; 32] = db
+            .transact(|tx| {
+                let meta = tx.on(db.meta_tree());
+                match meta.get(b"log_key")? {
+                    Some(k) if k.len() == 32 => Ok(k.as_slice().try_into().unwrap_or([0; 32])),
+                    _ => {
+                        let k: [u8; 32] = rand::random();
+                        meta.insert(b"log_key", k)?;
+                        Ok::<_, TxError<()>>(k)
+                    }
+                }
+            })
+            .map_err(tx_err)?;
         let next = db.meta(NEXT_ID)?.map(|v| id_of(&v)).unwrap_or(0);
+        let id_block = db.reserve_ids()?.map(|block| Arc::new(std::sync::Mutex::new(block)));
         let t = |n: &'static str| db.tree(n);
         Ok(Store {
             records: t("records")?,
@@ -511,6 +555,7 @@ impl Store {
             chain_heads: t("chain_heads")?,
             blobs: t("blobs")?,
             ids: Arc::new(AtomicU64::new(next)),
+            id_block,
             chain_key: ChainKey::from_keys(&keys),
             keys: Arc::new(keys),
             log_key,
@@ -528,7 +573,9 @@ impl Store {
     fn transact<R, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<R, TxError<E>>) -> Result<R, TxError<E>> {
         self.db.transact(|tx| {
             let r = f(tx)?;
-            tx.on(self.db.meta_tree()).insert(NEXT_ID, self.ids.load(Ordering::Acquire).to_be_bytes())?;
+            if self.id_block.is_none() {
+                tx.on(self.db.meta_tree()).insert(NEXT_ID, self.ids.load(Ordering::Acquire).to_be_bytes())?;
+            }
             Ok(r)
         })
     }
@@ -594,11 +641,20 @@ impl Store {
         self.keys.blind("notice", mark.as_bytes())
     }
 
-    /// A fresh monotonic id (records, deliveries, outbox sequence, events).
-    /// A fresh id (records, deliveries, outbox sequence, events): dense, monotonic, never
-    /// handed out twice (see [`Store::transact`]).
+    /// A fresh id (records, deliveries, outbox sequence, events), never handed out twice. On the
+    /// embedded backend dense and monotonic (see [`Store::transact`]); on a backend several
+    /// instances share, unique across them and monotonic within this instance: taken from a
+    /// block this instance reserved ([`engine::Backend::reserve_ids`]), a new block once it is
+    /// used up (ids left in a block at a restart are skipped, never reused).
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.ids.fetch_add(1, Ordering::AcqRel) + 1)
+        let Some(block) = &self.id_block else { return Ok(self.ids.fetch_add(1, Ordering::AcqRel) + 1) };
+        let mut block = block.lock().unwrap_or_else(|e| e.into_inner());
+        if block.is_empty() {
+            *block = self.db.reserve_ids()?.ok_or(StoreError::Aborted("the backend stopped reserving ids"))?;
+        }
+        let id = block.start;
+        block.start += 1;
+        Ok(id)
     }
 
     /// Makes everything written so far durable: one `fdatasync` for all of it. Blocking: the
@@ -612,6 +668,12 @@ impl Store {
     pub fn close(&self) -> Result<(), StoreError> {
         self.db.close()?;
         Ok(())
+    }
+
+    /// Whether the store's database answers now (always, for the embedded store): what
+    /// `/readyz` asks besides the flusher, since a server's outage shows in no flush.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        Ok(self.db.probe()?)
     }
 
     /// Bytes the store takes on disk.
@@ -1020,18 +1082,19 @@ impl Store {
                     events.insert(e.key.as_slice(), e.body.as_slice())?;
                     chain::append(&self.chain_key, journal, heads, e.append())?;
                 }
-                match (u, &p.row) {
-                    (OutboxUpdate::Retry { .. }, Some(row)) => {
-                        outbox.insert(p.okey.as_slice(), row.as_slice())?;
-                    }
-                    _ => {
-                        outbox.remove(p.okey.as_slice())?;
-                    }
+                // On a store several instances share, another instance may have sent this row
+                // meanwhile (a take-over: `outbox_sweep`): the attempt stays in the record, but a
+                // row already gone is neither brought back for a retry nor moved.
+                let present = outbox.remove(p.okey.as_slice())?.is_some();
+                if let (OutboxUpdate::Retry { .. }, Some(row), true) = (u, &p.row, present) {
+                    outbox.insert(p.okey.as_slice(), row.as_slice())?;
                 }
                 for (k, v) in &p.native {
                     by_native.insert(k.as_slice(), v.as_slice())?;
                 }
-                if let Some((k, v)) = &p.moved {
+                if let Some((k, v)) = &p.moved
+                    && present
+                {
                     match u {
                         OutboxUpdate::Dead { .. } => dead.insert(k.as_slice(), v.as_slice())?,
                         _ => review.insert(k.as_slice(), v.as_slice())?,
@@ -1051,78 +1114,6 @@ impl Store {
     /// Deliveries held for review, oldest first.
     pub fn held(&self) -> Result<Vec<ReviewItemV1>, StoreError> {
         self.all_sealed(&self.review)
-    }
-
-    /// Resolves a held delivery: approved → queued in the outbox (returns its key); rejected →
-    /// its rejection notice (if any) is queued instead. Both are appended to the record.
-    pub fn resolve_review(
-        &self,
-        delivery: DeliveryId,
-        approve: bool,
-        by: &str,
-    ) -> Result<Option<Vec<OutboxKey>>, StoreError> {
-        let dkey = delivery.0.to_be_bytes();
-        let Some(held) = self.get_sealed::<ReviewItemV1>(&self.review, &dkey)? else { return Ok(None) };
-        let mut queue = Vec::new();
-        if approve {
-            let mut item = held.item.clone();
-            item.not_before_ms = 0;
-            queue.push((OutboxKey { account: item.delivery.account.clone(), seq: self.next_id()? }, item));
-        } else if let Some(notice) = &held.reject_notice {
-            let mut n = notice.clone();
-            n.id = DeliveryId(self.next_id()?);
-            let item = OutboxItemV1 {
-                v: 1,
-                delivery: n,
-                attempts: 0,
-                not_before_ms: 0,
-                patient_id: None,
-                requires_consent: false,
-            };
-            queue.push((OutboxKey { account: item.delivery.account.clone(), seq: self.next_id()? }, item));
-        }
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = queue
-            .iter()
-            .map(|(k, v)| {
-                let key = k.encode();
-                let val = self.seal(t::OUTBOX, &key, v);
-                (key, val)
-            })
-            .collect();
-        let ev = self.prepare_event(
-            held.item.delivery.record_id,
-            held.item.patient_id.as_deref(),
-            &EventKind::Reviewed {
-                delivery,
-                verdict: if approve { "approved" } else { "rejected" }.into(),
-                by: by.to_string(),
-            },
-        )?;
-        // The rejection notice, when one goes, is correspondence of the record too.
-        let notice_events =
-            self.prepare_notice_events(held.item.patient_id.as_deref(), queue.iter().map(|(_, i)| i))?;
-        self.transact(|tx| {
-            let (review, outbox, events, journal, heads) = (
-                &tx.on(&self.review),
-                &tx.on(&self.outbox),
-                &tx.on(&self.events),
-                &tx.on(&self.journal),
-                &tx.on(&self.chain_heads),
-            );
-            review.remove(dkey)?;
-            for (k, v) in &rows {
-                outbox.insert(k.as_slice(), v.as_slice())?;
-            }
-            events.insert(ev.key.as_slice(), ev.body.as_slice())?;
-            chain::append(&self.chain_key, journal, heads, ev.append())?;
-            for e in &notice_events {
-                events.insert(e.key.as_slice(), e.body.as_slice())?;
-                chain::append(&self.chain_key, journal, heads, e.append())?;
-            }
-            Ok::<(), TxError<()>>(())
-        })
-        .map_err(tx_err)?;
-        Ok(Some(queue.into_iter().map(|(k, _)| k).collect()))
     }
 
     fn event_key(&self, record: RecordId) -> Result<Vec<u8>, StoreError> {

@@ -1,5 +1,6 @@
-//! Approving a held delivery with what the policy allows now (see `crate::review`): the
-//! store's half, one transaction.
+//! Resolving a held delivery: the store's half, one transaction. What a verdict queues is
+//! decided outside the store (`crate::review`): on approval what the policy allows for the hop
+//! now, on rejection the notice telling its author.
 
 use super::chain;
 use super::engine::TxError;
@@ -13,14 +14,13 @@ impl Store {
         self.get_sealed(&self.review, &delivery.0.to_be_bytes())
     }
 
-    /// Approves a held delivery by queueing `queue` in its place: what the policy allows for
-    /// that hop now (the delivery as held, redacted, or rerouted to the secure account with a
-    /// notice where it was meant to go), never simply the held item. Appends the verdict and
-    /// every notice queued to the record, in the same transaction. `None` if it is no longer
-    /// held.
-    pub fn approve_review(
+    /// Resolves a held delivery with `verdict` (`approved`, `rejected`) by queueing `queue` in
+    /// its place. Appends the verdict and every notice queued to the record, in the same
+    /// transaction. `None` if it is no longer held.
+    pub fn resolve_held(
         &self,
         delivery: DeliveryId,
+        verdict: &str,
         queue: Vec<OutboxItemV1>,
         by: &str,
     ) -> Result<Option<Vec<OutboxKey>>, StoreError> {
@@ -38,7 +38,7 @@ impl Store {
         let ev = self.prepare_event(
             held.item.delivery.record_id,
             patient,
-            &EventKind::Reviewed { delivery, verdict: "approved".into(), by: by.to_string() },
+            &EventKind::Reviewed { delivery, verdict: verdict.to_string(), by: by.to_string() },
         )?;
         let notices = self.prepare_notice_events(patient, rows.iter().map(|(_, _, _, i)| i))?;
         self.transact(|tx| {

@@ -258,6 +258,7 @@ impl DeliveryV1 {
             attachments,
             in_reply_to: self.in_reply_to.clone(),
             rerouted_from: self.rerouted_from.clone(),
+            filed_as: None,
         }
     }
 }

@@ -26,15 +26,12 @@ const BATCH: usize = 512;
 
 /// The router: one task, one queue.
 pub struct Router {
-    /// Decides and writes each exchange.
-    pub planner: Planner,
     /// Durability and receipts.
     pub flusher: Flusher,
     /// Outbox rows waiting, shared with the outbox workers (saturation check without a scan).
     pub outbox_pending: Arc<AtomicU64>,
-    /// Above this many pending outbox rows, answer `Unavailable`.
-    pub max_outbox_pending: u64,
-    /// Planners of reloaded configs, newest last; checked once per batch.
+    /// Where its planners come from, newest last: the first one from start-up, later ones from
+    /// reloads (both made by [`crate::assembly`]). Checked once per batch.
     pub updates: std::sync::mpsc::Receiver<Planner>,
 }
 
@@ -44,7 +41,12 @@ impl Router {
     ///
     /// Runs on a thread of its own, not an async task: its store transactions block (they wait
     /// for any flush in progress) and it is busy all the time under load.
-    pub fn run(mut self, mut rx: mpsc::Receiver<SubmitRequest>) {
+    /// It plans nothing before its first planner arrives: start-up hands it one exactly as a
+    /// reload does, and the receivers start only after that.
+    pub fn run(self, mut rx: mpsc::Receiver<SubmitRequest>) {
+        let Ok(mut planner) = self.updates.recv() else {
+            return; // start-up failed before the config was applied
+        };
         let mut batch = Vec::with_capacity(BATCH);
         let mut saturated_logged = false;
         while let Some(first) = rx.blocking_recv() {
@@ -56,22 +58,22 @@ impl Router {
                 }
             }
             // A reloaded config applies from the next batch on, whole.
-            while let Ok(planner) = self.updates.try_recv() {
-                self.max_outbox_pending = planner.config.router.max_outbox_pending;
-                self.planner = planner;
+            while let Ok(newer) = self.updates.try_recv() {
+                planner = newer;
                 debug!("Router switched to the reloaded configuration.");
             }
+            let max_outbox_pending = planner.config.router.max_outbox_pending;
             let started = std::time::Instant::now();
             let size = batch.len();
             let mut job = FlushJob::default();
             let mut pending: Vec<(oneshot::Sender<Receipt>, Exchange)> = Vec::new();
             for req in batch.drain(..) {
                 let backlog = self.outbox_pending.load(Ordering::Relaxed);
-                if backlog >= self.max_outbox_pending {
+                if backlog >= max_outbox_pending {
                     if !saturated_logged {
                         warn!(
                             outbox_pending = backlog,
-                            limit = self.max_outbox_pending,
+                            limit = max_outbox_pending,
                             "Outbox full; refusing new messages until it drains."
                         );
                         saturated_logged = true;
@@ -82,7 +84,7 @@ impl Router {
                 }
                 saturated_logged = false;
                 let account = req.submission.source().account.clone();
-                match self.planner.prepare(req.submission) {
+                match planner.prepare(req.submission) {
                     Ok(Step::Done(receipt)) => {
                         crate::ops::received(&account, &receipt);
                         job.receipts.push((req.reply, receipt));
@@ -97,14 +99,14 @@ impl Router {
             }
             if !pending.is_empty() {
                 let (replies, exchanges): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-                match self.planner.store.commit_exchanges(&exchanges) {
+                match planner.store.commit_exchanges(&exchanges) {
                     Ok(results) => {
                         for ((reply, ex), committed) in replies.into_iter().zip(exchanges).zip(results) {
                             let account = ex.record.source.account.clone();
                             if matches!(committed, crate::record::Committed::New) {
                                 crate::ops::decisions(&ex.record);
                             }
-                            let (receipt, wake) = self.planner.finish(ex, committed);
+                            let (receipt, wake) = planner.finish(ex, committed);
                             crate::ops::received(&account, &receipt);
                             self.outbox_pending.fetch_add(wake.len() as u64, Ordering::Relaxed);
                             job.wake.extend(wake);

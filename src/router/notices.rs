@@ -3,7 +3,7 @@
 //! language: `policy.locale`, or the account's `[policy.channels]` locale, unless the
 //! administrator set the text (`router.linked_notice`, `router.unlinked_notice`).
 
-use crate::config::Config;
+use crate::config::ValidConfig;
 use crate::policy::Locale;
 use carebridge_contract::AccountId;
 
@@ -17,7 +17,7 @@ pub enum LinkNotice {
 }
 
 /// The text of a link notice on `account`.
-pub fn link_notice(config: &Config, account: &AccountId, which: LinkNotice) -> String {
+pub fn link_notice(config: &ValidConfig, account: &AccountId, which: LinkNotice) -> String {
     let configured = match which {
         LinkNotice::Linked => config.router.linked_notice.as_deref(),
         LinkNotice::Unlinked => config.router.unlinked_notice.as_deref(),
@@ -30,7 +30,7 @@ pub fn link_notice(config: &Config, account: &AccountId, which: LinkNotice) -> S
 
 /// The PHI-free notice an insecure staff channel gets instead of a message from an unverified
 /// sender (whose words, and address, stay in the record until someone triages it).
-pub fn unverified_notice(config: &Config, account: &AccountId) -> String {
+pub fn unverified_notice(config: &ValidConfig, account: &AccountId) -> String {
     localised(config, account, |fr| {
         if fr {
             "Nouveau message d'un expéditeur non vérifié : il n'a pas été publié ici. Il attend d'être \
@@ -42,16 +42,10 @@ pub fn unverified_notice(config: &Config, account: &AccountId) -> String {
     })
 }
 
-/// `text(french)` in the locale of `account`: `[policy.channels]`, else `policy.locale`.
-fn localised(config: &Config, account: &AccountId, text: impl Fn(bool) -> &'static str) -> String {
-    let locale = config
-        .policy
-        .channels
-        .get(&account.to_string())
-        .and_then(|c| c.locale)
-        .or(config.policy.locale)
-        .unwrap_or_default();
-    match locale {
+/// `text(french)` in the locale of `account`: `[policy.channels]`, else `policy.locale` (as the
+/// compiled policy resolved it).
+fn localised(config: &ValidConfig, account: &AccountId, text: impl Fn(bool) -> &'static str) -> String {
+    match config.policy().settings(account).locale {
         Locale::En => text(false).to_string(),
         Locale::Fr => text(true).to_string(),
         Locale::Bilingual => format!("{}\n\n{}", text(false), text(true)),
@@ -77,9 +71,9 @@ fn default_text(which: LinkNotice, fr: bool) -> &'static str {
 mod tests {
     use super::*;
 
-    fn config(extra: &str) -> Config {
+    fn config(extra: &str) -> ValidConfig {
         let toml = format!("[telegram.front]\ntoken_env = \"T\"\nstaff_chat_id = -1\n{extra}");
-        Config::from_toml(&toml, std::path::Path::new(".")).unwrap()
+        ValidConfig::new(crate::config::Config::from_toml(&toml, std::path::Path::new(".")).unwrap()).unwrap()
     }
 
     #[test]

@@ -6,10 +6,8 @@
 
 use super::identify::Directory;
 use super::notices::{LinkNotice, link_notice, unverified_notice};
-use crate::config::{Config, UnknownSender};
-use crate::policy::{
-    Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Policy, Scan,
-};
+use crate::config::{UnknownSender, ValidConfig};
+use crate::policy::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan};
 use crate::record::schema::*;
 use crate::record::{Committed, Exchange, OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::{
@@ -34,10 +32,8 @@ pub fn link_code_hash(code: &str) -> String {
 pub struct Planner {
     /// The store.
     pub store: Store,
-    /// The config (routes, router options).
-    pub config: Arc<Config>,
-    /// The compiled policy.
-    pub policy: Arc<Policy>,
+    /// The config (routes, router options) and its compiled policy.
+    pub config: Arc<ValidConfig>,
     /// The directory.
     pub directory: Directory,
     /// Accounts that can send (for notices back to senders).
@@ -126,8 +122,8 @@ impl Planner {
     }
 
     fn message(&self, env: Envelope) -> Result<Step, StoreError> {
-        // No dedup lookup here: the commit checks the source key under the log's lock (also
-        // against earlier messages of the same batch) and `finish` answers a redelivery with the
+        // No dedup lookup here: the commit checks the source key inside its single-writer
+        // transaction (also against earlier messages of the same batch) and `finish` answers a redelivery with the
         // first record's id. Looking up first cost a second index read for every new message.
         let account = env.source.account.clone();
         let kind = account.kind().as_str();
@@ -184,8 +180,8 @@ impl Planner {
             None => None,
         };
 
-        let scan = self.policy.scan(env.body.expose());
-        let inbound = self.policy.check_scanned(
+        let scan = self.config.policy().scan(env.body.expose());
+        let inbound = self.config.policy().check_scanned(
             &CheckInput {
                 text: env.body.expose(),
                 direction: Direction::In,
@@ -277,6 +273,20 @@ impl Planner {
                 }
             }
         }
+        // A clinician's reply goes into the patient's file at the clinic too: every `fhir`
+        // account on the routes the patient's messages took files the answer as well.
+        if let Thread::Reply(c) = &thread
+            && let Ok(origin) = c.origin_account.parse::<AccountId>()
+        {
+            for dest in self.config.destinations(&origin) {
+                // Already on its way there (the policy rerouted the answer to it): filed once.
+                let going = d.outbox.iter().any(|(_, i)| i.delivery.account == dest)
+                    || d.review.iter().any(|r| r.item.delivery.account == dest);
+                if dest.kind() == ChannelKind::Fhir && self.senders.contains(&dest) && !going {
+                    self.plan_delivery(&mut d, &dest, DeliveryKind::Forward, None)?;
+                }
+            }
+        }
         // Unprompted notices (how to link an unknown chat; the policy's advisory to a patient who
         // put health details on an insecure channel) go at most once per interval per sender and
         // kind, however many messages they send: every new message is a new conversation.
@@ -345,11 +355,11 @@ impl Planner {
     /// trust (Telegram is `insecure` by default); a webhook only when `[policy.channels]` says
     /// `insecure`, since its receiver is usually a clinic system (the EHR) whatever its default.
     fn insecure_staff_channel(&self, dest: &AccountId) -> bool {
-        let configured = self.config.policy.channels.get(&dest.to_string()).and_then(|c| c.trust);
-        match (dest.kind(), configured) {
-            (_, Some(t)) => t == crate::policy::Trust::Insecure,
-            (ChannelKind::Webhook, None) => false,
-            _ => self.policy.trust(dest) == crate::policy::Trust::Insecure,
+        let settings = self.config.policy().settings(dest);
+        let insecure = settings.trust == crate::policy::Trust::Insecure;
+        match dest.kind() {
+            ChannelKind::Webhook => settings.trust_configured && insecure,
+            _ => insecure,
         }
     }
 
@@ -471,7 +481,7 @@ impl Planner {
             (Some(p), Audience::Patient) => self.store.consents(p, &dest.to_string())?,
             _ => Vec::new(),
         };
-        let decision = self.policy.check_scanned(
+        let decision = self.config.policy().check_scanned(
             &CheckInput {
                 text: d.env.body.expose(),
                 direction: Direction::Out,
@@ -509,6 +519,8 @@ impl Planner {
             return Ok(None);
         };
         let to = match (kind, &d.patient_id) {
+            // Filed in the patient's file at the clinic (the EMR): no address of theirs needed.
+            (DeliveryKind::Reply, Some(_)) if target.kind() == ChannelKind::Fhir => None,
             (DeliveryKind::Reply, Some(p)) => {
                 match self.directory.addresses_of(p, address_kind_of(&target)).into_iter().next() {
                     Some(a) => Some(a),
@@ -647,6 +659,7 @@ impl Planner {
             attachments: Vec::new(),
             in_reply_to,
             rerouted_from: None,
+            filed_as: None,
         };
         let item = OutboxItemV1 {
             v: 1,
@@ -697,6 +710,7 @@ pub(crate) fn address_kind_of(account: &AccountId) -> AddressKind {
         ChannelKind::Email => AddressKind::Email,
         ChannelKind::Telegram => AddressKind::Telegram,
         ChannelKind::Webhook => AddressKind::Phone,
+        ChannelKind::Fhir => AddressKind::Opaque,
     }
 }
 

@@ -4,9 +4,11 @@
 
 pub mod clinic;
 pub mod daemon;
+pub mod fhir_server;
 pub mod gate;
 pub mod load;
-pub mod mail_env;
+#[allow(unused_imports)] // not every test binary reads the mail settings
+pub use carebridge_fakes::mail_env;
 pub mod sink;
 pub mod supervisor;
 

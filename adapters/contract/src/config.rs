@@ -29,6 +29,76 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// Why a section that validated still cannot be used, found while building the adapter: the
+/// world disagrees with it (a secret that is not there, a CA file that is not PEM, a library that
+/// refuses a value). Never carries a secret's value, only where it should have been.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A secret's environment variable is unset or empty.
+    #[error("environment variable `{var}` is not set or empty")]
+    EnvUnset {
+        /// The variable.
+        var: String,
+    },
+    /// A file the section names cannot be read.
+    #[error("cannot read {what} `{}`: {kind}", path.display())]
+    Unreadable {
+        /// What the file is (`secret file`, `ca_file`).
+        what: &'static str,
+        /// Where it should be.
+        path: PathBuf,
+        /// Why it cannot be read.
+        kind: std::io::ErrorKind,
+    },
+    /// A file the section names holds nothing usable.
+    #[error("{what} `{}` {problem}", path.display())]
+    Unusable {
+        /// What the file is.
+        what: &'static str,
+        /// Where it is.
+        path: PathBuf,
+        /// What is wrong with it (`is empty`, `is not valid PEM`).
+        problem: &'static str,
+    },
+    /// A setting the adapter needs is absent.
+    #[error("{what} is required")]
+    Missing {
+        /// The keys, one of which must be set (`telegram.desk: token_env or token_file`).
+        what: String,
+    },
+    /// A value the adapter or its library refuses.
+    #[error("{key}: {reason}")]
+    Value {
+        /// The key (`url`, `tls_name`).
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A library could not be set up with the settings (an HTTP client, TLS).
+    #[error("{what}: {reason}")]
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// The library's reason.
+        reason: String,
+    },
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The operating system's reason.
+        reason: String,
+    },
+}
+
+/// Refuses to build from a section with problems: every adapter's build functions call it with
+/// their section's `validate`, so a caller that skipped validation gets the problems (with their
+/// paths) instead of odd behaviour later.
+pub fn ensure_valid(problems: Vec<Problem>) -> Result<(), AdapterError> {
+    if problems.is_empty() { Ok(()) } else { Err(AdapterError::Invalid(problems)) }
+}
+
 /// What an adapter's `build` needs besides its own config section.
 #[derive(Clone, Debug)]
 pub struct BuildContext {
@@ -74,7 +144,7 @@ pub fn load_secret(
     if let Some(var) = env {
         return match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(Some(Redacted::new(v))),
-            _ => Err(AdapterError::Config(format!("environment variable `{var}` is not set or empty"))),
+            _ => Err(ConfigError::EnvUnset { var: var.clone() }.into()),
         };
     }
     if let Some(path) = file {
@@ -83,12 +153,12 @@ pub fn load_secret(
             Ok(v) => {
                 let v = v.trim_end_matches(['\r', '\n']).to_string();
                 if v.is_empty() {
-                    Err(AdapterError::Config(format!("secret file `{}` is empty", path.display())))
+                    Err(ConfigError::Unusable { what: "secret file", path, problem: "is empty" }.into())
                 } else {
                     Ok(Some(Redacted::new(v)))
                 }
             }
-            Err(e) => Err(AdapterError::Config(format!("cannot read secret file `{}`: {}", path.display(), e.kind()))),
+            Err(e) => Err(ConfigError::Unreadable { what: "secret file", path, kind: e.kind() }.into()),
         };
     }
     Ok(None)

@@ -15,6 +15,8 @@ pub enum ChannelKind {
     Telegram,
     /// Signed JSON over HTTP, in and out (web forms, SMS gateways, the EHR).
     Webhook,
+    /// A FHIR R4 server (the clinic's EMR): out only, every exchange filed as a `Communication`.
+    Fhir,
 }
 
 impl ChannelKind {
@@ -24,11 +26,13 @@ impl ChannelKind {
             ChannelKind::Email => "email",
             ChannelKind::Telegram => "telegram",
             ChannelKind::Webhook => "webhook",
+            ChannelKind::Fhir => "fhir",
         }
     }
 
     /// All kinds, for did-you-mean suggestions and docs.
-    pub const ALL: [ChannelKind; 3] = [ChannelKind::Email, ChannelKind::Telegram, ChannelKind::Webhook];
+    pub const ALL: [ChannelKind; 4] =
+        [ChannelKind::Email, ChannelKind::Telegram, ChannelKind::Webhook, ChannelKind::Fhir];
 }
 
 impl fmt::Display for ChannelKind {
@@ -53,7 +57,7 @@ pub enum AccountIdError {
     #[error("`{0}` is not of the form kind.name (for example `webhook.forms`)")]
     Shape(String),
     /// The kind is not one we know.
-    #[error("unknown channel kind `{0}` (expected email, telegram or webhook)")]
+    #[error("unknown channel kind `{0}` (expected email, telegram, webhook or fhir)")]
     Kind(String),
     /// The name has characters that would not be safe in logs, paths and keys.
     #[error("account name `{0}` must be 1-64 characters of a-z, 0-9, `-` or `_`")]
@@ -91,6 +95,7 @@ impl std::str::FromStr for AccountId {
             "email" => ChannelKind::Email,
             "telegram" => ChannelKind::Telegram,
             "webhook" => ChannelKind::Webhook,
+            "fhir" => ChannelKind::Fhir,
             other => return Err(AccountIdError::Kind(other.to_string())),
         };
         AccountId::new(kind, name)

@@ -16,6 +16,8 @@
 //!   cap, header and body timeouts).
 //! - [`outbound`]: how the router asks an adapter to send ([`Delivery`], [`Outbound`],
 //!   [`SendError`]).
+//! - `testkit` (feature `testkit`, for adapters' tests): a fake router at the other end of the
+//!   real `Submitter` channel, a log capture, a delivery builder.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -25,6 +27,8 @@ pub mod ids;
 pub mod inbound;
 pub mod outbound;
 pub mod redacted;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use envelope::{Address, AddressKind, Attachment, Envelope};
 pub use ids::{AccountId, AccountIdError, ChannelKind, DeliveryId, RecordId, SourceKey};
@@ -40,7 +44,10 @@ pub use redacted::Redacted;
 pub enum AdapterError {
     /// The adapter's configuration cannot be used (for example a secret file is unreadable).
     #[error("configuration: {0}")]
-    Config(String),
+    Config(#[from] config::ConfigError),
+    /// The adapter's section does not validate: every problem, with its TOML path.
+    #[error("configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<config::Problem>),
     /// The remote service could not be reached or refused us (login failed, getMe failed).
     #[error("connection: {0}")]
     Connection(String),

@@ -56,6 +56,12 @@ pub struct Delivery {
     /// where the patient wrote from. `None` for a delivery to the account it was meant for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerouted_from: Option<AccountId>,
+    /// The exchange as the patient's file has it, as one FHIR R4 `Communication` (JSON text),
+    /// for accounts that file records rather than relay text (`fhir`). Attached by the outbox
+    /// from the record just before the send, never stored with the delivery, and `None` for
+    /// every other account. PHI.
+    #[serde(skip)]
+    pub filed_as: Option<Redacted<String>>,
 }
 
 /// What a successful send reports back.
@@ -64,6 +70,10 @@ pub struct Sent {
     /// The channel's id for the sent message (the `Message-ID`, `<chat>:<message_id>`), so a
     /// reply to it can be mapped back to the conversation. Not PHI.
     pub native_ids: Vec<String>,
+    /// A PHI-free word on how it went, recorded with the attempt, where the channel tells more
+    /// than "sent" (a FHIR server: `created`, or `already there` for a resend it had kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// Why a send failed, classified by what the outbox must do next.
@@ -81,6 +91,16 @@ pub enum SendError {
     /// Will never succeed as is (HTTP 4xx, SMTP 5xx, bot blocked): dead-letter it.
     #[error("permanent: {reason}")]
     Permanent {
+        /// PHI-free description (logged and recorded).
+        reason: String,
+    },
+    /// Cannot go until a person acts on the other side (a FHIR server that does not know the
+    /// patient): held for review, where staff see it, rather than retried in a loop or given up.
+    /// Approving it sends it again.
+    #[error("held: {reason}")]
+    Hold {
+        /// The review rule it is held under (`fhir.unknown_patient`), PHI-free.
+        rule: String,
         /// PHI-free description (logged and recorded).
         reason: String,
     },

@@ -17,6 +17,7 @@ use crate::config::{ImapConfig, TlsMode};
 use crate::parse::{self, ParseOptions};
 use async_imap::imap_proto::{Response, Status};
 use async_imap::{Client, Session};
+use carebridge_contract::config::ConfigError;
 use carebridge_contract::{
     AccountId, AdapterError, Inbound, InboundContext, Receipt, Redacted, SourceKey, Submission, Task,
 };
@@ -74,7 +75,7 @@ impl ImapInbound {
         config_dir: &std::path::Path,
     ) -> Result<Self, AdapterError> {
         let password = carebridge_contract::config::load_secret(&imap.password_env, &imap.password_file, config_dir)?
-            .ok_or_else(|| AdapterError::Config("imap password_env or password_file is required".into()))?;
+            .ok_or_else(|| ConfigError::Missing { what: "imap password_env or password_file".into() })?;
         let extra_roots = match &imap.ca_file {
             Some(path) => crate::tls::read_ca_file(&config_dir.join(path))?,
             None => Vec::new(),

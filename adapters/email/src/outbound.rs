@@ -16,6 +16,7 @@
 
 use crate::config::{Config, SmtpConfig, TlsMode};
 use crate::parse::{DELIVERY_HEADER, clean_id};
+use carebridge_contract::config::ConfigError;
 use carebridge_contract::{AccountId, AdapterError, AddressKind, Delivery, DeliveryKind, Outbound, SendError, Sent};
 use futures::future::BoxFuture;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
@@ -54,15 +55,17 @@ impl SmtpOutbound {
         config_dir: &std::path::Path,
     ) -> Result<Self, AdapterError> {
         let (local, domain) = crate::config::split_address(&cfg.address)
-            .ok_or_else(|| AdapterError::Config("`address` is not a valid email address".into()))?;
+            .ok_or_else(|| ConfigError::Value { key: "address".into(), reason: "not a valid email address".into() })?;
         let tls_name = smtp.tls_name.as_deref().unwrap_or(&smtp.host);
         let ca_pem = match &smtp.ca_file {
             Some(path) => {
                 let path = config_dir.join(path);
                 // Parse once with rustls-pemfile for a clear error, then hand lettre the PEM.
                 crate::tls::read_ca_file(&path)?;
-                Some(std::fs::read(&path).map_err(|e| {
-                    AdapterError::Config(format!("cannot read ca_file `{}`: {}", path.display(), e.kind()))
+                Some(std::fs::read(&path).map_err(|e| ConfigError::Unreadable {
+                    what: "ca_file",
+                    path: path.clone(),
+                    kind: e.kind(),
                 })?)
             }
             None => None,
@@ -79,7 +82,9 @@ impl SmtpOutbound {
         if let Some(user) = &smtp.username {
             let password =
                 carebridge_contract::config::load_secret(&smtp.password_env, &smtp.password_file, config_dir)?
-                    .ok_or_else(|| AdapterError::Config("smtp password is required with a username".into()))?;
+                    .ok_or_else(|| ConfigError::Missing {
+                        what: "smtp password_env or password_file (with a username)".into(),
+                    })?;
             builder = builder.credentials(Credentials::new(user.clone(), password.into_inner()));
         }
         Ok(Self {
@@ -200,7 +205,7 @@ impl SmtpOutbound {
         match self.transport.send(message).await {
             Ok(_) => {
                 debug!(account = %self.account, delivery_id = %delivery.id, "SMTP server accepted the message.");
-                Ok(Sent { native_ids: vec![self.message_id_for(delivery)] })
+                Ok(Sent { native_ids: vec![self.message_id_for(delivery)], outcome: None })
             }
             Err(e) => Err(classify(&e)),
         }
@@ -245,7 +250,9 @@ impl Outbound for SmtpOutbound {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(AdapterError::Connection("SMTP server did not answer NOOP".into())),
                 Err(e) => Err(AdapterError::Connection(match classify(&e) {
-                    SendError::Retry { reason, .. } | SendError::Permanent { reason } => reason,
+                    SendError::Retry { reason, .. }
+                    | SendError::Permanent { reason }
+                    | SendError::Hold { reason, .. } => reason,
                 })),
             }
         })

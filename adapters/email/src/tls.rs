@@ -3,6 +3,7 @@
 //! verified: there is no "accept invalid certificates" switch.
 
 use carebridge_contract::AdapterError;
+use carebridge_contract::config::ConfigError;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::path::Path;
 use std::sync::Arc;
@@ -21,13 +22,24 @@ pub(crate) fn install_crypto_provider() {
 /// Reads the PEM certificates of a `ca_file`. The error names the path (not PHI), never the
 /// contents.
 pub(crate) fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, AdapterError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| AdapterError::Config(format!("cannot read ca_file `{}`: {}", path.display(), e.kind())))?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut bytes.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|_| AdapterError::Config(format!("ca_file `{}` is not valid PEM", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::Unreadable {
+        what: "ca_file",
+        path: path.to_path_buf(),
+        kind: e.kind(),
+    })?;
+    let certs: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut bytes.as_slice()).collect::<Result<_, _>>().map_err(|_| ConfigError::Unusable {
+            what: "ca_file",
+            path: path.to_path_buf(),
+            problem: "is not valid PEM",
+        })?;
     if certs.is_empty() {
-        return Err(AdapterError::Config(format!("ca_file `{}` holds no PEM certificate", path.display())));
+        return Err(ConfigError::Unusable {
+            what: "ca_file",
+            path: path.to_path_buf(),
+            problem: "holds no PEM certificate",
+        }
+        .into());
     }
     Ok(certs)
 }
@@ -40,11 +52,13 @@ pub(crate) fn client_config(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots {
-        roots.add(cert.clone()).map_err(|e| AdapterError::Config(format!("ca_file certificate rejected: {e}")))?;
+        roots
+            .add(cert.clone())
+            .map_err(|e| ConfigError::Value { key: "ca_file".into(), reason: format!("certificate rejected: {e}") })?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| AdapterError::Config(format!("TLS setup: {e}")))?
+        .map_err(|e| ConfigError::Setup { what: "TLS setup", reason: e.to_string() })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -53,8 +67,9 @@ pub(crate) fn client_config(
 /// The name the server's certificate must match: `tls_name` if set, else the host.
 pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, AdapterError> {
     let bare = name.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(bare.to_string())
-        .map_err(|_| AdapterError::Config(format!("`{name}` is not a valid TLS server name")))
+    ServerName::try_from(bare.to_string()).map_err(|_| {
+        ConfigError::Value { key: "tls_name".into(), reason: format!("`{name}` is not a valid TLS server name") }.into()
+    })
 }
 
 /// lettre's TLS parameters for SMTP, with the same trust as IMAP.
@@ -67,11 +82,11 @@ pub(crate) fn smtp_parameters(
     let bare = name.trim_start_matches('[').trim_end_matches(']');
     let mut builder = TlsParameters::builder(bare.to_string());
     if let Some(pem) = ca_pem {
-        let cert =
-            Certificate::from_pem(pem).map_err(|_| AdapterError::Config("smtp ca_file is not valid PEM".into()))?;
+        let cert = Certificate::from_pem(pem)
+            .map_err(|_| ConfigError::Value { key: "smtp.ca_file".into(), reason: "not valid PEM".into() })?;
         builder = builder.add_root_certificate(cert);
     }
-    builder.build_rustls().map_err(|e| AdapterError::Config(format!("SMTP TLS setup: {e}")))
+    builder.build_rustls().map_err(|e| ConfigError::Setup { what: "SMTP TLS setup", reason: e.to_string() }.into())
 }
 
 #[cfg(test)]

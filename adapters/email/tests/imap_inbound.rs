@@ -5,7 +5,7 @@
 mod common;
 
 use carebridge_contract::{Receipt, RecordId, Submission};
-use common::{MailEnv, assert_no_phi, capture_logs, config, message, start_inbound, tag};
+use common::{MailEnv, MailServers, assert_no_phi, capture_logs, config, message, start_inbound, tag};
 use std::time::Duration;
 
 /// An account config for one test mailbox (`top` = extra top-level keys, `imap` = extra keys
@@ -58,7 +58,7 @@ async fn idle_pickup_and_seen_only_after_a_may_ack_receipt() {
         ),
     )
     .await;
-    let req = run.router.next("the first message").await;
+    let req = run.router.expect_request("the first message").await;
     let e = expect_message(&req);
     assert_eq!(e.from.key().expose(), "email:ann@patients.test");
     assert_eq!(e.native_message_id.as_deref(), Some(first.as_str()));
@@ -92,7 +92,7 @@ async fn idle_pickup_and_seen_only_after_a_may_ack_receipt() {
         ),
     )
     .await;
-    let req = run.router.next("the reply, via IDLE").await;
+    let req = run.router.expect_request("the reply, via IDLE").await;
     let e = expect_message(&req);
     let reply_source = e.source.clone();
     assert_eq!(e.conversation_token.as_deref(), Some("tok-123"));
@@ -100,7 +100,7 @@ async fn idle_pickup_and_seen_only_after_a_may_ack_receipt() {
     assert_eq!(e.body.expose(), "Rest secret-answer.");
     // 3. The router cannot take it: it must stay unread and come back later.
     req.reply.send(Receipt::Unavailable).unwrap();
-    let again = run.router.next("the same reply, retried after Unavailable").await;
+    let again = run.router.expect_request("the same reply, retried after Unavailable").await;
     assert_eq!(again.submission.source(), &reply_source, "same dedup key on retry");
     assert_eq!(env.seen_flags(user, "INBOX", &reply).await, vec![false], "Unavailable must not ack");
     again.reply.send(Receipt::Recorded(RecordId(2))).unwrap();
@@ -127,7 +127,7 @@ async fn processed_folder_receives_acknowledged_messages_over_starttls() {
     let one = tag("moved-one");
     let two = tag("moved-two");
     env.smtp_send_raw("ann@patients.test", &[user], &message("ann@patients.test", user, &one, "x", "", "one")).await;
-    let req = run.router.next("first message").await;
+    let req = run.router.expect_request("first message").await;
     assert_eq!(expect_message(&req).native_message_id.as_deref(), Some(one.as_str()));
     assert_eq!(env.seen_flags(user, "INBOX", &one).await, vec![false]);
     assert!(env.seen_flags(user, "Archive", &one).await.is_empty(), "not moved before the receipt");
@@ -140,7 +140,7 @@ async fn processed_folder_receives_acknowledged_messages_over_starttls() {
 
     // A duplicate receipt acknowledges too.
     env.smtp_send_raw("ann@patients.test", &[user], &message("ann@patients.test", user, &two, "x", "", "two")).await;
-    let req = run.router.next("second message").await;
+    let req = run.router.expect_request("second message").await;
     req.reply.send(Receipt::Duplicate(RecordId(10))).unwrap();
     env.wait_for("duplicate moved to Archive", || async {
         env.seen_flags(user, "Archive", &two).await == vec![true]
@@ -204,7 +204,7 @@ async fn bad_input_is_quarantined_then_acked_and_the_reader_keeps_going() {
 
     let mut seen = std::collections::HashSet::new();
     for n in 0..6 {
-        let req = run.router.next(&format!("submission {n} of 6")).await;
+        let req = run.router.expect_request(&format!("submission {n} of 6")).await;
         let (name, receipt) = match &req.submission {
             Submission::Malformed { raw, reason, .. } => {
                 let raw = String::from_utf8_lossy(raw.expose()).into_owned();
@@ -269,14 +269,14 @@ async fn mail_arriving_during_a_sync_is_not_left_for_the_next_resync() {
     env.append(user, "INBOX", &message("ann@patients.test", user, &first, "x", "", "one")).await;
     let mut run = start_inbound(&env, "email.box8", &cfg);
 
-    let req = run.router.next("the first message").await;
+    let req = run.router.expect_request("the first message").await;
     assert_eq!(expect_message(&req).native_message_id.as_deref(), Some(first.as_str()));
     // The second message lands while the first is still unanswered: the reader's next commands
     // (the acknowledgement) carry the server's EXISTS for it.
     env.append(user, "INBOX", &message("ann@patients.test", user, &second, "x", "", "two")).await;
     req.reply.send(Receipt::Recorded(RecordId(1))).unwrap();
 
-    let req = tokio::time::timeout(Duration::from_secs(15), run.router.next("the second message"))
+    let req = tokio::time::timeout(Duration::from_secs(15), run.router.expect_request("the second message"))
         .await
         .expect("mail that arrived during the sync was picked up without waiting for the resync");
     assert_eq!(expect_message(&req).native_message_id.as_deref(), Some(second.as_str()));
@@ -294,7 +294,7 @@ async fn polling_mode_works_without_idle_and_stops_promptly() {
     let mut run = start_inbound(&env, "email.box4", &cfg);
     let id = tag("polled");
     env.smtp_send_raw("ann@patients.test", &[user], &message("ann@patients.test", user, &id, "x", "", "polled")).await;
-    let req = run.router.next("polled message").await;
+    let req = run.router.expect_request("polled message").await;
     assert_eq!(expect_message(&req).native_message_id.as_deref(), Some(id.as_str()));
     req.reply.send(Receipt::Recorded(RecordId(5))).unwrap();
     env.wait_for("polled message seen", || async { env.seen_flags(user, "INBOX", &id).await == vec![true] }).await;

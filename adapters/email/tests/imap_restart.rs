@@ -6,7 +6,7 @@
 mod common;
 
 use carebridge_contract::{Receipt, RecordId, SourceKey, Submission};
-use common::{assert_no_phi, capture_logs, config, message, start_inbound, tag};
+use common::{MailServers, assert_no_phi, capture_logs, config, message, start_inbound, tag};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +41,7 @@ async fn dovecot_restart_mid_run_loses_and_duplicates_nothing() {
     let answering = tokio::spawn(async move {
         let mut next_id = 100u64;
         loop {
-            let req = router.next("any submission").await;
+            let req = router.expect_request("any submission").await;
             let Submission::Message(e) = &req.submission else { panic!("unexpected malformed submission") };
             let mid = e.native_message_id.clone().unwrap_or_default();
             if mid.starts_with("held-") && !router_store.lock().unwrap().by_source.contains_key(&e.source) {

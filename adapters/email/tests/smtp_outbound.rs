@@ -8,7 +8,7 @@ use carebridge_contract::{
     Address, AddressKind, Attachment, Delivery, DeliveryId, DeliveryKind, Outbound, Receipt, RecordId, Redacted,
     SendError, Submission,
 };
-use common::{MailEnv, config, message, start_inbound, tag};
+use common::{MailEnv, MailServers, config, message, start_inbound, tag};
 use mail_parser::{MessageParser, MimeHeaders};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,6 +61,7 @@ fn delivery(kind: DeliveryKind, to: Option<&str>, body: &str) -> Delivery {
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
         rerouted_from: None,
+        filed_as: None,
     }
 }
 
@@ -245,7 +246,7 @@ async fn a_clinician_reply_to_a_forward_threads_back_to_the_conversation() {
     env.smtp_send_raw("dr.lee@clinic.test", &["box6+conv-XYZ_1@clinic.test"], &reply).await;
 
     let mut run = start_inbound(&env, "email.box6", &cfg);
-    let req = run.router.next("the clinician's reply").await;
+    let req = run.router.expect_request("the clinician's reply").await;
     let Submission::Message(e) = &req.submission else { panic!("reply should parse") };
     assert_eq!(e.conversation_token.as_deref(), Some("conv-XYZ_1"));
     assert_eq!(e.references, sent.native_ids, "inbound references match what outbound reported");

@@ -33,6 +33,7 @@ pub use inbound::TelegramInbound;
 pub use outbound::TelegramOutbound;
 pub use webhook::SECRET_HEADER;
 
+use carebridge_contract::config::ConfigError;
 use carebridge_contract::config::{BuildContext, load_secret};
 use carebridge_contract::{AdapterError, Inbound, Outbound, Redacted};
 use std::sync::{Arc, Mutex};
@@ -84,43 +85,39 @@ pub fn outbound(cfg: &Config, cx: &BuildContext) -> Result<TelegramOutbound, Ada
 /// Refuses a config that does not validate, so a caller that skipped `validate` still gets a
 /// clear error rather than odd behaviour.
 fn check(cfg: &Config, cx: &BuildContext) -> Result<(), AdapterError> {
-    let problems = cfg.validate(&cx.account.to_string());
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    Err(AdapterError::Config(list.join("; ")))
+    carebridge_contract::config::ensure_valid(cfg.validate(&cx.account.to_string()))
 }
 
 fn api_for(cfg: &Config, cx: &BuildContext) -> Result<api::BotApi, AdapterError> {
     check(cfg, cx)?;
     let token = load_secret(&cfg.token_env, &cfg.token_file, &cx.config_dir)?
-        .ok_or_else(|| AdapterError::Config(format!("{}: token_env or token_file is required", cx.account)))?;
+        .ok_or_else(|| ConfigError::Missing { what: format!("{}: token_env or token_file", cx.account) })?;
     if token.expose().contains(['/', '?', '#', ' ', '\n']) {
-        return Err(AdapterError::Config(format!(
-            "{}: the bot token has characters a Bot API token never has",
-            cx.account
-        )));
+        return Err(ConfigError::Value {
+            key: format!("{}.token", cx.account),
+            reason: "the bot token has characters a Bot API token never has".into(),
+        }
+        .into());
     }
     api::BotApi::new(cfg.api_base(), token)
-        .map_err(|e| AdapterError::Config(format!("{}: HTTP client: {e}", cx.account)))
+        .map_err(|e| ConfigError::Setup { what: "HTTP client", reason: e.to_string() }.into())
 }
 
 fn webhook_server(cfg: &Config, cx: &BuildContext) -> Result<webhook::WebhookServer, AdapterError> {
-    let listen = cfg
-        .webhook_listen
-        .as_deref()
-        .and_then(|l| l.parse().ok())
-        .ok_or_else(|| AdapterError::Config(format!("{}.webhook_listen: not an address", cx.account)))?;
+    let listen = cfg.webhook_listen.as_deref().and_then(|l| l.parse().ok()).ok_or_else(|| ConfigError::Value {
+        key: format!("{}.webhook_listen", cx.account),
+        reason: "not an address".into(),
+    })?;
     let secret: Redacted<String> = load_secret(&cfg.webhook_secret_env, &cfg.webhook_secret_file, &cx.config_dir)?
-        .ok_or_else(|| {
-            AdapterError::Config(format!("{}: webhook_secret_env or webhook_secret_file is required", cx.account))
+        .ok_or_else(|| ConfigError::Missing {
+            what: format!("{}: webhook_secret_env or webhook_secret_file", cx.account),
         })?;
     if !config::is_valid_webhook_secret(secret.expose()) {
-        return Err(AdapterError::Config(format!(
-            "{}: the webhook secret must be 1-256 characters of A-Z, a-z, 0-9, `_` or `-` (Telegram's rule)",
-            cx.account
-        )));
+        return Err(ConfigError::Value {
+            key: format!("{}.webhook_secret", cx.account),
+            reason: "the webhook secret must be 1-256 characters of A-Z, a-z, 0-9, `_` or `-` (Telegram's rule)".into(),
+        }
+        .into());
     }
     Ok(webhook::WebhookServer {
         listen,

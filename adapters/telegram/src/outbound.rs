@@ -103,7 +103,7 @@ impl TelegramOutbound {
             }
         }
         debug!(account = %self.account, delivery_id = %delivery.id, messages = done.len(), "Delivery sent to Telegram.");
-        Ok(Sent { native_ids: done })
+        Ok(Sent { native_ids: done, outcome: None })
     }
 
     fn destination(&self, d: &Delivery) -> Result<i64, SendError> {

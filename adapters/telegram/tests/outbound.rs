@@ -2,13 +2,12 @@
 //! documents, and the classification of Telegram's errors for the outbox.
 
 mod common;
-#[path = "../../../tests/support/fake_bot_api.rs"]
-mod fake_bot_api;
+use carebridge_fakes::bot_api as fake_bot_api;
 
+use carebridge_contract::testkit::LogCapture;
 use carebridge_contract::{
     Address, AddressKind, Attachment, Delivery, DeliveryId, DeliveryKind, Outbound, RecordId, Redacted, SendError, Sent,
 };
-use common::LogCapture;
 use fake_bot_api::FakeBotApi;
 use std::time::Duration;
 
@@ -39,6 +38,7 @@ fn delivery(id: u64, kind: DeliveryKind, to: Option<i64>, body: &str) -> Deliver
         attachments: Vec::new(),
         in_reply_to: Vec::new(),
         rerouted_from: None,
+        filed_as: None,
     }
 }
 

@@ -2,11 +2,10 @@
 //! ack, and it moves only past updates whose receipt allowed it.
 
 mod common;
-#[path = "../../../tests/support/fake_bot_api.rs"]
-mod fake_bot_api;
+use carebridge_fakes::bot_api as fake_bot_api;
 
+use carebridge_contract::testkit::{Answers, FakeRouter, LogCapture};
 use carebridge_contract::{AdapterError, Health, HealthReporter, InboundContext, Receipt, Submission};
-use common::{LogCapture, Router};
 use fake_bot_api::FakeBotApi;
 use serde_json::json;
 use std::time::Duration;
@@ -18,7 +17,7 @@ async fn a_poller_that_reached_the_api_is_ready_before_its_first_long_poll_retur
     // Every getUpdates is held as long as the test runs, as Telegram holds an empty long poll
     // for its whole timeout: readiness comes from the API answering at all.
     fake.stall_polls(true);
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "");
     wait_health(&run, Health::Up).await;
     fake.stall_polls(false);
@@ -43,12 +42,12 @@ impl Running {
     }
 }
 
-fn start(fake: &FakeBotApi, router: &Router, extra: &str) -> Running {
+fn start(fake: &FakeBotApi, router: &FakeRouter, extra: &str) -> Running {
     start_on(&fake.url(), fake.token(), router, extra)
 }
 
 /// Like [`start`], against any Bot API URL (a closed port, for the health tests).
-fn start_on(url: &str, token: &str, router: &Router, extra: &str) -> Running {
+fn start_on(url: &str, token: &str, router: &FakeRouter, extra: &str) -> Running {
     let cfg = common::config(url, &format!("staff_chat_id = {STAFF_CHAT}\n{extra}"));
     let cx = common::build_context(common::config_dir(token));
     let inbound = carebridge_telegram::build_inbound(&cfg, &cx).expect("builds").expect("has inbound");
@@ -56,7 +55,7 @@ fn start_on(url: &str, token: &str, router: &Router, extra: &str) -> Running {
     let health = HealthReporter::new();
     let icx = InboundContext {
         account: common::account(),
-        submitter: router.submitter.clone(),
+        submitter: router.submitter(),
         shutdown: shutdown.clone(),
         health: health.clone(),
     };
@@ -75,7 +74,7 @@ async fn wait_health(run: &Running, want: Health) {
     panic!("health stayed {:?}, wanted {want:?}", run.health.get());
 }
 
-fn envelope(router: &Router, i: usize) -> carebridge_contract::Envelope {
+fn envelope(router: &FakeRouter, i: usize) -> carebridge_contract::Envelope {
     router.with(i, |s| match &s.submission {
         Submission::Message(e) => e.clone(),
         other => panic!("expected a message, got {other:?}"),
@@ -85,7 +84,7 @@ fn envelope(router: &Router, i: usize) -> carebridge_contract::Envelope {
 #[tokio::test]
 async fn a_recorded_update_is_confirmed_and_never_delivered_again() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "");
 
     let first = fake.patient_text(PATIENT, "Ann", "My appointment is tomorrow");
@@ -111,7 +110,7 @@ async fn a_recorded_update_is_confirmed_and_never_delivered_again() {
 async fn an_unavailable_router_leaves_the_update_with_telegram() {
     let fake = FakeBotApi::start().await;
     // The first two submissions are answered Unavailable (router saturated, store failing).
-    let router = Router::start(2);
+    let router = FakeRouter::start(Answers::Router { unavailable: 2 });
     let run = start(&fake, &router, "");
 
     let u = fake.patient_text(PATIENT, "Ann", "please call me");
@@ -145,7 +144,7 @@ async fn an_unavailable_router_leaves_the_update_with_telegram() {
 #[tokio::test]
 async fn a_malformed_update_is_quarantined_then_confirmed() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "");
 
     let bad = fake.push_malformed(PATIENT);
@@ -172,7 +171,7 @@ async fn a_malformed_update_is_quarantined_then_confirmed() {
 #[tokio::test]
 async fn edits_replies_links_and_groups_are_mapped() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "");
 
     let start_msg = fake.patient_start(PATIENT, "Ann", "LINK-7Q2X");
@@ -209,7 +208,7 @@ async fn edits_replies_links_and_groups_are_mapped() {
 #[tokio::test]
 async fn photos_and_documents_are_downloaded_within_the_limit() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "max_attachment_bytes = 1000");
 
     let photo: Vec<u8> = (0..900u32).map(|i| (i % 251) as u8).collect();
@@ -241,7 +240,7 @@ async fn photos_and_documents_are_downloaded_within_the_limit() {
 #[tokio::test]
 async fn a_restart_fetches_what_was_not_confirmed_and_the_router_deduplicates() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "");
     // The adapter fetches the update, but the poll confirming it is lost on the way, and the
     // daemon dies before another one.
@@ -268,7 +267,7 @@ async fn a_restart_fetches_what_was_not_confirmed_and_the_router_deduplicates() 
 async fn logs_carry_no_phi_and_no_token() {
     let (logs, _guard) = LogCapture::install();
     let fake = FakeBotApi::start().await;
-    let router = Router::start(1);
+    let router = FakeRouter::start(Answers::Router { unavailable: 1 });
     let run = start(&fake, &router, "max_attachment_bytes = 10");
     // An id no port number or update id will contain by chance.
     let patient = 918_273_645;
@@ -287,7 +286,7 @@ async fn logs_carry_no_phi_and_no_token() {
 #[tokio::test]
 async fn health_is_up_while_get_updates_answers_and_down_while_it_fails() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "");
     assert_ne!(run.health.get(), Health::Down { reason: "network" });
     fake.patient_text(PATIENT, "Ann", "hello");

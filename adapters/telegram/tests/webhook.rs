@@ -2,12 +2,11 @@
 //! means Telegram must try again, and setWebhook wires the fake Bot API to our server.
 
 mod common;
-#[path = "../../../tests/support/fake_bot_api.rs"]
-mod fake_bot_api;
+use carebridge_fakes::bot_api as fake_bot_api;
 
+use carebridge_contract::testkit::{Answers, FakeRouter};
 use carebridge_contract::{AdapterError, Health, HealthReporter, Inbound, InboundContext, Receipt, Submission};
 use carebridge_telegram::SECRET_HEADER;
-use common::Router;
 use fake_bot_api::FakeBotApi;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -23,7 +22,7 @@ struct Running {
     health: HealthReporter,
 }
 
-async fn start(fake: &FakeBotApi, router: &Router, extra: &str) -> Running {
+async fn start(fake: &FakeBotApi, router: &FakeRouter, extra: &str) -> Running {
     let cfg = common::config(
         &fake.url(),
         &format!(
@@ -37,7 +36,7 @@ async fn start(fake: &FakeBotApi, router: &Router, extra: &str) -> Running {
     let health = HealthReporter::new();
     let icx = InboundContext {
         account: common::account(),
-        submitter: router.submitter.clone(),
+        submitter: router.submitter(),
         shutdown: shutdown.clone(),
         health: health.clone(),
     };
@@ -78,7 +77,7 @@ async fn post(url: &str, secret: Option<&str>, body: String) -> reqwest::StatusC
 #[tokio::test]
 async fn the_secret_header_is_required_and_checked() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "").await;
 
     assert_eq!(post(&run.url(), None, update(1, "hi")).await, 401);
@@ -113,7 +112,7 @@ async fn status_of_head_only(addr: SocketAddr, head: &str) -> String {
 #[tokio::test]
 async fn the_secret_is_checked_before_the_body_is_read() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(0);
+    let router = FakeRouter::start(Answers::Router { unavailable: 0 });
     let run = start(&fake, &router, "").await;
     // A 3 MB upload announced without the secret: refused from its head alone.
     let head = "POST /tg/hook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 3000000\r\n\r\n";
@@ -132,7 +131,7 @@ async fn the_secret_is_checked_before_the_body_is_read() {
 #[tokio::test]
 async fn ok_only_after_a_durable_receipt() {
     let fake = FakeBotApi::start().await;
-    let router = Router::start(1);
+    let router = FakeRouter::start(Answers::Router { unavailable: 1 });
     let run = start(&fake, &router, "").await;
     assert_eq!(post(&run.url(), Some(SECRET), update(7, "call me")).await, 503);
     router.with(0, |s| assert_eq!(s.answer, Receipt::Unavailable));
@@ -150,7 +149,7 @@ async fn ok_only_after_a_durable_receipt() {
 async fn set_webhook_registers_the_secret_and_telegram_pushes_updates() {
     let fake = FakeBotApi::start().await;
     // The first push is refused (router unavailable): the fake retries, as Telegram does.
-    let router = Router::start(1);
+    let router = FakeRouter::start(Answers::Router { unavailable: 1 });
     // The URL is only known after binding, so register it through a second build: bind a
     // port first, then start with that exact address.
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
@@ -167,7 +166,7 @@ async fn set_webhook_registers_the_secret_and_telegram_pushes_updates() {
     let shutdown = CancellationToken::new();
     let icx = InboundContext {
         account: common::account(),
-        submitter: router.submitter.clone(),
+        submitter: router.submitter(),
         shutdown: shutdown.clone(),
         health: Default::default(),
     };

@@ -19,6 +19,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use carebridge_contract::config::ConfigError;
 use carebridge_contract::http::{Limits, is_body_timeout};
 use carebridge_contract::{
     AccountId, AdapterError, Address, Envelope, Inbound, InboundContext, Receipt, RecordId, Redacted, SourceKey,
@@ -98,14 +99,15 @@ impl WebhookInbound {
     pub async fn bind(&self) -> Result<TcpListener, AdapterError> {
         TcpListener::bind(self.listen)
             .await
-            .map_err(|e| AdapterError::Config(format!("cannot listen on {}: {e}", self.listen)))
+            .map_err(|e| ConfigError::Listen { addr: self.listen.to_string(), reason: e.to_string() }.into())
     }
 
     /// Serves on an already bound listener until `cx.shutdown` fires, then stops accepting and
     /// lets in-flight requests finish (for at most a few seconds). [`Inbound::run`] is
     /// [`bind`](Self::bind) then this; tests that bind port 0 themselves call it directly.
     pub async fn serve(self, listener: TcpListener, cx: InboundContext) -> Result<(), AdapterError> {
-        let local = listener.local_addr().map_err(|e| AdapterError::Config(format!("listener: {e}")))?;
+        let local =
+            listener.local_addr().map_err(|e| ConfigError::Setup { what: "listener", reason: e.to_string() })?;
         let account = cx.account.clone();
         let shutdown = cx.shutdown.clone();
         let health = cx.health.clone();

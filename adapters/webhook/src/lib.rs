@@ -157,6 +157,7 @@ pub use inbound::WebhookInbound;
 pub use outbound::{IDEMPOTENCY_KEY_HEADER, WebhookOutbound};
 pub use signature::{SIGNATURE_HEADER, SignatureError, SigningKey, TIMESTAMP_HEADER, sign, verify};
 
+use carebridge_contract::config::ConfigError;
 use carebridge_contract::config::{BuildContext, load_secret};
 use carebridge_contract::{AdapterError, Inbound, Outbound};
 use std::sync::Arc;
@@ -184,17 +185,12 @@ pub fn build_outbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Arc<dyn 
 /// Refuses to build from a config that does not validate (the daemon validates first; this
 /// keeps a skipped validation from turning into a panic in the HTTP router).
 fn check(cfg: &Config, cx: &BuildContext) -> Result<(), AdapterError> {
-    let problems = cfg.validate(&cx.account.to_string());
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    Err(AdapterError::Config(list.join("; ")))
+    carebridge_contract::config::ensure_valid(cfg.validate(&cx.account.to_string()))
 }
 
 fn load_key(cfg: &Config, cx: &BuildContext) -> Result<SigningKey, AdapterError> {
     match load_secret(&cfg.secret_env, &cfg.secret_file, &cx.config_dir)? {
         Some(secret) => Ok(SigningKey::new(secret.expose().as_bytes())),
-        None => Err(AdapterError::Config(format!("{}: `secret_env` or `secret_file` is required", cx.account))),
+        None => Err(ConfigError::Missing { what: format!("{}: `secret_env` or `secret_file`", cx.account) }.into()),
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::signature::{SIGNATURE_HEADER, SigningKey, TIMESTAMP_HEADER, unix_now};
 use crate::wire::{OutboundMessage, RemoteAck};
+use carebridge_contract::config::ConfigError;
 use carebridge_contract::{AccountId, AdapterError, Delivery, Outbound, SendError, Sent};
 use futures::future::BoxFuture;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
@@ -40,7 +41,8 @@ impl WebhookOutbound {
     /// `timeout`. Redirects are not followed: a delivery carries PHI and goes only where the
     /// config says.
     pub fn new(account: AccountId, url: &str, timeout: Duration, key: SigningKey) -> Result<Self, AdapterError> {
-        let url = crate::config::parse_url(url).map_err(|e| AdapterError::Config(format!("url {e}")))?;
+        let url = crate::config::parse_url(url)
+            .map_err(|e| ConfigError::Value { key: "url".into(), reason: e.to_string() })?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -49,7 +51,7 @@ impl WebhookOutbound {
             .tcp_nodelay(true)
             .user_agent(concat!("carebridge-webhook/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| AdapterError::Config(format!("cannot build the HTTP client: {}", error_kind(&e))))?;
+            .map_err(|e| ConfigError::Setup { what: "HTTP client", reason: error_kind(&e).to_string() })?;
         Ok(Self { account, url, client, key, timeout })
     }
 
@@ -76,7 +78,7 @@ impl WebhookOutbound {
         let status = response.status();
         debug!(account = %self.account, delivery_id = %delivery.id, status = status.as_u16(), "Webhook delivery answered.");
         if status.is_success() {
-            return Ok(Sent { native_ids: read_native_id(response).await.into_iter().collect() });
+            return Ok(Sent { native_ids: read_native_id(response).await.into_iter().collect(), outcome: None });
         }
         Err(classify_status(status, response.headers(), SystemTime::now()))
     }

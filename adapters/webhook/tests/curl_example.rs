@@ -5,7 +5,7 @@
 mod common;
 
 use carebridge_contract::AddressKind;
-use common::{Behaviour, Seen};
+use common::{Answers, Seen};
 use std::path::Path;
 use std::process::Command;
 
@@ -20,7 +20,7 @@ async fn the_documented_curl_example_is_accepted() {
         eprintln!("skipped: bash, openssl or curl is not installed");
         return;
     }
-    let mut server = common::start("from_kind = \"phone\"", Behaviour::Answer).await;
+    let mut server = common::start("from_kind = \"phone\"", Answers::Router { unavailable: 0 }).await;
     let dir = common::scratch_dir();
     let secret_file = dir.join("secret");
     std::fs::write(&secret_file, [common::SECRET, b"\n"].concat()).unwrap();
@@ -35,7 +35,7 @@ async fn the_documented_curl_example_is_accepted() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout, r#"{"status":"recorded","record_id":"rec-0000000001"}"#);
-    let Some(Seen::Message(e)) = server.seen.recv().await else { panic!("expected a message") };
+    let Some(Seen::Message(e)) = server.next_seen().await else { panic!("expected a message") };
     assert_eq!(e.source.native_id, "form-2024-000123");
     assert_eq!(e.from.kind, AddressKind::Phone);
     assert_eq!(e.from.key().expose(), "phone:+14165550199");

@@ -4,13 +4,12 @@
 
 mod common;
 
-use carebridge_contract::config::BuildContext;
+use carebridge_contract::config::{BuildContext, ConfigError};
 use carebridge_contract::{AdapterError, AddressKind, Health, HealthReporter, InboundContext, Submitter};
-use common::{Behaviour, Seen, answer, post, post_signed, start};
+use common::{Answers, FakeRouter, Seen, answer, post, post_signed, start};
 use serde_json::json;
 use sha2::Digest as _;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 fn message(id: &str) -> Vec<u8> {
@@ -25,7 +24,7 @@ async fn assert_serving(client: &reqwest::Client, server: &common::Server) {
 
 #[tokio::test]
 async fn a_message_is_recorded_then_recognised_as_a_duplicate() {
-    let mut server = start("from_kind = \"phone\"", Behaviour::Answer).await;
+    let mut server = start("from_kind = \"phone\"", Answers::Router { unavailable: 0 }).await;
     let client = reqwest::Client::new();
     let body = serde_json::to_vec(&json!({
         "id": "form-1",
@@ -41,7 +40,7 @@ async fn a_message_is_recorded_then_recognised_as_a_duplicate() {
     let (status, json) = answer(post(&client, &server.url, body.clone()).await).await;
     assert_eq!(status, 202);
     assert_eq!(json, json!({"status": "recorded", "record_id": "rec-0000000001"}));
-    let Some(Seen::Message(e)) = server.seen.recv().await else { panic!("expected a message") };
+    let Some(Seen::Message(e)) = server.next_seen().await else { panic!("expected a message") };
     assert_eq!(e.source.account, common::account());
     assert_eq!(e.source.native_id, "form-1");
     assert_eq!(e.native_message_id.as_deref(), Some("form-1"));
@@ -64,25 +63,24 @@ async fn a_message_is_recorded_then_recognised_as_a_duplicate() {
 
 #[tokio::test]
 async fn the_answer_waits_for_the_receipt() {
-    let (gate, gate_rx) = mpsc::unbounded_channel();
-    let mut server = start("", Behaviour::Gated(gate_rx)).await;
+    let mut server = start("", Answers::OnDemand).await;
     let client = reqwest::Client::new();
     let url = server.url.clone();
     let request = tokio::spawn(async move { answer(post(&client, &url, message("m-1")).await).await });
 
     // The router has the submission but has not answered: the client must not have its 202.
-    assert!(matches!(server.seen.recv().await, Some(Seen::Message(_))));
+    assert!(matches!(server.next_seen().await, Some(Seen::Message(_))));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!request.is_finished(), "answered before the receipt");
 
-    gate.send(()).unwrap();
+    server.release();
     let (status, json) = request.await.unwrap();
     assert_eq!((status, json), (202, json!({"status": "recorded", "record_id": "rec-0000000001"})));
 }
 
 #[tokio::test]
 async fn unauthenticated_requests_are_refused_and_not_submitted() {
-    let mut server = start("", Behaviour::Answer).await;
+    let mut server = start("", Answers::Router { unavailable: 0 }).await;
     let client = reqwest::Client::new();
     let body = message("m-1");
     let now = common::now();
@@ -154,13 +152,13 @@ async fn unauthenticated_requests_are_refused_and_not_submitted() {
     // None of them reached the router: the next thing it sees is this good request.
     let (status, _) = answer(post(&client, &server.url, body).await).await;
     assert_eq!(status, 202);
-    let Some(Seen::Message(e)) = server.seen.recv().await else { panic!("expected a message") };
+    let Some(Seen::Message(e)) = server.next_seen().await else { panic!("expected a message") };
     assert_eq!(e.source.native_id, "m-1");
 }
 
 #[tokio::test]
 async fn an_oversized_body_is_refused_with_413() {
-    let mut server = start("max_body_bytes = 1024", Behaviour::Answer).await;
+    let mut server = start("max_body_bytes = 1024", Answers::Router { unavailable: 0 }).await;
     let client = reqwest::Client::new();
     let big = serde_json::to_vec(&json!({"id": "big", "from": "x", "text": "a".repeat(2000)})).unwrap();
     let (status, json) = answer(post(&client, &server.url, big).await).await;
@@ -174,13 +172,13 @@ async fn an_oversized_body_is_refused_with_413() {
     assert_eq!(at_limit.len(), 1024);
     let (status, _) = answer(post(&client, &server.url, at_limit).await).await;
     assert_eq!(status, 202);
-    let Some(Seen::Message(e)) = server.seen.recv().await else { panic!("expected a message") };
+    let Some(Seen::Message(e)) = server.next_seen().await else { panic!("expected a message") };
     assert_eq!(e.source.native_id, "fits", "the oversized request must not have been submitted");
 }
 
 #[tokio::test]
 async fn signed_malformed_input_is_quarantined_and_answered_400() {
-    let mut server = start("", Behaviour::Answer).await;
+    let mut server = start("", Answers::Router { unavailable: 0 }).await;
     let client = reqwest::Client::new();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"Ann Example wants a refill".to_vec(), "body is not valid JSON: expected value at line 1 column 1"),
@@ -208,7 +206,7 @@ async fn signed_malformed_input_is_quarantined_and_answered_400() {
         let quarantine_id = format!("rec-{:010}", i + 1);
         assert_eq!(json["quarantine_id"], json!(quarantine_id));
 
-        let Some(Seen::Malformed { native_id, raw, reason }) = server.seen.recv().await else {
+        let Some(Seen::Malformed { native_id, raw, reason }) = server.next_seen().await else {
             panic!("expected a malformed submission")
         };
         assert_eq!(raw, body, "the raw bytes are quarantined as received");
@@ -220,14 +218,14 @@ async fn signed_malformed_input_is_quarantined_and_answered_400() {
 
 #[tokio::test]
 async fn no_receipt_in_time_is_503_with_retry_after() {
-    let mut server = start("submit_timeout_ms = 200", Behaviour::Hold).await;
+    let mut server = start("submit_timeout_ms = 200", Answers::Never).await;
     let client = reqwest::Client::new();
     for id in ["m-1", "m-2"] {
         let response = post(&client, &server.url, message(id)).await;
         assert_eq!(response.headers().get("retry-after").unwrap(), "5");
         let (status, json) = answer(response).await;
         assert_eq!((status, json), (503, json!({"error": "not recorded, try again later"})));
-        assert!(matches!(server.seen.recv().await, Some(Seen::Message(_))));
+        assert!(matches!(server.next_seen().await, Some(Seen::Message(_))));
         assert_serving(&client, &server).await;
     }
     // Malformed input is not answered 400 without a quarantine receipt either.
@@ -241,8 +239,7 @@ async fn a_stopped_router_is_503_and_health_says_so() {
     let (submitter, rx) = Submitter::channel(4);
     drop(rx);
     let cfg = common::config("secret_env = \"X\"\nlisten = \"127.0.0.1:1\"");
-    let (_tx, seen) = mpsc::unbounded_channel();
-    let server = common::start_with(cfg, submitter, seen).await;
+    let server = common::start_with(cfg, submitter, None).await;
     let client = reqwest::Client::new();
     let response = post(&client, &server.url, message("m-1")).await;
     assert_eq!(response.headers().get("retry-after").unwrap(), "5");
@@ -253,7 +250,7 @@ async fn a_stopped_router_is_503_and_health_says_so() {
 
 #[tokio::test]
 async fn other_paths_and_methods_get_json_errors() {
-    let server = start("path = \"/hooks/sms\"", Behaviour::Answer).await;
+    let server = start("path = \"/hooks/sms\"", Answers::Router { unavailable: 0 }).await;
     let client = reqwest::Client::new();
     assert!(server.url.ends_with("/hooks/sms"));
     let (status, json) = answer(client.get(&server.url).send().await.unwrap()).await;
@@ -269,20 +266,19 @@ async fn other_paths_and_methods_get_json_errors() {
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests_then_stops() {
-    let (gate, gate_rx) = mpsc::unbounded_channel();
-    let mut server = start("", Behaviour::Gated(gate_rx)).await;
+    let mut server = start("", Answers::OnDemand).await;
     let client = reqwest::Client::new();
     let url = server.url.clone();
     let in_flight = {
         let client = client.clone();
         tokio::spawn(async move { answer(post(&client, &url, message("m-1")).await).await })
     };
-    assert!(matches!(server.seen.recv().await, Some(Seen::Message(_))));
+    assert!(matches!(server.next_seen().await, Some(Seen::Message(_))));
 
     server.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!server.task.is_finished(), "stopped with a request in flight");
-    gate.send(()).unwrap();
+    server.release();
     assert_eq!(in_flight.await.unwrap().0, 202);
     let base = server.base();
     server.task.await.unwrap().unwrap();
@@ -302,8 +298,8 @@ async fn the_daemon_path_builds_binds_and_runs() {
     assert!(carebridge_webhook::build_outbound(&cfg, &bcx).unwrap().is_none());
     let inbound = carebridge_webhook::build_inbound(&cfg, &bcx).unwrap().unwrap();
 
-    let (submitter, rx) = Submitter::channel(4);
-    let mut seen = common::spawn_router(rx, Behaviour::Answer);
+    let mut router = FakeRouter::start(Answers::Router { unavailable: 0 });
+    let submitter = router.submitter();
     let shutdown = CancellationToken::new();
     let health = HealthReporter::new();
     let cx =
@@ -325,7 +321,8 @@ async fn the_daemon_path_builds_binds_and_runs() {
     assert_eq!(answer(answered.expect("listener never came up")).await.0, 401);
     let (status, _) = answer(post(&client, &url, message("d-1")).await).await;
     assert_eq!(status, 202);
-    assert!(matches!(seen.recv().await, Some(Seen::Message(_))));
+    let i = router.next_arrival(common::WAIT).await.expect("a submission");
+    assert!(router.with(i, |s| matches!(common::seen(&s.submission), Seen::Message(_))));
     assert_eq!(health.get(), Health::Up, "a listening webhook reports itself up");
     shutdown.cancel();
     task.await.unwrap().unwrap();
@@ -349,7 +346,7 @@ async fn a_bind_failure_is_a_config_error_naming_the_address() {
         health: health.clone(),
     };
     match inbound.run(cx).await {
-        Err(AdapterError::Config(m)) => assert!(m.contains(&addr.to_string()), "{m}"),
+        Err(AdapterError::Config(ConfigError::Listen { addr: a, .. })) => assert_eq!(a, addr.to_string()),
         other => panic!("expected a config error, got {other:?}"),
     }
     assert_eq!(health.get(), Health::Starting, "a listener that never bound never reported up");
@@ -360,19 +357,22 @@ async fn a_missing_secret_fails_the_build() {
     let cfg = common::config("secret_file = \"does-not-exist\"\nlisten = \"127.0.0.1:1\"");
     let bcx = BuildContext { account: common::account(), config_dir: common::scratch_dir() };
     match carebridge_webhook::build_inbound(&cfg, &bcx) {
-        Err(AdapterError::Config(m)) => assert!(m.contains("does-not-exist"), "{m}"),
+        Err(AdapterError::Config(ConfigError::Unreadable { what, path, kind })) => {
+            assert_eq!((what, kind), ("secret file", std::io::ErrorKind::NotFound));
+            assert!(path.ends_with("does-not-exist"), "{}", path.display());
+        }
         other => panic!("expected a config error, got {:?}", other.map(|o| o.is_some())),
     }
 }
 
 #[tokio::test]
 async fn signed_with_an_old_timestamp_inside_the_skew_is_fine() {
-    let mut server = start("max_skew_secs = 60", Behaviour::Answer).await;
+    let mut server = start("max_skew_secs = 60", Answers::Router { unavailable: 0 }).await;
     let client = reqwest::Client::new();
     let (status, _) =
         answer(post_signed(&client, &server.url, common::SECRET, common::now() - 30, message("m")).await).await;
     assert_eq!(status, 202);
-    assert!(matches!(server.seen.recv().await, Some(Seen::Message(_))));
+    assert!(matches!(server.next_seen().await, Some(Seen::Message(_))));
     let (status, _) =
         answer(post_signed(&client, &server.url, common::SECRET, common::now() - 120, message("n")).await).await;
     assert_eq!(status, 401);

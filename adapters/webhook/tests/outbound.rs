@@ -92,6 +92,7 @@ fn forward(id: u64) -> Delivery {
         }],
         in_reply_to: vec!["m-1".into()],
         rerouted_from: None,
+        filed_as: None,
     }
 }
 
@@ -100,7 +101,7 @@ async fn a_delivery_is_posted_signed_with_its_idempotency_key() {
     let (url, mut received) = sink(vec![reply(200, r#"{"id":"ehr-77","extra":true}"#)]).await;
     let out = outbound(&url, Duration::from_secs(10));
     let sent = out.send(&forward(42)).await.unwrap();
-    assert_eq!(sent, Sent { native_ids: vec!["ehr-77".into()] });
+    assert_eq!(sent, Sent { native_ids: vec!["ehr-77".into()], outcome: None });
 
     let r = received.recv().await.unwrap();
     let header = |name: &str| r.headers.get(name).map(|v| v.to_str().unwrap().to_string());

@@ -1,81 +1,24 @@
-//! Test harness shared by the integration tests: a stand-in router that answers receipts over
-//! the real `Submitter` channel (that channel *is* the contract), a listener on 127.0.0.1:0,
-//! and a signing HTTP client.
+//! Test harness shared by the integration tests: a listener on 127.0.0.1:0 with the contract's
+//! fake router (`carebridge_contract::testkit`) at the other end of the real `Submitter`
+//! channel, and a signing HTTP client.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use carebridge_contract::{
-    AccountId, Envelope, InboundContext, Receipt, RecordId, Submission, SubmitRequest, Submitter,
-};
+pub use carebridge_contract::testkit::{Answers, FakeRouter, WAIT};
+use carebridge_contract::{AccountId, Envelope, InboundContext, Submission, Submitter};
 use carebridge_webhook::{Config, SigningKey, WebhookInbound, sign};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &[u8] = b"test-shared-secret";
 
-/// What the stand-in router saw.
+/// What the fake router saw, in the shape these tests match on.
 #[derive(Debug)]
 pub enum Seen {
     Message(Box<Envelope>),
     Malformed { native_id: String, raw: Vec<u8>, reason: String },
-}
-
-/// How the stand-in router answers.
-pub enum Behaviour {
-    /// Record new source keys, answer `Duplicate` for known ones, quarantine malformed input.
-    Answer,
-    /// Take requests off the queue but never answer (keeps the reply senders alive).
-    Hold,
-    /// Like `Answer`, but each answer waits for one `()` on this channel.
-    Gated(mpsc::UnboundedReceiver<()>),
-}
-
-/// Runs the stand-in router over `rx`, reporting each submission on the returned channel.
-pub fn spawn_router(mut rx: mpsc::Receiver<SubmitRequest>, mut behaviour: Behaviour) -> mpsc::UnboundedReceiver<Seen> {
-    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut known: HashMap<String, RecordId> = HashMap::new();
-        let mut held = Vec::new();
-        let mut next = 1u64;
-        while let Some(req) = rx.recv().await {
-            let native_id = req.submission.source().native_id.clone();
-            let receipt = match &req.submission {
-                Submission::Message(_) => match known.get(&native_id) {
-                    Some(id) => Receipt::Duplicate(*id),
-                    None => Receipt::Recorded(RecordId(next)),
-                },
-                Submission::Malformed { reason, .. } => {
-                    Receipt::Quarantined { id: RecordId(next), reason: reason.clone() }
-                }
-            };
-            if matches!(receipt, Receipt::Recorded(_) | Receipt::Quarantined { .. }) {
-                known.insert(native_id.clone(), RecordId(next));
-                next += 1;
-            }
-            let _ = seen_tx.send(match req.submission {
-                Submission::Message(e) => Seen::Message(Box::new(e)),
-                Submission::Malformed { raw, reason, .. } => {
-                    Seen::Malformed { native_id, raw: raw.into_inner(), reason }
-                }
-            });
-            match &mut behaviour {
-                Behaviour::Answer => {
-                    let _ = req.reply.send(receipt);
-                }
-                Behaviour::Hold => held.push(req.reply),
-                Behaviour::Gated(gate) => {
-                    if gate.recv().await.is_some() {
-                        let _ = req.reply.send(receipt);
-                    }
-                }
-            }
-        }
-    });
-    seen_rx
 }
 
 /// A unique scratch directory for config files and secrets.
@@ -98,11 +41,11 @@ pub fn config(toml_text: &str) -> Config {
     cfg
 }
 
-/// A running inbound listener with its stand-in router.
+/// A running inbound listener with the contract's fake router behind it.
 pub struct Server {
     pub addr: SocketAddr,
     pub url: String,
-    pub seen: mpsc::UnboundedReceiver<Seen>,
+    pub router: Option<FakeRouter>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), carebridge_contract::AdapterError>>,
 }
@@ -111,26 +54,50 @@ impl Server {
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// The next submission the router took (hang guard: the testkit's `WAIT`).
+    pub async fn next_seen(&mut self) -> Option<Seen> {
+        let router = self.router.as_mut()?;
+        let i = router.next_arrival(WAIT).await?;
+        Some(router.with(i, |s| seen(&s.submission)))
+    }
+
+    /// `Answers::OnDemand`: lets the router answer one more submission.
+    pub fn release(&self) {
+        if let Some(r) = &self.router {
+            r.release(1);
+        }
+    }
 }
 
-/// Starts a listener on 127.0.0.1:0 configured by `extra` TOML lines, with a router behaving as
-/// `behaviour` behind a queue of `capacity`.
-pub async fn start(extra: &str, behaviour: Behaviour) -> Server {
+/// A submission as these tests match on it.
+pub fn seen(submission: &Submission) -> Seen {
+    match submission {
+        Submission::Message(e) => Seen::Message(Box::new(e.clone())),
+        Submission::Malformed { source, raw, reason } => {
+            Seen::Malformed { native_id: source.native_id.clone(), raw: raw.expose().clone(), reason: reason.clone() }
+        }
+    }
+}
+
+/// Starts a listener on 127.0.0.1:0 configured by `extra` TOML lines, with a fake router that
+/// answers as `answers` says.
+pub async fn start(extra: &str, answers: Answers) -> Server {
     let cfg = config(&format!("secret_env = \"UNUSED\"\nlisten = \"127.0.0.1:1\"\n{extra}"));
-    let (submitter, rx) = Submitter::channel(16);
-    let seen = spawn_router(rx, behaviour);
-    start_with(cfg, submitter, seen).await
+    let router = FakeRouter::start(answers);
+    start_with(cfg, router.submitter(), Some(router)).await
 }
 
-/// Starts a listener for `cfg` on 127.0.0.1:0 submitting to `submitter`.
-pub async fn start_with(cfg: Config, submitter: Submitter, seen: mpsc::UnboundedReceiver<Seen>) -> Server {
+/// Starts a listener for `cfg` on 127.0.0.1:0 submitting to `submitter` (whose router, if the
+/// test has one, is `router`).
+pub async fn start_with(cfg: Config, submitter: Submitter, router: Option<FakeRouter>) -> Server {
     let inbound = WebhookInbound::new(&cfg, SigningKey::new(SECRET)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let cx = InboundContext { account: account(), submitter, shutdown: shutdown.clone(), health: Default::default() };
     let task = tokio::spawn(inbound.serve(listener, cx));
-    Server { addr, url: format!("http://{addr}{}", cfg.path()), seen, shutdown, task }
+    Server { addr, url: format!("http://{addr}{}", cfg.path()), router, shutdown, task }
 }
 
 pub fn account() -> AccountId {

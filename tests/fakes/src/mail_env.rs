@@ -1,6 +1,5 @@
 //! The connection settings `tests/mail-servers.sh start` writes to its env file, read in one
-//! place for every email test (the adapter's and the end-to-end ones). Std only, so any test
-//! crate can include it.
+//! place for every email test (the adapter's and the end-to-end ones). Std only.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

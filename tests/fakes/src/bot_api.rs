@@ -21,9 +21,8 @@
 //! that blocked the bot ([`FakeBotApi::block_chat`]) or any error per chat, malformed updates
 //! ([`FakeBotApi::push_raw`]), and stalled polls ([`FakeBotApi::stall_polls`]).
 //!
-//! Self-contained: only axum, tokio and serde_json. Include it with
-//! `#[path = "support/fake_bot_api.rs"] mod fake_bot_api;` (root tests) or
-//! `#[path = "../../../tests/support/fake_bot_api.rs"] mod fake_bot_api;` (adapter tests).
+//! Only axum, tokio and serde_json; used as `carebridge_fakes::bot_api::FakeBotApi` by the
+//! Telegram adapter's tests and the end-to-end tests.
 #![allow(dead_code)]
 
 use axum::Router;

@@ -1,11 +1,16 @@
 //! The command line: `run`, `check-config`, `print-default-config`, `policy explain`, `review`,
 //! `outbox`, `link`, `consent`, `export`. Errors are reported with context here, at the edge (`anyhow`).
 
-use crate::config::{Config, ConfigErrors, DEFAULT_TOML};
-use crate::policy::{Audience, CheckInput, Class, Direction, Policy};
+mod backend;
+mod records;
+
+use crate::config::{Config, ConfigErrors, DEFAULT_TOML, ValidConfig};
+use crate::officer::{DeadAction, Request, Verdict};
+use crate::policy::{Audience, CheckInput, Class, Direction};
 use crate::record::Store;
 use anyhow::{Context, Result, anyhow, bail};
-use carebridge_contract::{AccountId, DeliveryId};
+use backend::backend;
+use carebridge_contract::AccountId;
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -117,7 +122,7 @@ pub enum Command {
         actor: Option<String>,
         /// What to do.
         #[command(subcommand)]
-        command: crate::records::cli::RecordsCommand,
+        command: records::RecordsCommand,
     },
     /// The record store itself: `migrate` turns an earlier carebridge's store (sled) into the
     /// current one.
@@ -130,7 +135,7 @@ pub enum Command {
     Keys {
         /// What to do.
         #[command(subcommand)]
-        command: crate::records::cli::KeysCommand,
+        command: records::KeysCommand,
     },
     /// Print the record store as JSON lines (records with their events, quarantined input, dead
     /// letters, held messages)
@@ -155,6 +160,11 @@ pub enum StoreCommand {
         /// The TOML config file (its `data_dir` and key file).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Instead: copy the whole store into PostgreSQL (from `<data_dir>`) or back into an
+        /// empty `<data_dir>` (from `[store.postgres]`); the config needs `backend = "postgres"`.
+        /// Verified against the source's chain; the source is left as it was.
+        #[arg(long, value_enum)]
+        into: Option<crate::record::transfer::Target>,
     },
 }
 
@@ -295,16 +305,11 @@ fn is_broken_pipe_error(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-fn load(path: Option<&Path>) -> Result<Config> {
-    let config = match path {
-        Some(p) => Config::load(p)?,
-        None => Config::default_config()?,
-    };
-    let problems = config.validate();
-    if !problems.is_empty() {
-        return Err(ConfigErrors(problems).into());
-    }
-    Ok(config)
+fn load(path: Option<&Path>) -> Result<ValidConfig> {
+    Ok(match path {
+        Some(p) => ValidConfig::load(p)?,
+        None => ValidConfig::default_config()?,
+    })
 }
 
 /// `store migrate`: see [`crate::record::import`].
@@ -364,13 +369,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Records { config, actor, command } => {
             let config = load(config.as_deref())?;
             let actor = who_acts(actor)?;
-            crate::records::cli::check_actor(&actor)?;
-            crate::records::cli::records(&config, actor, command)
+            records::check_actor(&actor)?;
+            records::records(&config, actor, command)
         }
-        Command::Keys { command } => crate::records::cli::keys(command),
-        Command::Store { command: StoreCommand::Migrate { config } } => {
+        Command::Keys { command } => records::keys(command),
+        Command::Store { command: StoreCommand::Migrate { config, into } } => {
             let config = load(config.as_deref())?;
-            store_migrate(&config)
+            match into {
+                None => store_migrate(&config),
+                Some(into) => {
+                    let c = crate::record::transfer::run(&config, into)?;
+                    println!(
+                        "copied {} entries into {into:?}; the chain verifies: {} entries, head {}",
+                        c.entries, c.chain_entries, c.chain_head
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Review { config, actor, command } => {
             let config = load(config.as_deref())?;
@@ -396,21 +411,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Link { config, patient, account, purpose } => {
             let config = load(config.as_deref())?;
-            crate::admin::check_request(&config, &patient, &account, true).map_err(|e| anyhow!("{e}"))?;
-            let body = serde_json::json!({ "patient_id": patient, "account": account, "purpose": purpose });
-            let out = match admin_call(&config, "POST", "/admin/link-codes", Some(body))? {
-                Some(v) => v,
-                None => {
-                    let account: AccountId = account.parse().map_err(|e| anyhow!("{e}"))?;
-                    if !config.directory.patient.iter().any(|p| p.id == patient) {
-                        bail!("unknown patient id `{patient}` (add the patient to the directory first)");
-                    }
-                    let store = open_store_to_write(&config)?;
-                    let code = crate::admin::create_link_code(&store, &patient, &account, &purpose)?;
-                    store.flush_blocking()?;
-                    serde_json::json!({ "code": code })
-                }
-            };
+            let out = backend(&config)?.call(Request::LinkCode { patient_id: patient, account, purpose })?;
             println!("{}", out["code"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
@@ -421,14 +422,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 "withdraw" => false,
                 other => bail!("unknown consent action `{other}` (grant or withdraw)"),
             };
-            crate::admin::check_request(&config, &patient, &account, false).map_err(|e| anyhow!("{e}"))?;
             let actor = who_acts(actor)?;
-            let req = crate::admin::ConsentRequest { patient_id: patient, account, purpose, grant, source, actor };
-            if admin_call(&config, "POST", "/admin/consents", Some(serde_json::to_value(&req)?))?.is_none() {
-                let store = open_store_to_write(&config)?;
-                crate::admin::apply_consent(&store, &req, "cli")?;
-                store.flush_blocking()?;
-            }
+            backend(&config)?.call(Request::Consent { patient_id: patient, account, purpose, grant, source, actor })?;
             println!("ok");
             Ok(ExitCode::SUCCESS)
         }
@@ -537,146 +532,50 @@ fn os_user_name() -> Option<String> {
     })
 }
 
-/// The store for a command that writes into it (`link`, `consent`): on a new install, before the
-/// daemon's first start, it may be created, as `run` would.
-fn open_store_to_write(config: &Config) -> Result<Store> {
-    crate::record::open_configured(config)
-}
-
-/// The store for a command that reads it: there must be one (see `record::open_existing`).
+/// The store for `export`, which streams every patient's file from the store itself: there
+/// must be one (see `record::open_existing`).
 fn open_store(config: &Config) -> Result<Store> {
     crate::record::open_existing(config, config.file.is_some())
 }
 
-/// Calls the admin API if it is configured and answering; `Ok(None)` if the daemon is not running
-/// (the caller then opens the store directly).
-pub(crate) fn admin_call(
-    config: &Config,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<Option<serde_json::Value>> {
-    let Some(addr) = config.admin.listen else { return Ok(None) };
-    let token =
-        carebridge_contract::config::load_secret(&config.admin.token_env, &config.admin.token_file, &config.config_dir)
-            .map_err(|e| anyhow!("admin: {e}"))?
-            .ok_or_else(|| anyhow!("admin: token not configured"))?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let client = reqwest::Client::new();
-        let url = format!("http://{addr}{path}");
-        let req = match method {
-            "POST" => client.post(&url).json(&body.unwrap_or(serde_json::json!({}))),
-            _ => client.get(&url),
-        };
-        let resp = match req.bearer_auth(token.expose()).send().await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => return Ok(None),
-            Err(e) => return Err(anyhow!("admin API: {e}")),
-        };
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            bail!("admin API answered {status}: {}", v["error"].as_str().unwrap_or("(no detail)"));
-        }
-        Ok(Some(v))
-    })
-}
-
-fn review(config: &Config, command: ReviewCommand, actor: &str) -> Result<ExitCode> {
-    let (method, path, body) = match &command {
-        ReviewCommand::List => ("GET", "/admin/review".to_string(), None),
-        ReviewCommand::Show { id } => {
-            ("GET", format!("/admin/review/{id}?actor={}", crate::records::cli::query_value(actor)), None)
-        }
+/// `review list|show|approve|reject`: one officer request each.
+fn review(config: &ValidConfig, command: ReviewCommand, actor: &str) -> Result<ExitCode> {
+    let request = match command {
+        ReviewCommand::List => Request::ReviewList,
+        ReviewCommand::Show { id } => Request::ReviewShow { delivery: id, actor: actor.to_string() },
         ReviewCommand::Approve { id, by } => {
-            ("POST", format!("/admin/review/{id}/approve"), Some(serde_json::json!({ "by": by })))
+            Request::ReviewDecide { delivery: id, verdict: Verdict::Approve, by: by.unwrap_or_default() }
         }
         ReviewCommand::Reject { id, by } => {
-            ("POST", format!("/admin/review/{id}/reject"), Some(serde_json::json!({ "by": by })))
+            Request::ReviewDecide { delivery: id, verdict: Verdict::Reject, by: by.unwrap_or_default() }
         }
     };
-    let out = match admin_call(config, method, &path, body)? {
-        Some(v) => v,
-        None => {
-            let store = open_store(config)?;
-            match command {
-                ReviewCommand::List => serde_json::to_value(crate::admin::review_list(&store)?)?,
-                ReviewCommand::Show { id } => {
-                    let actor = crate::record::Actor { name: actor.to_string(), via: "cli" };
-                    let v = crate::review::show(&store, config, parse_delivery(&id)?, &actor)?
-                        .ok_or_else(|| anyhow!("no such held delivery"))?;
-                    store.flush_blocking()?;
-                    v
-                }
-                ReviewCommand::Approve { id, by } => {
-                    let by = by.unwrap_or_default();
-                    let (outcome, _) = crate::review::approve(&store, config, parse_delivery(&id)?, &by)?
-                        .ok_or_else(|| anyhow!("no such held delivery"))?;
-                    store.flush_blocking()?;
-                    let rerouted = match outcome {
-                        crate::review::OnApproval::Reroute(to) => Some(to.to_string()),
-                        _ => None,
-                    };
-                    serde_json::json!({ "delivery": id, "verdict": "approved", "rerouted_to": rerouted, "note": "queued; sent when the daemon next runs" })
-                }
-                ReviewCommand::Reject { id, by } => {
-                    store
-                        .resolve_review(parse_delivery(&id)?, false, by.as_deref().unwrap_or_default())?
-                        .ok_or_else(|| anyhow!("no such held delivery"))?;
-                    store.flush_blocking()?;
-                    serde_json::json!({ "delivery": id, "verdict": "rejected", "note": "queued; sent when the daemon next runs" })
-                }
-            }
-        }
-    };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    println!("{}", serde_json::to_string_pretty(&backend(config)?.call(request)?)?);
     Ok(ExitCode::SUCCESS)
 }
 
-/// `outbox list|retry|drop`: through the admin API while the daemon runs, else on the store.
-fn outbox(config: &Config, command: OutboxCommand) -> Result<ExitCode> {
-    let (method, path, body) = match &command {
-        OutboxCommand::List => ("GET", "/admin/outbox/dead".to_string(), None),
+/// `outbox list|retry|drop`: one officer request each.
+fn outbox(config: &ValidConfig, command: OutboxCommand) -> Result<ExitCode> {
+    let request = match command {
+        OutboxCommand::List => Request::DeadList,
         OutboxCommand::Retry { id, by } => {
-            ("POST", format!("/admin/outbox/dead/{id}/retry"), Some(serde_json::json!({ "by": by })))
+            Request::DeadAction { delivery: id, action: DeadAction::Retry, by: by.unwrap_or_default() }
         }
         OutboxCommand::Drop { id, by } => {
-            ("POST", format!("/admin/outbox/dead/{id}/drop"), Some(serde_json::json!({ "by": by })))
+            Request::DeadAction { delivery: id, action: DeadAction::Drop, by: by.unwrap_or_default() }
         }
     };
-    let out = match admin_call(config, method, &path, body)? {
-        Some(v) => v,
-        None => {
-            let store = open_store(config)?;
-            let out = match command {
-                OutboxCommand::List => serde_json::to_value(crate::admin::dead_list(&store)?)?,
-                OutboxCommand::Retry { id, by } => {
-                    store
-                        .retry_dead(parse_delivery(&id)?, by.as_deref().unwrap_or_default())?
-                        .ok_or_else(|| anyhow!("no such dead letter"))?;
-                    serde_json::json!({ "delivery": id, "outcome": "requeued", "note": "sent when the daemon next runs" })
-                }
-                OutboxCommand::Drop { id, by } => {
-                    store
-                        .drop_dead(parse_delivery(&id)?, by.as_deref().unwrap_or_default())?
-                        .ok_or_else(|| anyhow!("no such dead letter"))?;
-                    serde_json::json!({ "delivery": id, "outcome": "dropped" })
-                }
-            };
-            store.flush_blocking()?;
-            out
-        }
-    };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    println!("{}", serde_json::to_string_pretty(&backend(config)?.call(request)?)?);
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_delivery(id: &str) -> Result<DeliveryId> {
-    id.parse().map_err(|_| anyhow!("`{id}` is not a delivery id (dlv-…)"))
-}
-
-fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &str, audience: &str) -> Result<ExitCode> {
+fn explain(
+    config: &ValidConfig,
+    channel: &str,
+    patient: Option<&str>,
+    direction: &str,
+    audience: &str,
+) -> Result<ExitCode> {
     let account: AccountId = channel.parse().map_err(|e| anyhow!("--channel: {e}"))?;
     if !config.accounts.contains_key(&account) {
         bail!("--channel: unknown account `{account}`");
@@ -700,8 +599,7 @@ fn explain(config: &Config, channel: &str, patient: Option<&str>, direction: &st
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let policy = Policy::compile(&config.policy)
-        .map_err(|p| anyhow!("policy: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    let policy = config.policy();
     let input = CheckInput {
         text: &text,
         direction,
