@@ -23,6 +23,7 @@ use carebridge_contract::{
 };
 use futures::TryStreamExt;
 use rustls::pki_types::ServerName;
+use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -510,9 +511,11 @@ impl Runner {
                 return Ok(Sync::Stop(Stop::Shutdown));
             }
             let source = SourceKey { account: self.account().clone(), native_id: format!("{uidvalidity}:{uid}") };
-            let Some(submission) = self.fetch(session, uid, source.clone()).await? else {
+            let Some(submission) = self.fetch(session, uid, source).await? else {
                 continue; // expunged meanwhile by someone else
             };
+            let submission = keyed_by_content(submission);
+            let source = submission.source().clone();
             let malformed = matches!(submission, Submission::Malformed { .. });
             let receipt = self.submit(submission).await;
             if !receipt.may_ack() {
@@ -673,5 +676,61 @@ mod tests {
         assert_eq!(e.to_string(), "server refused fetch");
         let lost = ImapError::from_imap("idle", async_imap::error::Error::Io(io::ErrorKind::UnexpectedEof.into()));
         assert_eq!(lost.kind(), "connection_lost");
+    }
+}
+
+/// Gives a parsed message a source key of its own identity instead of its place in the mailbox,
+/// so that a copy the mail system delivered twice is recorded once: Postfix retries an LMTP
+/// delivery whose answer was lost (Dovecot restarting answers `421` after it stored the
+/// message), and the mailbox then holds two copies under two UIDs. The key is a digest of the
+/// Message-ID with what the message says (subject, text, attachments): a redelivered copy has
+/// the same, while two different messages that reuse a Message-ID (some clients do) differ and
+/// are both recorded. Without a Message-ID, and for malformed input, the UID key stays.
+fn keyed_by_content(submission: Submission) -> Submission {
+    let Submission::Message(mut env) = submission else { return submission };
+    let Some(message_id) = env.native_message_id.as_deref().filter(|m| !m.is_empty()) else {
+        return Submission::Message(env);
+    };
+    let mut digest = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        digest.update((bytes.len() as u64).to_be_bytes());
+        digest.update(bytes);
+    };
+    field(message_id.as_bytes());
+    field(env.subject.as_ref().map(|s| s.expose().as_bytes()).unwrap_or_default());
+    field(env.body.expose().as_bytes());
+    for a in &env.attachments {
+        field(a.filename.as_ref().map(|f| f.expose().as_bytes()).unwrap_or_default());
+        field(a.content_type.as_bytes());
+        field(a.data.expose());
+    }
+    let hash = digest.finalize();
+    // 128 bits of the digest: PHI-free (it is logged), and collision-free in practice.
+    env.source.native_id = format!("m:{}", hex::encode(&hash[..16]));
+    Submission::Message(env)
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+    use carebridge_contract::{Address, AddressKind, Envelope};
+
+    fn copy(uid: u32, message_id: Option<&str>, body: &str) -> Submission {
+        let source = SourceKey { account: "email.clinic".parse().unwrap(), native_id: format!("7:{uid}") };
+        let mut env = Envelope::new(source, Address::new(AddressKind::Email, "ann@patients.test"), body);
+        env.native_message_id = message_id.map(str::to_string);
+        Submission::Message(env)
+    }
+
+    #[test]
+    fn a_copy_delivered_twice_has_one_key_and_a_reused_message_id_does_not_merge_two_messages() {
+        let first = keyed_by_content(copy(41, Some("abc@patients.test"), "my appointment"));
+        let again = keyed_by_content(copy(42, Some("abc@patients.test"), "my appointment"));
+        assert_eq!(first.source(), again.source(), "two UIDs, one message");
+        assert!(first.source().native_id.starts_with("m:") && !first.source().native_id.contains("patients"));
+        let other = keyed_by_content(copy(43, Some("abc@patients.test"), "a different message"));
+        assert_ne!(first.source(), other.source());
+        let no_id = keyed_by_content(copy(44, None, "my appointment"));
+        assert_eq!(no_id.source().native_id, "7:44");
     }
 }
