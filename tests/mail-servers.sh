@@ -50,10 +50,10 @@ IMAP_PORT=${MAIL_IMAP_PORT:-1143}
 IMAPS_PORT=${MAIL_IMAPS_PORT:-1993}
 LMTP_PORT=${MAIL_LMTP_PORT:-2424}
 # clinic/dr.lee/ann: the end-to-end scenario (clinic mailbox, a clinician, a patient).
-# box1..box8: one mailbox per adapter test that consumes a mailbox with IDLE, so
+# box1..box10: one mailbox per test that consumes a mailbox with IDLE or reads one, so
 # tests running in parallel never take each other's mail.
 DEFAULT_USERS="clinic@clinic.test:clinic-pass dr.lee@clinic.test:lee-pass ann@patients.test:ann-pass"
-for i in 1 2 3 4 5 6 7 8; do DEFAULT_USERS="$DEFAULT_USERS box$i@clinic.test:box$i-pass"; done
+for i in 1 2 3 4 5 6 7 8 9 10; do DEFAULT_USERS="$DEFAULT_USERS box$i@clinic.test:box$i-pass"; done
 USERS=${MAIL_USERS:-$DEFAULT_USERS}
 PACKAGES="dovecot-imapd dovecot-lmtpd postfix openssl"
 

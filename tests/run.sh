@@ -32,17 +32,17 @@ tests/mail-servers.sh start "$CAREBRIDGE_MAIL_DIR" >/dev/null
 CAREBRIDGE_TEST_POSTGRES=$(tests/postgres.sh start "$CAREBRIDGE_PG_DIR")
 export CAREBRIDGE_TEST_POSTGRES
 
-# The FHIR R4 validators tests/fhir_export.rs runs the export through (required here: pinned in
+# The FHIR R4 validators tests/e2e/fhir_export.rs runs the export through (required here: pinned in
 # tests/fhir/package-lock.json; node_modules stays out of git).
 if ! command -v npm >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 npm ci --prefix tests/fhir --ignore-scripts --no-audit --no-fund --loglevel=error
-# The FHIR R4 server tests/e2e_fhir.rs files into (Medplum's FHIR router, in memory, validating
+# The FHIR R4 server tests/e2e/e2e_fhir.rs files into (Medplum's FHIR router, in memory, validating
 # what it stores; pinned in tests/fhir-server/package-lock.json; needs Node >= 20.19).
 npm ci --prefix tests/fhir-server --ignore-scripts --no-audit --no-fund --loglevel=error
 
-# systemd-analyze, for tests/systemd_unit.rs (verify and security-rate the shipped units); a
+# systemd-analyze, for tests/e2e/systemd_unit.rs (verify and security-rate the shipped units); a
 # container image has no systemd, and the package is small.
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null

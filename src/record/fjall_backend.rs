@@ -138,7 +138,7 @@ impl FjallBackend {
             // it at fjall's smallest bound so it is rotated (and its space returned) early.
             .max_journaling_size(64 << 20);
         // fjall asserts on some damaged journal entries while recovering (seen with single
-        // flipped bytes: `tests/record_store.rs`); a damaged store must be a clear refusal, not
+        // flipped bytes: `tests/e2e/record_store.rs`); a damaged store must be a clear refusal, not
         // a crash.
         let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.open()))
             .map_err(|_| {
@@ -154,7 +154,7 @@ impl FjallBackend {
                     EngineError::Corrupt(format!("a file it names is missing ({io})"))
                 }
                 // `EINVAL` at open comes from a file's own content (seen with a keyspace's
-                // file cut to nothing: `tests/record_store.rs`), not from the disk.
+                // file cut to nothing: `tests/e2e/record_store.rs`), not from the disk.
                 EngineError::Io(io)
                     if io.kind() == std::io::ErrorKind::InvalidInput || io.raw_os_error() == Some(22) =>
                 {

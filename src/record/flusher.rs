@@ -9,7 +9,7 @@
 //! error (`ENOSPC`, `EIO`) for the life of the database handle ("poisoned": the journal may end
 //! in a partial batch, and writing after it would bury it mid-journal), so every later
 //! transaction and flush fails even once the disk has space again (tested:
-//! `tests/disk_full.rs`), and only reopening the database clears it. A daemon that stayed up
+//! `tests/e2e/disk_full.rs`), and only reopening the database clears it. A daemon that stayed up
 //! would refuse every message forever (and resend its deliveries every few seconds, unable to
 //! record them as sent). Stopping loses nothing: every acknowledgement waited for a successful
 //! flush, and a send whose outcome was not recorded is resent with the same delivery id. The

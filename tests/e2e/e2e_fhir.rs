@@ -1,5 +1,5 @@
 //! The `fhir` destination through the real daemon, against a real FHIR R4 server on loopback
-//! (Medplum's FHIR router, validating every resource it stores; `tests/support/fhir_server.rs`):
+//! (Medplum's FHIR router, validating every resource it stores; `tests/e2e/support/fhir_server.rs`):
 //! conversations over SMS, Telegram and email (real Postfix + Dovecot from
 //! `tests/mail-servers.sh`; that test skips like the other email tests when they are not
 //! running) filed as linked `Communication`s under the right `Patient`, no second copy
@@ -9,8 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
 
+use crate::support;
 use carebridge_fakes::bot_api as fake_bot_api;
-mod support;
 
 use fake_bot_api::FakeBotApi;
 use serde_json::{Value, json};
@@ -491,14 +491,15 @@ async fn an_email_conversation_is_filed_with_its_subject_and_message_id() {
     let Some(fhir) = FhirServer::start(None) else { return };
     let ann = fhir.add_patient(MRN, "p-0001", "Patient").await;
     let dir = tempfile::tempdir().unwrap();
-    // A mailbox of the test servers' that no other test reads.
-    let clinic_box = "box8@clinic.test";
+    // Mailboxes of the test servers' that no other test reads (all the end-to-end tests run in
+    // one binary, so at the same time as e2e_email's).
+    let clinic_box = "box9@clinic.test";
     std::fs::write(dir.path().join("box.pass"), format!("{}\n", env.users[clinic_box])).unwrap();
     let email = format!(
         r#"
 [email.clinic]
 address = "{clinic_box}"
-forward_to = "dr.lee@clinic.test"
+forward_to = "box10@clinic.test"
 [email.clinic.imap]
 host = "{host}"
 port = {imaps}

@@ -14,8 +14,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
 
+use crate::support;
 use carebridge_fakes::bot_api as fake_bot_api;
-mod support;
 
 use carebridge::record::pg_backend::testing;
 use std::collections::{BTreeMap, BTreeSet};

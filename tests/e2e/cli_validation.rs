@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test should panic with the value
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

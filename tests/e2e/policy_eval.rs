@@ -2,7 +2,7 @@
 //! 16), as a reply or forward going to a patient on an insecure account (ceiling `contact`),
 //! and fails when a figure falls below its threshold.
 //!
-//! Run `cargo test --test policy_eval -- --nocapture` to print the figures (docs/policy.md,
+//! Run `cargo test --test e2e policy_eval:: -- --nocapture` to print the figures (docs/policy.md,
 //! "Evaluation", reports them). Measures:
 //! - per kind (identifier and contact kinds, which are labelled span by span): recall and
 //!   precision; a finding counts when it overlaps a label of its kind;
@@ -23,7 +23,7 @@ use carebridge::policy::{Action, Audience, CheckInput, Class, Direction, Policy,
 use carebridge_contract::AccountId;
 use std::collections::BTreeMap;
 
-const CORPUS: &str = include_str!("policy_corpus/corpus.txt");
+const CORPUS: &str = include_str!("../policy_corpus/corpus.txt");
 
 /// Kinds labelled span by span.
 const SPAN_KINDS: &[&str] = &[

@@ -4,7 +4,7 @@
 //! by this version.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use carebridge::record::retention::Cutoffs;
 use carebridge::record::{Keyring, Store};
