@@ -197,16 +197,13 @@ pub struct LinkBody {
     /// Account id (`telegram.front_desk`).
     pub account: String,
     /// Consent purpose the link grants (default `clinical`).
-    pub purpose: Option<String>,
+    #[serde(default = "crate::officer::default_purpose")]
+    pub purpose: String,
 }
 
 impl From<LinkBody> for Request {
     fn from(b: LinkBody) -> Request {
-        Request::LinkCode {
-            patient_id: b.patient_id,
-            account: b.account,
-            purpose: b.purpose.unwrap_or_else(|| "clinical".into()),
-        }
+        Request::LinkCode { patient_id: b.patient_id, account: b.account, purpose: b.purpose }
     }
 }
 
@@ -218,11 +215,13 @@ pub struct ConsentBody {
     /// Account id.
     pub account: String,
     /// Purpose (default `clinical`).
-    pub purpose: Option<String>,
+    #[serde(default = "crate::officer::default_purpose")]
+    pub purpose: String,
     /// Grant (true) or withdraw (false).
     pub grant: bool,
     /// Where the consent came from (default `admin`).
-    pub source: Option<String>,
+    #[serde(default = "crate::officer::default_source")]
+    pub source: String,
     /// Who recorded it (required).
     #[serde(default)]
     pub actor: String,
@@ -233,9 +232,9 @@ impl From<ConsentBody> for Request {
         Request::Consent {
             patient_id: b.patient_id,
             account: b.account,
-            purpose: b.purpose.unwrap_or_else(|| "clinical".into()),
+            purpose: b.purpose,
             grant: b.grant,
-            source: b.source.unwrap_or_else(|| "admin".into()),
+            source: b.source,
             actor: b.actor,
         }
     }

@@ -166,10 +166,12 @@ pub enum DeadAction {
     Drop,
 }
 
-fn default_purpose() -> String {
+/// The consent purpose of a link or consent that names none.
+pub(crate) fn default_purpose() -> String {
     "clinical".into()
 }
-fn default_source() -> String {
+/// Where a consent came from when the request does not say.
+pub(crate) fn default_source() -> String {
     "admin".into()
 }
 
