@@ -597,8 +597,15 @@ impl Store {
         }
         Ok(())
     }
+    /// Seals a value of `tree`, compressed first unless the tree's rows are transient: an outbox
+    /// row lives until its delivery is made (usually well under a second), so compressing it
+    /// would cost the router's thread about 10 µs for bytes the store drops again at once.
     fn seal<T: Serialize>(&self, tree: &str, key: &[u8], v: &T) -> Vec<u8> {
-        self.keys.seal(tree, key, &enc(v))
+        if tree == t::OUTBOX {
+            self.keys.seal(tree, key, &enc(v))
+        } else {
+            self.keys.seal_compressible(tree, key, &enc(v))
+        }
     }
 
     fn unseal<T: DeserializeOwned>(&self, tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
