@@ -60,7 +60,7 @@ pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Res
         outbox_stop.clone(),
         outbox_tasks.clone(),
     );
-    workers.set_leases(config.store.leases(&config.config_dir)?, config.store.takeover() / 3);
+    workers.set_leases(config.store.leases(&config.config_dir)?);
     let wakers = workers.wakers();
     let wake = wakers.clone();
     // Cancelled by a receiver that fails for good, or by the flusher when the store stops taking

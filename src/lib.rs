@@ -34,7 +34,7 @@ pub mod lease;
 pub mod officer;
 pub mod ops;
 pub mod outbox;
-pub mod outbox_sweep;
+pub mod outbox_lease;
 pub mod policy;
 pub mod receivers;
 pub mod record;

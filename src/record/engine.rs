@@ -161,6 +161,18 @@ pub trait Backend: Send + Sync {
     fn probe(&self) -> Result<(), EngineError> {
         Ok(())
     }
+    /// The keys under `prefix` of `tree` first written after place `after` in the one order of
+    /// commits across instances, each with its place, in that order (a row written again keeps
+    /// its place). `None`: the backend keeps no such order, and key order is commit order (the
+    /// embedded store's keys come from its one dense counter).
+    fn keys_in_commit_order(
+        &self,
+        _tree: TreeId,
+        _prefix: &[u8],
+        _after: u64,
+    ) -> Result<Option<Vec<(u64, Bytes)>>, EngineError> {
+        Ok(None)
+    }
     /// With [`Backend::reserve_ids`]: an id above every id any instance was handed (`None`: the
     /// store's own counter knows).
     fn ids_used(&self) -> Result<Option<u64>, EngineError> {
@@ -217,6 +229,15 @@ impl Tr {
     /// The entries from `from` on, in key order.
     pub fn range_from(&self, from: impl AsRef<[u8]>) -> Entries<'_> {
         self.backend.scan(self.id, Scan::Range(Bound::Included(from.as_ref().to_vec()), Bound::Unbounded))
+    }
+
+    /// See [`Backend::keys_in_commit_order`].
+    pub fn keys_in_commit_order(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        after: u64,
+    ) -> Result<Option<Vec<(u64, Bytes)>>, EngineError> {
+        self.backend.keys_in_commit_order(self.id, prefix.as_ref(), after)
     }
 
     /// How many entries the tree holds (walks it: for small trees and audits).

@@ -991,6 +991,23 @@ impl Store {
             .collect()
     }
 
+    /// The outbox rows of one account committed after place `after` (0: all), in the order they
+    /// were committed across every instance sharing the store, with the place of the last one
+    /// (`after` if none): what the holder of an account's delivery lease reads, so it sends
+    /// each recipient's rows in the order they were recorded (`outbox`). A row written again (a
+    /// retry) keeps its place. On the embedded store key order is commit order, and the place
+    /// is the row's sequence number.
+    pub fn outbox_keys_after(&self, account: &AccountId, after: u64) -> Result<(Vec<OutboxKey>, u64), StoreError> {
+        let prefix = join(&account.to_string(), "");
+        let key_of = |k: &[u8]| OutboxKey { account: account.clone(), seq: id_of(&k[prefix.len()..]) };
+        let placed: Vec<(u64, OutboxKey)> = match self.outbox.keys_in_commit_order(&prefix, after)? {
+            Some(rows) => rows.iter().map(|(place, k)| (*place, key_of(k))).collect(),
+            None => self.outbox_keys(account)?.into_iter().filter(|k| k.seq > after).map(|k| (k.seq, k)).collect(),
+        };
+        let last = placed.last().map_or(after, |(place, _)| *place);
+        Ok((placed.into_iter().map(|(_, k)| k).collect(), last))
+    }
+
     /// One outbox row.
     pub fn outbox_item(&self, key: &OutboxKey) -> Result<Option<OutboxItemV1>, StoreError> {
         self.get_sealed(&self.outbox, &key.encode())
@@ -1083,7 +1100,7 @@ impl Store {
                     chain::append(&self.chain_key, journal, heads, e.append())?;
                 }
                 // On a store several instances share, another instance may have sent this row
-                // meanwhile (a take-over: `outbox_sweep`): the attempt stays in the record, but a
+                // meanwhile (a live holder losing its delivery lease: `outbox_lease`): the attempt stays in the record, but a
                 // row already gone is neither brought back for a retry nor moved.
                 let present = outbox.remove(p.okey.as_slice())?.is_some();
                 if let (OutboxUpdate::Retry { .. }, Some(row), true) = (u, &p.row, present) {

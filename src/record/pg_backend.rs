@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (tree, key)
      );
      CREATE SEQUENCE carebridge_ids AS bigint INCREMENT BY 1024 MINVALUE 1 START WITH 1;",
+    // 2: every row's place in the one order of commits (see `COMMIT_ORDER`): numbered when it is
+    // first written, under the write lock, and kept when it is written again (an upsert), so the
+    // delivery lease's holder reads an account's outbox in the order its rows were committed.
+    "CREATE SEQUENCE carebridge_commit_order AS bigint MINVALUE 1 START WITH 1;
+     ALTER TABLE kv ADD COLUMN ord bigint NOT NULL DEFAULT nextval('carebridge_commit_order');
+     CREATE INDEX kv_outbox_in_commit_order ON kv (ord) WHERE tree = 'outbox';",
 ];
 
 /// How many ids one reservation takes (the sequence's increment, migration 1).
@@ -62,6 +68,10 @@ pub const ID_BLOCK: u64 = 1024;
 /// The advisory lock every write transaction takes first (`pg_advisory_xact_lock`): the one
 /// order of every commit, across instances. (Leases take session locks in another key space.)
 pub const WRITE_LOCK: i64 = 0x6362_0001;
+
+/// The tree whose rows are read in commit order ([`Backend::keys_in_commit_order`]; the partial
+/// index of migration 2 covers it alone).
+const COMMIT_ORDER: &str = "outbox";
 
 /// The advisory lock the migrations run under, so two instances starting at once take turns.
 const MIGRATION_LOCK: i64 = 0x6362_0002;
@@ -513,6 +523,34 @@ impl Backend for PgBackend {
 
     fn probe(&self) -> Result<(), EngineError> {
         self.rows("SELECT 1", &[]).map(|_| ())
+    }
+
+    fn keys_in_commit_order(
+        &self,
+        tree: TreeId,
+        prefix: &[u8],
+        after: u64,
+    ) -> Result<Option<Vec<(u64, Bytes)>>, EngineError> {
+        let name = self.name(tree);
+        if name != COMMIT_ORDER {
+            return Ok(None);
+        }
+        // Every write transaction numbers its rows while it holds the write lock, and a row is
+        // visible before the lock passes on: once a place is seen, no row with an earlier one
+        // can appear later, so "after the last place read" misses nothing.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let end = prefix_end(prefix);
+        let rows = match &end {
+            Some(end) => self.rows(
+                "SELECT ord, key FROM kv WHERE tree = $1 AND ord > $2 AND key >= $3 AND key < $4 ORDER BY ord",
+                &[&name, &after, &prefix, &end.as_slice()],
+            )?,
+            None => self.rows(
+                "SELECT ord, key FROM kv WHERE tree = $1 AND ord > $2 AND key >= $3 ORDER BY ord",
+                &[&name, &after, &prefix],
+            )?,
+        };
+        Ok(Some(rows.into_iter().map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1))).collect()))
     }
 
     fn ids_used(&self) -> Result<Option<u64>, EngineError> {

@@ -1,9 +1,11 @@
 //! Two daemons on one PostgreSQL store (issue #18, `docs/scale-out.md`): load goes in through
 //! both (some messages redelivered to both, as a source behind a load balancer may), the
-//! downstream EHR is down so deliveries wait in the outbox, one daemon is killed with `kill -9`,
-//! the EHR comes back. The other daemon takes over the dead one's deliveries (its sweep lease,
-//! `src/outbox_sweep.rs`), and at the end every accepted message is recorded exactly once and
-//! delivered at least once, repeats carrying the same Idempotency-Key.
+//! downstream EHR is down so deliveries wait in the outbox in retry backoff, the daemon holding
+//! the EHR account's delivery lease is killed with `kill -9`, the EHR comes back. Until the kill
+//! only the holder attempts deliveries (none by both); the other daemon takes the lease over
+//! (`src/outbox_lease.rs`) and sends everything, one patient's messages (recorded one after
+//! another, alternately through both daemons) in the order they were recorded; at the end every
+//! accepted message is recorded exactly once and delivered once by Idempotency-Key.
 //!
 //! A second test runs one Telegram bot on both daemons: one polls `getUpdates` (the lease
 //! holder), the other stands by, and takes over when the holder is killed.
@@ -29,6 +31,27 @@ use support::{SECRET, free_port, post_message};
 /// Messages per daemon, and how many of them are also redelivered to the other one.
 const PER_DAEMON: usize = 30;
 const REDELIVERED: usize = 8;
+/// Messages from one patient, each sent once the one before was accepted, alternately to
+/// either daemon: their order is the order they were recorded.
+const IN_ORDER: usize = 12;
+
+/// The delivery ids a daemon attempted (its log lines of attempts name them), among its first
+/// `upto` lines.
+fn attempted(logs: &[String], upto: usize) -> BTreeSet<String> {
+    logs.iter()
+        .take(upto)
+        .filter(|l| l.contains("will retry") || l.contains("Delivered."))
+        .filter_map(|l| {
+            let at = l.find("delivery_id=")? + "delivery_id=".len();
+            l[at..].split_whitespace().next().map(str::to_string)
+        })
+        .collect()
+}
+
+/// Whether a log line says this daemon took the EHR account's delivery lease.
+fn ehr_lease_taken(line: &str) -> bool {
+    line.contains("Lease taken") && line.contains("outbox.webhook.ehr")
+}
 
 fn config(dir: &std::path::Path, name: &str, sms_port: u16, ehr_port: u16, ehr_url: &str) -> String {
     format!(
@@ -100,23 +123,51 @@ async fn two_daemons_share_one_store_and_one_takes_over_when_the_other_is_killed
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // The EHR refuses for now: every delivery waits in the outbox, in retry.
-    let ehr = Sink::start(Mode::Always(503)).await;
+    // The EHR takes the patient's first message (its conversation token continues the
+    // conversation), then refuses: every delivery waits in the outbox, in retry backoff.
+    let ehr = Sink::start(Mode::Accept).await;
     let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
     let a_dir = dir.path().join("a");
     let b_dir = dir.path().join("b");
     std::fs::create_dir_all(&a_dir).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
-    let mut a = Daemon::start(&a_dir, &config(dir.path(), "data-a", ports[0].0, ports[0].1, &ehr.url()));
-    let b = Daemon::start(&b_dir, &config(dir.path(), "data-b", ports[1].0, ports[1].1, &ehr.url()));
-    for (p, d) in [(ports[0].0, &a), (ports[1].0, &b)] {
+    let mut daemons = [
+        Daemon::start(&a_dir, &config(dir.path(), "data-a", ports[0].0, ports[0].1, &ehr.url())),
+        Daemon::start(&b_dir, &config(dir.path(), "data-b", ports[1].0, ports[1].1, &ehr.url())),
+    ];
+    for (p, d) in [(ports[0].0, &daemons[0]), (ports[1].0, &daemons[1])] {
         assert!(wait_http(&format!("http://127.0.0.1:{p}/healthz"), Duration::from_secs(30)).await, "{:?}", d.logs());
     }
 
-    // Load through both, at once; some messages reach both daemons (a redelivery).
     let c = reqwest::Client::new();
-    let mut accepted: BTreeSet<String> = BTreeSet::new();
+    let first = msg(serde_json::json!({"id": "s-00", "from": "+14165559999", "text": "text s-00"}));
+    assert_eq!(post_message(&c, ports[0].0, &first).await.0, 202);
+    assert!(ehr.wait_for(1, Duration::from_secs(30)).await, "the first message is delivered");
+    let conversation = ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+    ehr.set_mode(Mode::Always(503));
+
+    // Load through both, at once; some messages reach both daemons (a redelivery).
+    let mut accepted: BTreeSet<String> = BTreeSet::from(["s-00".to_string()]);
     let mut sends = Vec::new();
+    // The patient writes again and again in that conversation (one recipient: delivered one at
+    // a time, in order), through either daemon in turn.
+    let in_order = tokio::spawn({
+        let client = c.clone();
+        let ports = ports.clone();
+        async move {
+            let mut ids = vec!["s-00".to_string()];
+            for k in 1..IN_ORDER {
+                let id = format!("s-{k:02}");
+                let body = msg(serde_json::json!({
+                    "id": id, "from": "+14165559999", "text": format!("text {id}"), "conversation": conversation,
+                }));
+                let status = post_message(&client, ports[k % 2].0, &body).await.0;
+                assert!(status == 202 || status == 200, "{id}: {status}");
+                ids.push(id);
+            }
+            ids
+        }
+    });
     for i in 0..PER_DAEMON {
         for (d, (port, _)) in ports.iter().enumerate() {
             let id = format!("m-{d}-{i}");
@@ -143,15 +194,34 @@ async fn two_daemons_share_one_store_and_one_takes_over_when_the_other_is_killed
         assert!(status == 202 || status == 200, "{id}: {status}");
         accepted.insert(id);
     }
-    assert_eq!(accepted.len(), 2 * PER_DAEMON);
-    // Deliveries are being tried (and refused) by both.
+    assert_eq!(accepted.len(), 2 * PER_DAEMON + 1);
+    let in_order = in_order.await.unwrap();
+    accepted.extend(in_order.iter().cloned());
+    // Deliveries are being tried (and refused), every row in retry backoff.
     let tried = Instant::now();
-    while ehr.attempts() < 10 && tried.elapsed() < Duration::from_secs(20) {
+    while ehr.attempts() < 40 && tried.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // One daemon dies with its deliveries unsent; then the EHR comes back.
-    a.kill9();
+    // The EHR account's deliveries are one daemon's: the other attempted none of them.
+    let holder =
+        daemons.iter().position(|d| d.logs().iter().any(|l| ehr_lease_taken(l))).expect("a delivery lease holder");
+    let survivor = 1 - holder;
+    let before_kill: Vec<usize> = daemons.iter().map(Daemon::log_len).collect();
+    let (by_holder, by_other) = (
+        attempted(&daemons[holder].logs(), before_kill[holder]),
+        attempted(&daemons[survivor].logs(), before_kill[survivor]),
+    );
+    assert!(!by_holder.is_empty(), "the holder attempts deliveries");
+    assert!(
+        by_holder.is_disjoint(&by_other),
+        "a delivery attempted by both daemons: {:?}",
+        by_holder.intersection(&by_other)
+    );
+    assert!(by_other.is_empty(), "only the lease holder sends the account's rows: {by_other:?}");
+
+    // The holder dies with every delivery unsent; then the EHR comes back.
+    daemons[holder].kill9();
     let killed = Instant::now();
     ehr.set_mode(Mode::Accept);
 
@@ -161,7 +231,7 @@ async fn two_daemons_share_one_store_and_one_takes_over_when_the_other_is_killed
         "delivered {} of {}; survivor's log: {:?}",
         by_idempotency_key(&ehr.received()).0.len(),
         accepted.len(),
-        b.logs().iter().rev().take(20).collect::<Vec<_>>()
+        daemons[survivor].logs().iter().rev().take(20).collect::<Vec<_>>()
     );
     // A figure for docs/scale-out.md, not an assertion.
     println!("fail-over: every delivery made {:?} after the kill (takeover_secs = 3)", killed.elapsed());
@@ -177,7 +247,20 @@ async fn two_daemons_share_one_store_and_one_takes_over_when_the_other_is_killed
     for id in &accepted {
         assert_eq!(delivered.get(id), Some(&1), "{id}: one delivery (by Idempotency-Key); repeats: {repeats}");
     }
-    assert!(b.wait_log("Taking over deliveries", 0, Duration::from_secs(1)), "the survivor swept the dead one's rows");
+    assert_eq!(repeats, 0, "no delivery was sent twice: one sender at a time");
+    // The patient's messages reached the EHR in the order they were recorded, though half were
+    // recorded by the dead daemon and all waited in backoff across the take-over.
+    let arrived: Vec<String> = ehr
+        .received()
+        .iter()
+        .filter_map(|r| r.body["text"].as_str()?.strip_prefix("text s-").map(|k| format!("s-{k}")))
+        .collect();
+    assert_eq!(arrived, in_order, "one recipient's deliveries in record order");
+    assert!(
+        daemons[survivor].logs().iter().skip(before_kill[survivor]).any(|l| ehr_lease_taken(l)),
+        "the survivor took the dead one's delivery lease over"
+    );
+    let b = &daemons[survivor];
 
     // Every accepted message is in the shared record exactly once.
     let (ok, out, err) = b.cli(&["export"]);
@@ -209,7 +292,7 @@ fn shared_store(dir: &std::path::Path, dsn: &str, db: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A log line about the bot's lease (not an outbox sweep lease).
+/// A log line about the bot's lease (not a delivery lease).
 fn bot_lease(line: &str, what: &str) -> bool {
     line.contains(what) && line.contains("telegram.front") && !line.contains("outbox.")
 }
