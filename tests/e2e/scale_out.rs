@@ -298,6 +298,11 @@ fn bot_lease(line: &str, what: &str) -> bool {
 }
 
 fn bot_config(dir: &std::path::Path, name: &str, api_url: &str, sink_url: &str) -> String {
+    bot_config_with(dir, name, api_url, sink_url, "")
+}
+
+/// [`bot_config`] with more tables appended.
+fn bot_config_with(dir: &std::path::Path, name: &str, api_url: &str, sink_url: &str, extra: &str) -> String {
     std::fs::write(dir.join("tg-token"), format!("{}\n", fake_bot_api::TOKEN)).unwrap();
     format!(
         r#"
@@ -324,6 +329,7 @@ staff_chat_id = -1009876
 name = "telegram-to-clinic"
 from = ["telegram.front"]
 to = ["webhook.sink"]
+{extra}
 "#,
         data = dir.join(name).display(),
         key = dir.join("store.key").display(),
@@ -368,8 +374,10 @@ async fn one_bot_is_polled_by_one_daemon_and_the_other_takes_over_when_it_is_kil
     daemons[holder].kill9();
     let killed = Instant::now();
     fake.patient_text(5_550_001, "Ann", "second message");
+    // Distinct deliveries: the first one may go twice (killed after sending, before recording
+    // it sent; the repeat carries the same Idempotency-Key).
     assert!(
-        sink.wait_for(2, Duration::from_secs(30)).await,
+        wait_distinct(&sink, 2, Duration::from_secs(30)).await,
         "the standby takes the bot over: {:?}",
         daemons[standby].logs().iter().rev().take(10).collect::<Vec<_>>()
     );
@@ -381,4 +389,74 @@ async fn one_bot_is_polled_by_one_daemon_and_the_other_takes_over_when_it_is_kil
         .map(|r| r.body["text"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(texts, ["first message", "second message"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_bot_lease_is_cut_stops_the_bot_alone_and_runs_on() {
+    let Some(dsn) = testing::dsn() else {
+        eprintln!("skipping: {} is not set (tests/run.sh starts PostgreSQL)", testing::DSN_VAR);
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("cb_scale_cut_{}", std::process::id());
+    shared_store(dir.path(), &dsn, &db);
+    let fake = fake_bot_api::FakeBotApi::start().await;
+    let sink = Sink::start(Mode::Accept).await;
+    let mut daemons = Vec::new();
+    let mut ops_ports = Vec::new();
+    for name in ["a", "b"] {
+        let d_dir = dir.path().join(name);
+        std::fs::create_dir_all(&d_dir).unwrap();
+        let ops = free_port();
+        let extra = format!("[ops]\nlisten = \"127.0.0.1:{ops}\"\n");
+        let toml = bot_config_with(dir.path(), &format!("data-{name}"), &fake.url(), &sink.url(), &extra);
+        daemons.push(Daemon::start(&d_dir, &toml));
+        ops_ports.push(ops);
+    }
+    let holder = loop {
+        if let Some(i) = daemons.iter().position(|d| d.logs().iter().any(|l| bot_lease(l, "Lease taken"))) {
+            break i;
+        }
+        assert!(daemons.iter_mut().all(|d| d.alive()), "a daemon exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    fake.patient_text(5_550_002, "Ann", "before the cut");
+    assert!(sink.wait_for(1, Duration::from_secs(30)).await, "the holder polls and forwards");
+
+    // The holder's connection holding the bot's lease is cut (a network fault, an administrator).
+    let settings = testing::database(&dsn, &db).unwrap();
+    let key = carebridge::lease::lock_key("telegram.front") as u32;
+    let from = daemons[holder].log_len();
+    testing::execute(
+        &settings,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = 25442 \
+             AND objid = {key} AND objsubid = 2 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+    )
+    .unwrap();
+    assert!(
+        daemons[holder].wait_log("the receiver stopped and stands by", from, Duration::from_secs(30)),
+        "the holder gives the bot up: {:?}",
+        daemons[holder].logs().iter().rev().take(10).collect::<Vec<_>>()
+    );
+    // The bot runs on, on one of the two (whichever took the lease first), and nothing is lost.
+    fake.patient_text(5_550_002, "Ann", "after the cut");
+    assert!(wait_distinct(&sink, 2, Duration::from_secs(30)).await, "the bot is polled again");
+    // The holder did not stop: the process and its other parts run on.
+    assert!(daemons[holder].alive(), "losing a lease stops no daemon");
+    assert!(!daemons[holder].logs().iter().any(|l| l.contains("Shutting down")));
+    let c = reqwest::Client::new();
+    let health = c.get(format!("http://127.0.0.1:{}/healthz", ops_ports[holder])).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let texts: Vec<String> = by_idempotency_key(&sink.received())
+        .0
+        .iter()
+        .map(|r| r.body["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts, ["before the cut", "after the cut"]);
+    // Each message recorded once.
+    let records = daemons[holder].export().iter().filter(|l| l["type"] == "record").count();
+    assert_eq!(records, 2, "each message recorded exactly once");
 }
