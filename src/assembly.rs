@@ -141,7 +141,7 @@ pub fn draw(new: ValidConfig, running: Option<&Config>) -> Result<Blueprint, Vec
 }
 
 /// The addresses an account's receiver listens on, with the key that sets each.
-fn listen_addrs(account: &AccountConfig) -> Vec<(&'static str, SocketAddr)> {
+pub(crate) fn listen_addrs(account: &AccountConfig) -> Vec<(&'static str, SocketAddr)> {
     match account {
         AccountConfig::Webhook(c) => c.listen.map(|a| ("listen", a)).into_iter().collect(),
         AccountConfig::Telegram(c) if c.mode == carebridge_telegram::Mode::Webhook => c

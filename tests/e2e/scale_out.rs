@@ -460,3 +460,115 @@ async fn a_daemon_whose_bot_lease_is_cut_stops_the_bot_alone_and_runs_on() {
     let records = daemons[holder].export().iter().filter(|l| l["type"] == "record").count();
     assert_eq!(records, 2, "each message recorded exactly once");
 }
+
+/// A PostgreSQL server of the test's own (`tests/postgres.sh`), which it stops and starts;
+/// removed with the guard.
+struct OwnServer {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        let port = free_port();
+        let server = OwnServer { dir: std::env::temp_dir().join(format!("cb-pg-wait-{port}")), port };
+        server.script("start");
+        server
+    }
+
+    fn dsn(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn script(&self, cmd: &str) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/postgres.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(cmd)
+            .arg(&self.dir)
+            .env("PG_PORT", self.port.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postgres.sh {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+/// Waits for `url` to answer `status`; the last body seen.
+async fn wait_status(url: &str, status: u16, timeout: Duration) -> Option<serde_json::Value> {
+    let c = reqwest::Client::new();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok(r) = c.get(url).send().await
+            && r.status().as_u16() == status
+        {
+            return Some(r.json().await.unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_starts_while_its_database_is_down_and_runs_once_it_is_back() {
+    if testing::dsn().is_none() {
+        eprintln!("skipping: {} is not set (tests/run.sh starts PostgreSQL)", testing::DSN_VAR);
+        return;
+    }
+    let server = OwnServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    shared_store(dir.path(), &server.dsn(), "cb_wait");
+    let settings = testing::database(&server.dsn(), "cb_wait").unwrap();
+    let ehr = Sink::start(Mode::Accept).await;
+    let (sms, ehr_port, ops) = (free_port(), free_port(), free_port());
+    let toml =
+        format!("{}\n[ops]\nlisten = \"127.0.0.1:{ops}\"\n", config(dir.path(), "data", sms, ehr_port, &ehr.url()));
+    server.script("pause");
+
+    // Down at start: the daemon runs, says why it is not ready, and refuses messages for now.
+    let mut daemon = Daemon::start(dir.path(), &toml);
+    let ready = format!("http://127.0.0.1:{ops}/readyz");
+    let body = wait_status(&ready, 503, Duration::from_secs(30)).await;
+    let body = body.unwrap_or_else(|| panic!("/readyz answers 503: {:?}", daemon.logs()));
+    assert_eq!(body["store"], "database unreachable", "{body}");
+    let c = reqwest::Client::new();
+    let message = msg(serde_json::json!({"id": "w-1", "from": "+14165550111", "text": "text w-1"}));
+    let r = support::signed_post(&c, sms, &message).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503, "a webhook refuses while the store is unreachable");
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(daemon.alive(), "the daemon waits for its database: {:?}", daemon.logs());
+
+    // Back: the daemon opens the store (migrations, key canary) and runs, by itself.
+    server.script("resume");
+    assert!(
+        wait_status(&ready, 200, Duration::from_secs(60)).await.is_some(),
+        "ready once the database is back: {:?}",
+        daemon.logs().iter().rev().take(10).collect::<Vec<_>>()
+    );
+    assert_eq!(post_message(&c, sms, &message).await.0, 202, "the redelivered message is accepted");
+    assert!(ehr.wait_for(1, Duration::from_secs(30)).await, "and forwarded");
+    assert!(daemon.terminate(), "a clean stop");
+
+    // A database that answers but is wrong (newer than the binary) is still refused at once.
+    testing::execute(&settings, "INSERT INTO carebridge_migrations (version) VALUES (1000)").unwrap();
+    let mut run = std::process::Command::new(support::daemon::bin())
+        .args(["run", "--config"])
+        .arg(&daemon.config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < end, "a newer database is refused, not waited for");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(2), "refused with the configuration's exit code");
+}
