@@ -870,6 +870,17 @@ impl Store {
             let (notices, journal, heads) = (&tx.on(&self.notices), &tx.on(&self.journal), &tx.on(&self.chain_heads));
             let blobs = &tx.on(&self.blobs);
             let events = tx.on(&self.events);
+            // What the loop reads (de-duplication, chain heads, the count), in one go: on a
+            // server backend one round trip instead of one per message.
+            let mut ahead: Vec<(&Tr, &[u8])> =
+                vec![(&self.chain_heads, chain::GLOBAL_HEAD), (&self.chain_heads, RECORDS_COUNT)];
+            for p in &prepared {
+                ahead.push((&self.by_source, p.skey.as_slice()));
+                if let Some(patient) = &p.patient {
+                    ahead.push((&self.chain_heads, patient.as_slice()));
+                }
+            }
+            tx.prefetch(&ahead)?;
             let mut results = Vec::with_capacity(batch.len());
             for ((ex, p), notice_events) in batch.iter().zip(&prepared).zip(&notice_evs) {
                 if let Some(existing) = by_source.get(&p.skey)? {
@@ -1094,6 +1105,13 @@ impl Store {
                 &tx.on(&self.journal),
                 &tx.on(&self.chain_heads),
             );
+            // What the loop reads (each row, the chain heads), in one go (see `commit_exchanges`).
+            let mut ahead: Vec<(&Tr, &[u8])> = vec![(&self.chain_heads, chain::GLOBAL_HEAD)];
+            for p in &prepared {
+                ahead.push((&self.outbox, p.okey.as_slice()));
+                ahead.extend(p.events.iter().filter_map(|e| Some((&self.chain_heads, e.patient.as_deref()?))));
+            }
+            tx.prefetch(&ahead)?;
             for (u, p) in updates.iter().zip(&prepared) {
                 for e in &p.events {
                     events.insert(e.key.as_slice(), e.body.as_slice())?;

@@ -445,9 +445,12 @@ impl Backend for PgBackend {
         let tx = block(client.transaction()).map_err(pg)?;
         // Durable when COMMIT returns, whatever the server's default; then the one order of
         // every commit across instances (see the module docs).
-        block(tx.batch_execute("SET LOCAL synchronous_commit = on")).map_err(pg)?;
-        block(tx.query("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])).map_err(pg)?;
-        let mut ops = PgTx { tx: &tx, trees: &self.trees, writes: BTreeMap::new() };
+        // One round trip for both (a simple query may hold several statements).
+        block(
+            tx.batch_execute(&format!("SET LOCAL synchronous_commit = on; SELECT pg_advisory_xact_lock({WRITE_LOCK})")),
+        )
+        .map_err(pg)?;
+        let mut ops = PgTx { tx: &tx, trees: &self.trees, writes: BTreeMap::new(), read: Default::default() };
         if !body(&mut ops) || ops.writes.is_empty() {
             return block(tx.rollback()).map_err(pg);
         }
@@ -467,22 +470,30 @@ impl Backend for PgBackend {
                 }
             }
         }
-        if !up.0.is_empty() {
-            block(tx.execute(
-                "INSERT INTO kv (tree, key, value)
-                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
-                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
-                &[&up.0, &up.1, &up.2],
-            ))
-            .map_err(pg)?;
-        }
-        if !del.0.is_empty() {
-            block(tx.execute(
-                "DELETE FROM kv WHERE (tree, key) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
-                &[&del.0, &del.1],
-            ))
-            .map_err(pg)?;
-        }
+        // Prepared once per connection, and sent together (the client pipelines them).
+        let upsert = async {
+            if up.0.is_empty() {
+                return Ok(0);
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO kv (tree, key, value)
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                )
+                .await?;
+            tx.execute(&stmt, &[&up.0, &up.1, &up.2]).await
+        };
+        let delete = async {
+            if del.0.is_empty() {
+                return Ok(0);
+            }
+            let stmt = tx
+                .prepare_cached("DELETE FROM kv WHERE (tree, key) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))")
+                .await?;
+            tx.execute(&stmt, &[&del.0, &del.1]).await
+        };
+        block(futures::future::try_join(upsert, delete)).map_err(pg)?;
         block(tx.commit()).map_err(pg)
     }
 
@@ -641,6 +652,9 @@ struct PgTx<'a, 'c> {
     tx: &'a deadpool_postgres::Transaction<'c>,
     trees: &'a [&'static str],
     writes: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>,
+    /// Values read ahead ([`TxOps::prefetch`]), absent ones as `None`. Still true when read
+    /// later: the transaction holds the write lock, so no other writer changes them meanwhile.
+    read: std::collections::HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl PgTx<'_, '_> {
@@ -653,10 +667,39 @@ impl PgTx<'_, '_> {
 
 impl TxOps for PgTx<'_, '_> {
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
-        match self.writes.get(&(tree.0, key.to_vec())) {
-            Some(written) => Ok(written.clone()),
+        let at = (tree.0, key.to_vec());
+        match self.writes.get(&at).or_else(|| self.read.get(&at)) {
+            Some(known) => Ok(known.clone()),
             None => self.db_get(tree, key),
         }
+    }
+
+    fn prefetch(&mut self, keys: &[(TreeId, &[u8])]) -> Result<(), EngineError> {
+        let wanted: Vec<(usize, &[u8])> = keys
+            .iter()
+            .map(|(t, k)| (t.0, *k))
+            .filter(|(t, k)| {
+                let at = (*t, k.to_vec());
+                !self.writes.contains_key(&at) && !self.read.contains_key(&at)
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = wanted.iter().map(|(t, _)| tree_name(self.trees, TreeId(*t))).collect();
+        let ks: Vec<&[u8]> = wanted.iter().map(|(_, k)| *k).collect();
+        let stmt = block(self.tx.prepare_cached(
+            "SELECT tree, key, value FROM kv WHERE (tree, key) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+        ))
+        .map_err(pg)?;
+        for (t, k) in &wanted {
+            self.read.insert((*t, k.to_vec()), None);
+        }
+        for row in block(self.tx.query(&stmt, &[&names, &ks])).map_err(pg)? {
+            let tree = tree_id(self.trees, row.get::<_, &str>(0))?;
+            self.read.insert((tree.0, row.get::<_, Vec<u8>>(1)), Some(row.get::<_, Vec<u8>>(2)));
+        }
+        Ok(())
     }
 
     fn insert(&mut self, tree: TreeId, key: &[u8], value: &[u8]) {
