@@ -16,7 +16,7 @@
 use crate::accounts::AccountConfig;
 use crate::config::{Config, ValidConfig};
 use crate::outbox::Workers;
-use crate::receivers::Receivers;
+use crate::receivers::{Rebuild, Receivers};
 use crate::record::{Store, StoreError};
 use crate::reload::{AccountChanges, Live, account_changes, restart_only};
 use crate::router::identify::Directory;
@@ -39,6 +39,9 @@ pub struct Blueprint {
     pub senders: BTreeMap<AccountId, Arc<dyn Outbound>>,
     /// Receivers of the added and changed accounts.
     pub receivers: BTreeMap<AccountId, Box<dyn Inbound>>,
+    /// How to build each of those receivers again (a poller that lost its lease and took it
+    /// back runs anew: `receivers`).
+    pub rebuilds: BTreeMap<AccountId, Rebuild>,
     /// Every account of the config that can send (for the planner's notices).
     pub can_send: BTreeSet<AccountId>,
 }
@@ -60,6 +63,7 @@ pub fn draw(new: ValidConfig, running: Option<&Config>) -> Result<Blueprint, Vec
     let fresh: BTreeSet<&AccountId> = changes.added.iter().chain(&changes.changed).collect();
     let mut senders = BTreeMap::new();
     let mut receivers = BTreeMap::new();
+    let mut rebuilds = BTreeMap::new();
     let mut can_send = BTreeSet::new();
     let has_problems = |problems: &[Problem], id: &AccountId| {
         let path = id.to_string();
@@ -87,6 +91,13 @@ pub fn draw(new: ValidConfig, running: Option<&Config>) -> Result<Blueprint, Vec
             match account.build_inbound(&cx) {
                 Ok(Some(r)) if fresh.contains(id) => {
                     receivers.insert(id.clone(), r);
+                    let (account, cx) = (account.clone(), cx.clone());
+                    let rebuild: Rebuild = Arc::new(move || match account.build_inbound(&cx) {
+                        Ok(Some(r)) => Ok(r),
+                        Ok(None) => Err("the account no longer has a receiver".into()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                    rebuilds.insert(id.clone(), rebuild);
                 }
                 Ok(_) => {}
                 Err(e) => problems.push(Problem::new(path.clone(), format!("building the receiver: {e}"))),
@@ -123,14 +134,14 @@ pub fn draw(new: ValidConfig, running: Option<&Config>) -> Result<Blueprint, Vec
     }
 
     if problems.is_empty() {
-        Ok(Blueprint { config: Arc::new(new), changes, senders, receivers, can_send })
+        Ok(Blueprint { config: Arc::new(new), changes, senders, receivers, rebuilds, can_send })
     } else {
         Err(problems)
     }
 }
 
 /// The addresses an account's receiver listens on, with the key that sets each.
-fn listen_addrs(account: &AccountConfig) -> Vec<(&'static str, SocketAddr)> {
+pub(crate) fn listen_addrs(account: &AccountConfig) -> Vec<(&'static str, SocketAddr)> {
     match account {
         AccountConfig::Webhook(c) => c.listen.map(|a| ("listen", a)).into_iter().collect(),
         AccountConfig::Telegram(c) if c.mode == carebridge_telegram::Mode::Webhook => c
@@ -200,8 +211,10 @@ impl Running {
         for id in ch.removed.iter().chain(&ch.changed) {
             self.receivers.stop(id, within).await;
         }
+        let mut rebuilds = b.rebuilds;
         for (id, task) in b.receivers {
-            self.receivers.start(id, task);
+            let rebuild = rebuilds.remove(&id);
+            self.receivers.start(id, task, rebuild);
         }
 
         // 4. Removed accounts' workers finish the sends in hand; the rest waits in the store.

@@ -42,7 +42,12 @@ pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Res
         crate::ops::install_metrics(); // before any worker runs, so no count is missed
     }
     let data_dir = config.daemon.data_dir.clone();
-    let store = crate::record::open_configured(&config)?;
+    tokio::pin!(shutdown);
+    // A shared store's database may be down at start: the daemon waits for it, answering 503.
+    let Some(store) = crate::store_wait::open(&config, &mut shutdown).await? else {
+        info!("Shutdown complete.");
+        return Ok(());
+    };
     // Everything the config names is built before anything starts (a bad secret stops us
     // before we listen), by the code a reload uses (crate::assembly).
     let blueprint = assembly::draw(config, None).map_err(crate::config::ConfigErrors)?;
@@ -60,7 +65,7 @@ pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Res
         outbox_stop.clone(),
         outbox_tasks.clone(),
     );
-    workers.set_leases(config.store.leases(&config.config_dir)?, config.store.takeover() / 3);
+    workers.set_leases(config.store.leases(&config.config_dir)?);
     let wakers = workers.wakers();
     let wake = wakers.clone();
     // Cancelled by a receiver that fails for good, or by the flusher when the store stops taking
@@ -166,7 +171,6 @@ pub async fn run(config: ValidConfig, shutdown: impl Future<Output = ()>) -> Res
         return Err(anyhow::Error::new(e).context(format!("loading the outbox of {id}")));
     }
     info!(accounts = config.accounts.len(), routes = config.routes.len(), data_dir = %data_dir.display(), "carebridge ready.");
-    tokio::pin!(shutdown);
     let failed = loop {
         tokio::select! {
             _ = &mut shutdown => break false,

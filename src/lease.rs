@@ -54,7 +54,7 @@ impl Drop for Lease {
 }
 
 /// The lock's second key for a lease name (stable across versions and machines).
-fn lock_key(name: &str) -> i32 {
+pub fn lock_key(name: &str) -> i32 {
     let d = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
     i32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }

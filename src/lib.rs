@@ -11,6 +11,9 @@
 //!   flusher.
 //! - [`records`]: the privacy officer's view: list, show, export, verify, purge — all audited.
 //! - [`outbox`]: durable delivery, one FIFO worker per destination, retries, dead letters.
+//! - [`lease`], [`outbox_lease`]: on a shared PostgreSQL store, one poller per input and one
+//!   sender per destination account across instances.
+//! - [`store_wait`]: starting while a shared store's database is unreachable (503 until it is back).
 //! - [`officer`]: the staff's and privacy officer's operations on the record, each written once.
 //! - [`admin`]: the loopback admin API: the officer's operations over HTTP while the daemon runs.
 //! - [`ops`]: the unauthenticated, PHI-free ops endpoint: `/healthz`, `/readyz`, `/metrics`.
@@ -34,7 +37,7 @@ pub mod lease;
 pub mod officer;
 pub mod ops;
 pub mod outbox;
-pub mod outbox_sweep;
+pub mod outbox_lease;
 pub mod policy;
 pub mod receivers;
 pub mod record;
@@ -42,4 +45,5 @@ pub mod records;
 pub mod reload;
 pub mod review;
 pub mod router;
+pub mod store_wait;
 pub mod telemetry;

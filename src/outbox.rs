@@ -17,6 +17,10 @@
 //! *before* it scans, so a row committed meanwhile is both woken and scanned: the worker ignores
 //! a key it already holds, so nothing is sent twice and nothing is missed. The retry settings
 //! (`[outbox]`) are read at each use, so a reload changes them for every worker in place.
+//!
+//! On a store several instances share, a worker sends only while its instance holds the
+//! account's delivery lease, and learns its rows from the store in commit order instead of (a)
+//! and (b) ([`crate::outbox_lease`]).
 
 use crate::config::OutboxConfig;
 use crate::record::schema::{EventKind, OutboxItemV1};
@@ -72,13 +76,6 @@ impl Wakers {
     }
 }
 
-/// A handle on `account`'s worker queue for its sweeper (registered by `Workers::start` just
-/// before). Keys sent after the worker stopped go nowhere, harmlessly.
-fn tx_for_sweep(wakers: &Wakers, account: &AccountId) -> mpsc::UnboundedSender<OutboxKey> {
-    let queues = wakers.queues.read().unwrap_or_else(PoisonError::into_inner);
-    queues.get(account).cloned().unwrap_or_else(|| mpsc::unbounded_channel().0)
-}
-
 /// The backoff before attempt `attempt + 1`: doubling from `initial`, capped, with ±25 % jitter,
 /// and never shorter than the remote asked for.
 pub fn backoff(cfg: &OutboxConfig, attempt: u32, remote: Option<Duration>) -> Duration {
@@ -90,7 +87,8 @@ pub fn backoff(cfg: &OutboxConfig, attempt: u32, remote: Option<Duration>) -> Du
     Duration::from_millis(ms).max(remote.unwrap_or_default())
 }
 
-/// One destination's worker and what it needs.
+/// One destination's worker and what it needs (cloned for each tenure of a delivery lease).
+#[derive(Clone)]
 struct Worker {
     account: AccountId,
     sender: Arc<dyn Outbound>,
@@ -121,9 +119,9 @@ pub struct Workers {
     /// Set once the router runs: a worker started then scans rows the router may have
     /// committed but not flushed yet, and must not send them before they are durable.
     flusher: Option<Flusher>,
-    /// Set when several instances share the store: each worker also gets the rows another
-    /// instance left ([`crate::outbox_sweep`]), every `sweep_every`.
-    leases: Option<(Arc<crate::lease::Leases>, Duration)>,
+    /// Set when several instances share the store: each worker sends only while its instance
+    /// holds the account's delivery lease ([`crate::outbox_lease`]).
+    leases: Option<Arc<crate::lease::Leases>>,
 }
 
 impl Workers {
@@ -152,10 +150,10 @@ impl Workers {
         }
     }
 
-    /// From now on, every worker started also takes over rows other instances left, sweeping
-    /// its account's outbox every `every` while it holds the account's sweep lease.
-    pub fn set_leases(&mut self, leases: Option<crate::lease::Leases>, every: Duration) {
-        self.leases = leases.map(|l| (Arc::new(l), every));
+    /// From now on, every worker started sends only while this instance holds its account's
+    /// delivery lease, in the order the rows were committed across instances.
+    pub fn set_leases(&mut self, leases: Option<crate::lease::Leases>) {
+        self.leases = leases.map(Arc::new);
     }
 
     /// From now on, a worker that starts waits for a flush after its scan (record before
@@ -195,6 +193,30 @@ impl Workers {
         // the worker ignores the second copy. (Wakes while an old worker stopped reached its
         // queue or none; those rows are durable, so the scan finds them.)
         self.wakers.register(account.clone(), tx);
+        let w = Worker {
+            account: account.clone(),
+            sender,
+            store: self.store.clone(),
+            config: self.settings.subscribe(),
+            pending: self.pending.clone(),
+            books: self.books.clone(),
+        };
+        let stop = self.stop.child_token();
+        if let Some(leases) = &self.leases {
+            // A shared store: the worker sends while this instance holds the account's delivery
+            // lease, fed in commit order (`outbox_lease`), which also reads the outbox.
+            let handle = self.tracker.spawn(crate::outbox_lease::deliver(
+                leases.clone(),
+                account.clone(),
+                self.store.clone(),
+                rx,
+                self.pending.clone(),
+                stop.clone(),
+                move |queue, tenure| w.clone().run(VecDeque::new(), queue, tenure),
+            ));
+            self.running.insert(account, (stop, handle));
+            return Ok(());
+        }
         let mut backlog: VecDeque<OutboxKey> = match self.store.outbox_keys(&account) {
             Ok(keys) => keys.into(),
             Err(e) => {
@@ -213,25 +235,6 @@ impl Workers {
         self.pending.fetch_add(backlog.len() as u64, Ordering::Relaxed);
         if !backlog.is_empty() {
             info!(account = %account, pending = backlog.len(), "Resuming deliveries left in the outbox.");
-        }
-        let w = Worker {
-            account: account.clone(),
-            sender,
-            store: self.store.clone(),
-            config: self.settings.subscribe(),
-            pending: self.pending.clone(),
-            books: self.books.clone(),
-        };
-        let stop = self.stop.child_token();
-        if let Some((leases, every)) = &self.leases {
-            self.tracker.spawn(crate::outbox_sweep::sweep(
-                leases.clone(),
-                account.clone(),
-                self.store.clone(),
-                tx_for_sweep(&self.wakers, &account),
-                *every,
-                stop.clone(),
-            ));
         }
         let handle = self.tracker.spawn({
             let stop = stop.clone();
@@ -596,7 +599,9 @@ impl Worker {
                     match u {
                         OutboxUpdate::Retry { key, item, .. } => again.push((key, item)),
                         _ => {
-                            self.pending.fetch_sub(1, Ordering::Relaxed);
+                            let _ = self
+                                .pending
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(1)));
                         }
                     }
                 }

@@ -10,8 +10,10 @@
 //!
 //! On a store several instances share, a polling receiver (IMAP IDLE, Telegram `getUpdates`)
 //! first waits for its account's lease ([`crate::lease`]): one instance polls, the others stand
-//! by. Losing the lease stops the daemon (the supervisor starts it again as a standby), since a
-//! receiver cannot be rebuilt here; webhook listeners take no lease.
+//! by. A receiver that loses its lease stops (it finishes the message in hand, so nothing is
+//! acknowledged that was not recorded), leaves readiness, and stands by again; when it takes the
+//! lease back it runs anew, built from its account's config ([`Rebuild`]). The rest of the
+//! daemon, webhooks included, runs on. Webhook listeners take no lease.
 
 use crate::lease::Leases;
 use crate::ops::AdapterHealth;
@@ -23,6 +25,44 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+
+/// Builds a receiver anew (from its account's config, as the blueprint did).
+pub type Rebuild = Arc<dyn Fn() -> Result<Box<dyn Inbound>, String> + Send + Sync>;
+
+/// A polling receiver's next run, after it lost its lease and took it again.
+fn rebuilt(account: &AccountId, rebuild: Option<&Rebuild>) -> Option<Box<dyn Inbound>> {
+    match rebuild.map(|r| r()) {
+        Some(Ok(task)) => Some(task),
+        Some(Err(e)) => {
+            error!(account = %account, error = %e, "Receiver cannot be built again; stopping the daemon.");
+            None
+        }
+        None => {
+            error!(account = %account, "Receiver cannot be built again; stopping the daemon.");
+            None
+        }
+    }
+}
+
+/// What a receiver's end means: nothing if it was told to stop, else the daemon stops.
+fn ended(
+    account: &AccountId,
+    result: Result<(), carebridge_contract::AdapterError>,
+    stopping: &CancellationToken,
+    fatal: &CancellationToken,
+) {
+    match result {
+        Ok(()) if stopping.is_cancelled() => info!(account = %account, "Receiver stopped."),
+        Ok(()) => {
+            error!(account = %account, "Receiver ended unexpectedly; stopping the daemon.");
+            fatal.cancel();
+        }
+        Err(e) => {
+            error!(account = %account, error = %e, "Receiver failed; stopping the daemon.");
+            fatal.cancel();
+        }
+    }
+}
 
 /// The running receivers.
 pub struct Receivers {
@@ -62,54 +102,71 @@ impl Receivers {
     }
 
     /// Starts `task` as the receiver of `account`. Does nothing after [`Receivers::close`].
-    pub fn start(&mut self, account: AccountId, task: Box<dyn Inbound>) {
+    /// `rebuild` makes the receiver anew for a polling receiver that lost its lease and takes it
+    /// again (a task is used up when it ends); without it, such a receiver stops the daemon.
+    pub fn start(&mut self, account: AccountId, task: Box<dyn Inbound>, rebuild: Option<Rebuild>) {
         let Some(submitter) = self.submitter.clone() else { return };
         let stopping = self.stop.child_token();
         let fatal = self.fatal.clone();
         let leases = self.leases.clone().filter(|_| account.kind() != ChannelKind::Webhook);
-        // A receiver standing by for its lease is not in readiness (a standby instance is ready
-        // for its webhooks); it registers once it runs.
         let registry = self.health.clone();
         let health = leases.is_none().then(|| self.health.register(&account));
         let handle = self.tracker.spawn({
             let stopping = stopping.clone();
             let account = account.clone();
             async move {
-                let mut lease = None;
-                if let Some(leases) = leases {
+                let Some(leases) = leases else {
+                    let health = health.unwrap_or_else(|| registry.register(&account));
+                    let cx = InboundContext { account: account.clone(), submitter, shutdown: stopping.clone(), health };
+                    ended(&account, task.run(cx).await, &stopping, &fatal);
+                    return;
+                };
+                let mut task = Some(task);
+                loop {
+                    // Standing by is not in readiness (a standby instance is ready for its
+                    // webhooks); the receiver registers once it runs.
                     let held = leases.acquire(&account.to_string(), &stopping).await;
                     let Some(held) = held.filter(|_| !stopping.is_cancelled()) else {
                         info!(account = %account, "Receiver stopped while standing by.");
                         return;
                     };
-                    let (lost, stop, fatal) = (held.lost.clone(), stopping.clone(), fatal.clone());
-                    let account = account.clone();
-                    tokio::spawn(async move {
+                    let Some(run) = task.take().or_else(|| rebuilt(&account, rebuild.as_ref())) else {
+                        fatal.cancel();
+                        return;
+                    };
+                    // The receiver's own stop: the daemon's, or the lease lost.
+                    let tenure = stopping.child_token();
+                    let cx = InboundContext {
+                        account: account.clone(),
+                        submitter: submitter.clone(),
+                        shutdown: tenure.clone(),
+                        health: registry.register(&account),
+                    };
+                    let receive = async {
+                        let result = run.run(cx).await;
+                        tenure.cancel();
+                        result
+                    };
+                    let watch = async {
                         tokio::select! {
-                            _ = lost.cancelled() => {
-                                error!(account = %account, "Lease lost; stopping the daemon so it restarts as a standby.");
-                                stop.cancel();
-                                fatal.cancel();
+                            () = held.lost.cancelled() => {
+                                tenure.cancel();
+                                true
                             }
-                            _ = stop.cancelled() => {}
+                            () = tenure.cancelled() => false,
                         }
-                    });
-                    lease = Some(held);
-                }
-                let health = health.unwrap_or_else(|| registry.register(&account));
-                let cx = InboundContext { account: account.clone(), submitter, shutdown: stopping.clone(), health };
-                let result = task.run(cx).await;
-                drop(lease);
-                match result {
-                    Ok(()) if stopping.is_cancelled() => info!(account = %account, "Receiver stopped."),
-                    Ok(()) => {
-                        error!(account = %account, "Receiver ended unexpectedly; stopping the daemon.");
-                        fatal.cancel();
+                    };
+                    let (result, lost) = tokio::join!(receive, watch);
+                    drop(held);
+                    if lost && !stopping.is_cancelled() {
+                        // It finished the message in hand (acknowledged only once recorded);
+                        // the source keeps the rest for whoever holds the lease now.
+                        registry.remove(&account);
+                        warn!(account = %account, "Lease lost: the receiver stopped and stands by to take it again.");
+                        continue;
                     }
-                    Err(e) => {
-                        error!(account = %account, error = %e, "Receiver failed; stopping the daemon.");
-                        fatal.cancel();
-                    }
+                    ended(&account, result, &stopping, &fatal);
+                    return;
                 }
             }
         });
@@ -195,14 +252,14 @@ mod tests {
         let (mut b, b_health) = instance();
         let poller: AccountId = "email.front-desk".parse().unwrap();
         let (on_a, on_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        a.start(poller.clone(), Box::new(Counted(on_a.clone())));
+        a.start(poller.clone(), Box::new(Counted(on_a.clone())), None);
         until("the first instance polling", || on_a.load(Ordering::SeqCst) == 1).await;
-        b.start(poller.clone(), Box::new(Counted(on_b.clone())));
+        b.start(poller.clone(), Box::new(Counted(on_b.clone())), None);
         // Webhooks take no lease: both instances listen.
         let forms: AccountId = "webhook.forms".parse().unwrap();
         let (wa, wb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        a.start(forms.clone(), Box::new(Counted(wa.clone())));
-        b.start(forms.clone(), Box::new(Counted(wb.clone())));
+        a.start(forms.clone(), Box::new(Counted(wa.clone())), None);
+        b.start(forms.clone(), Box::new(Counted(wb.clone())), None);
         until("both webhook listeners running", || wa.load(Ordering::SeqCst) == 1 && wb.load(Ordering::SeqCst) == 1)
             .await;
         assert_eq!(on_b.load(Ordering::SeqCst), 0, "the standby does not poll while the lease is held");
@@ -217,6 +274,93 @@ mod tests {
         assert!(!fatal.is_cancelled());
         b.stop(&poller, Duration::from_secs(5)).await;
         b.stop(&forms, Duration::from_secs(5)).await;
+        a.stop(&forms, Duration::from_secs(5)).await;
+    }
+
+    /// [`Counted`] that also counts its runs (a receiver runs once: each run after a lost lease
+    /// is one built anew).
+    struct Runs(Arc<AtomicUsize>, Arc<AtomicUsize>);
+
+    impl Inbound for Runs {
+        fn run(self: Box<Self>, cx: InboundContext) -> carebridge_contract::Task {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Box::new(Counted(self.0)).run(cx)
+        }
+    }
+
+    /// A receiver and how to build it again.
+    fn counted_anew(running: &Arc<AtomicUsize>, runs: &Arc<AtomicUsize>) -> (Box<dyn Inbound>, Rebuild) {
+        let (running, runs) = (running.clone(), runs.clone());
+        let build = move || -> Box<dyn Inbound> { Box::new(Runs(running.clone(), runs.clone())) };
+        (build(), Arc::new(move || Ok(build())))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poller_that_loses_its_lease_stops_alone_and_stands_by_to_take_it_again() {
+        let Some(dsn) = testing::dsn() else {
+            eprintln!("skipping: {} is not set", testing::DSN_VAR);
+            return;
+        };
+        let settings = testing::database(&dsn, "cb_receivers_lease_lost").unwrap();
+        let (submitter, _queue) = Submitter::channel(8);
+        let fatal = CancellationToken::new();
+        let instance = || {
+            let health = AdapterHealth::default();
+            let mut r = Receivers::new(
+                submitter.clone(),
+                CancellationToken::new(),
+                fatal.clone(),
+                TaskTracker::new(),
+                health.clone(),
+            );
+            r.set_leases(Some(Leases::new(&settings, Duration::from_secs(3)).unwrap()));
+            (r, health)
+        };
+        let (mut a, a_health) = instance();
+        let (mut b, b_health) = instance();
+        let poller: AccountId = "telegram.front".parse().unwrap();
+        let counters = || (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let ((on_a, runs_a), (on_b, runs_b)) = (counters(), counters());
+        let (task, rebuild) = counted_anew(&on_a, &runs_a);
+        a.start(poller.clone(), task, Some(rebuild));
+        until("the first instance polling", || on_a.load(Ordering::SeqCst) == 1).await;
+        let (task, rebuild) = counted_anew(&on_b, &runs_b);
+        b.start(poller.clone(), task, Some(rebuild));
+        let forms: AccountId = "webhook.forms".parse().unwrap();
+        let webhook = Arc::new(AtomicUsize::new(0));
+        a.start(forms.clone(), Box::new(Counted(webhook.clone())), None);
+        until("the webhook listening", || webhook.load(Ordering::SeqCst) == 1).await;
+
+        // The holder's lease connection is cut (as by a network fault, or an administrator).
+        testing::execute(
+            &settings,
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+             AND classid = 25442 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .unwrap();
+        // Its poller stops and the poller runs again, on one instance: the standby, or the same
+        // instance with a receiver built anew, whichever asked first.
+        until("the poller running again", || {
+            on_a.load(Ordering::SeqCst) + on_b.load(Ordering::SeqCst) == 1
+                && runs_a.load(Ordering::SeqCst) + runs_b.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert!(!fatal.is_cancelled(), "losing a lease stops no daemon");
+        assert_eq!(webhook.load(Ordering::SeqCst), 1, "the instance's webhook runs on");
+        // Whoever holds it now gives it up: the other instance, standing by, takes it.
+        let (now, now_health, other, other_on, other_health) = if on_b.load(Ordering::SeqCst) == 1 {
+            (&mut b, &b_health, &mut a, &on_a, &a_health)
+        } else {
+            (&mut a, &a_health, &mut b, &on_b, &b_health)
+        };
+        assert!(now_health.states().iter().any(|(acc, _)| *acc == poller));
+        assert!(!other_health.states().iter().any(|(acc, _)| *acc == poller), "a standby is not in readiness");
+        assert!(now.stop(&poller, Duration::from_secs(5)).await);
+        until("the other instance polling", || other_on.load(Ordering::SeqCst) == 1).await;
+        assert!(other_health.states().iter().any(|(acc, _)| *acc == poller));
+        assert_eq!(runs_a.load(Ordering::SeqCst) + runs_b.load(Ordering::SeqCst), 3);
+        assert!(!fatal.is_cancelled());
+        other.stop(&poller, Duration::from_secs(5)).await;
         a.stop(&forms, Duration::from_secs(5)).await;
     }
 }

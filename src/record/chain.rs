@@ -58,7 +58,7 @@ pub const CHAINED_TREES: &[&str] = &["records", "events", "quarantine", "audit",
 /// The journal's own layout version.
 const VERSION: u8 = 1;
 /// The key of the global head in the `chain_heads` tree (patients' heads are 33-byte blinds).
-const GLOBAL_HEAD: &[u8] = b"global";
+pub(crate) const GLOBAL_HEAD: &[u8] = b"global";
 
 /// One decoded journal entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

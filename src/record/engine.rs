@@ -161,6 +161,18 @@ pub trait Backend: Send + Sync {
     fn probe(&self) -> Result<(), EngineError> {
         Ok(())
     }
+    /// The keys under `prefix` of `tree` first written after place `after` in the one order of
+    /// commits across instances, each with its place, in that order (a row written again keeps
+    /// its place). `None`: the backend keeps no such order, and key order is commit order (the
+    /// embedded store's keys come from its one dense counter).
+    fn keys_in_commit_order(
+        &self,
+        _tree: TreeId,
+        _prefix: &[u8],
+        _after: u64,
+    ) -> Result<Option<Vec<(u64, Bytes)>>, EngineError> {
+        Ok(None)
+    }
     /// With [`Backend::reserve_ids`]: an id above every id any instance was handed (`None`: the
     /// store's own counter knows).
     fn ids_used(&self) -> Result<Option<u64>, EngineError> {
@@ -183,6 +195,11 @@ pub trait TxOps {
     fn remove(&mut self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError>;
     /// The entries under `prefix` as of this transaction, in key order.
     fn scan_prefix(&self, tree: TreeId, prefix: &[u8]) -> Result<Vec<(Bytes, Bytes)>, EngineError>;
+    /// A hint that the transaction is about to read these keys: a server backend reads them in
+    /// one round trip now instead of one each later (the embedded one reads from memory anyway).
+    fn prefetch(&mut self, _keys: &[(TreeId, &[u8])]) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// A named tree. Its name is also the sealing context of its values.
@@ -219,6 +236,15 @@ impl Tr {
         self.backend.scan(self.id, Scan::Range(Bound::Included(from.as_ref().to_vec()), Bound::Unbounded))
     }
 
+    /// See [`Backend::keys_in_commit_order`].
+    pub fn keys_in_commit_order(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        after: u64,
+    ) -> Result<Option<Vec<(u64, Bytes)>>, EngineError> {
+        self.backend.keys_in_commit_order(self.id, prefix.as_ref(), after)
+    }
+
     /// How many entries the tree holds (walks it: for small trees and audits).
     pub fn len(&self) -> Result<usize, EngineError> {
         let mut n = 0;
@@ -245,6 +271,13 @@ impl<'a> Tx<'a> {
     /// The transaction's view of one tree.
     pub fn on<'t>(&'t self, tr: &'t Tr) -> TxTree<'t, 'a> {
         TxTree { tx: self, tr }
+    }
+
+    /// Reads these keys ahead, together (see [`TxOps::prefetch`]): later reads of them cost no
+    /// round trip on a server backend.
+    pub fn prefetch(&self, keys: &[(&Tr, &[u8])]) -> Result<(), EngineError> {
+        let keys: Vec<(TreeId, &[u8])> = keys.iter().map(|(tr, k)| (tr.id, *k)).collect();
+        self.ops.borrow_mut().prefetch(&keys)
     }
 }
 

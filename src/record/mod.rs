@@ -877,6 +877,17 @@ impl Store {
             let (notices, journal, heads) = (&tx.on(&self.notices), &tx.on(&self.journal), &tx.on(&self.chain_heads));
             let blobs = &tx.on(&self.blobs);
             let events = tx.on(&self.events);
+            // What the loop reads (de-duplication, chain heads, the count), in one go: on a
+            // server backend one round trip instead of one per message.
+            let mut ahead: Vec<(&Tr, &[u8])> =
+                vec![(&self.chain_heads, chain::GLOBAL_HEAD), (&self.chain_heads, RECORDS_COUNT)];
+            for p in &prepared {
+                ahead.push((&self.by_source, p.skey.as_slice()));
+                if let Some(patient) = &p.patient {
+                    ahead.push((&self.chain_heads, patient.as_slice()));
+                }
+            }
+            tx.prefetch(&ahead)?;
             let mut results = Vec::with_capacity(batch.len());
             for ((ex, p), notice_events) in batch.iter().zip(&prepared).zip(&notice_evs) {
                 if let Some(existing) = by_source.get(&p.skey)? {
@@ -998,6 +1009,23 @@ impl Store {
             .collect()
     }
 
+    /// The outbox rows of one account committed after place `after` (0: all), in the order they
+    /// were committed across every instance sharing the store, with the place of the last one
+    /// (`after` if none): what the holder of an account's delivery lease reads, so it sends
+    /// each recipient's rows in the order they were recorded (`outbox`). A row written again (a
+    /// retry) keeps its place. On the embedded store key order is commit order, and the place
+    /// is the row's sequence number.
+    pub fn outbox_keys_after(&self, account: &AccountId, after: u64) -> Result<(Vec<OutboxKey>, u64), StoreError> {
+        let prefix = join(&account.to_string(), "");
+        let key_of = |k: &[u8]| OutboxKey { account: account.clone(), seq: id_of(&k[prefix.len()..]) };
+        let placed: Vec<(u64, OutboxKey)> = match self.outbox.keys_in_commit_order(&prefix, after)? {
+            Some(rows) => rows.iter().map(|(place, k)| (*place, key_of(k))).collect(),
+            None => self.outbox_keys(account)?.into_iter().filter(|k| k.seq > after).map(|k| (k.seq, k)).collect(),
+        };
+        let last = placed.last().map_or(after, |(place, _)| *place);
+        Ok((placed.into_iter().map(|(_, k)| k).collect(), last))
+    }
+
     /// One outbox row.
     pub fn outbox_item(&self, key: &OutboxKey) -> Result<Option<OutboxItemV1>, StoreError> {
         self.get_sealed(&self.outbox, &key.encode())
@@ -1084,13 +1112,20 @@ impl Store {
                 &tx.on(&self.journal),
                 &tx.on(&self.chain_heads),
             );
+            // What the loop reads (each row, the chain heads), in one go (see `commit_exchanges`).
+            let mut ahead: Vec<(&Tr, &[u8])> = vec![(&self.chain_heads, chain::GLOBAL_HEAD)];
+            for p in &prepared {
+                ahead.push((&self.outbox, p.okey.as_slice()));
+                ahead.extend(p.events.iter().filter_map(|e| Some((&self.chain_heads, e.patient.as_deref()?))));
+            }
+            tx.prefetch(&ahead)?;
             for (u, p) in updates.iter().zip(&prepared) {
                 for e in &p.events {
                     events.insert(e.key.as_slice(), e.body.as_slice())?;
                     chain::append(&self.chain_key, journal, heads, e.append())?;
                 }
                 // On a store several instances share, another instance may have sent this row
-                // meanwhile (a take-over: `outbox_sweep`): the attempt stays in the record, but a
+                // meanwhile (a live holder losing its delivery lease: `outbox_lease`): the attempt stays in the record, but a
                 // row already gone is neither brought back for a retry nor moved.
                 let present = outbox.remove(p.okey.as_slice())?.is_some();
                 if let (OutboxUpdate::Retry { .. }, Some(row), true) = (u, &p.row, present) {

@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (tree, key)
      );
      CREATE SEQUENCE carebridge_ids AS bigint INCREMENT BY 1024 MINVALUE 1 START WITH 1;",
+    // 2: every row's place in the one order of commits (see `COMMIT_ORDER`): numbered when it is
+    // first written, under the write lock, and kept when it is written again (an upsert), so the
+    // delivery lease's holder reads an account's outbox in the order its rows were committed.
+    "CREATE SEQUENCE carebridge_commit_order AS bigint MINVALUE 1 START WITH 1;
+     ALTER TABLE kv ADD COLUMN ord bigint NOT NULL DEFAULT nextval('carebridge_commit_order');
+     CREATE INDEX kv_outbox_in_commit_order ON kv (ord) WHERE tree = 'outbox';",
 ];
 
 /// How many ids one reservation takes (the sequence's increment, migration 1).
@@ -62,6 +68,10 @@ pub const ID_BLOCK: u64 = 1024;
 /// The advisory lock every write transaction takes first (`pg_advisory_xact_lock`): the one
 /// order of every commit, across instances. (Leases take session locks in another key space.)
 pub const WRITE_LOCK: i64 = 0x6362_0001;
+
+/// The tree whose rows are read in commit order ([`Backend::keys_in_commit_order`]; the partial
+/// index of migration 2 covers it alone).
+const COMMIT_ORDER: &str = "outbox";
 
 /// The advisory lock the migrations run under, so two instances starting at once take turns.
 const MIGRATION_LOCK: i64 = 0x6362_0002;
@@ -435,9 +445,12 @@ impl Backend for PgBackend {
         let tx = block(client.transaction()).map_err(pg)?;
         // Durable when COMMIT returns, whatever the server's default; then the one order of
         // every commit across instances (see the module docs).
-        block(tx.batch_execute("SET LOCAL synchronous_commit = on")).map_err(pg)?;
-        block(tx.query("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])).map_err(pg)?;
-        let mut ops = PgTx { tx: &tx, trees: &self.trees, writes: BTreeMap::new() };
+        // One round trip for both (a simple query may hold several statements).
+        block(
+            tx.batch_execute(&format!("SET LOCAL synchronous_commit = on; SELECT pg_advisory_xact_lock({WRITE_LOCK})")),
+        )
+        .map_err(pg)?;
+        let mut ops = PgTx { tx: &tx, trees: &self.trees, writes: BTreeMap::new(), read: Default::default() };
         if !body(&mut ops) || ops.writes.is_empty() {
             return block(tx.rollback()).map_err(pg);
         }
@@ -457,22 +470,30 @@ impl Backend for PgBackend {
                 }
             }
         }
-        if !up.0.is_empty() {
-            block(tx.execute(
-                "INSERT INTO kv (tree, key, value)
-                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
-                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
-                &[&up.0, &up.1, &up.2],
-            ))
-            .map_err(pg)?;
-        }
-        if !del.0.is_empty() {
-            block(tx.execute(
-                "DELETE FROM kv WHERE (tree, key) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
-                &[&del.0, &del.1],
-            ))
-            .map_err(pg)?;
-        }
+        // Prepared once per connection, and sent together (the client pipelines them).
+        let upsert = async {
+            if up.0.is_empty() {
+                return Ok(0);
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO kv (tree, key, value)
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+                     ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                )
+                .await?;
+            tx.execute(&stmt, &[&up.0, &up.1, &up.2]).await
+        };
+        let delete = async {
+            if del.0.is_empty() {
+                return Ok(0);
+            }
+            let stmt = tx
+                .prepare_cached("DELETE FROM kv WHERE (tree, key) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))")
+                .await?;
+            tx.execute(&stmt, &[&del.0, &del.1]).await
+        };
+        block(futures::future::try_join(upsert, delete)).map_err(pg)?;
         block(tx.commit()).map_err(pg)
     }
 
@@ -513,6 +534,34 @@ impl Backend for PgBackend {
 
     fn probe(&self) -> Result<(), EngineError> {
         self.rows("SELECT 1", &[]).map(|_| ())
+    }
+
+    fn keys_in_commit_order(
+        &self,
+        tree: TreeId,
+        prefix: &[u8],
+        after: u64,
+    ) -> Result<Option<Vec<(u64, Bytes)>>, EngineError> {
+        let name = self.name(tree);
+        if name != COMMIT_ORDER {
+            return Ok(None);
+        }
+        // Every write transaction numbers its rows while it holds the write lock, and a row is
+        // visible before the lock passes on: once a place is seen, no row with an earlier one
+        // can appear later, so "after the last place read" misses nothing.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let end = prefix_end(prefix);
+        let rows = match &end {
+            Some(end) => self.rows(
+                "SELECT ord, key FROM kv WHERE tree = $1 AND ord > $2 AND key >= $3 AND key < $4 ORDER BY ord",
+                &[&name, &after, &prefix, &end.as_slice()],
+            )?,
+            None => self.rows(
+                "SELECT ord, key FROM kv WHERE tree = $1 AND ord > $2 AND key >= $3 ORDER BY ord",
+                &[&name, &after, &prefix],
+            )?,
+        };
+        Ok(Some(rows.into_iter().map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1))).collect()))
     }
 
     fn ids_used(&self) -> Result<Option<u64>, EngineError> {
@@ -603,6 +652,9 @@ struct PgTx<'a, 'c> {
     tx: &'a deadpool_postgres::Transaction<'c>,
     trees: &'a [&'static str],
     writes: BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>,
+    /// Values read ahead ([`TxOps::prefetch`]), absent ones as `None`. Still true when read
+    /// later: the transaction holds the write lock, so no other writer changes them meanwhile.
+    read: std::collections::HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl PgTx<'_, '_> {
@@ -615,10 +667,39 @@ impl PgTx<'_, '_> {
 
 impl TxOps for PgTx<'_, '_> {
     fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<Bytes>, EngineError> {
-        match self.writes.get(&(tree.0, key.to_vec())) {
-            Some(written) => Ok(written.clone()),
+        let at = (tree.0, key.to_vec());
+        match self.writes.get(&at).or_else(|| self.read.get(&at)) {
+            Some(known) => Ok(known.clone()),
             None => self.db_get(tree, key),
         }
+    }
+
+    fn prefetch(&mut self, keys: &[(TreeId, &[u8])]) -> Result<(), EngineError> {
+        let wanted: Vec<(usize, &[u8])> = keys
+            .iter()
+            .map(|(t, k)| (t.0, *k))
+            .filter(|(t, k)| {
+                let at = (*t, k.to_vec());
+                !self.writes.contains_key(&at) && !self.read.contains_key(&at)
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = wanted.iter().map(|(t, _)| tree_name(self.trees, TreeId(*t))).collect();
+        let ks: Vec<&[u8]> = wanted.iter().map(|(_, k)| *k).collect();
+        let stmt = block(self.tx.prepare_cached(
+            "SELECT tree, key, value FROM kv WHERE (tree, key) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+        ))
+        .map_err(pg)?;
+        for (t, k) in &wanted {
+            self.read.insert((*t, k.to_vec()), None);
+        }
+        for row in block(self.tx.query(&stmt, &[&names, &ks])).map_err(pg)? {
+            let tree = tree_id(self.trees, row.get::<_, &str>(0))?;
+            self.read.insert((tree.0, row.get::<_, Vec<u8>>(1)), Some(row.get::<_, Vec<u8>>(2)));
+        }
+        Ok(())
     }
 
     fn insert(&mut self, tree: TreeId, key: &[u8], value: &[u8]) {

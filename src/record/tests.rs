@@ -618,7 +618,7 @@ fn an_outage_of_the_database_fails_writes_clearly_and_the_store_recovers_by_itse
 
 #[test]
 fn a_row_another_instance_sent_is_not_brought_back_by_a_late_retry() {
-    // Two instances may attempt one row during a take-over (`outbox_sweep`): whichever records
+    // Two instances may attempt one row when a live holder loses its delivery lease (`outbox_lease`): whichever records
     // second must not put a sent row back in the outbox, nor dead-letter it.
     each_backend(|name, open, dir| {
         let store = open(dir);
@@ -635,5 +635,48 @@ fn a_row_another_instance_sent_is_not_brought_back_by_a_late_retry() {
         store.apply_outbox(&[dead]).unwrap();
         assert!(store.dead_letters().unwrap().is_empty(), "{name}: nor is it dead-lettered");
         assert!(store.record(record).unwrap().is_some());
+    });
+}
+
+#[test]
+fn the_outbox_reads_in_commit_order_across_instances_and_a_retry_keeps_its_place() {
+    // The holder of an account's delivery lease (`outbox_lease`) reads the outbox in the one
+    // order of commits, whichever instance committed: ids come in blocks per instance, so key
+    // order is not commit order on a shared store.
+    each_backend(|name, open, dir| {
+        let a = open(dir);
+        // On PostgreSQL a second instance on the same database; the embedded store has one.
+        let b = if name == "postgres" { open(dir) } else { a.clone() };
+        let account: AccountId = "webhook.ehr".parse().unwrap();
+        let mut committed = Vec::new();
+        for (i, store) in [&b, &a, &b, &a].into_iter().enumerate() {
+            let (ex, key) = exchange(store, &format!("sms-order-{i}"), b"x");
+            store.commit_exchanges(&[ex]).unwrap();
+            committed.push(key);
+        }
+        if name == "postgres" {
+            assert!(committed[0].seq > committed[1].seq, "the second instance's block comes after the first's");
+        }
+        let (keys, last) = a.outbox_keys_after(&account, 0).unwrap();
+        assert_eq!(keys, committed, "{name}: commit order");
+        assert_eq!(b.outbox_keys_after(&account, 0).unwrap().0, committed, "{name}: the same from every instance");
+        // A retry writes the row again: it keeps its place, and is not read again as new.
+        let mut item = a.outbox_item(&committed[0]).unwrap().unwrap();
+        item.attempts = 1;
+        item.not_before_ms = now_ms() + 60_000;
+        b.apply_outbox(&[OutboxUpdate::Retry { key: committed[0].clone(), item, events: vec![] }]).unwrap();
+        assert_eq!(a.outbox_keys_after(&account, 0).unwrap().0, committed, "{name}: a retry keeps its place");
+        assert_eq!(a.outbox_keys_after(&account, last).unwrap(), (vec![], last), "{name}: nothing new");
+        // A row sent is gone; one committed later is read after the last place seen.
+        let item = a.outbox_item(&committed[1]).unwrap().unwrap();
+        a.apply_outbox(&[OutboxUpdate::Sent { key: committed[1].clone(), item, native_ids: vec![], events: vec![] }])
+            .unwrap();
+        let (ex, newer) = exchange(&b, "sms-order-later", b"x");
+        b.commit_exchanges(&[ex]).unwrap();
+        let (keys, later) = a.outbox_keys_after(&account, last).unwrap();
+        assert_eq!(keys, vec![newer.clone()], "{name}");
+        assert!(later > last);
+        let all = a.outbox_keys_after(&account, 0).unwrap().0;
+        assert_eq!(all, vec![committed[0].clone(), committed[2].clone(), committed[3].clone(), newer], "{name}");
     });
 }
