@@ -648,6 +648,15 @@ impl Config {
         }
         out
     }
+
+    /// The `fhir` accounts that file a conversation begun on `origin`: those on its routes that
+    /// can send (a clinician's answer and every notice of the conversation go there too).
+    pub fn filing_accounts(&self, origin: &AccountId) -> Vec<AccountId> {
+        self.destinations(origin)
+            .into_iter()
+            .filter(|a| a.kind() == ChannelKind::Fhir && self.accounts.get(a).is_some_and(|c| c.sends()))
+            .collect()
+    }
 }
 
 /// Parses a directory address `kind:value`.

@@ -282,7 +282,7 @@ pub fn execute(
             // Approval asks the policy again for the hop (`crate::review`); rejection need not.
             let done = match verdict {
                 Verdict::Approve => crate::review::approve(store, config, id, &by)?.map(|(o, keys)| (Some(o), keys)),
-                Verdict::Reject => crate::review::reject(store, id, &by)?.map(|keys| (None, keys)),
+                Verdict::Reject => crate::review::reject(store, config, id, &by)?.map(|keys| (None, keys)),
             };
             let (outcome, queued) = done.ok_or_else(|| OfficerError::NotFound("no such held delivery".into()))?;
             let rerouted = match outcome {

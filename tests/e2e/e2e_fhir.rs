@@ -611,3 +611,72 @@ async fn over_https_the_clinics_ca_file_is_trusted_and_nothing_else() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fhir.emr") && err.contains("certificate"), "{err}");
 }
+
+/// Issue 19's invariant, every notice in the patient's file: a notice queued after its message
+/// was filed (here the "your reply was not sent" a rejection sends the clinician) is filed on its
+/// own, `partOf` the server's copy of the message, queued with the verdict (so it survives a
+/// restart in between), and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_sent_after_its_message_was_filed_is_filed_too_once() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let ann = fhir.add_patient(MRN, "p-0001", "Patient").await;
+    let mut s = clinic_with(&fhir, BEARER, tempfile::tempdir().unwrap(), "", &[], "over_ceiling = \"hold\"").await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "Any news?", None)).await.0, 202);
+    assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await);
+    let token = s.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+    // A clinical answer may not go by SMS: held for review there, filed in the EMR meanwhile.
+    let clinical = "Your HbA1c is 7.9%; increase metformin to 1000 mg twice daily.";
+    assert_eq!(post_message(&c, s.ehr_port, &sms("ehr-1", "dr-lee", clinical, Some(&token))).await.0, 202);
+    let all = filed(&fhir, &format!("Patient/{ann}"), 2).await;
+    let answer = all.iter().find(|c| text(c) == clinical).expect("the answer is filed").clone();
+    assert!(s.d.wait_log("held=1", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
+
+    // The officer rejects it while the daemon is down: the notice and its filing are queued
+    // by the verdict's transaction, and go once it is back.
+    assert!(s.d.terminate());
+    let (ok, out, err) = s.d.cli(&["review", "list"]);
+    assert!(ok, "{err}");
+    let held: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{held}");
+    assert_eq!(held[0]["account"], "webhook.sms");
+    let delivery = held[0]["delivery"].as_str().unwrap().to_string();
+    let (ok, _, err) = s.d.cli(&["review", "reject", &delivery, "--by", "s-lee"]);
+    assert!(ok, "{err}");
+    s.d.spawn();
+    assert!(s.ehr.wait_for(2, Duration::from_secs(20)).await, "the clinician is told the reply was not sent");
+
+    let all = filed(&fhir, &format!("Patient/{ann}"), 3).await;
+    let notices: Vec<&Value> =
+        all.iter().filter(|c| c["identifier"][0]["system"] == "urn:carebridge:delivery").collect();
+    assert_eq!(notices.len(), 1, "{all:?}");
+    let notice = notices[0];
+    assert!(text(notice).contains("not sent"), "{notice}");
+    assert!(!text(notice).contains("metformin"), "a notice is PHI-free");
+    assert_eq!(notice["partOf"][0]["reference"], format!("Communication/{}", answer["id"].as_str().unwrap()));
+    assert_eq!(notice["partOf"][0]["identifier"]["value"], record_id(&answer));
+    assert_eq!(notice["subject"]["reference"], format!("Patient/{ann}"));
+    // As its own delivery stood when it was filed (sent by the EHR's worker, or not yet).
+    assert!(["in-progress", "completed"].contains(&notice["status"].as_str().unwrap()), "{notice}");
+
+    // Once: another restart files nothing again.
+    assert!(s.d.terminate());
+    s.d.spawn();
+    let up = wait_http(&format!("http://127.0.0.1:{}/healthz", s.sms_port), Duration::from_secs(60)).await;
+    assert!(up, "{:?}", s.d.logs());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fhir.stats().await["creates"], json!({ "created": 3, "existing": 0, "refused": 0 }));
+    let key = notice["identifier"][0]["value"].as_str().unwrap();
+    let same = fhir.search(&format!("Communication?identifier=urn:carebridge:delivery|{key}")).await;
+    assert_eq!(same.len(), 1);
+
+    // carebridge's own record: the filing's attempt, and no second notice (a filing is a copy).
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let events: Vec<&Value> =
+        export.iter().filter(|l| l["type"] == "record").flat_map(|l| l["events"].as_array().unwrap()).collect();
+    let not_sent = events.iter().filter(|e| e["event"] == "notice" && e["text"].as_str().unwrap().contains("not sent"));
+    assert_eq!(not_sent.count(), 1, "{events:?}");
+    let created = events.iter().filter(|e| e["event"] == "attempt" && e["reason"] == "created").count();
+    assert_eq!(created, 3, "the question, the answer, the notice: {events:?}");
+}

@@ -153,7 +153,8 @@ impl FhirOutbound {
     }
 
     /// Files what the delivery carries: the message, then the notices carebridge sent about it
-    /// (each `partOf` the message's copy on the server).
+    /// (each `partOf` the message's copy on the server); or one notice alone, sent after its
+    /// message was filed.
     async fn file(&self, delivery: &Delivery) -> Result<Sent, SendError> {
         let Some(filed_as) = &delivery.filed_as else {
             return Err(SendError::permanent("fhir: no Communication was attached to the delivery"));
@@ -180,6 +181,21 @@ impl FhirOutbound {
             ));
         };
         let patient_ref = self.patient(patient.expose()).await?;
+        if business_key(&message).is_some_and(|(system, _)| system == SYSTEM_DELIVERY) {
+            // A notice sent after its message was filed: alone, `partOf` the server's copy of
+            // the message when it has one (its carebridge identifier either way).
+            let mut notice = message;
+            if let Some(record) = part_of_record(&notice)
+                && let Some(found) = self.filed_record(&record).await?
+                && let Some(Value::Array(parts)) = notice.get_mut("partOf")
+                && let Some(Value::Object(o)) = parts.first_mut()
+            {
+                o.insert("reference".into(), found.into());
+            }
+            let (filed, id) = self.create(notice, &patient_ref, patient.expose(), None).await?;
+            info!(account = %self.account, delivery_id = %delivery.id, record_id = %delivery.record_id, outcome = filed.as_str(), "Notice filed in the FHIR server.");
+            return Ok(Sent { native_ids: id.into_iter().collect(), outcome: Some(filed.as_str().to_string()) });
+        }
         let answers = match answered_record(&message) {
             Some(prev) => self.filed_record(&prev).await?,
             None => None,
@@ -308,6 +324,14 @@ fn patient_value(resource: &Map<String, Value>) -> Option<Redacted<String>> {
 fn answered_record(resource: &Map<String, Value>) -> Option<String> {
     let r = resource.get("inResponseTo")?.as_array()?.first()?;
     let id = r.get("identifier")?;
+    (id.get("system").and_then(Value::as_str) == Some(SYSTEM_RECORD))
+        .then(|| id.get("value").and_then(Value::as_str).map(str::to_string))
+        .flatten()
+}
+
+/// The carebridge record a notice is about (`partOf`, a logical reference by identifier).
+fn part_of_record(resource: &Map<String, Value>) -> Option<String> {
+    let id = resource.get("partOf")?.as_array()?.first()?.get("identifier")?;
     (id.get("system").and_then(Value::as_str) == Some(SYSTEM_RECORD))
         .then(|| id.get("value").and_then(Value::as_str).map(str::to_string))
         .flatten()
