@@ -336,8 +336,12 @@ pub fn execute(
         }
         Request::RecordsAssign { actor: who, id, patient } => {
             let rid = record_id(&id)?;
-            records::assign(store, config, &actor(&who, READS)?, rid, &patient)?;
-            Ok(Answer::of(json!({ "record": rid.to_string(), "patient": patient })))
+            let queued = records::assign(store, config, &actor(&who, READS)?, rid, &patient)?;
+            // Its `fhir` filings that gave up for want of a patient go again, under this one.
+            Ok(Answer {
+                value: json!({ "record": rid.to_string(), "patient": patient, "refiled": queued.len() }),
+                queued,
+            })
         }
         Request::RecordsShow { actor: who, id } => {
             let rid = record_id(&id)?;

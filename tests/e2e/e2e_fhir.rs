@@ -680,3 +680,45 @@ async fn a_notice_sent_after_its_message_was_filed_is_filed_too_once() {
     let created = events.iter().filter(|e| e["event"] == "attempt" && e["reason"] == "created").count();
     assert_eq!(created, 3, "the question, the answer, the notice: {events:?}");
 }
+
+/// A message from a sender nobody knows has no patient to be filed under (a dead letter of the
+/// `fhir` account); once an administrator attaches it to a patient (`records assign`), the same
+/// transaction puts that filing back in the outbox and it is filed under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_assigned_to_a_patient_later_is_filed_under_them_then() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let bob = fhir.add_patient(MRN, "p-0002", "Other").await;
+    let mut s = clinic(&fhir, BEARER, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+    let words = "Bob here, on my new phone: is my referral in?";
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", "+14165550177", words, None)).await.0, 202);
+    assert!(s.d.wait_log("dead-lettered", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
+    assert_eq!(fhir.stats().await["creates"]["created"], 0, "nothing filed under a guessed patient");
+    assert!(s.d.terminate());
+
+    let (ok, out, err) = s.d.cli(&["records", "--actor", "triage-nurse", "unassigned"]);
+    assert!(ok, "{err}");
+    let waiting: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(waiting.len(), 1, "{out}");
+    let id = waiting[0]["record"].as_str().unwrap().to_string();
+    let (ok, out, err) = s.d.cli(&["records", "--actor", "triage-nurse", "assign", &id, "--patient", "p-0002"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"refiled\": 1") || out.contains("\"refiled\":1"), "{out}");
+    s.d.spawn();
+
+    let all = filed(&fhir, &format!("Patient/{bob}"), 1).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(text(&all[0]), words);
+    assert_eq!(record_id(&all[0]), id);
+    assert_eq!(all[0]["subject"]["identifier"], json!({ "system": MRN, "value": "p-0002" }));
+    // The sender stays unverified: assignment is triage, not identity.
+    assert_eq!(all[0]["sender"]["display"], "Unverified sender");
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let events: Vec<&Value> =
+        export.iter().filter(|l| l["type"] == "record").flat_map(|l| l["events"].as_array().unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "requeued" && e["by"] == "triage-nurse"), "{events:?}");
+    assert!(events.iter().any(|e| e["event"] == "attempt" && e["reason"] == "created"), "{events:?}");
+    let (ok, out, _) = s.d.cli(&["outbox", "list"]);
+    assert!(ok && out.trim() == "[]", "no dead letter left: {out}");
+}
