@@ -95,9 +95,11 @@ to = ["webhook.ehr", "fhir.emr"]
 [[directory.patient]]
 id = "p-0001"
 addresses = ["phone:{PATIENT_PHONE}", "telegram:{PATIENT_TG}", "email:ann@patients.test"]
+mrn = "MRN-000017"
 [[directory.patient]]
 id = "p-0002"
 addresses = ["phone:+14165550100"]
+mrn = "MRN-000042"
 [[directory.staff]]
 id = "s-lee"
 addresses = ["opaque:dr-lee"]
@@ -721,4 +723,23 @@ async fn a_record_assigned_to_a_patient_later_is_filed_under_them_then() {
     assert!(events.iter().any(|e| e["event"] == "attempt" && e["reason"] == "created"), "{events:?}");
     let (ok, out, _) = s.d.cli(&["outbox", "list"]);
     assert!(ok && out.trim() == "[]", "no dead letter left: {out}");
+}
+
+/// The clinic says which directory value the EMR knows a patient by (`patient_identifier =
+/// "mrn"`): the `Patient` carrying the MRN gets the Communications, not one that happens to
+/// carry the directory id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patients_are_found_by_the_mrn_the_directory_gives_when_the_clinic_says_so() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let by_mrn = fhir.add_patient(MRN, "MRN-000017", "Patient").await;
+    let decoy = fhir.add_patient(MRN, "p-0001", "Decoy").await;
+    let auth = format!("patient_identifier = \"mrn\"\n{BEARER}");
+    let s = clinic(&fhir, &auth, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "Is the lab open?", None)).await.0, 202);
+    let all = filed(&fhir, &format!("Patient/{by_mrn}"), 1).await;
+    assert_eq!(text(&all[0]), "Is the lab open?");
+    assert_eq!(all[0]["subject"]["identifier"], json!({ "system": MRN, "value": "MRN-000017" }));
+    assert!(fhir.search(&format!("Communication?subject=Patient/{decoy}")).await.is_empty());
+    assert!(s.d.logs().iter().all(|l| !l.contains("MRN-000017")), "the MRN is never logged");
 }

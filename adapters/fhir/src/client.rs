@@ -59,6 +59,8 @@ pub struct FhirOutbound {
     account: AccountId,
     base: Url,
     patient_system: String,
+    /// The account's table: which directory value the EMR knows each patient by.
+    config: crate::config::Config,
     http: reqwest::Client,
     credentials: Credentials,
 }
@@ -68,11 +70,11 @@ impl FhirOutbound {
     pub fn new(
         account: AccountId,
         base: Url,
-        patient_system: String,
+        config: crate::config::Config,
         http: reqwest::Client,
         credentials: Credentials,
     ) -> Self {
-        Self { account, base, patient_system, http, credentials }
+        Self { account, base, patient_system: config.patient_identifier_system.clone(), config, http, credentials }
     }
 
     /// `base` + `path` (`Patient`, `Communication`), keeping the base's own path.
@@ -180,7 +182,12 @@ impl FhirOutbound {
                 "fhir: the exchange has no patient (an unverified sender): nothing to file it under",
             ));
         };
-        let patient_ref = self.patient(patient.expose()).await?;
+        let Some(known_as) = self.config.patient_value(patient.expose()) else {
+            return Err(SendError::permanent(
+                "fhir: the directory has no value of patient_identifier for the exchange's patient",
+            ));
+        };
+        let patient_ref = self.patient(known_as.expose()).await?;
         if business_key(&message).is_some_and(|(system, _)| system == SYSTEM_DELIVERY) {
             // A notice sent after its message was filed: alone, `partOf` the server's copy of
             // the message when it has one (its carebridge identifier either way).
@@ -192,7 +199,7 @@ impl FhirOutbound {
             {
                 o.insert("reference".into(), found.into());
             }
-            let (filed, id) = self.create(notice, &patient_ref, patient.expose(), None).await?;
+            let (filed, id) = self.create(notice, &patient_ref, patient.expose(), known_as.expose(), None).await?;
             info!(account = %self.account, delivery_id = %delivery.id, record_id = %delivery.record_id, outcome = filed.as_str(), "Notice filed in the FHIR server.");
             return Ok(Sent { native_ids: id.into_iter().collect(), outcome: Some(filed.as_str().to_string()) });
         }
@@ -200,7 +207,8 @@ impl FhirOutbound {
             Some(prev) => self.filed_record(&prev).await?,
             None => None,
         };
-        let (filed, message_ref) = self.create(message, &patient_ref, patient.expose(), answers.as_deref()).await?;
+        let (filed, message_ref) =
+            self.create(message, &patient_ref, patient.expose(), known_as.expose(), answers.as_deref()).await?;
         let mut native_ids: Vec<String> = message_ref.iter().cloned().collect();
         let mut notices = 0;
         for mut notice in resources {
@@ -209,7 +217,7 @@ impl FhirOutbound {
             {
                 o.insert("reference".into(), m.clone().into());
             }
-            let (_, id) = self.create(notice, &patient_ref, patient.expose(), None).await?;
+            let (_, id) = self.create(notice, &patient_ref, patient.expose(), known_as.expose(), None).await?;
             native_ids.extend(id);
             notices += 1;
         }
@@ -223,13 +231,14 @@ impl FhirOutbound {
         mut resource: Map<String, Value>,
         patient_ref: &str,
         patient: &str,
+        known_as: &str,
         answers: Option<&str>,
     ) -> Result<(Filed, Option<String>), SendError> {
         // The carebridge identifier the conditional create is keyed on: the record's for a
         // message, the delivery's for a notice.
         let key = business_key(&resource)
             .ok_or_else(|| SendError::permanent("fhir: the Communication has no carebridge identifier"))?;
-        point_at_server(&mut resource, patient_ref, &self.patient_system, patient, answers);
+        point_at_server(&mut resource, patient_ref, (&self.patient_system, known_as), patient, answers);
         let url = self.url("Communication");
         let body = serde_json::to_vec(&Value::Object(resource))
             .map_err(|_| SendError::permanent("fhir: the Communication could not be encoded"))?;
@@ -345,7 +354,7 @@ fn part_of_record(resource: &Map<String, Value>) -> Option<String> {
 fn point_at_server(
     resource: &mut Map<String, Value>,
     patient_ref: &str,
-    patient_system: &str,
+    (patient_system, known_as): (&str, &str),
     patient_value: &str,
     answers: Option<&str>,
 ) {
@@ -355,7 +364,7 @@ fn point_at_server(
         let Some(o) = r.as_object_mut() else { return };
         if o.get("identifier") == Some(&local_patient) {
             o.insert("reference".into(), patient_ref.into());
-            o.insert("identifier".into(), json!({ "system": patient_system, "value": patient_value }));
+            o.insert("identifier".into(), json!({ "system": patient_system, "value": known_as }));
             o.remove("type");
         } else if let Some(Value::String(local)) = o.remove("reference") {
             let kind = local.split('/').next().unwrap_or_default().to_string();
@@ -516,7 +525,7 @@ mod tests {
         .unwrap();
         assert_eq!(answered_record(&c).as_deref(), Some("rec-0000000001"));
         assert_eq!(patient_value(&c).unwrap().expose(), "p-1");
-        point_at_server(&mut c, "Patient/abc", "urn:mrn", "p-1", Some("Communication/xyz"));
+        point_at_server(&mut c, "Patient/abc", ("urn:mrn", "p-1"), "p-1", Some("Communication/xyz"));
         let c = Value::Object(c);
         assert!(c.get("id").is_none());
         let patient = json!({ "reference": "Patient/abc", "identifier": { "system": "urn:mrn", "value": "p-1" } });
