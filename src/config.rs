@@ -240,6 +240,14 @@ pub struct PersonConfig {
     pub id: String,
     /// Addresses on any channel.
     pub addresses: Vec<String>,
+    /// The patient's medical record number in the clinic's EMR, for a `fhir` account with
+    /// `patient_identifier = "mrn"`. PHI: never logged or echoed in an error.
+    #[serde(default)]
+    pub mrn: Option<String>,
+    /// The patient's health number, for a `fhir` account with `patient_identifier =
+    /// "health_number"`. PHI: never logged or echoed in an error.
+    #[serde(default)]
+    pub health_number: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -428,6 +436,11 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigErrors(problems));
         }
+        for account in accounts.values_mut() {
+            if let AccountConfig::Fhir(f) = account {
+                f.patient_values = patient_values(&directory, f.patient_identifier);
+            }
+        }
         Ok(Config {
             daemon: raw.daemon,
             router: raw.router,
@@ -503,6 +516,7 @@ impl Config {
         self.validate_listeners(&mut p);
         self.validate_routes(&mut p);
         self.validate_directory(&mut p);
+        self.validate_patient_identifiers(&mut p);
         let ids: Vec<AccountId> = self.accounts.keys().cloned().collect();
         p.extend(self.policy.validate(&ids));
         p
@@ -597,6 +611,35 @@ impl Config {
         }
     }
 
+    /// A `fhir` account that files patients by their MRN or health number needs one for every
+    /// patient of the directory: a patient without it could not be found in the EMR. Values are
+    /// never echoed (PHI).
+    fn validate_patient_identifiers(&self, p: &mut Vec<Problem>) {
+        for (id, account) in &self.accounts {
+            let AccountConfig::Fhir(f) = account else { continue };
+            let Some(key) = f.patient_identifier.directory_key() else { continue };
+            for (i, person) in self.directory.patient.iter().enumerate() {
+                let value = if key == "mrn" { &person.mrn } else { &person.health_number };
+                match value.as_deref().map(str::trim) {
+                    None | Some("") => p.push(Problem::new(
+                        format!("directory.patient[{i}].{key}"),
+                        format!("required: {id} files patients by it (patient_identifier = \"{key}\")"),
+                    )),
+                    Some(v) if v.contains('|') || v.chars().any(char::is_control) => p.push(Problem::new(
+                        format!("directory.patient[{i}].{key}"),
+                        "must not contain `|` or control characters (it is searched as system|value)",
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        for (i, person) in self.directory.staff.iter().enumerate() {
+            if person.mrn.is_some() || person.health_number.is_some() {
+                p.push(Problem::new(format!("directory.staff[{i}]"), "`mrn` and `health_number` are for patients"));
+            }
+        }
+    }
+
     fn validate_directory(&self, p: &mut Vec<Problem>) {
         let mut ids = BTreeSet::new();
         let mut addrs: BTreeMap<String, String> = BTreeMap::new();
@@ -648,6 +691,34 @@ impl Config {
         }
         out
     }
+
+    /// The `fhir` accounts that file a conversation begun on `origin`: those on its routes that
+    /// can send (a clinician's answer and every notice of the conversation go there too).
+    pub fn filing_accounts(&self, origin: &AccountId) -> Vec<AccountId> {
+        self.destinations(origin)
+            .into_iter()
+            .filter(|a| a.kind() == ChannelKind::Fhir && self.accounts.get(a).is_some_and(|c| c.sends()))
+            .collect()
+    }
+}
+
+/// Directory id → the value a `fhir` account files the patient under (`mrn`, `health_number`).
+fn patient_values(
+    directory: &DirectoryConfig,
+    which: carebridge_fhir::PatientIdentifier,
+) -> BTreeMap<String, carebridge_contract::Redacted<String>> {
+    directory
+        .patient
+        .iter()
+        .filter_map(|p| {
+            let v = match which {
+                carebridge_fhir::PatientIdentifier::DirectoryId => None,
+                carebridge_fhir::PatientIdentifier::Mrn => p.mrn.clone(),
+                carebridge_fhir::PatientIdentifier::HealthNumber => p.health_number.clone(),
+            };
+            v.map(|v| (p.id.clone(), carebridge_contract::Redacted::new(v)))
+        })
+        .collect()
 }
 
 /// Parses a directory address `kind:value`.
@@ -882,6 +953,25 @@ mod tests {
         let a: AccountId = "webhook.a".parse().unwrap();
         assert_eq!(valid.policy().trust(&a), crate::policy::Trust::Secure);
         assert_eq!(valid.accounts.len(), 1, "the config reads through");
+    }
+
+    #[test]
+    fn a_fhir_account_filing_by_mrn_needs_every_patients_mrn_and_never_echoes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[fhir.emr]\nbase_url = \"https://emr.example/fhir\"\npatient_identifier_system = \"urn:mrn\"\n\
+                    patient_identifier = \"mrn\"\n[fhir.emr.bearer]\ntoken_file = \"t\"\n\
+                    [[directory.patient]]\nid = \"p-1\"\naddresses = []\nmrn = \"MRN-SECRET-1\"\n\
+                    [[directory.patient]]\nid = \"p-2\"\naddresses = []\n";
+        let c = parse(text, dir.path()).unwrap();
+        let problems = ValidConfig::new(c).err().unwrap().0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "directory.patient[1].mrn");
+        assert!(problems[0].to_string().contains("fhir.emr"), "{}", problems[0]);
+        let ok = parse(&format!("{text}mrn = \"MRN-2\"\n"), dir.path()).unwrap();
+        let AccountConfig::Fhir(f) = &ok.accounts[&"fhir.emr".parse().unwrap()] else { panic!() };
+        assert_eq!(f.patient_value("p-1").unwrap().expose(), "MRN-SECRET-1");
+        assert!(!format!("{f:?}").contains("MRN-SECRET-1"), "the account keeps it redacted");
+        assert!(ValidConfig::new(ok).is_ok());
     }
 
     #[test]

@@ -282,7 +282,7 @@ pub fn execute(
             // Approval asks the policy again for the hop (`crate::review`); rejection need not.
             let done = match verdict {
                 Verdict::Approve => crate::review::approve(store, config, id, &by)?.map(|(o, keys)| (Some(o), keys)),
-                Verdict::Reject => crate::review::reject(store, id, &by)?.map(|keys| (None, keys)),
+                Verdict::Reject => crate::review::reject(store, config, id, &by)?.map(|keys| (None, keys)),
             };
             let (outcome, queued) = done.ok_or_else(|| OfficerError::NotFound("no such held delivery".into()))?;
             let rerouted = match outcome {
@@ -336,8 +336,12 @@ pub fn execute(
         }
         Request::RecordsAssign { actor: who, id, patient } => {
             let rid = record_id(&id)?;
-            records::assign(store, config, &actor(&who, READS)?, rid, &patient)?;
-            Ok(Answer::of(json!({ "record": rid.to_string(), "patient": patient })))
+            let queued = records::assign(store, config, &actor(&who, READS)?, rid, &patient)?;
+            // Its `fhir` filings that gave up for want of a patient go again, under this one.
+            Ok(Answer {
+                value: json!({ "record": rid.to_string(), "patient": patient, "refiled": queued.len() }),
+                queued,
+            })
         }
         Request::RecordsShow { actor: who, id } => {
             let rid = record_id(&id)?;

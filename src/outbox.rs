@@ -501,7 +501,7 @@ impl Worker {
                     || patient.is_some_and(|p| store.consents(&p, &account).map(|c| !c.is_empty()).unwrap_or(false));
                 let delivery = store.delivery_to_send(&stored).and_then(|mut d| {
                     if files_record {
-                        d.filed_as = store.filing(&d)?;
+                        d.filed_as = store.filing(&stored, &d)?;
                     }
                     Ok(d)
                 });

@@ -9,7 +9,7 @@ use crate::record::chain::Report;
 use crate::record::retention::{self, PurgeReport};
 use crate::record::schema::RecordV1;
 use crate::record::settings::RetentionConfig;
-use crate::record::{Actor, Store, StoreError, now_ms};
+use crate::record::{Actor, OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::RecordId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -87,18 +87,18 @@ pub fn assign(
     actor: &Actor,
     id: RecordId,
     patient: &str,
-) -> Result<(), RecordsError> {
+) -> Result<Vec<OutboxKey>, RecordsError> {
     if !config.directory.patient.iter().any(|p| p.id == patient) {
         return Err(RecordsError::Invalid(format!(
             "unknown patient id `{patient}` (add the patient to the directory first)"
         )));
     }
-    store.assign_record(id, patient, &actor.name).map_err(|e| match e {
+    let requeued = store.assign_record(id, patient, &actor.name).map_err(|e| match e {
         crate::record::triage::AssignError::Store(e) => RecordsError::Store(e),
         other => RecordsError::Invalid(other.to_string()),
     })?;
     store.audit(actor, "records.assign", Some(patient), vec![id], None)?;
-    Ok(())
+    Ok(requeued)
 }
 
 /// Lists one patient's records (audited as `records.list`).

@@ -22,6 +22,7 @@
 //! rather than applied in part: after `Configuration reloaded.` the daemon runs exactly what the
 //! file says, and an operator never has to guess which half of an edit is live.
 
+use crate::accounts::AccountConfig;
 use crate::assembly::{self, Blueprint, Running};
 use crate::config::{Config, ValidConfig};
 use carebridge_contract::AccountId;
@@ -74,12 +75,26 @@ pub fn account_changes(old: &Config, new: &Config) -> AccountChanges {
     for id in new.accounts.keys() {
         if !old.accounts.contains_key(id) {
             c.added.push(id.clone());
-        } else if old.sections.get(id) != new.sections.get(id) {
+        } else if old.sections.get(id) != new.sections.get(id) || patient_values_changed(old, new, id) {
             c.changed.push(id.clone());
         }
     }
     c.removed = old.accounts.keys().filter(|id| !new.accounts.contains_key(*id)).cloned().collect();
     c
+}
+
+/// Whether a `fhir` account's patients' identifier values (from the directory, not its own
+/// table) changed: its sender is built anew with them.
+fn patient_values_changed(old: &Config, new: &Config, id: &AccountId) -> bool {
+    match (old.accounts.get(id), new.accounts.get(id)) {
+        (Some(AccountConfig::Fhir(a)), Some(AccountConfig::Fhir(b))) => {
+            let values = |c: &carebridge_fhir::Config| -> Vec<(String, String)> {
+                c.patient_values.iter().map(|(k, v)| (k.clone(), v.expose().clone())).collect()
+            };
+            values(a) != values(b)
+        }
+        _ => false,
+    }
 }
 
 /// The settings a running daemon cannot change, each as a problem naming its key if `new`

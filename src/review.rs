@@ -15,7 +15,7 @@ use crate::record::schema::{AddressV1, OutboxItemV1, ReviewItemV1};
 use crate::record::{Actor, OutboxKey, Store, StoreError};
 use crate::router::identify::Directory;
 use crate::router::plan::address_kind_of;
-use carebridge_contract::{AccountId, DeliveryId, DeliveryKind, Redacted};
+use carebridge_contract::{AccountId, ChannelKind, DeliveryId, DeliveryKind, Redacted};
 use serde_json::{Value, json};
 
 /// Why a review decision failed.
@@ -204,15 +204,16 @@ pub fn approve(
     if let OnApproval::Refuse(why) = r.outcome {
         return Err(ReviewError::Refused(format!("not approved: {why}; it stays held (reject it to tell its author)")));
     }
-    Ok(store.resolve_held(id, "approved", r.queue, by)?.map(|keys| (r.outcome, keys)))
+    let queue = with_notice_filings(store, config, &h, r.queue)?;
+    Ok(store.resolve_held(id, "approved", queue, by)?.map(|keys| (r.outcome, keys)))
 }
 
 /// Rejects a held delivery: nothing of it is sent; the notice its author is owed (if the hold
 /// prepared one) is queued instead. `Ok(None)` if it is not held.
-pub fn reject(store: &Store, id: DeliveryId, by: &str) -> Result<Option<Vec<OutboxKey>>, StoreError> {
+pub fn reject(store: &Store, config: &Config, id: DeliveryId, by: &str) -> Result<Option<Vec<OutboxKey>>, StoreError> {
     let Some(h) = store.held_item(id)? else { return Ok(None) };
     let mut queue = Vec::new();
-    if let Some(notice) = h.reject_notice {
+    if let Some(notice) = h.reject_notice.clone() {
         let mut delivery = notice;
         delivery.id = DeliveryId(store.next_id()?);
         queue.push(OutboxItemV1 {
@@ -224,5 +225,56 @@ pub fn reject(store: &Store, id: DeliveryId, by: &str) -> Result<Option<Vec<Outb
             requires_consent: false,
         });
     }
+    let queue = with_notice_filings(store, config, &h, queue)?;
     store.resolve_held(id, "rejected", queue, by)
+}
+
+/// `queue` (what a verdict on `held` queues) with the filing of each new notice in it in every
+/// `fhir` account that files the conversation: those on the routes of the account the
+/// conversation began on, and those the record went to (a `fhir` secure account). The notice
+/// was sent after its message was filed, so no filing of the message carries it, unless the
+/// verdict queues one too (approving a held filing): then that one does.
+fn with_notice_filings(
+    store: &Store,
+    config: &Config,
+    held: &ReviewItemV1,
+    mut queue: Vec<OutboxItemV1>,
+) -> Result<Vec<OutboxItemV1>, StoreError> {
+    let d = &held.item.delivery;
+    // A held notice approved goes as it was queued: it is in the file already.
+    let new_notice =
+        |i: &OutboxItemV1| DeliveryKind::from(i.delivery.kind) == DeliveryKind::Notice && i.delivery.id != d.id;
+    if !queue.iter().any(new_notice) {
+        return Ok(queue);
+    }
+    let conversation = store.conversation(d.conversation.expose())?;
+    let Some(patient) =
+        held.item.patient_id.clone().or_else(|| conversation.as_ref().and_then(|c| c.patient_id.clone()))
+    else {
+        return Ok(queue);
+    };
+    let mut accounts: Vec<AccountId> = conversation
+        .and_then(|c| c.origin_account.parse::<AccountId>().ok())
+        .map(|origin| config.filing_accounts(&origin))
+        .unwrap_or_default();
+    if let Some(record) = store.record(d.record_id)? {
+        let went_to =
+            record.decisions.iter().filter(|x| x.delivery.is_some()).filter_map(|x| {
+                if x.action == "reroute" { x.rerouted_to.as_deref() } else { Some(x.account.as_str()) }
+            });
+        for a in went_to.filter_map(|a| a.parse::<AccountId>().ok()) {
+            if a.kind() == ChannelKind::Fhir && !accounts.contains(&a) {
+                accounts.push(a);
+            }
+        }
+    }
+    accounts.retain(|a| {
+        !queue.iter().any(|i| i.delivery.account == *a && DeliveryKind::from(i.delivery.kind) != DeliveryKind::Notice)
+    });
+    if accounts.is_empty() {
+        return Ok(queue);
+    }
+    let filings = store.notice_filings(queue.iter().filter(|i| new_notice(i)), &accounts, &patient)?;
+    queue.extend(filings);
+    Ok(queue)
 }

@@ -6,10 +6,11 @@
 use super::schema::{DeliveryKindV1, EventKind, OutboxItemV1};
 use super::{PreparedEvent, Store, StoreError};
 
-/// The event recording `item`, if it is a notice.
+/// The event recording `item`, if it is a notice (not the filing of one in the EMR: that is a
+/// copy of a notice already recorded, see `filing`).
 pub(crate) fn notice_event(item: &OutboxItemV1) -> Option<EventKind> {
     let d = &item.delivery;
-    (d.kind == DeliveryKindV1::Notice).then(|| EventKind::Notice {
+    (d.kind == DeliveryKindV1::Notice && d.files_notice.is_none()).then(|| EventKind::Notice {
         delivery: d.id,
         account: d.account.to_string(),
         to: d.to.clone(),

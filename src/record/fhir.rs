@@ -186,6 +186,19 @@ pub fn filing(
     Value::Array(out)
 }
 
+/// What a `fhir` account files for a notice sent after its message was filed (a rejection
+/// after review, a reroute notice at approval, a link confirmation): that notice's
+/// `Communication` alone, as [`filing`] maps it, `partOf` the message by its carebridge record
+/// identifier (the destination points it at the server's copy). `None` if the record has no such
+/// notice. A JSON array, like [`filing`].
+pub fn notice_filing(record: &RecordV1, events: &[EventV1], notice: DeliveryId) -> Option<Value> {
+    let (_, mut n) = notices(record, events).into_iter().find(|(id, _)| *id == notice)?;
+    if let Value::Object(o) = &mut n {
+        o.insert("partOf".into(), json!([record_identifier_ref(record.id)]));
+    }
+    Some(Value::Array(vec![n]))
+}
+
 /// A logical reference to the `Communication` of a carebridge record, by its identifier.
 fn record_identifier_ref(id: RecordId) -> Value {
     json!({ "type": "Communication", "identifier": { "system": SYSTEM_RECORD, "value": id.to_string() } })
@@ -1025,6 +1038,30 @@ mod tests {
         assert_eq!(ds[0]["recipient"][0]["identifier"]["value"], "webhook.ehr", "described by the direct hop");
         let b = bundle("p-1", &[(r, Vec::new())], 1);
         assert_eq!(b["entry"].as_array().unwrap().len(), 2, "the message and one delivery");
+    }
+
+    #[test]
+    fn a_notice_sent_later_is_filed_alone_part_of_its_message_by_identifier() {
+        let r = patient_msg(42);
+        let notice = |id: u64, text: &str| {
+            ev(
+                10,
+                EventKind::Notice {
+                    delivery: DeliveryId(id),
+                    account: "webhook.sms".into(),
+                    to: Some(r.from.clone()),
+                    text: text.into(),
+                },
+            )
+        };
+        let events = [notice(43, "Please use the portal."), notice(47, "Your message was not sent.")];
+        let filed = notice_filing(&r, &events, DeliveryId(47)).unwrap();
+        let filed = filed.as_array().unwrap();
+        assert_eq!(filed.len(), 1, "the notice alone, not its message nor the other notice");
+        assert_eq!(filed[0]["identifier"], json!([{ "system": SYSTEM_DELIVERY, "value": "dlv-0000000047" }]));
+        assert_eq!(filed[0]["partOf"], json!([record_identifier_ref(RecordId(42))]));
+        assert_eq!(filed[0]["payload"][0]["contentString"], "Your message was not sent.");
+        assert!(notice_filing(&r, &events, DeliveryId(99)).is_none());
     }
 
     #[test]

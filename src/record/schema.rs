@@ -219,6 +219,11 @@ pub struct DeliveryV1 {
     /// For a rerouted delivery, the account it was meant for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerouted_from: Option<AccountId>,
+    /// For a `fhir` account's delivery that files one notice sent after its message (a
+    /// rejection after review, a reroute notice at approval): that notice's delivery. `None`
+    /// for every other delivery, a `fhir` one filing its message included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_notice: Option<DeliveryId>,
 }
 
 impl From<Delivery> for DeliveryV1 {
@@ -237,6 +242,7 @@ impl From<Delivery> for DeliveryV1 {
             attachments: d.attachments.iter().map(AttachmentV1::from).collect(),
             in_reply_to: d.in_reply_to,
             rerouted_from: d.rerouted_from,
+            files_notice: None,
         }
     }
 }

@@ -59,8 +59,15 @@ mod tests {
             patient: vec![PersonConfig {
                 id: "p-1".into(),
                 addresses: vec!["email:Ann@Patients.Test".into(), "phone:+1 416 555 0199".into()],
+                mrn: None,
+                health_number: None,
             }],
-            staff: vec![PersonConfig { id: "s-1".into(), addresses: vec!["telegram:7001".into()] }],
+            staff: vec![PersonConfig {
+                id: "s-1".into(),
+                addresses: vec!["telegram:7001".into()],
+                mrn: None,
+                health_number: None,
+            }],
         };
         let d = Directory::new(&cfg);
         assert_eq!(

@@ -312,6 +312,28 @@ impl Planner {
                 d.outbox.push(n);
             }
         }
+        // Every notice is in the patient's file at the clinic: one that no filing of this record
+        // carries (a link confirmation: the link request itself goes nowhere) is filed alone.
+        if let Some(patient) = d.patient_id.clone()
+            && let Ok(origin) = d.conversation.origin_account.parse::<AccountId>()
+        {
+            let carried = |a: &AccountId| {
+                d.outbox.iter().any(|(_, i)| i.delivery.account == *a && i.delivery.kind != DeliveryKindV1::Notice)
+                    || d.review.iter().any(|r| r.item.delivery.account == *a)
+            };
+            let accounts: Vec<AccountId> = self
+                .config
+                .filing_accounts(&origin)
+                .into_iter()
+                .filter(|a| self.senders.contains(a) && !carried(a))
+                .collect();
+            if !accounts.is_empty() {
+                for item in self.store.notice_filings(d.outbox.iter().map(|(_, i)| i), &accounts, &patient)? {
+                    let key = OutboxKey { account: item.delivery.account.clone(), seq: self.store.next_id()? };
+                    d.outbox.push((key, item));
+                }
+            }
+        }
 
         let mut native_refs = Vec::new();
         if let Some(n) = &env.native_message_id {
@@ -619,6 +641,7 @@ impl Planner {
             },
             in_reply_to,
             rerouted_from: None,
+            files_notice: None,
         };
         let item = OutboxItemV1 {
             v: 1,

@@ -95,9 +95,11 @@ to = ["webhook.ehr", "fhir.emr"]
 [[directory.patient]]
 id = "p-0001"
 addresses = ["phone:{PATIENT_PHONE}", "telegram:{PATIENT_TG}", "email:ann@patients.test"]
+mrn = "MRN-000017"
 [[directory.patient]]
 id = "p-0002"
 addresses = ["phone:+14165550100"]
+mrn = "MRN-000042"
 [[directory.staff]]
 id = "s-lee"
 addresses = ["opaque:dr-lee"]
@@ -610,4 +612,134 @@ async fn over_https_the_clinics_ca_file_is_trusted_and_nothing_else() {
     let out = std::process::Command::new(support::daemon::bin()).arg("check-config").arg(&plain).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("fhir.emr") && err.contains("certificate"), "{err}");
+}
+
+/// Issue 19's invariant, every notice in the patient's file: a notice queued after its message
+/// was filed (here the "your reply was not sent" a rejection sends the clinician) is filed on its
+/// own, `partOf` the server's copy of the message, queued with the verdict (so it survives a
+/// restart in between), and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_sent_after_its_message_was_filed_is_filed_too_once() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let ann = fhir.add_patient(MRN, "p-0001", "Patient").await;
+    let mut s = clinic_with(&fhir, BEARER, tempfile::tempdir().unwrap(), "", &[], "over_ceiling = \"hold\"").await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "Any news?", None)).await.0, 202);
+    assert!(s.ehr.wait_for(1, Duration::from_secs(10)).await);
+    let token = s.ehr.received()[0].body["conversation"].as_str().unwrap().to_string();
+    // A clinical answer may not go by SMS: held for review there, filed in the EMR meanwhile.
+    let clinical = "Your HbA1c is 7.9%; increase metformin to 1000 mg twice daily.";
+    assert_eq!(post_message(&c, s.ehr_port, &sms("ehr-1", "dr-lee", clinical, Some(&token))).await.0, 202);
+    let all = filed(&fhir, &format!("Patient/{ann}"), 2).await;
+    let answer = all.iter().find(|c| text(c) == clinical).expect("the answer is filed").clone();
+    assert!(s.d.wait_log("held=1", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
+
+    // The officer rejects it while the daemon is down: the notice and its filing are queued
+    // by the verdict's transaction, and go once it is back.
+    assert!(s.d.terminate());
+    let (ok, out, err) = s.d.cli(&["review", "list"]);
+    assert!(ok, "{err}");
+    let held: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(held.as_array().map(Vec::len), Some(1), "{held}");
+    assert_eq!(held[0]["account"], "webhook.sms");
+    let delivery = held[0]["delivery"].as_str().unwrap().to_string();
+    let (ok, _, err) = s.d.cli(&["review", "reject", &delivery, "--by", "s-lee"]);
+    assert!(ok, "{err}");
+    s.d.spawn();
+    assert!(s.ehr.wait_for(2, Duration::from_secs(20)).await, "the clinician is told the reply was not sent");
+
+    let all = filed(&fhir, &format!("Patient/{ann}"), 3).await;
+    let notices: Vec<&Value> =
+        all.iter().filter(|c| c["identifier"][0]["system"] == "urn:carebridge:delivery").collect();
+    assert_eq!(notices.len(), 1, "{all:?}");
+    let notice = notices[0];
+    assert!(text(notice).contains("not sent"), "{notice}");
+    assert!(!text(notice).contains("metformin"), "a notice is PHI-free");
+    assert_eq!(notice["partOf"][0]["reference"], format!("Communication/{}", answer["id"].as_str().unwrap()));
+    assert_eq!(notice["partOf"][0]["identifier"]["value"], record_id(&answer));
+    assert_eq!(notice["subject"]["reference"], format!("Patient/{ann}"));
+    // As its own delivery stood when it was filed (sent by the EHR's worker, or not yet).
+    assert!(["in-progress", "completed"].contains(&notice["status"].as_str().unwrap()), "{notice}");
+
+    // Once: another restart files nothing again.
+    assert!(s.d.terminate());
+    s.d.spawn();
+    let up = wait_http(&format!("http://127.0.0.1:{}/healthz", s.sms_port), Duration::from_secs(60)).await;
+    assert!(up, "{:?}", s.d.logs());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fhir.stats().await["creates"], json!({ "created": 3, "existing": 0, "refused": 0 }));
+    let key = notice["identifier"][0]["value"].as_str().unwrap();
+    let same = fhir.search(&format!("Communication?identifier=urn:carebridge:delivery|{key}")).await;
+    assert_eq!(same.len(), 1);
+
+    // carebridge's own record: the filing's attempt, and no second notice (a filing is a copy).
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let events: Vec<&Value> =
+        export.iter().filter(|l| l["type"] == "record").flat_map(|l| l["events"].as_array().unwrap()).collect();
+    let not_sent = events.iter().filter(|e| e["event"] == "notice" && e["text"].as_str().unwrap().contains("not sent"));
+    assert_eq!(not_sent.count(), 1, "{events:?}");
+    let created = events.iter().filter(|e| e["event"] == "attempt" && e["reason"] == "created").count();
+    assert_eq!(created, 3, "the question, the answer, the notice: {events:?}");
+}
+
+/// A message from a sender nobody knows has no patient to be filed under (a dead letter of the
+/// `fhir` account); once an administrator attaches it to a patient (`records assign`), the same
+/// transaction puts that filing back in the outbox and it is filed under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_assigned_to_a_patient_later_is_filed_under_them_then() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let bob = fhir.add_patient(MRN, "p-0002", "Other").await;
+    let mut s = clinic(&fhir, BEARER, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+    let words = "Bob here, on my new phone: is my referral in?";
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", "+14165550177", words, None)).await.0, 202);
+    assert!(s.d.wait_log("dead-lettered", 0, Duration::from_secs(20)), "{:?}", s.d.logs());
+    assert_eq!(fhir.stats().await["creates"]["created"], 0, "nothing filed under a guessed patient");
+    assert!(s.d.terminate());
+
+    let (ok, out, err) = s.d.cli(&["records", "--actor", "triage-nurse", "unassigned"]);
+    assert!(ok, "{err}");
+    let waiting: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(waiting.len(), 1, "{out}");
+    let id = waiting[0]["record"].as_str().unwrap().to_string();
+    let (ok, out, err) = s.d.cli(&["records", "--actor", "triage-nurse", "assign", &id, "--patient", "p-0002"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"refiled\": 1") || out.contains("\"refiled\":1"), "{out}");
+    s.d.spawn();
+
+    let all = filed(&fhir, &format!("Patient/{bob}"), 1).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(text(&all[0]), words);
+    assert_eq!(record_id(&all[0]), id);
+    assert_eq!(all[0]["subject"]["identifier"], json!({ "system": MRN, "value": "p-0002" }));
+    // The sender stays unverified: assignment is triage, not identity.
+    assert_eq!(all[0]["sender"]["display"], "Unverified sender");
+    assert!(s.d.terminate());
+    let export = s.d.export();
+    let events: Vec<&Value> =
+        export.iter().filter(|l| l["type"] == "record").flat_map(|l| l["events"].as_array().unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "requeued" && e["by"] == "triage-nurse"), "{events:?}");
+    assert!(events.iter().any(|e| e["event"] == "attempt" && e["reason"] == "created"), "{events:?}");
+    let (ok, out, _) = s.d.cli(&["outbox", "list"]);
+    assert!(ok && out.trim() == "[]", "no dead letter left: {out}");
+}
+
+/// The clinic says which directory value the EMR knows a patient by (`patient_identifier =
+/// "mrn"`): the `Patient` carrying the MRN gets the Communications, not one that happens to
+/// carry the directory id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patients_are_found_by_the_mrn_the_directory_gives_when_the_clinic_says_so() {
+    let Some(fhir) = FhirServer::start(None) else { return };
+    let by_mrn = fhir.add_patient(MRN, "MRN-000017", "Patient").await;
+    let decoy = fhir.add_patient(MRN, "p-0001", "Decoy").await;
+    let auth = format!("patient_identifier = \"mrn\"\n{BEARER}");
+    let s = clinic(&fhir, &auth, tempfile::tempdir().unwrap()).await;
+    let c = reqwest::Client::new();
+    assert_eq!(post_message(&c, s.sms_port, &sms("sms-1", PATIENT_PHONE, "Is the lab open?", None)).await.0, 202);
+    let all = filed(&fhir, &format!("Patient/{by_mrn}"), 1).await;
+    assert_eq!(text(&all[0]), "Is the lab open?");
+    assert_eq!(all[0]["subject"]["identifier"], json!({ "system": MRN, "value": "MRN-000017" }));
+    assert!(fhir.search(&format!("Communication?subject=Patient/{decoy}")).await.is_empty());
+    assert!(s.d.logs().iter().all(|l| !l.contains("MRN-000017")), "the MRN is never logged");
 }

@@ -59,6 +59,8 @@ pub struct FhirOutbound {
     account: AccountId,
     base: Url,
     patient_system: String,
+    /// The account's table: which directory value the EMR knows each patient by.
+    config: crate::config::Config,
     http: reqwest::Client,
     credentials: Credentials,
 }
@@ -68,11 +70,11 @@ impl FhirOutbound {
     pub fn new(
         account: AccountId,
         base: Url,
-        patient_system: String,
+        config: crate::config::Config,
         http: reqwest::Client,
         credentials: Credentials,
     ) -> Self {
-        Self { account, base, patient_system, http, credentials }
+        Self { account, base, patient_system: config.patient_identifier_system.clone(), config, http, credentials }
     }
 
     /// `base` + `path` (`Patient`, `Communication`), keeping the base's own path.
@@ -153,7 +155,8 @@ impl FhirOutbound {
     }
 
     /// Files what the delivery carries: the message, then the notices carebridge sent about it
-    /// (each `partOf` the message's copy on the server).
+    /// (each `partOf` the message's copy on the server); or one notice alone, sent after its
+    /// message was filed.
     async fn file(&self, delivery: &Delivery) -> Result<Sent, SendError> {
         let Some(filed_as) = &delivery.filed_as else {
             return Err(SendError::permanent("fhir: no Communication was attached to the delivery"));
@@ -179,12 +182,33 @@ impl FhirOutbound {
                 "fhir: the exchange has no patient (an unverified sender): nothing to file it under",
             ));
         };
-        let patient_ref = self.patient(patient.expose()).await?;
+        let Some(known_as) = self.config.patient_value(patient.expose()) else {
+            return Err(SendError::permanent(
+                "fhir: the directory has no value of patient_identifier for the exchange's patient",
+            ));
+        };
+        let patient_ref = self.patient(known_as.expose()).await?;
+        if business_key(&message).is_some_and(|(system, _)| system == SYSTEM_DELIVERY) {
+            // A notice sent after its message was filed: alone, `partOf` the server's copy of
+            // the message when it has one (its carebridge identifier either way).
+            let mut notice = message;
+            if let Some(record) = part_of_record(&notice)
+                && let Some(found) = self.filed_record(&record).await?
+                && let Some(Value::Array(parts)) = notice.get_mut("partOf")
+                && let Some(Value::Object(o)) = parts.first_mut()
+            {
+                o.insert("reference".into(), found.into());
+            }
+            let (filed, id) = self.create(notice, &patient_ref, patient.expose(), known_as.expose(), None).await?;
+            info!(account = %self.account, delivery_id = %delivery.id, record_id = %delivery.record_id, outcome = filed.as_str(), "Notice filed in the FHIR server.");
+            return Ok(Sent { native_ids: id.into_iter().collect(), outcome: Some(filed.as_str().to_string()) });
+        }
         let answers = match answered_record(&message) {
             Some(prev) => self.filed_record(&prev).await?,
             None => None,
         };
-        let (filed, message_ref) = self.create(message, &patient_ref, patient.expose(), answers.as_deref()).await?;
+        let (filed, message_ref) =
+            self.create(message, &patient_ref, patient.expose(), known_as.expose(), answers.as_deref()).await?;
         let mut native_ids: Vec<String> = message_ref.iter().cloned().collect();
         let mut notices = 0;
         for mut notice in resources {
@@ -193,7 +217,7 @@ impl FhirOutbound {
             {
                 o.insert("reference".into(), m.clone().into());
             }
-            let (_, id) = self.create(notice, &patient_ref, patient.expose(), None).await?;
+            let (_, id) = self.create(notice, &patient_ref, patient.expose(), known_as.expose(), None).await?;
             native_ids.extend(id);
             notices += 1;
         }
@@ -207,13 +231,14 @@ impl FhirOutbound {
         mut resource: Map<String, Value>,
         patient_ref: &str,
         patient: &str,
+        known_as: &str,
         answers: Option<&str>,
     ) -> Result<(Filed, Option<String>), SendError> {
         // The carebridge identifier the conditional create is keyed on: the record's for a
         // message, the delivery's for a notice.
         let key = business_key(&resource)
             .ok_or_else(|| SendError::permanent("fhir: the Communication has no carebridge identifier"))?;
-        point_at_server(&mut resource, patient_ref, &self.patient_system, patient, answers);
+        point_at_server(&mut resource, patient_ref, (&self.patient_system, known_as), patient, answers);
         let url = self.url("Communication");
         let body = serde_json::to_vec(&Value::Object(resource))
             .map_err(|_| SendError::permanent("fhir: the Communication could not be encoded"))?;
@@ -313,6 +338,14 @@ fn answered_record(resource: &Map<String, Value>) -> Option<String> {
         .flatten()
 }
 
+/// The carebridge record a notice is about (`partOf`, a logical reference by identifier).
+fn part_of_record(resource: &Map<String, Value>) -> Option<String> {
+    let id = resource.get("partOf")?.as_array()?.first()?.get("identifier")?;
+    (id.get("system").and_then(Value::as_str) == Some(SYSTEM_RECORD))
+        .then(|| id.get("value").and_then(Value::as_str).map(str::to_string))
+        .flatten()
+}
+
 /// Rewrites the export's carebridge-local references for this server: the patient becomes the
 /// server's `Patient` (with the EMR's identifier), the answered message the server's copy of it
 /// when it has one, and any other `Patient/…` or `Practitioner/…` (a directory id, not a server
@@ -321,7 +354,7 @@ fn answered_record(resource: &Map<String, Value>) -> Option<String> {
 fn point_at_server(
     resource: &mut Map<String, Value>,
     patient_ref: &str,
-    patient_system: &str,
+    (patient_system, known_as): (&str, &str),
     patient_value: &str,
     answers: Option<&str>,
 ) {
@@ -331,7 +364,7 @@ fn point_at_server(
         let Some(o) = r.as_object_mut() else { return };
         if o.get("identifier") == Some(&local_patient) {
             o.insert("reference".into(), patient_ref.into());
-            o.insert("identifier".into(), json!({ "system": patient_system, "value": patient_value }));
+            o.insert("identifier".into(), json!({ "system": patient_system, "value": known_as }));
             o.remove("type");
         } else if let Some(Value::String(local)) = o.remove("reference") {
             let kind = local.split('/').next().unwrap_or_default().to_string();
@@ -492,7 +525,7 @@ mod tests {
         .unwrap();
         assert_eq!(answered_record(&c).as_deref(), Some("rec-0000000001"));
         assert_eq!(patient_value(&c).unwrap().expose(), "p-1");
-        point_at_server(&mut c, "Patient/abc", "urn:mrn", "p-1", Some("Communication/xyz"));
+        point_at_server(&mut c, "Patient/abc", ("urn:mrn", "p-1"), "p-1", Some("Communication/xyz"));
         let c = Value::Object(c);
         assert!(c.get("id").is_none());
         let patient = json!({ "reference": "Patient/abc", "identifier": { "system": "urn:mrn", "value": "p-1" } });

@@ -4,8 +4,10 @@
 //! Exactly one of `[fhir.<name>.bearer]` and `[fhir.<name>.smart]` is required: an EMR that takes
 //! writes without authentication is not one patient files should go to.
 
+use carebridge_contract::Redacted;
 use carebridge_contract::config::{Problem, check_secret};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +28,16 @@ pub struct Config {
     /// MRN or health number system, `urn:oid:…` or a URL): a patient is found by
     /// `Patient?identifier=<system>|<directory id>`, never by name.
     pub patient_identifier_system: String,
+    /// Which value of a directory patient the EMR's `Patient` carries under
+    /// `patient_identifier_system`: `directory_id` (the default), `mrn` or `health_number`
+    /// (the entry's `mrn` / `health_number`; the daemon refuses a config where a patient lacks
+    /// it).
+    #[serde(default)]
+    pub patient_identifier: PatientIdentifier,
+    /// Directory id → the value above, filled in by the daemon from its directory when the
+    /// config is loaded (not a key of the table). PHI (a health number): never logged.
+    #[serde(skip)]
+    pub patient_values: BTreeMap<String, Redacted<String>>,
     /// Extra CA certificates (PEM) trusted for this server, next to the usual web roots: an
     /// EMR with a clinic-internal CA.
     #[serde(default)]
@@ -39,6 +51,30 @@ pub struct Config {
     /// SMART Backend Services (OAuth 2.0 client credentials with a signed JWT assertion).
     #[serde(default)]
     pub smart: Option<SmartConfig>,
+}
+
+/// Which directory value identifies a patient in the EMR.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatientIdentifier {
+    /// The directory id (`[[directory.patient]] id`).
+    #[default]
+    DirectoryId,
+    /// The entry's `mrn`.
+    Mrn,
+    /// The entry's `health_number`.
+    HealthNumber,
+}
+
+impl PatientIdentifier {
+    /// The directory key holding the value (`None`: the id itself).
+    pub fn directory_key(self) -> Option<&'static str> {
+        match self {
+            PatientIdentifier::DirectoryId => None,
+            PatientIdentifier::Mrn => Some("mrn"),
+            PatientIdentifier::HealthNumber => Some("health_number"),
+        }
+    }
 }
 
 /// `[fhir.<name>.bearer]`: a token the EMR issued, from the environment or a file.
@@ -129,6 +165,15 @@ impl Config {
             }
         }
         p
+    }
+
+    /// The value the EMR knows the patient `directory_id` by, or `None` if the directory has
+    /// none for them.
+    pub fn patient_value(&self, directory_id: &str) -> Option<Redacted<String>> {
+        match self.patient_identifier {
+            PatientIdentifier::DirectoryId => Some(Redacted::new(directory_id.to_string())),
+            _ => self.patient_values.get(directory_id).cloned(),
+        }
     }
 
     /// The per-request timeout.

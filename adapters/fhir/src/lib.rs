@@ -34,7 +34,7 @@ pub mod client;
 pub mod config;
 
 pub use client::{FhirOutbound, Filed};
-pub use config::{Algorithm, BearerConfig, Config, SmartConfig};
+pub use config::{Algorithm, BearerConfig, Config, PatientIdentifier, SmartConfig};
 
 use carebridge_contract::config::ConfigError;
 use carebridge_contract::config::{BuildContext, load_secret};
@@ -96,6 +96,6 @@ pub fn build_outbound(cfg: &Config, cx: &BuildContext) -> Result<Option<Arc<dyn 
     let http = http
         .build()
         .map_err(|e| ConfigError::Setup { what: "HTTP client", reason: client::error_kind(&e).to_string() })?;
-    let out = FhirOutbound::new(cx.account.clone(), base, cfg.patient_identifier_system.clone(), http, credentials);
+    let out = FhirOutbound::new(cx.account.clone(), base, cfg.clone(), http, credentials);
     Ok(Some(Arc::new(out)))
 }
