@@ -142,6 +142,12 @@ pub(crate) fn is_everyday(word: &str) -> bool {
     everyday_form(everyday(), word)
 }
 
+/// Whether the folded word `word` itself is an everyday word and no health word: one look-up
+/// each, and when true, [`is_everyday`] is true too.
+pub(crate) fn is_everyday_word(word: &str) -> bool {
+    !health().contains(word) && everyday().contains(word)
+}
+
 /// Fewest letters of an everyday word whose misspellings still read as it: shorter words are
 /// one edit from too many others.
 const TYPO_MIN_LETTERS: usize = 6;

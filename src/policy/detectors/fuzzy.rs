@@ -221,6 +221,10 @@ impl Index {
     }
 }
 
+/// Longest key built on the stack (bytes); a longer typed word (only possible when a term is
+/// nearly that long) takes a heap buffer.
+const MAX_KEY: usize = 64;
+
 /// Fewest letters of a keyword matched misspelt: shorter words are one edit from too many
 /// others ("ulcer"/"under", "otite"/"porte").
 const VOCAB_MIN_LETTERS: usize = 7;
@@ -244,6 +248,8 @@ pub(crate) struct Vocabulary {
     terms: Vec<(Box<str>, usize)>,
     /// Fewest letters of a term (and, less one, of a typed word).
     min_letters: usize,
+    /// Most letters of a term: a typed word longer by two or more is no term misspelt.
+    max_len: usize,
     /// Typed everyday words are not looked up (keywords); off for lists of everyday words.
     skip_everyday: bool,
 }
@@ -274,6 +280,7 @@ impl Vocabulary {
                     entry.push(index);
                 }
             }
+            v.max_len = v.max_len.max(t.len());
             v.terms.push((t.into(), id));
         }
         v
@@ -286,27 +293,49 @@ impl Vocabulary {
 
     /// Calls `found(term id)` for each term the folded word `typed` may be misspelt from.
     pub(crate) fn find(&self, typed: &str, mut found: impl FnMut(usize)) {
-        if typed.len() + 1 < self.min_letters || !typed.bytes().all(|b| b.is_ascii_lowercase()) {
+        if typed.len() + 1 < self.min_letters
+            || typed.len() > self.max_len + 1
+            || !typed.bytes().all(|b| b.is_ascii_lowercase())
+        {
+            return;
+        }
+        // Most typed words looked up are everyday words: one look-up says so, where the
+        // deletions below take one per letter (the result is the same either way).
+        if self.skip_everyday && crate::policy::safe::is_everyday_word(typed) {
             return;
         }
         let mut seen: Vec<u32> = Vec::new();
         let mut hits: Vec<usize> = Vec::new();
-        let mut key = String::with_capacity(typed.len());
+        // Keys are built on the stack: no allocation per word.
+        let mut stack = [0u8; MAX_KEY];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = if typed.len() <= MAX_KEY {
+            &mut stack
+        } else {
+            heap.resize(typed.len(), 0);
+            &mut heap
+        };
+        let b = typed.as_bytes();
         // The word itself, then each of its one-letter deletions (a double letter once).
         for i in std::iter::once(None).chain((0..typed.len()).map(Some)) {
-            key.clear();
-            match i {
-                None => key.push_str(typed),
+            let len = match i {
+                None => {
+                    buf.get_mut(..b.len()).unwrap_or_default().copy_from_slice(b);
+                    b.len()
+                }
                 Some(i) => {
-                    let b = typed.as_bytes();
                     if i > 0 && b.get(i - 1) == b.get(i) {
                         continue;
                     }
-                    key.push_str(typed.get(..i).unwrap_or_default());
-                    key.push_str(typed.get(i + 1..).unwrap_or_default());
+                    let (head, tail) = (b.get(..i).unwrap_or_default(), b.get(i + 1..).unwrap_or_default());
+                    buf.get_mut(..head.len()).unwrap_or_default().copy_from_slice(head);
+                    buf.get_mut(head.len()..head.len() + tail.len()).unwrap_or_default().copy_from_slice(tail);
+                    head.len() + tail.len()
                 }
-            }
-            for &t in self.keys.get(key.as_str()).into_iter().flatten() {
+            };
+            // ASCII letters only (checked above): always UTF-8.
+            let Ok(key) = std::str::from_utf8(buf.get(..len).unwrap_or_default()) else { continue };
+            for &t in self.keys.get(key).into_iter().flatten() {
                 if seen.contains(&t) {
                     continue;
                 }

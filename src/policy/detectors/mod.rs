@@ -270,14 +270,32 @@ struct ContextHits {
     hits: Vec<(usize, usize, usize)>,
     /// Longest occurrence (bytes of the original), to bound look-ups by start.
     max_len: usize,
+    /// Where each detector's occurrences start in `hits` (one more entry than detectors),
+    /// set by [`ContextHits::sort`]: a detector's slice without a search.
+    first: Vec<usize>,
 }
 
 impl ContextHits {
+    /// Sorts and deduplicates the occurrences and indexes them by detector (`specs` detectors).
+    fn sort(&mut self, specs: usize) {
+        self.hits.sort_unstable();
+        self.hits.dedup();
+        self.first.clear();
+        let mut k = 0;
+        for spec in 0..=specs {
+            while self.hits.get(k).is_some_and(|h| h.0 < spec) {
+                k += 1;
+            }
+            self.first.push(k);
+        }
+    }
+
     /// The occurrences of detector `spec`'s context words, sorted by start.
     fn of(&self, spec: usize) -> &[(usize, usize, usize)] {
-        let lo = self.hits.partition_point(|h| h.0 < spec);
-        let hi = self.hits.partition_point(|h| h.0 <= spec);
-        self.hits.get(lo..hi).unwrap_or_default()
+        match (self.first.get(spec), self.first.get(spec + 1)) {
+            (Some(&lo), Some(&hi)) => self.hits.get(lo..hi).unwrap_or_default(),
+            _ => &[],
+        }
     }
 
     /// Whether one of detector `spec`'s context words overlaps `from..to`.
@@ -427,7 +445,7 @@ impl Engine {
 
         // One pass over the folded text finds keyword matches (candidates) and context words.
         let mut candidates = Vec::new();
-        let mut ctx = ContextHits { hits: Vec::new(), max_len: 0 };
+        let mut ctx = ContextHits { hits: Vec::new(), max_len: 0, first: Vec::new() };
         let runs = letter_runs(folded.text());
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
         let mut unknown: Vec<(usize, usize)> = Vec::new();
@@ -490,8 +508,7 @@ impl Engine {
                 }
             });
         }
-        ctx.hits.sort_unstable();
-        ctx.hits.dedup();
+        ctx.sort(self.specs.len());
 
         if !self.regexes.is_empty() {
             self.run_regexes(text, &plain, &digits, possible.as_deref(), joined, &ctx, &mut candidates);

@@ -239,6 +239,9 @@ fn build(src: &str, fold: bool) -> View<'_> {
     if !fold && (src.is_ascii() || src.chars().all(|c| c.is_ascii() || plain_char(c) == Some(c))) {
         return View { text: Cow::Borrowed(src), src, map: None };
     }
+    if fold && src.is_ascii() {
+        return fold_ascii(src);
+    }
     let mut out: Vec<u8> = Vec::with_capacity(src.len());
     let mut map: Option<ByteMap> = None;
     let mut last_space = false;
@@ -300,6 +303,46 @@ fn build(src: &str, fold: bool) -> View<'_> {
     }
     // Only whole characters were written: this cannot fail; if it did, fall back to the
     // original text with no folding rather than panic.
+    match String::from_utf8(out) {
+        Ok(text) => View { text: Cow::Owned(text), src, map },
+        Err(_) => View { text: Cow::Borrowed(src), src, map: None },
+    }
+}
+
+/// The folded view of an ASCII text (most texts): no Unicode to fold, so it is the text
+/// lower-cased with runs of whitespace collapsed to one space, in one pass over the bytes.
+/// The byte map only records where a collapsed space dropped bytes; everything else is
+/// copied byte for byte. Gives exactly what the general path of [`build`] gives.
+fn fold_ascii(src: &str) -> View<'_> {
+    let bytes = src.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut map: Option<ByteMap> = None;
+    // Start of the bytes copied one for one since the last dropped byte.
+    let mut copied_from = 0;
+    let mut last_space = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        // The ASCII characters `char::is_whitespace` accepts: tab, line feed, vertical tab,
+        // form feed, carriage return, space.
+        if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
+            if last_space {
+                // Dropped: the bytes before it were copied one for one.
+                let m = map.get_or_insert_with(ByteMap::default);
+                let at = out.len() - (i - copied_from);
+                m.push(at, copied_from, i, i - copied_from);
+                copied_from = i + 1;
+                continue;
+            }
+            out.push(b' ');
+            last_space = true;
+        } else {
+            out.push(b.to_ascii_lowercase());
+            last_space = false;
+        }
+    }
+    if let Some(m) = &mut map {
+        let at = out.len() - (bytes.len() - copied_from);
+        m.push(at, copied_from, bytes.len(), bytes.len() - copied_from);
+    }
     match String::from_utf8(out) {
         Ok(text) => View { text: Cow::Owned(text), src, map },
         Err(_) => View { text: Cow::Borrowed(src), src, map: None },
@@ -446,6 +489,8 @@ mod tests {
             "œuvre Œuvre ß é É \u{0130} ﬁ",
             "\u{200B}lead \u{FF11}\u{FF12} – \u{00A0}trail\u{00AD}",
             "mixed é then ascii then\u{2019}s",
+            "  lead and trail  \n\n",
+            " a\t\t\x0c\rb  c d\x0b\x0b",
             "",
         ];
         for src in texts {
