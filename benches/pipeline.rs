@@ -6,7 +6,8 @@
 //! Run: `cargo bench --bench pipeline` (with `CAREBRIDGE_TEST_POSTGRES` set to a server's DSN,
 //! e.g. from `tests/postgres.sh start`, a last run puts the store in PostgreSQL). Env: `BENCH_MESSAGES` (40000 per run), `BENCH_CONNS`
 //! (32), `BENCH_CONNS_LOW` (4), `BENCH_PREFILL` (1000000 records written into the store of the
-//! last run before its daemon starts; 0 skips that run).
+//! last run before its daemon starts; 0 skips that run), `BENCH_ONLY` (a comma-separated subset of
+//! the runs below: `low`, `high`, `floor`, `recorded`, `prefill`, `postgres`).
 //!
 //! Runs, each with a fresh daemon (or relay) and data directory, in one invocation:
 //! 1. empty store, `BENCH_CONNS_LOW` connections, forwarded to a signature-checking HTTP sink;
@@ -111,35 +112,35 @@ fn main() {
     let low = env("BENCH_CONNS_LOW", 4);
     let high = env("BENCH_CONNS", 32);
     let prefill = env("BENCH_PREFILL", 1_000_000);
+    // `BENCH_ONLY=high,floor` (names: low, high, floor, recorded, prefill, postgres) runs a subset,
+    // to iterate on one figure; the summary reads what ran.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n.trim() == name));
     let mut runs = Vec::new();
-    runs.extend(rt.block_on(run(
-        "empty store, forwarded",
-        low,
-        Target::Daemon { deliver: true, prefill: 0, postgres: false },
-        1,
-    )));
-    runs.extend(rt.block_on(run(
-        "empty store, forwarded",
-        high,
-        Target::Daemon { deliver: true, prefill: 0, postgres: false },
-        2,
-    )));
-    runs.extend(rt.block_on(run(FLOOR, high, Target::Relay, 1)));
-    runs.extend(rt.block_on(run(
-        "empty store, recorded only",
-        high,
-        Target::Daemon { deliver: false, prefill: 0, postgres: false },
-        1,
-    )));
-    if prefill > 0 {
+    if wanted("low") {
+        let t = Target::Daemon { deliver: true, prefill: 0, postgres: false };
+        runs.extend(rt.block_on(run("empty store, forwarded", low, t, 1)));
+    }
+    if wanted("high") {
+        let t = Target::Daemon { deliver: true, prefill: 0, postgres: false };
+        runs.extend(rt.block_on(run("empty store, forwarded", high, t, 2)));
+    }
+    if wanted("floor") {
+        runs.extend(rt.block_on(run(FLOOR, high, Target::Relay, 1)));
+    }
+    if wanted("recorded") {
+        let t = Target::Daemon { deliver: false, prefill: 0, postgres: false };
+        runs.extend(rt.block_on(run("empty store, recorded only", high, t, 1)));
+    }
+    if prefill > 0 && wanted("prefill") {
         let label = format!("{prefill} records in store, forwarded");
         runs.extend(rt.block_on(run(&label, high, Target::Daemon { deliver: true, prefill, postgres: false }, 2)));
     }
     // Last, so the summary's comparisons with the targets read the embedded runs.
-    if std::env::var_os(carebridge::record::pg_backend::testing::DSN_VAR).is_some() {
+    if std::env::var_os(carebridge::record::pg_backend::testing::DSN_VAR).is_some() && wanted("postgres") {
         let pg = Target::Daemon { deliver: true, prefill: 0, postgres: true };
         runs.extend(rt.block_on(run("empty store on PostgreSQL, forwarded", high, pg, 1)));
-    } else {
+    } else if wanted("postgres") {
         println!("pipeline on PostgreSQL: skipped ({} is not set)", carebridge::record::pg_backend::testing::DSN_VAR);
     }
     summary(&runs, high, prefill);
