@@ -337,14 +337,30 @@ fn order_key(item: &OutboxItemV1) -> String {
 }
 
 /// A queued row, its body loaded lazily.
+///
+/// Every row of the account's backlog has one, so it is kept small: the account is the worker's
+/// (only the sequence number is held) and the row, read only for the scan window, is boxed. A
+/// backlog of 100k rows (a destination down for an hour) then holds about 2 MB, not 13.
 struct Queued {
-    key: OutboxKey,
-    item: Option<OutboxItemV1>,
+    seq: u64,
+    item: Option<Box<OutboxItemV1>>,
 }
 
 /// How far down the queue the scheduler looks for sendable rows (bounds the work per wake-up
 /// when a recipient at the head is in backoff).
 const SCAN_WINDOW: usize = 256;
+
+/// Gives back what a drained backlog held: a queue and a set never shrink by themselves, so one
+/// burst (an outage's backlog) would otherwise keep its peak for the life of the worker.
+fn shrink_when_drained(queue: &mut VecDeque<Queued>, known: &mut HashSet<u64>) {
+    const KEEP: usize = 1024;
+    if queue.capacity() > KEEP && queue.len() < queue.capacity() / 4 {
+        queue.shrink_to(KEEP.max(queue.len() * 2));
+    }
+    if known.capacity() > KEEP && known.len() < known.capacity() / 4 {
+        known.shrink_to(KEEP.max(known.len() * 2));
+    }
+}
 
 impl Worker {
     async fn run(
@@ -356,22 +372,23 @@ impl Worker {
         let me = Arc::new(self);
         // Every key queued or in flight: a key woken twice (registered before the scan, or a
         // stale wake) is held once.
-        let mut known: HashSet<OutboxKey> = backlog.iter().cloned().collect();
-        let mut queue: VecDeque<Queued> = backlog.into_iter().map(|key| Queued { key, item: None }).collect();
+        let mut known: HashSet<u64> = backlog.iter().map(|k| k.seq).collect();
+        let mut queue: VecDeque<Queued> = backlog.into_iter().map(|k| Queued { seq: k.seq, item: None }).collect();
         let mut busy: HashSet<String> = HashSet::new();
         let mut running = FuturesUnordered::new();
         let mut rx_open = true;
         loop {
             while let Ok(key) = rx.try_recv() {
-                if known.insert(key.clone()) {
-                    queue.push_back(Queued { key, item: None });
+                if known.insert(key.seq) {
+                    queue.push_back(Queued { seq: key.seq, item: None });
                 }
             }
+            shrink_when_drained(&mut queue, &mut known);
             let limit = me.config.borrow().max_in_flight.max(1);
             // The rows this round may look at, read from the store in one go on a blocking
             // thread (a read may wait for the disk; the async workers must not).
             let unread: Vec<OutboxKey> =
-                queue.iter().take(SCAN_WINDOW).filter(|q| q.item.is_none()).map(|q| q.key.clone()).collect();
+                queue.iter().take(SCAN_WINDOW).filter(|q| q.item.is_none()).map(|q| me.key(q.seq)).collect();
             let mut read = if unread.is_empty() || stop.is_cancelled() {
                 std::collections::HashMap::new()
             } else {
@@ -394,15 +411,15 @@ impl Worker {
                 while i < queue.len().min(SCAN_WINDOW) && running.len() < limit {
                     if queue[i].item.is_none() {
                         // Not read this round (the window moved on): read with the next round's.
-                        let Some(row) = read.remove(&queue[i].key) else {
+                        let Some(row) = read.remove(&me.key(queue[i].seq)) else {
                             wake_at = Some(now);
                             break;
                         };
                         match row {
-                            Ok(Some(item)) => queue[i].item = Some(item),
+                            Ok(Some(item)) => queue[i].item = Some(Box::new(item)),
                             Ok(None) => {
                                 if let Some(gone) = queue.remove(i) {
-                                    known.remove(&gone.key);
+                                    known.remove(&gone.seq);
                                 }
                                 continue;
                             }
@@ -429,14 +446,15 @@ impl Worker {
                     let Some(item) = q.item else { continue };
                     busy.insert(ok.clone());
                     let w = me.clone();
-                    running.push(async move { (ok, q.key.clone(), w.attempt(q.key, item).await) });
+                    let key = me.key(q.seq);
+                    running.push(async move { (ok, key.clone(), w.attempt(key, *item).await) });
                 }
             }
             if stop.is_cancelled() && running.is_empty() {
                 // What stays unsent is no longer this process's to send (a reload may have
                 // removed the account; the next worker for it counts it again when it scans).
                 while let Ok(key) = rx.try_recv() {
-                    known.insert(key);
+                    known.insert(key.seq);
                 }
                 let left = known.len() as u64;
                 let _ = me.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(left)));
@@ -460,18 +478,18 @@ impl Worker {
                     let again = me.record(updates).await;
                     for key in finished {
                         if !again.iter().any(|(k, _)| *k == key) {
-                            known.remove(&key);
+                            known.remove(&key.seq);
                         }
                     }
                     for (key, item) in again.into_iter().rev() {
                         // Back to the front: it stays ahead of later rows for the same recipient.
-                        queue.push_front(Queued { key, item: Some(item) });
+                        queue.push_front(Queued { seq: key.seq, item: Some(Box::new(item)) });
                     }
                 }
                 k = rx.recv(), if rx_open && !stop.is_cancelled() => match k {
                     Some(key) => {
-                        if known.insert(key.clone()) {
-                            queue.push_back(Queued { key, item: None });
+                        if known.insert(key.seq) {
+                            queue.push_back(Queued { seq: key.seq, item: None });
                         }
                     }
                     None => rx_open = false,
@@ -480,6 +498,11 @@ impl Worker {
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
             }
         }
+    }
+
+    /// The key of this worker's row `seq`.
+    fn key(&self, seq: u64) -> OutboxKey {
+        OutboxKey { account: self.account.clone(), seq }
     }
 
     /// One attempt. It decides what the row becomes; the worker writes that, together with the
