@@ -131,9 +131,11 @@ impl FjallBackend {
         }
         let builder = SingleWriterTxDatabase::builder(&path)
             .cache_size(u64::from(cache_mb) << 20)
-            // Two background workers (flushes, compactions): the machine's other cores are the
-            // router's and the adapters'.
-            .worker_threads(2)
+            // One background worker (flushes, then compactions). With two, fjall 3.1's first
+            // worker hands every compaction it receives back to the queue while the second one
+            // compacts, and so spins: perf showed that loop (`worker_tick`, `flume` sends) as 40%
+            // of fjall's CPU and 11% of the daemon's under load.
+            .worker_threads(1)
             // The journal is the only copy of what memtables hold until they are flushed: keep
             // it at fjall's smallest bound so it is rotated (and its space returned) early.
             .max_journaling_size(64 << 20);
@@ -369,4 +371,4 @@ fn tree_options() -> KeyspaceCreateOptions {
 }
 
 /// See [`tree_options`].
-const MEMTABLE_BYTES: u64 = 8 << 20;
+const MEMTABLE_BYTES: u64 = 2 << 20;
