@@ -403,6 +403,33 @@ impl Worker {
                 .unwrap_or_default()
             };
             // Start what may start: not in backoff, recipient not busy, under the limit.
+            // Every row read goes into its entry now, not only those the loop below reaches: it
+            // stops at the in-flight limit, and rows read but left behind would be read again
+            // next round (with a backlog, up to a window's worth of reads per send).
+            let mut read_failed = false;
+            let mut i = 0;
+            while i < queue.len().min(SCAN_WINDOW) && !read.is_empty() {
+                if queue[i].item.is_none() {
+                    match read.remove(&me.key(queue[i].seq)) {
+                        Some(Ok(Some(item))) => queue[i].item = Some(Box::new(item)),
+                        Some(Ok(None)) => {
+                            // Gone meanwhile (sent by an earlier worker, or purged).
+                            if let Some(gone) = queue.remove(i) {
+                                known.remove(&gone.seq);
+                            }
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            if !read_failed {
+                                error!(account = %me.account, error = %e, "Cannot read outbox row; retrying in 5 s.");
+                            }
+                            read_failed = true;
+                        }
+                        None => {}
+                    }
+                }
+                i += 1;
+            }
             let mut wake_at: Option<u64> = None;
             if !stop.is_cancelled() {
                 let now = now_ms();
@@ -410,25 +437,9 @@ impl Worker {
                 let mut i = 0;
                 while i < queue.len().min(SCAN_WINDOW) && running.len() < limit {
                     if queue[i].item.is_none() {
-                        // Not read this round (the window moved on): read with the next round's.
-                        let Some(row) = read.remove(&me.key(queue[i].seq)) else {
-                            wake_at = Some(now);
-                            break;
-                        };
-                        match row {
-                            Ok(Some(item)) => queue[i].item = Some(Box::new(item)),
-                            Ok(None) => {
-                                if let Some(gone) = queue.remove(i) {
-                                    known.remove(&gone.seq);
-                                }
-                                continue;
-                            }
-                            Err(e) => {
-                                error!(account = %me.account, error = %e, "Cannot read outbox row; retrying in 5 s.");
-                                wake_at = Some(now + 5000);
-                                break;
-                            }
-                        }
+                        // Not read (the window moved on, or the read failed): read next round.
+                        wake_at = Some(if read_failed { now + 5000 } else { now });
+                        break;
                     }
                     let Some(item) = queue[i].item.as_ref() else { break };
                     let ok = order_key(item);
