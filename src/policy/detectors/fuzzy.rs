@@ -178,8 +178,17 @@ impl Index {
         if shaped.chars > MAX_CHARS {
             return;
         }
-        let (lo, hi) = (shaped.chars.saturating_sub(2), shaped.chars + 2);
-        for ids in lens.get(lo..=hi.min(lens.len().saturating_sub(1))).into_iter().flatten() {
+        // `close` accepts a word of another length only misspelt, which needs a typed word of
+        // 4 characters or more and a vocabulary word of 5 or more: a shorter word is compared
+        // with the words of its own length only (it can only be one of them exactly), and no
+        // word under 5 characters of another length is compared at all. Same result, in the
+        // same order (by length, then vocabulary order), with far fewer comparisons.
+        let n = shaped.chars;
+        let (lo, hi) = if n < 4 { (n, n) } else { (n.saturating_sub(2), n + 2) };
+        for (len, ids) in lens.iter().enumerate().take(hi + 1).skip(lo) {
+            if len != n && len < 5 {
+                continue;
+            }
             for &id in ids {
                 if self.vocab.get(id).is_some_and(|want| close(&shaped, want)) {
                     out.push(id);
