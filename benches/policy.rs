@@ -15,6 +15,8 @@
 //! French, identifiers, clinical and scheduling text, about 60 bytes each), as chat-sized
 //! messages one by one and as email-sized texts (30 messages joined by blank lines, ~2 KB).
 //! Figures:
+//! - `mixed scan`, every default detector, chat- and email-sized texts together (the
+//!   headline figure of issue 16: MB/s of mixed text);
 //! - `scan`, every default detector (what the router runs once per message);
 //! - `scan`, keyword detectors only and regex detectors only (which half dominates);
 //! - `check` of an outbound hop to a patient on an insecure account (scan + decision +
@@ -151,6 +153,15 @@ fn main() {
             println!("email scan, only {kind:20} {mbs:7.1} MB/s");
         }
     }
+
+    // Mixed text: the chat-sized messages with the email-sized texts among them (one after
+    // every 30 messages), about half the bytes each: the one figure for "MB/s of mixed text".
+    let mixed: Vec<String> =
+        chat.chunks(30).zip(&email).flat_map(|(c, e)| c.iter().cloned().chain(std::iter::once(e.clone()))).collect();
+    let (mbs, per) = rate(&mixed, secs, |t| {
+        black_box(all.scan(black_box(t)));
+    });
+    println!("mixed scan, all default detectors: {mbs:7.1} MB/s ({per:.0} texts/s, chat and email sized)");
 
     let account: AccountId = "telegram.front_desk".parse().unwrap();
     for (name, texts) in [("chat", &chat), ("email", &email)] {

@@ -48,10 +48,17 @@ fn close(typed: &Shaped<'_>, want: &Shaped<'_>) -> bool {
     if typed.chars.abs_diff(want.chars) > 2 {
         return false;
     }
-    if typed.text == want.text {
+    // An edit brings in at most one letter the other word lacks and takes out at most one it
+    // has: most pairs are rejected by these two counts, before any text is compared (equal
+    // words have equal letter sets and lengths).
+    let extra = (typed.letters & !want.letters).count_ones() as usize;
+    let missing = (want.letters & !typed.letters).count_ones() as usize;
+    if extra == 0 && missing == 0 && typed.chars == want.chars && typed.text == want.text {
         return true;
     }
-    if typed.text.as_bytes().first() != want.text.as_bytes().first()
+    if extra > 2
+        || missing > 2
+        || typed.text.as_bytes().first() != want.text.as_bytes().first()
         || want.chars < 5
         || typed.chars < 4
         || typed.text.chars().next() != want.text.chars().next()
@@ -59,10 +66,6 @@ fn close(typed: &Shaped<'_>, want: &Shaped<'_>) -> bool {
         return false;
     }
     let max = if want.chars >= 8 { 2 } else { 1 };
-    // An edit brings in at most one letter the other word lacks and takes out at most one it
-    // has: most pairs are rejected here, before the distance is computed.
-    let extra = (typed.letters & !want.letters).count_ones() as usize;
-    let missing = (want.letters & !typed.letters).count_ones() as usize;
     typed.chars.abs_diff(want.chars) <= max
         && extra <= max
         && missing <= max
@@ -175,8 +178,17 @@ impl Index {
         if shaped.chars > MAX_CHARS {
             return;
         }
-        let (lo, hi) = (shaped.chars.saturating_sub(2), shaped.chars + 2);
-        for ids in lens.get(lo..=hi.min(lens.len().saturating_sub(1))).into_iter().flatten() {
+        // `close` accepts a word of another length only misspelt, which needs a typed word of
+        // 4 characters or more and a vocabulary word of 5 or more: a shorter word is compared
+        // with the words of its own length only (it can only be one of them exactly), and no
+        // word under 5 characters of another length is compared at all. Same result, in the
+        // same order (by length, then vocabulary order), with far fewer comparisons.
+        let n = shaped.chars;
+        let (lo, hi) = if n < 4 { (n, n) } else { (n.saturating_sub(2), n + 2) };
+        for (len, ids) in lens.iter().enumerate().take(hi + 1).skip(lo) {
+            if len != n && len < 5 {
+                continue;
+            }
             for &id in ids {
                 if self.vocab.get(id).is_some_and(|want| close(&shaped, want)) {
                     out.push(id);
@@ -190,30 +202,35 @@ impl Index {
     /// using the phrase. Words are runs of letters (a number glued to a word,
     /// `healthcard1234567897`, does not hide it).
     pub(crate) fn find(&self, folded: &str, runs: &[(usize, usize)], mut found: impl FnMut(usize, usize, &[usize])) {
-        // Each word of the text with the vocabulary words it may be; most have none.
+        // Each word of the text with the vocabulary words it may be (most have none), all in
+        // one vector: word `k`'s are `ids[first[k]..first[k + 1]]`. No allocation per word.
         let mut buf = Vec::new();
-        let spans: Vec<(usize, usize, Vec<usize>)> = runs
-            .iter()
-            .map(|&(a, b)| {
-                self.matches(folded.get(a..b).unwrap_or_default(), &mut buf);
-                (a, b, if buf.is_empty() { Vec::new() } else { buf.clone() })
-            })
-            .collect();
-        for (k, (a, b, ids)) in spans.iter().enumerate() {
-            for &id in ids {
+        let mut ids: Vec<usize> = Vec::new();
+        let mut first: Vec<usize> = Vec::with_capacity(runs.len() + 1);
+        for &(a, b) in runs {
+            first.push(ids.len());
+            self.matches(folded.get(a..b).unwrap_or_default(), &mut buf);
+            ids.extend_from_slice(&buf);
+        }
+        first.push(ids.len());
+        let of = |k: usize| match (first.get(k), first.get(k + 1)) {
+            (Some(&lo), Some(&hi)) => ids.get(lo..hi).unwrap_or_default(),
+            _ => &[],
+        };
+        for (k, &(a, b)) in runs.iter().enumerate() {
+            for &id in of(k) {
                 for &pi in self.starting.get(id).into_iter().flatten() {
                     let Some(p) = self.phrases.get(pi) else { continue };
                     let n = p.words.len();
-                    let run = spans
-                        .get(k..k + n)
-                        .is_some_and(|typed| typed.iter().zip(&p.words).all(|((_, _, t), want)| t.contains(want)));
-                    if run && let Some((_, end, _)) = spans.get(k + n - 1) {
-                        found(*a, *end, &p.specs);
+                    let run =
+                        k + n <= runs.len() && p.words.iter().enumerate().all(|(d, want)| of(k + d).contains(want));
+                    if run && let Some(&(_, end)) = runs.get(k + n - 1) {
+                        found(a, end, &p.specs);
                     }
                 }
                 for &pi in self.joining.get(id).into_iter().flatten() {
                     if let Some(p) = self.phrases.get(pi) {
-                        found(*a, *b, &p.specs);
+                        found(a, b, &p.specs);
                     }
                 }
             }

@@ -516,24 +516,33 @@ impl Engine {
 
         // Several detectors match the same span (a number is a chart number, a reading, a
         // ZIP code…): its context window is computed once, and only when a context word of
-        // the detector is within reach at all.
-        let mut windows: rustc_hash::FxHashMap<(usize, usize), (usize, usize)> = Default::default();
-        let mut near: Vec<bool> = candidates
-            .iter()
-            .map(|h| {
-                let Some(spec) = self.specs.get(h.spec) else { return false };
-                if spec.context.is_empty() || !ctx.near(h.spec, h.start.saturating_sub(REACH), h.end + REACH) {
-                    return false;
-                }
-                let (from, to) = *windows.entry((h.start, h.end)).or_insert_with(|| {
-                    (
-                        window_start(text, h.start, self.params.words_before),
-                        window_end(text, h.end, self.params.words_after),
-                    )
-                });
-                ctx.near(h.spec, from, to)
-            })
-            .collect();
+        // the detector is within reach at all. The window runs from `window_start` (at or
+        // before the match) to `window_end` (at or after it), so a context word overlapping
+        // the match is in it whatever the window, one before the match needs only the start,
+        // one after it only the end: each side is computed only when asked.
+        let mut starts: rustc_hash::FxHashMap<usize, usize> = Default::default();
+        let mut ends: rustc_hash::FxHashMap<usize, usize> = Default::default();
+        let mut near: Vec<bool> = Vec::with_capacity(candidates.len());
+        for h in &candidates {
+            let Some(spec) = self.specs.get(h.spec) else {
+                near.push(false);
+                continue;
+            };
+            let found = !spec.context.is_empty()
+                && ctx.near(h.spec, h.start.saturating_sub(REACH), h.end + REACH)
+                && (ctx.near(h.spec, h.start, h.end)
+                    || (ctx.near(h.spec, h.start.saturating_sub(REACH), h.start) && {
+                        let from = *starts
+                            .entry(h.start)
+                            .or_insert_with(|| window_start(text, h.start, self.params.words_before));
+                        ctx.near(h.spec, from, h.start)
+                    })
+                    || (ctx.near(h.spec, h.end, h.end + REACH) && {
+                        let to = *ends.entry(h.end).or_insert_with(|| window_end(text, h.end, self.params.words_after));
+                        ctx.near(h.spec, h.end, to)
+                    }));
+            near.push(found);
+        }
         share_context(text, &candidates, &mut near, &self.specs);
 
         let mut kept = Vec::with_capacity(candidates.len());
@@ -1198,6 +1207,27 @@ mod tests {
             want.sort_unstable();
             got.sort_unstable();
             assert_eq!(got, want, "{t:?}");
+        }
+    }
+
+    /// Every finding of the engine over the corpus, chat-sized and email-sized (as the bench
+    /// joins them), one line each: run before and after a speed change and diff the output
+    /// (`cargo test -p carebridge --lib dump_corpus_findings -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "prints every finding over the corpus, for diffing before and after a change"]
+    fn dump_corpus_findings() {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let chat: Vec<String> = corpus
+            .split("\n=== ")
+            .skip(1)
+            .map(|b| b.lines().skip(1).filter(|l| !l.starts_with("@ ")).collect::<Vec<_>>().join("\n"))
+            .collect();
+        let email: Vec<String> = chat.chunks(30).map(|c| c.join("\n\n")).collect();
+        for (n, t) in chat.iter().chain(&email).enumerate() {
+            for h in e.detect(t) {
+                println!("{n} {} {}..{} {}", e.kind(&h), h.start, h.end, h.pct);
+            }
         }
     }
 

@@ -249,8 +249,38 @@ fn build(src: &str, fold: bool) -> View<'_> {
     let mut i = 0;
     while i < bytes.len() {
         let before = out.len();
-        // The hot loop: a run of ASCII bytes that are their own plain form (and, folded, not
-        // spaces) is copied at once, lower-cased, and is one entry of the byte map at most.
+        // The hot loop, folded: a run of ASCII bytes is copied lower-cased, its whitespace
+        // written as one space each, up to a whitespace byte that collapses into the space
+        // before it (left to the general path below, which drops it). Every byte of the run
+        // becomes one byte, so it is one entry of the byte map at most, as the general path
+        // would have made it byte by byte.
+        if fold {
+            let mut j = i;
+            while let Some(&b) = bytes.get(j) {
+                if !b.is_ascii() {
+                    break;
+                }
+                if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
+                    if last_space {
+                        break;
+                    }
+                    out.push(b' ');
+                    last_space = true;
+                } else {
+                    out.push(b.to_ascii_lowercase());
+                    last_space = false;
+                }
+                j += 1;
+            }
+            if j > i {
+                if let Some(m) = &mut map {
+                    m.push(before, i, j, j - i);
+                }
+                i = j;
+                continue;
+            }
+        }
+        // Plain: a run of ASCII bytes is copied at once, one entry of the byte map at most.
         let run = bytes
             .get(i..)
             .unwrap_or_default()
