@@ -53,14 +53,7 @@ impl Store {
                 &self.chain_key,
                 journal,
                 heads,
-                Append {
-                    kind: Kind::Audit,
-                    tree: t::AUDIT,
-                    key: &key,
-                    sealed: &body,
-                    patient: patient.as_deref(),
-                    at_ms,
-                },
+                Append { kind: Kind::Audit, key: &key, sealed: &body, patient: patient.as_deref(), at_ms },
             )?;
             Ok::<(), TxError<()>>(())
         })

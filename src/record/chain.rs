@@ -13,9 +13,17 @@
 //! A journal entry is PHI-free by construction (ids, hashes, a blinded patient reference), so it
 //! is stored unsealed: verifying walks it without decrypting anything but tombstones.
 //!
-//! Layout of one entry (big-endian): `version (1) | kind (1) | seq (8) | at_ms (8) |
-//! body_hash (32) | prev (32) | patient (32, zero if none) | patient_prev (32, zero if first) |
-//! tree_len (1) | tree | key_len (2) | key`. Its hash is the MAC of those bytes.
+//! An entry's hash is the MAC of its **whole form** (big-endian): `version (1) | kind (1) |
+//! seq (8) | at_ms (8) | body_hash (32) | prev (32) | patient (32, zero if none) |
+//! patient_prev (32, zero if first) | tree_len (1) | tree | key_len (2) | key`. Version 1
+//! entries are stored in that form. Version 2 entries (written since) store only what a walk
+//! in order cannot recompute: `2 | kind (1) | at_ms (8) | body_hash (32) | prev (first 8) |
+//! has_patient (1) [| patient (32) | patient_prev (first 8)] | key_len (2) | key`. The
+//! sequence number is the entry's key in the journal, the tree is the kind's, and a back-link
+//! is kept as its first 8 bytes: enough for [`verify`] to name the first broken link (a
+//! forged link matches by chance once in 2^64), while the chain's strength stays the full
+//! MAC's, since every hash covers the whole previous hash and the head is stored whole. That is
+//! 128 bytes less per message (its record's entry and its delivery's) than version 1.
 
 use super::engine::{Bytes, Engine, EngineError, Tr, TxTree};
 use super::keys::Keyring;
@@ -40,6 +48,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The tree holding the bodies of this kind (one per kind, [`CHAINED_TREES`]).
+    pub fn tree(self) -> &'static str {
+        match self {
+            Kind::Record => "records",
+            Kind::Event => "events",
+            Kind::Quarantine => "quarantine",
+            Kind::Audit => "audit",
+            Kind::Tombstone => "tombstones",
+        }
+    }
+
     fn from_u8(b: u8) -> Option<Kind> {
         Some(match b {
             1 => Kind::Record,
@@ -55,14 +74,48 @@ impl Kind {
 /// The trees whose every entry is in the journal.
 pub const CHAINED_TREES: &[&str] = &["records", "events", "quarantine", "audit", "tombstones"];
 
-/// The journal's own layout version.
-const VERSION: u8 = 1;
+/// The journal's layout that stores entries whole (read, no longer written).
+const V1: u8 = 1;
+/// The journal's layout that stores back-links by their first [`LINK_PREFIX`] bytes (written).
+const V2: u8 = 2;
+/// Bytes of a back-link a version 2 entry stores.
+const LINK_PREFIX: usize = 8;
 /// The key of the global head in the `chain_heads` tree (patients' heads are 33-byte blinds).
 pub(crate) const GLOBAL_HEAD: &[u8] = b"global";
+
+/// A back-link as stored: whole (version 1) or its first [`LINK_PREFIX`] bytes (version 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// The whole hash.
+    Whole([u8; 32]),
+    /// The hash's first bytes.
+    Prefix([u8; LINK_PREFIX]),
+}
+
+impl Link {
+    /// The whole hash: the one stored, or else `walked`, the hash a walk in order found before
+    /// this entry (which this link was checked to name).
+    fn or(&self, walked: &[u8; 32]) -> [u8; 32] {
+        match self {
+            Link::Whole(h) => *h,
+            Link::Prefix(_) => *walked,
+        }
+    }
+
+    /// Whether this link names the entry whose hash is `hash`.
+    fn names(&self, hash: &[u8; 32]) -> bool {
+        match self {
+            Link::Whole(h) => h == hash,
+            Link::Prefix(p) => hash.starts_with(p),
+        }
+    }
+}
 
 /// One decoded journal entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// Its layout version ([`V1`] or [`V2`]): part of what its hash covers.
+    pub version: u8,
     /// What it stands for.
     pub kind: Kind,
     /// Position in the global chain, from 1, without gaps.
@@ -72,11 +125,11 @@ pub struct Entry {
     /// SHA-256 of the sealed body as stored.
     pub body_hash: [u8; 32],
     /// Hash of the previous entry (zero for the first).
-    pub prev: [u8; 32],
+    pub prev: Link,
     /// The blinded patient, if the entry belongs to a patient's file.
     pub patient: Option<[u8; 32]>,
-    /// Hash of the patient's previous entry (zero for their first).
-    pub patient_prev: [u8; 32],
+    /// Hash of the patient's previous entry (zero for their first, and none without a patient).
+    pub patient_prev: Link,
     /// The tree holding the body.
     pub tree: String,
     /// The body's key in that tree.
@@ -84,16 +137,18 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn encode(&self) -> Vec<u8> {
+    /// What the entry's hash covers: its whole form, with the back-links as a walk in order
+    /// found them (`prev`, `patient_prev`; a version 1 entry stores exactly these bytes).
+    fn whole(&self, prev: &[u8; 32], patient_prev: &[u8; 32]) -> Vec<u8> {
         let mut b = Vec::with_capacity(150 + self.tree.len() + self.key.len());
-        b.push(VERSION);
+        b.push(self.version);
         b.push(self.kind as u8);
         b.extend_from_slice(&self.seq.to_be_bytes());
         b.extend_from_slice(&self.at_ms.to_be_bytes());
         b.extend_from_slice(&self.body_hash);
-        b.extend_from_slice(&self.prev);
+        b.extend_from_slice(prev);
         b.extend_from_slice(&self.patient.unwrap_or([0; 32]));
-        b.extend_from_slice(&self.patient_prev);
+        b.extend_from_slice(patient_prev);
         b.push(self.tree.len() as u8);
         b.extend_from_slice(self.tree.as_bytes());
         b.extend_from_slice(&(self.key.len() as u16).to_be_bytes());
@@ -101,9 +156,39 @@ impl Entry {
         b
     }
 
-    fn decode(b: &[u8]) -> Option<Entry> {
+    /// The version 2 form stored in the journal (see the module's documentation).
+    fn stored_v2(&self, prev: &[u8; 32], patient_prev: &[u8; 32]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(96 + self.key.len());
+        b.push(V2);
+        b.push(self.kind as u8);
+        b.extend_from_slice(&self.at_ms.to_be_bytes());
+        b.extend_from_slice(&self.body_hash);
+        b.extend_from_slice(&prev[..LINK_PREFIX]);
+        match self.patient {
+            Some(p) => {
+                b.push(1);
+                b.extend_from_slice(&p);
+                b.extend_from_slice(&patient_prev[..LINK_PREFIX]);
+            }
+            None => b.push(0),
+        }
+        b.extend_from_slice(&(self.key.len() as u16).to_be_bytes());
+        b.extend_from_slice(&self.key);
+        b
+    }
+
+    /// An entry as stored under journal key `seq`, of either version; `None` if undecodable.
+    fn decode(seq: u64, b: &[u8]) -> Option<Entry> {
+        match *b.first()? {
+            V1 => Self::decode_v1(b),
+            V2 => Self::decode_v2(seq, b),
+            _ => None,
+        }
+    }
+
+    fn decode_v1(b: &[u8]) -> Option<Entry> {
         let fixed = 2 + 8 + 8 + 32 * 4;
-        if b.len() < fixed + 3 || b[0] != VERSION {
+        if b.len() < fixed + 3 {
             return None;
         }
         let arr = |at: usize| -> [u8; 32] { b[at..at + 32].try_into().unwrap_or([0; 32]) };
@@ -118,16 +203,62 @@ impl Entry {
             return None;
         }
         Some(Entry {
+            version: V1,
             kind: Kind::from_u8(b[1])?,
             seq: u64_at(2),
             at_ms: u64_at(10),
             body_hash: arr(18),
-            prev: arr(50),
+            prev: Link::Whole(arr(50)),
             patient: (patient != [0; 32]).then_some(patient),
-            patient_prev: arr(114),
+            patient_prev: Link::Whole(arr(114)),
             tree,
             key,
         })
+    }
+
+    fn decode_v2(seq: u64, b: &[u8]) -> Option<Entry> {
+        let mut r = Reader(b);
+        r.take(1)?;
+        let kind = Kind::from_u8(r.take(1)?[0])?;
+        let at_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let body_hash: [u8; 32] = r.take(32)?.try_into().ok()?;
+        let prev = Link::Prefix(r.take(LINK_PREFIX)?.try_into().ok()?);
+        let (patient, patient_prev) = match r.take(1)?[0] {
+            0 => (None, Link::Whole([0; 32])),
+            1 => {
+                let p: [u8; 32] = r.take(32)?.try_into().ok()?;
+                (Some(p), Link::Prefix(r.take(LINK_PREFIX)?.try_into().ok()?))
+            }
+            _ => return None,
+        };
+        let kl = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
+        let key = r.take(kl)?.to_vec();
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Entry {
+            version: V2,
+            kind,
+            seq,
+            at_ms,
+            body_hash,
+            prev,
+            patient,
+            patient_prev,
+            tree: kind.tree().to_string(),
+            key,
+        })
+    }
+}
+
+/// Reads a stored entry front to back, refusing to read past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
     }
 }
 
@@ -162,9 +293,7 @@ pub fn body_hash(sealed: &[u8]) -> [u8; 32] {
 pub struct Append<'a> {
     /// Its kind.
     pub kind: Kind,
-    /// Its tree.
-    pub tree: &'static str,
-    /// Its key there.
+    /// Its key in its kind's tree ([`Kind::tree`]).
     pub key: &'a [u8],
     /// The sealed bytes stored there.
     pub sealed: &'a [u8],
@@ -205,19 +334,19 @@ pub fn append(
         None => [0; 32],
     };
     let e = Entry {
+        version: V2,
         kind: a.kind,
         seq: gseq + 1,
         at_ms: a.at_ms,
         body_hash: body_hash(a.sealed),
-        prev: gprev,
+        prev: Link::Whole(gprev),
         patient,
-        patient_prev,
-        tree: a.tree.to_string(),
+        patient_prev: Link::Whole(patient_prev),
+        tree: a.kind.tree().to_string(),
         key: a.key.to_vec(),
     };
-    let bytes = e.encode();
-    let h = ck.hash(&bytes);
-    journal.insert(e.seq.to_be_bytes(), bytes)?;
+    let h = ck.hash(&e.whole(&gprev, &patient_prev));
+    journal.insert(e.seq.to_be_bytes(), e.stored_v2(&gprev, &patient_prev))?;
     heads.insert(GLOBAL_HEAD, head_value(e.seq, &h))?;
     if let Some(p) = a.patient {
         heads.insert(p, head_value(e.seq, &h))?;
@@ -235,7 +364,10 @@ pub fn global_head(heads: &Tr) -> Result<(u64, String), EngineError> {
 /// Iterates the journal (oldest first), decoded. Undecodable entries come back as `Err(seq)`.
 pub fn entries(journal: &Tr) -> impl Iterator<Item = Result<Result<Entry, u64>, EngineError>> + '_ {
     journal.iter().map(|r| {
-        r.map(|(k, v)| Entry::decode(&v).ok_or_else(|| k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0)))
+        r.map(|(k, v)| {
+            let seq = k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            Entry::decode(seq, &v).ok_or(seq)
+        })
     })
 }
 
@@ -321,17 +453,17 @@ pub fn verify(db: &Engine, keys: &Keyring) -> Result<Report, EngineError> {
             fail(&mut r, expected, format!("journal entry {expected} is missing (next is {})", e.seq));
             break;
         }
-        if e.prev != prev {
+        if !e.prev.names(&prev) {
             fail(&mut r, e.seq, "its link to the previous entry does not match (altered or reordered)".into());
             break;
         }
-        let h = ck.hash(&e.encode());
+        let last = e.patient.and_then(|p| patients.get(&p).copied()).unwrap_or([0; 32]);
+        if e.patient.is_some() && !e.patient_prev.names(&last) {
+            fail(&mut r, e.seq, "its link to the patient's previous entry does not match".into());
+            break;
+        }
+        let h = ck.hash(&e.whole(&e.prev.or(&prev), &e.patient_prev.or(&last)));
         if let Some(p) = e.patient {
-            let last = patients.get(&p).copied().unwrap_or([0; 32]);
-            if e.patient_prev != last {
-                fail(&mut r, e.seq, "its link to the patient's previous entry does not match".into());
-                break;
-            }
             patients.insert(p, h);
         }
         let tree = match trees.get(&e.tree) {
@@ -405,7 +537,9 @@ pub fn verify(db: &Engine, keys: &Keyring) -> Result<Report, EngineError> {
         }
         if !uncovered.is_empty() {
             for item in journal.range_from((seq0 + 1).to_be_bytes()) {
-                if let Some(e) = Entry::decode(&item?.1) {
+                let (k, v) = item?;
+                let seq = k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                if let Some(e) = Entry::decode(seq, &v) {
                     uncovered.remove(&body_ref(&e.tree, &e.key));
                 }
             }
@@ -431,23 +565,119 @@ fn body_ref(tree: &str, key: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::engine::TxError;
 
-    #[test]
-    fn entries_round_trip_through_their_encoding() {
-        let e = Entry {
+    fn entry(version: u8, patient: Option<[u8; 32]>) -> Entry {
+        Entry {
+            version,
             kind: Kind::Event,
             seq: 7,
             at_ms: 123,
             body_hash: [1; 32],
-            prev: [2; 32],
-            patient: Some([3; 32]),
-            patient_prev: [4; 32],
+            prev: Link::Whole([2; 32]),
+            patient,
+            patient_prev: Link::Whole(if patient.is_some() { [4; 32] } else { [0; 32] }),
             tree: "events".into(),
             key: vec![9, 8, 7],
+        }
+    }
+
+    #[test]
+    fn version_1_entries_round_trip_through_their_whole_form() {
+        let e = entry(V1, Some([3; 32]));
+        let bytes = e.whole(&[2; 32], &[4; 32]);
+        assert_eq!(Entry::decode(7, &bytes), Some(e.clone()));
+        let mut longer = bytes;
+        longer.push(0);
+        assert_eq!(Entry::decode(7, &longer), None, "trailing bytes are refused");
+    }
+
+    #[test]
+    fn version_2_entries_keep_link_prefixes_and_take_their_seq_from_the_key() {
+        for patient in [Some([3; 32]), None] {
+            let e = entry(V2, patient);
+            let pprev = if patient.is_some() { [4; 32] } else { [0; 32] };
+            let bytes = e.stored_v2(&[2; 32], &pprev);
+            assert_eq!(bytes.len(), if patient.is_some() { 91 } else { 51 } + 2 + 3);
+            let d = Entry::decode(7, &bytes).expect("decodes");
+            assert_eq!(d.prev, Link::Prefix([2; 8]));
+            assert!(d.prev.names(&[2; 32]) && !d.prev.names(&[5; 32]));
+            assert_eq!(d.patient, patient);
+            assert_eq!((d.seq, d.tree.as_str(), d.key.as_slice()), (7, "events", &[9u8, 8, 7][..]));
+            // What a walk hashes is the whole form, as `append` hashed it.
+            assert_eq!(d.whole(&d.prev.or(&[2; 32]), &d.patient_prev.or(&pprev)), e.whole(&[2; 32], &pprev));
+            for cut in 0..bytes.len() {
+                assert_eq!(Entry::decode(7, &bytes[..cut]), None, "a cut entry is refused");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(Entry::decode(7, &longer), None, "trailing bytes are refused");
+        }
+    }
+
+    /// A journal written partly by an older carebridge (version 1 entries) and partly by this
+    /// one verifies whole, and a changed link is named in either part.
+    #[test]
+    fn a_journal_of_both_versions_verifies_and_names_a_changed_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keyring::generate(&dir.path().join("store.key")).unwrap();
+        let ck = ChainKey::from_keys(&keys);
+        let db = Engine::open(&dir.path().join("store"), 8).unwrap();
+        let (journal, heads, events) =
+            (db.tree("journal").unwrap(), db.tree("chain_heads").unwrap(), db.tree("events").unwrap());
+        let patient = keys.blind("patient", b"p-1");
+        let write = |seq: u64, v1: bool| {
+            let key = seq.to_be_bytes();
+            let body = format!("sealed body {seq}").into_bytes();
+            db.transact(|tx| {
+                let (j, h, ev) = (&tx.on(&journal), &tx.on(&heads), &tx.on(&events));
+                ev.insert(key, &body)?;
+                let p = seq.is_multiple_of(2).then_some(patient.as_slice());
+                if v1 {
+                    // What version 1 wrote: the whole form, hashed as stored.
+                    let (gseq, gprev) = head(h.get(GLOBAL_HEAD)?);
+                    let pprev = match p {
+                        Some(p) => head(h.get(p)?).1,
+                        None => [0; 32],
+                    };
+                    let mut e = entry(V1, p.map(|p| p[1..].try_into().unwrap()));
+                    (e.seq, e.body_hash, e.key) = (gseq + 1, body_hash(&body), key.to_vec());
+                    let bytes = e.whole(&gprev, &pprev);
+                    let hash = ck.hash(&bytes);
+                    j.insert(key, bytes)?;
+                    h.insert(GLOBAL_HEAD, head_value(seq, &hash))?;
+                    if let Some(p) = p {
+                        h.insert(p, head_value(seq, &hash))?;
+                    }
+                } else {
+                    let a = Append { kind: Kind::Event, key: &key, sealed: &body, patient: p, at_ms: 5 };
+                    assert_eq!(append(&ck, j, h, a)?, seq);
+                }
+                Ok::<(), TxError<()>>(())
+            })
+            .unwrap();
         };
-        assert_eq!(Entry::decode(&e.encode()), Some(e.clone()));
-        let mut bytes = e.encode();
-        bytes.push(0);
-        assert_eq!(Entry::decode(&bytes), None, "trailing bytes are refused");
+        for seq in 1..=6 {
+            write(seq, seq <= 3);
+        }
+        let r = verify(&db, &keys).unwrap();
+        assert_eq!((r.first_break.clone(), r.entries, r.patients), (None, 6, 1), "{r:?}");
+        let (_, whole_head) = global_head(&heads).unwrap();
+        assert_eq!(r.head_hash, whole_head, "the walk ends on the head stored whole");
+
+        // One byte of a stored link changed: the global link (v1 at offset 50, v2 at 42) or the
+        // patient's (v1 at 114; v2 after the patient, at 83).
+        for (seq, at, which) in [(2u64, 50, "previous"), (5, 42, "previous"), (2, 114, "patient"), (4, 83, "patient")] {
+            let k = seq.to_be_bytes();
+            let original = journal.get(k).unwrap().unwrap();
+            let mut changed = original.clone();
+            changed[at] ^= 0x40;
+            db.transact(|tx| tx.on(&journal).insert(k, &changed).map_err(TxError::<()>::from)).unwrap();
+            let b = verify(&db, &keys).unwrap().first_break.expect("a changed link breaks the chain");
+            assert_eq!(b.seq, seq, "{b:?}");
+            assert!(b.reason.contains(which), "{b:?}");
+            db.transact(|tx| tx.on(&journal).insert(k, &original).map_err(TxError::<()>::from)).unwrap();
+        }
+        assert_eq!(verify(&db, &keys).unwrap().first_break, None, "restored");
     }
 }

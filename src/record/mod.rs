@@ -24,6 +24,7 @@ mod audit;
 pub mod chain;
 mod correspondence;
 mod dead;
+
 pub mod engine;
 pub mod fhir;
 mod filing;
@@ -901,7 +902,6 @@ impl Store {
                     heads,
                     Append {
                         kind: Kind::Record,
-                        tree: t::RECORDS,
                         key: &p.rkey,
                         sealed: &p.record,
                         patient: p.patient.as_deref(),
@@ -970,14 +970,7 @@ impl Store {
                     &self.chain_key,
                     journal,
                     heads,
-                    Append {
-                        kind: Kind::Quarantine,
-                        tree: t::QUARANTINE,
-                        key: &qkey,
-                        sealed: &value,
-                        patient: None,
-                        at_ms: q.at_ms,
-                    },
+                    Append { kind: Kind::Quarantine, key: &qkey, sealed: &value, patient: None, at_ms: q.at_ms },
                 )?;
                 by_source.insert(skey.as_slice(), qkey)?;
                 Ok(())
@@ -1281,7 +1274,6 @@ impl PreparedEvent {
     fn append(&self) -> Append<'_> {
         Append {
             kind: Kind::Event,
-            tree: t::EVENTS,
             key: &self.key,
             sealed: &self.body,
             patient: self.patient.as_deref(),

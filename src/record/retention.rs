@@ -169,14 +169,7 @@ impl Store {
                         &self.chain_key,
                         journal,
                         heads,
-                        Append {
-                            kind: Kind::Tombstone,
-                            tree: t::TOMBSTONES,
-                            key: &key,
-                            sealed: &body,
-                            patient: None,
-                            at_ms,
-                        },
+                        Append { kind: Kind::Tombstone, key: &key, sealed: &body, patient: None, at_ms },
                     )?;
                     Ok::<(), TxError<()>>(())
                 })

@@ -91,9 +91,9 @@ async fn planted_phi_never_reaches_the_raw_store_files() {
     exchange(&c).await;
     // The engine's files while the daemon runs: its journal holds every write since start.
     let live = raw_files(&data_dir(&c));
-    // Positive control: the grep does see what is stored in the clear (the chain's entries name
-    // the tree of the body they cover).
-    assert!(live.iter().any(|(_, b)| contains(b, b"records")), "the engine's journal is read");
+    // Positive control: the grep does see what is stored in the clear (an outbox row's key
+    // names its account, and the engine's journal holds the row written and removed).
+    assert!(live.iter().any(|(_, b)| contains(b, b"webhook.ehr")), "the engine's journal is read");
     assert!(c.d.terminate(), "clean shutdown");
     let mut files = raw_files(&data_dir(&c));
     assert!(files.iter().any(|(p, _)| p.starts_with(data_dir(&c).join("store"))), "the engine's files are there");
@@ -268,6 +268,17 @@ async fn verify_finds_deleted_altered_and_missing_entries() {
     });
     assert!(!ok);
     assert!(r["first_break"]["reason"].as_str().unwrap().contains("does not cover"), "{r}");
+    // One byte of a link in the middle of the journal changed (a version 2 entry's link to the
+    // previous entry: its first 8 bytes, at offset 42).
+    let (ok, r) = tamper(&|tree| {
+        let journal = tree("journal");
+        let mut v = journal.get(middle.to_be_bytes()).unwrap().unwrap().to_vec();
+        v[42] ^= 0x01;
+        journal.insert(middle.to_be_bytes(), v).unwrap();
+    });
+    assert!(!ok);
+    assert_eq!(r["first_break"]["seq"], middle, "{r}");
+    assert!(r["first_break"]["reason"].as_str().unwrap().contains("previous entry"), "{r}");
     // Back to the pristine copy: whole again.
     let (ok, _) = tamper(&|_| {});
     assert!(ok);
