@@ -24,7 +24,7 @@ mod audit;
 pub mod chain;
 mod correspondence;
 mod dead;
-
+mod dictionary;
 pub mod engine;
 pub mod fhir;
 mod filing;
