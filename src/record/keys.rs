@@ -339,11 +339,21 @@ pub fn is_sealed(v: &[u8]) -> bool {
 /// benches' records).
 const DEFLATE_LEVEL: u32 = 2;
 
+/// Plaintexts shorter than this are compressed at level 1 ("quick") instead: against the
+/// dictionary, what they repeat is mostly its field names, which quick mode finds as well.
+/// Measured in one run, against the dictionary: a 241-byte conversation 4.8 µs → 107 bytes at
+/// level 1, 9.0 µs → 104 at level 2; a 920-byte record 6.5 µs → 436 bytes at level 1, 12.1 µs →
+/// 337 at level 2 (its text needs level 2's matching).
+const QUICK_BELOW: usize = 512;
+
 thread_local! {
     /// One compressor per thread, reset between values: a fresh one allocates and clears its
     /// window and hash tables, which cost more than compressing a record.
     static DEFLATER: std::cell::RefCell<flate2::Compress> =
         std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::new(DEFLATE_LEVEL), false));
+    /// The same at level 1, for values under [`QUICK_BELOW`].
+    static QUICK_DEFLATER: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::new(1), false));
     /// Likewise one decompressor per thread (its window is 32 KiB).
     static INFLATER: std::cell::RefCell<flate2::Decompress> = std::cell::RefCell::new(flate2::Decompress::new(false));
 }
@@ -354,7 +364,8 @@ fn deflated(plain: &[u8]) -> Option<Vec<u8>> {
     if !(COMPRESS_FROM..=COMPRESS_UP_TO).contains(&plain.len()) {
         return None;
     }
-    DEFLATER.with(|d| {
+    let deflater = if plain.len() < QUICK_BELOW { &QUICK_DEFLATER } else { &DEFLATER };
+    deflater.with(|d| {
         let mut d = d.borrow_mut();
         d.reset();
         // The dictionary goes in after every reset: a reset forgets it with the window.
