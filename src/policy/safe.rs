@@ -136,6 +136,12 @@ fn everyday() -> &'static FxHashSet<&'static str> {
     })
 }
 
+/// The everyday words (folded): the words a clinic's texts are mostly made of, which the
+/// detectors' [`super::detectors::lexicon::Lexicon`] knows in advance.
+pub(crate) fn everyday_words() -> impl Iterator<Item = &'static str> {
+    everyday().iter().copied()
+}
+
 /// Whether the folded word `word` (or a plain inflection of it) is an everyday word and no
 /// health word: the detectors do not read such a word as a misspelt keyword.
 pub(crate) fn is_everyday(word: &str) -> bool {

@@ -20,6 +20,7 @@ pub(crate) mod contact;
 pub(crate) mod custom;
 pub(crate) mod fuzzy;
 pub(crate) mod identifiers;
+pub(crate) mod lexicon;
 pub(crate) mod normalize;
 
 use super::Class;
@@ -334,6 +335,9 @@ pub(crate) struct Engine {
     fuzzy: fuzzy::Index,
     /// The keywords of detectors that accept them misspelt, by term id.
     vocabulary: fuzzy::Vocabulary,
+    /// The everyday words and terms with what `words`, `fuzzy` and `vocabulary` give for
+    /// each: one look-up per word of a text instead of three.
+    lexicon: lexicon::Lexicon,
     /// Compacted allow-list values (sorted).
     allow: Vec<String>,
     params: Params,
@@ -379,6 +383,15 @@ impl Engine {
                 .filter(|t| t.chars().all(|c| c.is_alphanumeric() || matches!(c, ' ' | '\'' | '-' | '.')))
                 .map(move |t| (normalize::fold_term(t), i))
         }));
+        // Every word the lexicon answers for: everyday words, one-word terms and starts of
+        // terms, the misspelt context words' vocabulary. A one-word key of `words` is any key
+        // without a non-letter.
+        let lexicon = {
+            let single = words.map.keys().map(|k| &**k).filter(|k| k.chars().all(char::is_alphabetic));
+            let everyday = crate::policy::safe::everyday_words().map(|w| -> &str { w });
+            let known = everyday.chain(single).chain(fuzzy.words());
+            lexicon::Lexicon::new(known, &words, &fuzzy, &vocabulary)
+        };
         let digit_set = {
             let mut members = Vec::with_capacity(regexes.len());
             let mut patterns = Vec::new();
@@ -412,6 +425,7 @@ impl Engine {
             context_users,
             fuzzy,
             vocabulary,
+            lexicon,
             allow,
             params,
         })
@@ -447,14 +461,29 @@ impl Engine {
         let mut candidates = Vec::new();
         let mut ctx = ContextHits { hits: Vec::new(), max_len: 0, first: Vec::new() };
         let runs = letter_runs(folded.text());
+        // Each word's answers, when the lexicon has them (most words): looked up once here for
+        // the terms, the misspelt keywords and the misspelt context words.
+        let known: Vec<Option<&lexicon::Known>> =
+            runs.iter().map(|&(a, b)| folded.text().get(a..b).and_then(|w| self.lexicon.get(w))).collect();
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
-        let mut unknown: Vec<(usize, usize)> = Vec::new();
-        self.words.find(folded.text(), &runs, |a, b, term| found.push((a, b, term)), |a, b| unknown.push((a, b)));
+        let mut unknown: Vec<(usize, usize, usize)> = Vec::new();
+        self.words.find(
+            folded.text(),
+            &runs,
+            &known,
+            |a, b, term| found.push((a, b, term)),
+            |k, a, b| unknown.push((k, a, b)),
+        );
         // Words no term starts with: maybe a keyword misspelt.
         if !self.vocabulary.is_empty() {
-            for (a, b) in unknown {
-                if let Some(word) = folded.text().get(a..b) {
-                    self.vocabulary.find(word, |term| found.push((a, b, term)));
+            for (k, a, b) in unknown {
+                match known.get(k).copied().flatten() {
+                    Some(w) => found.extend(self.lexicon.misspelt(w).iter().map(|&term| (a, b, term))),
+                    None => {
+                        if let Some(word) = folded.text().get(a..b) {
+                            self.vocabulary.find(word, |term| found.push((a, b, term)));
+                        }
+                    }
                 }
             }
         }
@@ -499,7 +528,15 @@ impl Engine {
                     }
             });
         if fuzzy_needed && !self.fuzzy.is_empty() {
-            self.fuzzy.find(folded.text(), &runs, |a, b, specs| {
+            let mut buf = Vec::new();
+            let matches_of = |k: usize, word: &str, out: &mut Vec<usize>| match known.get(k).copied().flatten() {
+                Some(w) => out.extend_from_slice(self.lexicon.fuzzy(w)),
+                None => {
+                    self.fuzzy.matches(word, &mut buf);
+                    out.extend_from_slice(&buf);
+                }
+            };
+            self.fuzzy.find_with(folded.text(), &runs, matches_of, |a, b, specs| {
                 if let Some((start, end)) = folded.original(a, b) {
                     for &spec in specs {
                         ctx.hits.push((spec, start, end));
@@ -738,7 +775,7 @@ fn automaton(
 /// the end of that run, then of the next ones while what was read starts some longer term.
 /// Most words cost one look-up that misses.
 #[derive(Clone, Debug, Default)]
-struct WordTerms {
+pub(crate) struct WordTerms {
     /// Term, or the start of a longer term cut at the end of a letter run -> (its term id if
     /// it is a term, whether longer terms continue it).
     map: rustc_hash::FxHashMap<Box<str>, (Option<usize>, bool)>,
@@ -765,25 +802,37 @@ impl WordTerms {
         true
     }
 
+    /// The entry of `key`: its term id if it is a term, whether longer terms continue it.
+    pub(crate) fn get(&self, key: &str) -> Option<(Option<usize>, bool)> {
+        self.map.get(key).copied()
+    }
+
     /// Calls `found(start, end, term id)` for every occurrence in the folded text `f`, whose
-    /// letter runs are `runs`, and `unknown(start, end)` for each run no term starts with.
+    /// letter runs are `runs`, and `unknown(k, start, end)` for each run (the `k`th) no term
+    /// starts with. `known`: the lexicon's answers by run, where it has them (the look-up of
+    /// the run alone is then not made again; an empty slice makes every look-up).
     fn find(
         &self,
         f: &str,
         runs: &[(usize, usize)],
+        known: &[Option<&lexicon::Known>],
         mut found: impl FnMut(usize, usize, usize),
-        mut unknown: impl FnMut(usize, usize),
+        mut unknown: impl FnMut(usize, usize, usize),
     ) {
         for (k, &(start, _)) in runs.iter().enumerate() {
             for (d, &(_, end)) in runs.get(k..).unwrap_or_default().iter().take(self.max_runs.max(1)).enumerate() {
-                let Some((id, more)) = f.get(start..end).and_then(|key| self.map.get(key)) else {
+                let entry = match known.get(k).copied().flatten() {
+                    Some(w) if d == 0 => w.term,
+                    _ => f.get(start..end).and_then(|key| self.get(key)),
+                };
+                let Some((id, more)) = entry else {
                     if d == 0 {
-                        unknown(start, end);
+                        unknown(k, start, end);
                     }
                     break;
                 };
                 if let Some(id) = id {
-                    found(start, end, *id);
+                    found(start, end, id);
                 }
                 if !more {
                     break;
@@ -1198,7 +1247,7 @@ mod tests {
                 .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
                 .collect();
             let mut got = Vec::new();
-            e.words.find(f, &letter_runs(f), |a, b, id| got.push((a, b, id)), |_, _| {});
+            e.words.find(f, &letter_runs(f), &[], |a, b, id| got.push((a, b, id)), |_, _, _| {});
             if let Some((odd, ids)) = &e.terms {
                 for m in odd.find_overlapping_iter(f).filter(|m| whole_word(f, m.start(), m.end())) {
                     got.push((m.start(), m.end(), ids.get(m.pattern().as_usize()).copied().unwrap_or(usize::MAX)));
@@ -1228,6 +1277,68 @@ mod tests {
             for h in e.detect(t) {
                 println!("{n} {} {}..{} {}", e.kind(&h), h.start, h.end, h.pct);
             }
+        }
+    }
+
+    /// The corpus's messages rewritten the ways patients write them (upper case, accents,
+    /// exotic spaces, dashes and digits, zero-width characters, numbers broken across lines,
+    /// glued or far apart), each alone and joined: texts the corpus itself does not exercise
+    /// as much, for diffing a speed change's findings like [`dump_corpus_findings`]
+    /// (`cargo test -p carebridge --lib dump_variant_findings -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "prints every finding over variants of the corpus, for diffing before and after a change"]
+    fn dump_variant_findings() {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let chat: Vec<String> = corpus
+            .split("\n=== ")
+            .skip(1)
+            .map(|b| b.lines().skip(1).filter(|l| !l.starts_with("@ ")).collect::<Vec<_>>().join("\n"))
+            .collect();
+        let variants: [fn(&str) -> String; 8] = [
+            |t| t.to_uppercase(),
+            |t| t.replace(' ', "\u{00A0}").replace('-', "\u{2013}"),
+            |t| t.replace('e', "é").replace('a', "à"),
+            |t| t.replace('1', "\u{FF11}").replace('5', "\u{0665}").replace('\'', "\u{2019}"),
+            |t| t.replace(' ', "  ").replace(", ", ",\n> "),
+            |t| t.replace('4', "4\u{200B}").replace("o", "o\u{00AD}"),
+            |t| t.replace(' ', "\n"),
+            |t| format!("{}{t}{}", "word ".repeat(70), " filler".repeat(50)),
+        ];
+        let mut texts: Vec<String> = Vec::new();
+        for v in variants {
+            let one: Vec<String> = chat.iter().map(|t| v(t)).collect();
+            texts.extend(one.chunks(7).map(|c| c.join(" ")));
+            texts.extend(one);
+        }
+        texts.extend(chat.chunks(2).map(|c| c.concat()));
+        for (n, t) in texts.iter().enumerate() {
+            for h in e.detect(t) {
+                println!("{n} {} {}..{} {}", e.kind(&h), h.start, h.end, h.pct);
+            }
+        }
+    }
+
+    /// The lexicon's answers are the look-ups' answers, for every word it holds.
+    #[test]
+    fn lexicon_answers_like_the_lookups() {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(e.lexicon.len() > 10_000);
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let folded = View::folded(corpus);
+        let f = folded.text();
+        let words = letter_runs(f).into_iter().filter_map(|(a, b)| f.get(a..b)).chain(e.fuzzy.words());
+        let (mut fuzzy, mut misspelt) = (Vec::new(), Vec::new());
+        for w in words {
+            let Some(known) = e.lexicon.get(w) else { continue };
+            assert_eq!(known.term, e.words.get(w), "{w}");
+            e.fuzzy.matches(w, &mut fuzzy);
+            assert_eq!(e.lexicon.fuzzy(known), fuzzy, "{w}");
+            misspelt.clear();
+            if known.term.is_none() {
+                e.vocabulary.find(w, |id| misspelt.push(id));
+            }
+            assert_eq!(e.lexicon.misspelt(known), misspelt, "{w}");
         }
     }
 
