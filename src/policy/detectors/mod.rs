@@ -511,7 +511,7 @@ impl Engine {
         }
         // Where the patterns can match, worked out once for both what follows and the patterns.
         let plain = View::plain(text);
-        let joined = if self.regexes.is_empty() { None } else { View::joined(text) };
+        let joined = if self.regexes.is_empty() { None } else { View::joined(&plain) };
         let digits = if self.regexes.is_empty() { Vec::new() } else { digit_windows(plain.text()) };
         let possible: Option<Vec<regex::SetMatches>> = self.digit_set.as_ref().map(|(set, _)| {
             let hay = plain.text();
@@ -893,9 +893,31 @@ fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
     Some(j)
 }
 
+/// Whether `w` is one of [`STOP_WORDS`], ASCII case ignored.
 fn is_stop_word(w: &str) -> bool {
     // Every stop word is at most 5 bytes ("notre", "votre"): most words end the test here.
-    w.len() <= 5 && STOP_WORDS.iter().any(|s| s.len() == w.len() && (s.eq_ignore_ascii_case(w) || *s == w))
+    // The others are packed with their length into a `u64`, ASCII lower-cased as
+    // `eq_ignore_ascii_case` compares them, and searched among the stop words packed alike.
+    w.len() <= 5 && stop_words().binary_search(&pack_short(w)).is_ok()
+}
+
+/// A word of at most 7 bytes as one number: its bytes, ASCII lower-cased, and its length.
+fn pack_short(w: &str) -> u64 {
+    let mut key = w.len() as u64;
+    for (i, b) in w.bytes().take(7).enumerate() {
+        key |= u64::from(b.to_ascii_lowercase()) << (8 * (i + 1));
+    }
+    key
+}
+
+/// [`STOP_WORDS`] packed by [`pack_short`], sorted.
+fn stop_words() -> &'static [u64] {
+    static PACKED: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    PACKED.get_or_init(|| {
+        let mut v: Vec<u64> = STOP_WORDS.iter().map(|w| pack_short(w)).collect();
+        v.sort_unstable();
+        v
+    })
 }
 
 /// Whether `line` (the text between a line break and a match) starts with its own label
@@ -1348,6 +1370,16 @@ mod tests {
         let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
         println!("automaton: {:?} bytes", e.terms.as_ref().map(|(ac, _)| ac.memory_usage()));
         println!("terms looked up by word: {}", e.words.map.len());
+    }
+
+    #[test]
+    fn stop_words_ignore_ascii_case_only() {
+        for w in STOP_WORDS {
+            assert!(is_stop_word(w) && is_stop_word(&w.to_ascii_uppercase()), "{w}");
+        }
+        for w in ["À", "thee", "", "notres", "the\u{0}", "mon ", "éé"] {
+            assert!(!is_stop_word(w), "{w}");
+        }
     }
 
     #[test]

@@ -108,12 +108,13 @@ impl<'a> View<'a> {
     /// "416-555-\n0199", "> 1234\n> 567 897" in a quoted reply): a break, with the spaces and
     /// quote markers around it, between a digit (or a `-` after one) and a digit. `None` when
     /// the text has no such break (the common case: no copy is made).
-    /// Also returns where, in the joined text, a break was removed.
-    pub fn joined(src: &'a str) -> Option<(View<'a>, Vec<usize>)> {
+    /// Also returns where, in the joined text, a break was removed. Built from the plain
+    /// view `plain`, which the scan has made already.
+    pub fn joined(plain: &View<'a>) -> Option<(View<'a>, Vec<usize>)> {
+        let src = plain.src;
         if !src.contains('\n') {
             return None;
         }
-        let plain = View::plain(src);
         let t = plain.text().as_bytes();
         let mut cuts: Vec<(usize, usize)> = Vec::new();
         for (k, &b) in t.iter().enumerate() {
@@ -148,9 +149,15 @@ impl<'a> View<'a> {
             if b > a {
                 joins.push(text.len());
             }
-            for k in pos..a {
-                let (s, e) = plain.original(k, k + 1)?;
-                map.push(at + (k - pos), s, e, 1);
+            if plain.map.is_none() {
+                // The plain view is the original byte for byte: the segment is one run (a
+                // byte maps to the original character holding it, as byte by byte).
+                map.push(at, pos, a, a - pos);
+            } else {
+                for k in pos..a {
+                    let (s, e) = plain.original(k, k + 1)?;
+                    map.push(at + (k - pos), s, e, 1);
+                }
             }
             pos = b;
         }
@@ -541,14 +548,24 @@ mod tests {
     #[test]
     fn joined_view_removes_breaks_inside_numbers() {
         let src = "OHIP 1234 567\n897 and\n> 416-555-\r\n> 0199\nline 2\n3 items";
-        let (v, joins) = View::joined(src).unwrap_or_else(|| (View::plain(""), Vec::new()));
+        let plain = View::plain(src);
+        let (v, joins) = View::joined(&plain).unwrap_or_else(|| (View::plain(""), Vec::new()));
         assert_eq!(v.text(), "OHIP 1234 567897 and\n> 416-555-0199\nline 23 items");
         assert_eq!(joins, [13, 31, 42]);
         let at = v.text().find("567897").unwrap_or(0);
         let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
         assert_eq!(&src[s..e], "567\n897");
-        assert!(View::joined("no break 123").is_none());
-        assert!(View::joined("line one\nline two 5").is_none());
+        assert!(View::joined(&View::plain("no break 123")).is_none());
+        assert!(View::joined(&View::plain("line one\nline two 5")).is_none());
+        // Through a plain view that rewrote characters, the map still lands on the original's.
+        let src = "OHIP\u{00A0}1234 567\n897 é";
+        let plain = View::plain(src);
+        let (v, _) = View::joined(&plain).unwrap_or_else(|| (View::plain(""), Vec::new()));
+        let at = v.text().find("567897").unwrap_or(0);
+        let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
+        assert_eq!(&src[s..e], "567\n897");
+        let at = v.text().find('é').unwrap_or(0);
+        assert_eq!(v.original(at, at + 1), Some((src.len() - 2, src.len())));
     }
 
     #[test]
