@@ -15,24 +15,55 @@ use super::WordTerms;
 use super::fuzzy::{Index, Vocabulary};
 use rustc_hash::FxHashMap;
 
-/// What the scan's look-ups give for one word.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the scan's look-ups give for one word, packed small (the lexicon holds ~35,000).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Known {
+    /// The word's term id, if it is a term ([`NO_TERM`] if not).
+    term_id: u32,
+    /// [`HAS_ENTRY`]: some term starts with the word; [`CONTINUED`]: longer terms continue it.
+    flags: u8,
+    /// The misspelt-context vocabulary words it may be, in the index's order, then the
+    /// keywords it may be misspelt from, in the vocabulary's order (empty when a term starts
+    /// with it: the scan does not ask then): `ids[first..first + fuzzy + misspelt]`.
+    first: u32,
+    fuzzy: u8,
+    misspelt: u8,
+}
+
+const NO_TERM: u32 = u32::MAX;
+const HAS_ENTRY: u8 = 1;
+const CONTINUED: u8 = 2;
+
+impl Known {
     /// The word's entry in the term map ([`WordTerms`]): its term id if it is a term, whether
     /// longer terms continue it; `None` when no term starts with it.
-    pub term: Option<(Option<usize>, bool)>,
-    /// The misspelt-context vocabulary words it may be, in the index's order (a range of
-    /// [`Lexicon::ids`]).
-    fuzzy: (u32, u32),
-    /// The keywords it may be misspelt from, in the vocabulary's order (a range of
-    /// [`Lexicon::ids`]); empty when a term starts with it (the scan does not ask then).
-    misspelt: (u32, u32),
+    pub(crate) fn term(&self) -> Option<(Option<usize>, bool)> {
+        (self.flags & HAS_ENTRY != 0)
+            .then(|| ((self.term_id != NO_TERM).then_some(self.term_id as usize), self.flags & CONTINUED != 0))
+    }
+}
+
+/// Longest word kept inline as a number (bytes); longer ones are keyed by their text.
+const INLINE: usize = 15;
+
+/// A word of at most [`INLINE`] bytes as one number (its bytes and its length), so a look-up
+/// compares numbers in the table instead of following a pointer to the key's text.
+fn inline_key(w: &str) -> Option<u128> {
+    if w.len() > INLINE {
+        return None;
+    }
+    let mut key = w.len() as u128;
+    for (i, b) in w.bytes().enumerate() {
+        key |= u128::from(b) << (8 * (i + 1));
+    }
+    Some(key)
 }
 
 /// The precomputed words, with one vector holding every answer's ids.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Lexicon {
-    words: FxHashMap<Box<str>, Known>,
+    short: FxHashMap<u128, Known>,
+    long: FxHashMap<Box<str>, Known>,
     ids: Vec<usize>,
 }
 
@@ -45,51 +76,80 @@ impl Lexicon {
         vocabulary: &Vocabulary,
     ) -> Lexicon {
         let mut lx = Lexicon::default();
-        let mut buf = Vec::new();
+        let (mut fuzzy_ids, mut misspelt_ids) = (Vec::new(), Vec::new());
         for w in words {
-            if lx.words.contains_key(w) {
+            if lx.get(w).is_some() {
                 continue;
             }
             let term = terms.get(w);
-            fuzzy.matches(w, &mut buf);
-            let fuzzy = lx.push(&buf);
-            buf.clear();
+            fuzzy.matches(w, &mut fuzzy_ids);
+            misspelt_ids.clear();
             if term.is_none() && !vocabulary.is_empty() {
-                vocabulary.find(w, |id| buf.push(id));
+                vocabulary.find(w, |id| misspelt_ids.push(id));
             }
-            let misspelt = lx.push(&buf);
-            buf.clear();
-            lx.words.insert(w.into(), Known { term, fuzzy, misspelt });
+            // A word with too many answers to pack (none in practice) is left to the look-ups.
+            let (Ok(first), Ok(fuzzy), Ok(misspelt)) =
+                (u32::try_from(lx.ids.len()), u8::try_from(fuzzy_ids.len()), u8::try_from(misspelt_ids.len()))
+            else {
+                continue;
+            };
+            let (term_id, flags) = match term {
+                None => (NO_TERM, 0),
+                Some((id, more)) => (
+                    id.and_then(|i| u32::try_from(i).ok()).unwrap_or(NO_TERM),
+                    HAS_ENTRY | if more { CONTINUED } else { 0 },
+                ),
+            };
+            let known = Known { term_id, flags, first, fuzzy, misspelt };
+            if known.term() != term {
+                continue;
+            }
+            lx.ids.extend_from_slice(&fuzzy_ids);
+            lx.ids.extend_from_slice(&misspelt_ids);
+            match inline_key(w) {
+                Some(k) => lx.short.insert(k, known),
+                None => lx.long.insert(w.into(), known),
+            };
         }
         lx
     }
 
-    /// Appends `ids` to the shared vector; their range (empty if it would overflow `u32`).
-    fn push(&mut self, ids: &[usize]) -> (u32, u32) {
-        let start = self.ids.len();
-        let (Ok(a), Ok(b)) = (u32::try_from(start), u32::try_from(start + ids.len())) else { return (0, 0) };
-        self.ids.extend_from_slice(ids);
-        (a, b)
-    }
-
     /// What the look-ups give for `word`, if it is in the lexicon.
-    pub(crate) fn get(&self, word: &str) -> Option<&Known> {
-        self.words.get(word)
+    pub(crate) fn get(&self, word: &str) -> Option<Known> {
+        match inline_key(word) {
+            Some(k) => self.short.get(&k).copied(),
+            None => self.long.get(word).copied(),
+        }
     }
 
     /// The misspelt-context vocabulary words `known` may be.
     pub(crate) fn fuzzy(&self, known: &Known) -> &[usize] {
-        self.ids.get(known.fuzzy.0 as usize..known.fuzzy.1 as usize).unwrap_or_default()
+        let first = known.first as usize;
+        self.ids.get(first..first + usize::from(known.fuzzy)).unwrap_or_default()
     }
 
     /// The keywords `known` may be misspelt from.
     pub(crate) fn misspelt(&self, known: &Known) -> &[usize] {
-        self.ids.get(known.misspelt.0 as usize..known.misspelt.1 as usize).unwrap_or_default()
+        let first = known.first as usize + usize::from(known.fuzzy);
+        self.ids.get(first..first + usize::from(known.misspelt)).unwrap_or_default()
     }
 
     /// How many words it holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.words.len()
+        self.short.len() + self.long.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_keys_differ_by_length_and_bytes() {
+        assert_ne!(inline_key("a"), inline_key("a\u{0}"));
+        assert_ne!(inline_key("ab"), inline_key("ba"));
+        assert!(inline_key("fifteen-letters").is_some());
+        assert_eq!(inline_key("sixteen-letters!"), None);
     }
 }

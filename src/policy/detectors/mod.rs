@@ -463,7 +463,7 @@ impl Engine {
         let runs = letter_runs(folded.text());
         // Each word's answers, when the lexicon has them (most words): looked up once here for
         // the terms, the misspelt keywords and the misspelt context words.
-        let known: Vec<Option<&lexicon::Known>> =
+        let known: Vec<Option<lexicon::Known>> =
             runs.iter().map(|&(a, b)| folded.text().get(a..b).and_then(|w| self.lexicon.get(w))).collect();
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
         let mut unknown: Vec<(usize, usize, usize)> = Vec::new();
@@ -478,7 +478,7 @@ impl Engine {
         if !self.vocabulary.is_empty() {
             for (k, a, b) in unknown {
                 match known.get(k).copied().flatten() {
-                    Some(w) => found.extend(self.lexicon.misspelt(w).iter().map(|&term| (a, b, term))),
+                    Some(w) => found.extend(self.lexicon.misspelt(&w).iter().map(|&term| (a, b, term))),
                     None => {
                         if let Some(word) = folded.text().get(a..b) {
                             self.vocabulary.find(word, |term| found.push((a, b, term)));
@@ -530,7 +530,7 @@ impl Engine {
         if fuzzy_needed && !self.fuzzy.is_empty() {
             let mut buf = Vec::new();
             let matches_of = |k: usize, word: &str, out: &mut Vec<usize>| match known.get(k).copied().flatten() {
-                Some(w) => out.extend_from_slice(self.lexicon.fuzzy(w)),
+                Some(w) => out.extend_from_slice(self.lexicon.fuzzy(&w)),
                 None => {
                     self.fuzzy.matches(word, &mut buf);
                     out.extend_from_slice(&buf);
@@ -815,14 +815,14 @@ impl WordTerms {
         &self,
         f: &str,
         runs: &[(usize, usize)],
-        known: &[Option<&lexicon::Known>],
+        known: &[Option<lexicon::Known>],
         mut found: impl FnMut(usize, usize, usize),
         mut unknown: impl FnMut(usize, usize, usize),
     ) {
         for (k, &(start, _)) in runs.iter().enumerate() {
             for (d, &(_, end)) in runs.get(k..).unwrap_or_default().iter().take(self.max_runs.max(1)).enumerate() {
                 let entry = match known.get(k).copied().flatten() {
-                    Some(w) if d == 0 => w.term,
+                    Some(w) if d == 0 => w.term(),
                     _ => f.get(start..end).and_then(|key| self.get(key)),
                 };
                 let Some((id, more)) = entry else {
@@ -1353,14 +1353,14 @@ mod tests {
         let (mut fuzzy, mut misspelt) = (Vec::new(), Vec::new());
         for w in words {
             let Some(known) = e.lexicon.get(w) else { continue };
-            assert_eq!(known.term, e.words.get(w), "{w}");
+            assert_eq!(known.term(), e.words.get(w), "{w}");
             e.fuzzy.matches(w, &mut fuzzy);
-            assert_eq!(e.lexicon.fuzzy(known), fuzzy, "{w}");
+            assert_eq!(e.lexicon.fuzzy(&known), fuzzy, "{w}");
             misspelt.clear();
-            if known.term.is_none() {
+            if known.term().is_none() {
                 e.vocabulary.find(w, |id| misspelt.push(id));
             }
-            assert_eq!(e.lexicon.misspelt(known), misspelt, "{w}");
+            assert_eq!(e.lexicon.misspelt(&known), misspelt, "{w}");
         }
     }
 
