@@ -22,6 +22,7 @@ pub(crate) mod fuzzy;
 pub(crate) mod identifiers;
 pub(crate) mod lexicon;
 pub(crate) mod normalize;
+pub(crate) mod scratch;
 
 use super::Class;
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -455,28 +456,39 @@ impl Engine {
     /// says they can match, and for detectors that need a context word only near one); a
     /// match's context window is computed only when a context word lies within its reach.
     pub(crate) fn detect(&self, text: &str) -> Vec<Hit> {
+        scratch::with(|s| self.detect_in(text, s))
+    }
+
+    /// [`Engine::detect`], in the buffers of `s`.
+    fn detect_in(&self, text: &str, s: &mut scratch::Scratch) -> Vec<Hit> {
         let folded = View::folded(text);
 
         // One pass over the folded text finds keyword matches (candidates) and context words.
-        let mut candidates = Vec::new();
-        let mut ctx = ContextHits { hits: Vec::new(), max_len: 0, first: Vec::new() };
-        let runs = letter_runs(folded.text());
+        let mut candidates = std::mem::take(&mut s.candidates);
+        candidates.clear();
+        let (mut hits, first) = (std::mem::take(&mut s.ctx_hits), std::mem::take(&mut s.ctx_first));
+        hits.clear();
+        let mut ctx = ContextHits { hits, max_len: 0, first };
+        let runs = &mut s.runs;
+        letter_runs_into(folded.text(), runs);
         // Each word's answers, when the lexicon has them (most words): looked up once here for
         // the terms, the misspelt keywords and the misspelt context words.
-        let known: Vec<Option<lexicon::Known>> =
-            runs.iter().map(|&(a, b)| folded.text().get(a..b).and_then(|w| self.lexicon.get(w))).collect();
-        let mut found: Vec<(usize, usize, usize)> = Vec::new();
-        let mut unknown: Vec<(usize, usize, usize)> = Vec::new();
+        let known = &mut s.known;
+        known.clear();
+        known.extend(runs.iter().map(|&(a, b)| folded.text().get(a..b).and_then(|w| self.lexicon.get(w))));
+        let (found, unknown) = (&mut s.found, &mut s.unknown);
+        found.clear();
+        unknown.clear();
         self.words.find(
             folded.text(),
-            &runs,
-            &known,
+            runs,
+            known,
             |a, b, term| found.push((a, b, term)),
             |k, a, b| unknown.push((k, a, b)),
         );
         // Words no term starts with: maybe a keyword misspelt.
         if !self.vocabulary.is_empty() {
-            for (k, a, b) in unknown {
+            for &(k, a, b) in unknown.iter() {
                 match known.get(k).copied().flatten() {
                     Some(w) => found.extend(self.lexicon.misspelt(&w).iter().map(|&term| (a, b, term))),
                     None => {
@@ -498,7 +510,7 @@ impl Engine {
                 }
             }
         }
-        for (a, b, term) in found {
+        for &(a, b, term) in found.iter() {
             let Some((start, end)) = folded.original(a, b) else { continue };
             for &spec in self.keyword_owners.get(term).into_iter().flatten() {
                 let pct = self.specs.get(spec).map_or(0, |s| s.term_pct);
@@ -512,7 +524,11 @@ impl Engine {
         // Where the patterns can match, worked out once for both what follows and the patterns.
         let plain = View::plain(text);
         let joined = if self.regexes.is_empty() { None } else { View::joined(&plain) };
-        let digits = if self.regexes.is_empty() { Vec::new() } else { digit_windows(plain.text()) };
+        let digits = &mut s.digits;
+        digits.clear();
+        if !self.regexes.is_empty() {
+            digit_windows_into(plain.text(), digits);
+        }
         let possible: Option<Vec<regex::SetMatches>> = self.digit_set.as_ref().map(|(set, _)| {
             let hay = plain.text();
             digits.iter().map(|&(lo, hi)| set.matches_at(hay.get(..hi).unwrap_or_default(), lo)).collect()
@@ -536,7 +552,7 @@ impl Engine {
                     out.extend_from_slice(&buf);
                 }
             };
-            self.fuzzy.find_with(folded.text(), &runs, matches_of, |a, b, specs| {
+            self.fuzzy.find_with(folded.text(), runs, matches_of, |a, b, specs| {
                 if let Some((start, end)) = folded.original(a, b) {
                     for &spec in specs {
                         ctx.hits.push((spec, start, end));
@@ -548,7 +564,7 @@ impl Engine {
         ctx.sort(self.specs.len());
 
         if !self.regexes.is_empty() {
-            self.run_regexes(text, &plain, &digits, possible.as_deref(), joined, &ctx, &mut candidates);
+            self.run_regexes(text, &plain, digits, possible.as_deref(), joined, &ctx, &mut candidates);
         }
 
         // Several detectors match the same span (a number is a chart number, a reading, a
@@ -559,7 +575,8 @@ impl Engine {
         // one after it only the end: each side is computed only when asked.
         let mut starts: rustc_hash::FxHashMap<usize, usize> = Default::default();
         let mut ends: rustc_hash::FxHashMap<usize, usize> = Default::default();
-        let mut near: Vec<bool> = Vec::with_capacity(candidates.len());
+        let near = &mut s.near;
+        near.clear();
         for h in &candidates {
             let Some(spec) = self.specs.get(h.spec) else {
                 near.push(false);
@@ -580,10 +597,10 @@ impl Engine {
                     }));
             near.push(found);
         }
-        share_context(text, &candidates, &mut near, &self.specs);
+        share_context(text, &candidates, near, &self.specs);
 
         let mut kept = Vec::with_capacity(candidates.len());
-        for (mut h, near) in candidates.into_iter().zip(near) {
+        for (mut h, &near) in candidates.drain(..).zip(near.iter()) {
             let Some(spec) = self.specs.get(h.spec) else { continue };
             if spec.context_required && !near {
                 continue;
@@ -599,6 +616,7 @@ impl Engine {
             }
             kept.push(h);
         }
+        (s.candidates, s.ctx_hits, s.ctx_first) = (candidates, ctx.hits, ctx.first);
         resolve_overlaps(kept, &self.specs)
     }
 
@@ -845,6 +863,13 @@ impl WordTerms {
 /// The runs of letters of `s` (start, end): its words, for keywords and context words.
 pub(crate) fn letter_runs(s: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::with_capacity(s.len() / 5);
+    letter_runs_into(s, &mut out);
+    out
+}
+
+/// [`letter_runs`], into `out` (cleared first).
+fn letter_runs_into(s: &str, out: &mut Vec<(usize, usize)>) {
+    out.clear();
     let mut start = None;
     let b = s.as_bytes();
     let mut i = 0;
@@ -866,7 +891,6 @@ pub(crate) fn letter_runs(s: &str) -> Vec<(usize, usize)> {
     if let Some(st) = start {
         out.push((st, s.len()));
     }
-    out
 }
 
 fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
@@ -1043,8 +1067,15 @@ fn context_reachable(windows: &[(usize, usize)], has_context: impl Fn(usize, usi
 /// merged when they touch. A range whose edge finds no whitespace within 64 more bytes runs
 /// to the text's end (or start) instead.
 fn digit_windows(hay: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    digit_windows_into(hay, &mut out);
+    out
+}
+
+/// [`digit_windows`], into `out` (cleared first).
+fn digit_windows_into(hay: &str, out: &mut Vec<(usize, usize)>) {
+    out.clear();
     let b = hay.as_bytes();
-    let mut out: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < b.len() {
         if !b.get(i).is_some_and(u8::is_ascii_digit) {
@@ -1083,7 +1114,6 @@ fn digit_windows(hay: &str) -> Vec<(usize, usize)> {
         }
         i = j.max(i + 1);
     }
-    out
 }
 
 /// Words in `text` (alphanumeric runs), at most `cap` + 1 counted.
