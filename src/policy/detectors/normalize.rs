@@ -262,24 +262,20 @@ fn build(src: &str, fold: bool) -> View<'_> {
         // becomes one byte, so it is one entry of the byte map at most, as the general path
         // would have made it byte by byte.
         if fold {
+            // Where the run ends is found first, then it is copied and folded in place, in
+            // one go (what byte-by-byte pushes would write).
             let mut j = i;
             while let Some(&b) = bytes.get(j) {
-                if !b.is_ascii() {
+                let space = is_ascii_space(b);
+                if !b.is_ascii() || (space && last_space) {
                     break;
                 }
-                if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
-                    if last_space {
-                        break;
-                    }
-                    out.push(b' ');
-                    last_space = true;
-                } else {
-                    out.push(b.to_ascii_lowercase());
-                    last_space = false;
-                }
+                last_space = space;
                 j += 1;
             }
             if j > i {
+                out.extend_from_slice(bytes.get(i..j).unwrap_or_default());
+                fold_ascii_bytes(out.get_mut(before..).unwrap_or_default());
                 if let Some(m) = &mut map {
                     m.push(before, i, j, j - i);
                 }
@@ -352,6 +348,16 @@ fn build(src: &str, fold: bool) -> View<'_> {
 /// copied byte for byte. Gives exactly what the general path of [`build`] gives.
 fn fold_ascii(src: &str) -> View<'_> {
     let bytes = src.as_bytes();
+    // Most texts have no whitespace byte after another: nothing collapses, so the view is
+    // the text folded byte for byte, with no map, in one loop the compiler vectorises.
+    if !bytes.windows(2).any(|w| matches!(w, [a, b] if is_ascii_space(*a) && is_ascii_space(*b))) {
+        let mut out = bytes.to_vec();
+        fold_ascii_bytes(&mut out);
+        return match String::from_utf8(out) {
+            Ok(text) => View { text: Cow::Owned(text), src, map: None },
+            Err(_) => View { text: Cow::Borrowed(src), src, map: None },
+        };
+    }
     let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
     let mut map: Option<ByteMap> = None;
     // Start of the bytes copied one for one since the last dropped byte.
@@ -383,6 +389,19 @@ fn fold_ascii(src: &str) -> View<'_> {
     match String::from_utf8(out) {
         Ok(text) => View { text: Cow::Owned(text), src, map },
         Err(_) => View { text: Cow::Borrowed(src), src, map: None },
+    }
+}
+
+/// The ASCII characters `char::is_whitespace` accepts: tab, line feed, vertical tab, form
+/// feed, carriage return, space.
+fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+}
+
+/// Folds ASCII bytes in place, byte for byte: lower case, whitespace to a space.
+fn fold_ascii_bytes(bytes: &mut [u8]) {
+    for b in bytes {
+        *b = if is_ascii_space(*b) { b' ' } else { b.to_ascii_lowercase() };
     }
 }
 
