@@ -22,6 +22,7 @@ pub(crate) mod fuzzy;
 pub(crate) mod identifiers;
 pub(crate) mod lexicon;
 pub(crate) mod normalize;
+pub(crate) mod odd_terms;
 pub(crate) mod scratch;
 
 use super::Class;
@@ -325,8 +326,10 @@ pub(crate) struct Engine {
     /// Keywords and context words that start and end with a letter (nearly all): looked up
     /// by the letter runs of the folded text (see [`WordTerms`]).
     words: WordTerms,
-    /// The other keywords and context words (`file #`, `o2`, `covid-19`), in one automaton,
-    /// with each pattern's term id.
+    /// The other keywords and context words that start with a letter (`file #`, `o2`,
+    /// `covid-19`): tried at the starts of letter runs (see [`odd_terms`]).
+    odd: odd_terms::OddTerms,
+    /// The rest (`# de dossier`), in one automaton, with each pattern's term id.
     terms: Option<(AhoCorasick, Vec<usize>)>,
     /// For each pattern of `terms`: the detectors listing it as a keyword.
     keyword_owners: Vec<Vec<usize>>,
@@ -375,7 +378,7 @@ impl Engine {
         let vocabulary = fuzzy::Vocabulary::new(all.iter().enumerate().filter_map(|(id, (t, (owners, _)))| {
             owners.iter().any(|&o| specs.get(o).is_some_and(|s| s.fuzzy_terms)).then_some((t.as_str(), id))
         }));
-        let (words, terms, keyword_owners, context_users) = automaton(all)?;
+        let (words, odd, terms, keyword_owners, context_users) = automaton(all)?;
         let fuzzy = fuzzy::Index::new(specs.iter().enumerate().filter(|(_, s)| s.fuzzy).flat_map(|(i, s)| {
             s.context
                 .iter()
@@ -421,6 +424,7 @@ impl Engine {
             regexes,
             digit_set,
             words,
+            odd,
             terms,
             keyword_owners,
             context_users,
@@ -499,6 +503,7 @@ impl Engine {
                 }
             }
         }
+        self.odd.find(folded.text(), runs, found);
         if let Some((ac, ids)) = &self.terms
             && let Ok(matches) = ac.try_find_overlapping_iter(folded.text())
         {
@@ -758,16 +763,19 @@ pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
 }
 
 /// Every folded term, compiled: the ones bounded by letters into a [`WordTerms`], the others
-/// into an automaton; with each term's keyword owners and context users, by term id.
+/// starting with a letter into [`odd_terms::OddTerms`], the rest into an automaton; with each
+/// term's keyword owners and context users, by term id.
 #[allow(clippy::type_complexity)]
 fn automaton(
     terms: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
-) -> Result<(WordTerms, Option<(AhoCorasick, Vec<usize>)>, Vec<Vec<usize>>, Vec<Vec<usize>>), String> {
+) -> Result<(WordTerms, odd_terms::OddTerms, Option<(AhoCorasick, Vec<usize>)>, Vec<Vec<usize>>, Vec<Vec<usize>>), String>
+{
     let mut words = WordTerms::default();
+    let mut odd_words = odd_terms::OddTerms::default();
     let (mut odd, mut odd_ids) = (Vec::new(), Vec::new());
     let (mut owners, mut users) = (Vec::with_capacity(terms.len()), Vec::with_capacity(terms.len()));
     for (id, (t, (o, u))) in terms.into_iter().enumerate() {
-        if !words.insert(&t, id) {
+        if !words.insert(&t, id) && !odd_words.insert(&t, id) {
             odd.push(t);
             odd_ids.push(id);
         }
@@ -783,7 +791,7 @@ fn automaton(
             .map_err(|e| format!("keyword automaton: {e}"))?;
         Some((ac, odd_ids))
     };
-    Ok((words, ac, owners, users))
+    Ok((words, odd_words, ac, owners, users))
 }
 
 /// Terms that start and end with a letter, found by hash look-ups over the letter runs of a
@@ -1300,6 +1308,9 @@ mod tests {
                 .collect();
             let mut got = Vec::new();
             e.words.find(f, &letter_runs(f), &[], |a, b, id| got.push((a, b, id)), |_, _, _| {});
+            let mut odd = Vec::new();
+            e.odd.find(f, &letter_runs(f), &mut odd);
+            got.extend(odd);
             if let Some((odd, ids)) = &e.terms {
                 for m in odd.find_overlapping_iter(f).filter(|m| whole_word(f, m.start(), m.end())) {
                     got.push((m.start(), m.end(), ids.get(m.pattern().as_usize()).copied().unwrap_or(usize::MAX)));
