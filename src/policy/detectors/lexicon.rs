@@ -20,7 +20,9 @@ use rustc_hash::FxHashMap;
 pub(crate) struct Known {
     /// The word's term id, if it is a term ([`NO_TERM`] if not).
     term_id: u32,
-    /// [`HAS_ENTRY`]: some term starts with the word; [`CONTINUED`]: longer terms continue it.
+    /// [`HAS_ENTRY`]: some term starts with the word; [`CONTINUED`]: longer terms continue it;
+    /// [`STARTS_ODD`]: it is the first letter run of a term not bounded by letters
+    /// ([`super::odd_terms`]).
     flags: u8,
     /// The misspelt-context vocabulary words it may be, in the index's order, then the
     /// keywords it may be misspelt from, in the vocabulary's order (empty when a term starts
@@ -33,6 +35,7 @@ pub(crate) struct Known {
 const NO_TERM: u32 = u32::MAX;
 const HAS_ENTRY: u8 = 1;
 const CONTINUED: u8 = 2;
+const STARTS_ODD: u8 = 4;
 
 impl Known {
     /// The word's entry in the term map ([`WordTerms`]): its term id if it is a term, whether
@@ -40,6 +43,11 @@ impl Known {
     pub(crate) fn term(&self) -> Option<(Option<usize>, bool)> {
         (self.flags & HAS_ENTRY != 0)
             .then(|| ((self.term_id != NO_TERM).then_some(self.term_id as usize), self.flags & CONTINUED != 0))
+    }
+
+    /// Whether the word is the first letter run of a term not bounded by letters.
+    pub(crate) fn starts_odd(&self) -> bool {
+        self.flags & STARTS_ODD != 0
     }
 }
 
@@ -69,11 +77,13 @@ pub(crate) struct Lexicon {
 
 impl Lexicon {
     /// Answers, for each of `words`, the look-ups of `terms`, `fuzzy` and `vocabulary`.
+    /// `odd_starts`: the first letter runs of the terms not bounded by letters.
     pub(crate) fn new<'a>(
         words: impl IntoIterator<Item = &'a str>,
         terms: &WordTerms,
         fuzzy: &Index,
         vocabulary: &Vocabulary,
+        odd_starts: &[&str],
     ) -> Lexicon {
         let mut lx = Lexicon::default();
         let (mut fuzzy_ids, mut misspelt_ids) = (Vec::new(), Vec::new());
@@ -100,6 +110,7 @@ impl Lexicon {
                     HAS_ENTRY | if more { CONTINUED } else { 0 },
                 ),
             };
+            let flags = flags | if odd_starts.contains(&w) { STARTS_ODD } else { 0 };
             let known = Known { term_id, flags, first, fuzzy, misspelt };
             if known.term() != term {
                 continue;

@@ -394,7 +394,8 @@ impl Engine {
             let single = words.map.keys().map(|k| &**k).filter(|k| k.chars().all(char::is_alphabetic));
             let everyday = crate::policy::safe::everyday_words().map(|w| -> &str { w });
             let known = everyday.chain(single).chain(fuzzy.words());
-            lexicon::Lexicon::new(known, &words, &fuzzy, &vocabulary)
+            let odd_starts: Vec<&str> = odd.first_runs().collect();
+            lexicon::Lexicon::new(known, &words, &fuzzy, &vocabulary, &odd_starts)
         };
         let digit_set = {
             let mut members = Vec::with_capacity(regexes.len());
@@ -503,7 +504,8 @@ impl Engine {
                 }
             }
         }
-        self.odd.find(folded.text(), runs, found);
+        let may_start_odd = |k: usize| known.get(k).copied().flatten().is_none_or(|w| w.starts_odd());
+        self.odd.find(folded.text(), runs, may_start_odd, found);
         if let Some((ac, ids)) = &self.terms
             && let Ok(matches) = ac.try_find_overlapping_iter(folded.text())
         {
@@ -1203,13 +1205,20 @@ fn resolve_overlaps(mut hits: Vec<Hit>, specs: &[Spec]) -> Vec<Hit> {
             .then_with(|| a.spec.cmp(&b.spec))
     });
     // Accepted spans are disjoint, so the one starting last before `h.end` is the only one
-    // that can overlap `h`.
-    let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut out = Vec::new();
+    // that can overlap `h`. They are kept sorted by start in a vector (a map keyed by start
+    // did the same with an allocation per span): an accepted span replaces one with its
+    // start, as a map's insert would.
+    let mut taken: Vec<(usize, usize)> = Vec::with_capacity(hits.len());
+    let mut out = Vec::with_capacity(hits.len());
     for h in hits {
-        let overlaps = taken.range(..h.end).next_back().is_some_and(|(_, &e)| e > h.start);
+        let before = taken.partition_point(|&(s, _)| s < h.end);
+        let overlaps = before.checked_sub(1).and_then(|i| taken.get(i)).is_some_and(|&(_, e)| e > h.start);
         if !overlaps {
-            taken.insert(h.start, h.end);
+            let at = taken.partition_point(|&(s, _)| s < h.start);
+            match taken.get_mut(at) {
+                Some(slot) if slot.0 == h.start => slot.1 = h.end,
+                _ => taken.insert(at, (h.start, h.end)),
+            }
             out.push(h);
         }
     }
@@ -1309,7 +1318,7 @@ mod tests {
             let mut got = Vec::new();
             e.words.find(f, &letter_runs(f), &[], |a, b, id| got.push((a, b, id)), |_, _, _| {});
             let mut odd = Vec::new();
-            e.odd.find(f, &letter_runs(f), &mut odd);
+            e.odd.find(f, &letter_runs(f), |_| true, &mut odd);
             got.extend(odd);
             if let Some((odd, ids)) = &e.terms {
                 for m in odd.find_overlapping_iter(f).filter(|m| whole_word(f, m.start(), m.end())) {
@@ -1402,6 +1411,7 @@ mod tests {
                 e.vocabulary.find(w, |id| misspelt.push(id));
             }
             assert_eq!(e.lexicon.misspelt(&known), misspelt, "{w}");
+            assert_eq!(known.starts_odd(), e.odd.first_runs().any(|r| r == w), "{w}");
         }
     }
 

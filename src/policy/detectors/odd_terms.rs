@@ -34,14 +34,33 @@ impl OddTerms {
         true
     }
 
+    /// The first letter run of each term (`covid` of `covid-19`): an occurrence starts with a
+    /// run of exactly these letters, since a non-letter follows them in the term.
+    pub(crate) fn first_runs(&self) -> impl Iterator<Item = &str> {
+        self.by_first.iter().flatten().filter_map(|(t, _)| {
+            let end = t.char_indices().find(|&(_, c)| !c.is_alphabetic()).map_or(t.len(), |(i, _)| i);
+            t.get(..end)
+        })
+    }
+
     /// Appends to `out` every whole-word occurrence in the folded text `f`, whose letter runs
-    /// are `runs`: (start, end, term id), by end, then start.
-    pub(crate) fn find(&self, f: &str, runs: &[(usize, usize)], out: &mut Vec<(usize, usize, usize)>) {
+    /// are `runs`: (start, end, term id), by end, then start. `may_start(k)`: false when run
+    /// `k` is known to be no term's first run (see [`OddTerms::first_runs`]); it is skipped.
+    pub(crate) fn find(
+        &self,
+        f: &str,
+        runs: &[(usize, usize)],
+        may_start: impl Fn(usize) -> bool,
+        out: &mut Vec<(usize, usize, usize)>,
+    ) {
         if self.by_first.is_empty() {
             return;
         }
         let from = out.len();
-        for &(start, _) in runs {
+        for (k, &(start, _)) in runs.iter().enumerate() {
+            if !may_start(k) {
+                continue;
+            }
             let Some(rest) = f.get(start..) else { continue };
             let Some(bucket) = rest.as_bytes().first().and_then(|&b| self.by_first.get(usize::from(b))) else {
                 continue;
@@ -73,6 +92,8 @@ mod tests {
             assert!(odd.insert(t, id));
         }
         assert!(!odd.insert("# de dossier", 9));
+        let firsts: Vec<&str> = odd.first_runs().collect();
+        assert!(firsts.contains(&"covid") && firsts.contains(&"o") && firsts.contains(&"file"));
         let ac = AhoCorasick::builder().match_kind(MatchKind::Standard).build(terms).unwrap_or_else(|e| panic!("{e}"));
         for f in ["o2 sat #1 and o2, covid-19 type 1 file #2", "xo2 type 12 file #", "e 1 file #2x-1", "", "o"] {
             let want: Vec<(usize, usize, usize)> = ac
@@ -81,7 +102,7 @@ mod tests {
                 .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
                 .collect();
             let mut got = Vec::new();
-            odd.find(f, &super::super::letter_runs(f), &mut got);
+            odd.find(f, &super::super::letter_runs(f), |_| true, &mut got);
             assert_eq!(got, want, "{f:?}");
         }
     }
