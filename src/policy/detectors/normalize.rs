@@ -347,44 +347,28 @@ fn build(src: &str, fold: bool) -> View<'_> {
 /// The byte map only records where a collapsed space dropped bytes; everything else is
 /// copied byte for byte. Gives exactly what the general path of [`build`] gives.
 fn fold_ascii(src: &str) -> View<'_> {
-    let bytes = src.as_bytes();
-    // Most texts have no whitespace byte after another: nothing collapses, so the view is
-    // the text folded byte for byte, with no map, in one loop the compiler vectorises.
-    if !bytes.windows(2).any(|w| matches!(w, [a, b] if is_ascii_space(*a) && is_ascii_space(*b))) {
-        let mut out = bytes.to_vec();
-        fold_ascii_bytes(&mut out);
-        return match String::from_utf8(out) {
-            Ok(text) => View { text: Cow::Owned(text), src, map: None },
-            Err(_) => View { text: Cow::Borrowed(src), src, map: None },
-        };
-    }
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    // Folded byte for byte in one loop the compiler vectorises (whitespace becomes a space),
+    // then each space after a space is dropped: where, is what the byte map records (most
+    // texts have none, and no map).
+    let mut out = src.as_bytes().to_vec();
+    fold_ascii_bytes(&mut out);
     let mut map: Option<ByteMap> = None;
-    // Start of the bytes copied one for one since the last dropped byte.
-    let mut copied_from = 0;
-    let mut last_space = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        // The ASCII characters `char::is_whitespace` accepts: tab, line feed, vertical tab,
-        // form feed, carriage return, space.
-        if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
-            if last_space {
-                // Dropped: the bytes before it were copied one for one.
-                let m = map.get_or_insert_with(ByteMap::default);
-                let at = out.len() - (i - copied_from);
-                m.push(at, copied_from, i, i - copied_from);
-                copied_from = i + 1;
-                continue;
-            }
-            out.push(b' ');
-            last_space = true;
-        } else {
-            out.push(b.to_ascii_lowercase());
-            last_space = false;
+    // Start of the bytes copied one for one since the last dropped byte; bytes dropped so far.
+    let (mut copied_from, mut dropped) = (0, 0);
+    for (i, pair) in out.windows(2).enumerate() {
+        if pair == b"  " {
+            // Byte `i + 1` is dropped: the bytes before it were copied one for one.
+            let gone = i + 1;
+            let at = (gone - dropped) - (gone - copied_from);
+            map.get_or_insert_with(ByteMap::default).push(at, copied_from, gone, gone - copied_from);
+            copied_from = gone + 1;
+            dropped += 1;
         }
     }
     if let Some(m) = &mut map {
-        let at = out.len() - (bytes.len() - copied_from);
-        m.push(at, copied_from, bytes.len(), bytes.len() - copied_from);
+        let n = out.len();
+        m.push((n - dropped) - (n - copied_from), copied_from, n, n - copied_from);
+        out.dedup_by(|later, kept| *later == b' ' && *kept == b' ');
     }
     match String::from_utf8(out) {
         Ok(text) => View { text: Cow::Owned(text), src, map },
