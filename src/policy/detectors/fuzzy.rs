@@ -282,7 +282,7 @@ const VOCAB_MIN_LETTERS: usize = 7;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Vocabulary {
     /// Term or one-letter deletion of a term -> indices into `terms`.
-    keys: rustc_hash::FxHashMap<Box<str>, Vec<u32>>,
+    keys: super::word_map::WordMap<Vec<u32>>,
     /// (folded term, term id).
     terms: Vec<(Box<str>, usize)>,
     /// Fewest letters of a term (and, less one, of a typed word).
@@ -314,7 +314,7 @@ impl Vocabulary {
             }
             let Ok(index) = u32::try_from(v.terms.len()) else { break };
             for key in std::iter::once(t.to_string()).chain(deletions(t)) {
-                let entry = v.keys.entry(key.into_boxed_str()).or_default();
+                let entry = v.keys.entry_or_insert_with(&key, Vec::new);
                 if entry.last() != Some(&index) {
                     entry.push(index);
                 }

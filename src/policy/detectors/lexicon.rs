@@ -13,9 +13,10 @@
 
 use super::WordTerms;
 use super::fuzzy::{Index, Vocabulary};
-use rustc_hash::FxHashMap;
+use super::word_map::WordMap;
 
-/// What the scan's look-ups give for one word, packed small (the lexicon holds ~35,000).
+/// What the scan's look-ups give for one word, packed small (the lexicon holds ~35,000;
+/// [`WordMap`] keys them without pointers).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Known {
     /// The word's term id, if it is a term ([`NO_TERM`] if not).
@@ -51,27 +52,10 @@ impl Known {
     }
 }
 
-/// Longest word kept inline as a number (bytes); longer ones are keyed by their text.
-const INLINE: usize = 15;
-
-/// A word of at most [`INLINE`] bytes as one number (its bytes and its length), so a look-up
-/// compares numbers in the table instead of following a pointer to the key's text.
-fn inline_key(w: &str) -> Option<u128> {
-    if w.len() > INLINE {
-        return None;
-    }
-    let mut key = w.len() as u128;
-    for (i, b) in w.bytes().enumerate() {
-        key |= u128::from(b) << (8 * (i + 1));
-    }
-    Some(key)
-}
-
 /// The precomputed words, with one vector holding every answer's ids.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Lexicon {
-    short: FxHashMap<u128, Known>,
-    long: FxHashMap<Box<str>, Known>,
+    words: WordMap<Known>,
     ids: Vec<usize>,
 }
 
@@ -117,20 +101,14 @@ impl Lexicon {
             }
             lx.ids.extend_from_slice(&fuzzy_ids);
             lx.ids.extend_from_slice(&misspelt_ids);
-            match inline_key(w) {
-                Some(k) => lx.short.insert(k, known),
-                None => lx.long.insert(w.into(), known),
-            };
+            lx.words.insert(w, known);
         }
         lx
     }
 
     /// What the look-ups give for `word`, if it is in the lexicon.
     pub(crate) fn get(&self, word: &str) -> Option<Known> {
-        match inline_key(word) {
-            Some(k) => self.short.get(&k).copied(),
-            None => self.long.get(word).copied(),
-        }
+        self.words.get(word).copied()
     }
 
     /// The misspelt-context vocabulary words `known` may be.
@@ -148,19 +126,6 @@ impl Lexicon {
     /// How many words it holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.short.len() + self.long.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inline_keys_differ_by_length_and_bytes() {
-        assert_ne!(inline_key("a"), inline_key("a\u{0}"));
-        assert_ne!(inline_key("ab"), inline_key("ba"));
-        assert!(inline_key("fifteen-letters").is_some());
-        assert_eq!(inline_key("sixteen-letters!"), None);
+        self.words.len()
     }
 }

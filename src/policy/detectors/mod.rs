@@ -24,6 +24,7 @@ pub(crate) mod lexicon;
 pub(crate) mod normalize;
 pub(crate) mod odd_terms;
 pub(crate) mod scratch;
+pub(crate) mod word_map;
 
 use super::Class;
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -391,7 +392,9 @@ impl Engine {
         // terms, the misspelt context words' vocabulary. A one-word key of `words` is any key
         // without a non-letter.
         let lexicon = {
-            let single = words.map.keys().map(|k| &**k).filter(|k| k.chars().all(char::is_alphabetic));
+            let single: Vec<String> =
+                words.map.words().filter(|k| k.chars().all(char::is_alphabetic)).map(|k| k.into_owned()).collect();
+            let single = single.iter().map(String::as_str);
             let everyday = crate::policy::safe::everyday_words().map(|w| -> &str { w });
             let known = everyday.chain(single).chain(fuzzy.words());
             let odd_starts: Vec<&str> = odd.first_runs().collect();
@@ -806,7 +809,7 @@ fn automaton(
 pub(crate) struct WordTerms {
     /// Term, or the start of a longer term cut at the end of a letter run -> (its term id if
     /// it is a term, whether longer terms continue it).
-    map: rustc_hash::FxHashMap<Box<str>, (Option<usize>, bool)>,
+    map: word_map::WordMap<(Option<usize>, bool)>,
     /// Most letter runs in one term.
     max_runs: usize,
 }
@@ -823,10 +826,10 @@ impl WordTerms {
         self.max_runs = self.max_runs.max(runs.len());
         for &(_, end) in runs.iter().take(runs.len().saturating_sub(1)) {
             if let Some(prefix) = term.get(..end) {
-                self.map.entry(prefix.into()).or_insert((None, false)).1 = true;
+                self.map.entry_or_insert_with(prefix, || (None, false)).1 = true;
             }
         }
-        self.map.entry(term.into()).or_insert((None, false)).0 = Some(id);
+        self.map.entry_or_insert_with(term, || (None, false)).0 = Some(id);
         true
     }
 

@@ -1,0 +1,103 @@
+//! A hash map keyed by words, for the scan's per-word look-ups.
+//!
+//! A `HashMap<Box<str>, V>` compares a hit's key by following a pointer to its text: one
+//! cache miss more per look-up, for maps of tens of thousands of words looked up for every
+//! word of every text. Nearly every word is at most [`INLINE`] bytes, so such words are keyed
+//! by a number holding their bytes and length (no pointer, compared in one instruction); the
+//! few longer ones are keyed by their text.
+
+use rustc_hash::FxHashMap;
+
+/// Longest word kept inline as a number (bytes).
+const INLINE: usize = 15;
+
+/// A word of at most [`INLINE`] bytes as one number: its bytes and its length.
+fn inline_key(w: &str) -> Option<u128> {
+    if w.len() > INLINE {
+        return None;
+    }
+    let mut key = w.len() as u128;
+    for (i, b) in w.bytes().enumerate() {
+        key |= u128::from(b) << (8 * (i + 1));
+    }
+    Some(key)
+}
+
+/// The word an inline key was made from.
+fn inline_word(key: u128) -> String {
+    let len = (key & 0xFF) as usize;
+    let bytes: Vec<u8> = (1..=len.min(INLINE)).map(|i| (key >> (8 * i)) as u8).collect();
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+/// Words to values.
+#[derive(Clone, Debug)]
+pub(crate) struct WordMap<V> {
+    short: FxHashMap<u128, V>,
+    long: FxHashMap<Box<str>, V>,
+}
+
+impl<V> Default for WordMap<V> {
+    fn default() -> Self {
+        WordMap { short: FxHashMap::default(), long: FxHashMap::default() }
+    }
+}
+
+impl<V> WordMap<V> {
+    /// The value of `word`.
+    pub(crate) fn get(&self, word: &str) -> Option<&V> {
+        match inline_key(word) {
+            Some(k) => self.short.get(&k),
+            None => self.long.get(word),
+        }
+    }
+
+    /// The value of `word`, inserted by `new` if absent.
+    pub(crate) fn entry_or_insert_with(&mut self, word: &str, new: impl FnOnce() -> V) -> &mut V {
+        match inline_key(word) {
+            Some(k) => self.short.entry(k).or_insert_with(new),
+            None => self.long.entry(word.into()).or_insert_with(new),
+        }
+    }
+
+    /// Sets the value of `word`.
+    pub(crate) fn insert(&mut self, word: &str, value: V) {
+        match inline_key(word) {
+            Some(k) => self.short.insert(k, value),
+            None => self.long.insert(word.into(), value),
+        };
+    }
+
+    /// The words (in no particular order).
+    pub(crate) fn words(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+        self.short.keys().map(|&k| inline_word(k).into()).chain(self.long.keys().map(|k| (&**k).into()))
+    }
+
+    /// How many words it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_length_and_bytes_and_come_back() {
+        assert_ne!(inline_key("a"), inline_key("a\u{0}"));
+        assert_ne!(inline_key("ab"), inline_key("ba"));
+        assert!(inline_key("fifteen-letters").is_some());
+        assert_eq!(inline_key("sixteen-letters!"), None);
+        let mut m = WordMap::default();
+        for (i, w) in ["", "é", "fifteen-letters", "sixteen-letters!", "sixteen-letters?"].iter().enumerate() {
+            m.insert(w, i);
+        }
+        m.insert("é", 9);
+        assert_eq!((m.get("é"), m.get("sixteen-letters?"), m.get("x"), m.len()), (Some(&9), Some(&4), None, 5));
+        let mut words: Vec<String> = m.words().map(|w| w.into_owned()).collect();
+        words.sort();
+        assert_eq!(words, ["", "fifteen-letters", "sixteen-letters!", "sixteen-letters?", "é"]);
+    }
+}
