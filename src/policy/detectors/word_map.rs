@@ -16,11 +16,12 @@ fn inline_key(w: &str) -> Option<u128> {
     if w.len() > INLINE {
         return None;
     }
-    let mut key = w.len() as u128;
-    for (i, b) in w.bytes().enumerate() {
-        key |= u128::from(b) << (8 * (i + 1));
-    }
-    Some(key)
+    // Byte 0 is the length, bytes 1.. the word's (little-endian, so a copy, not shifts).
+    let mut key = [0u8; INLINE + 1];
+    let (len, bytes) = key.split_first_mut()?;
+    *len = w.len() as u8;
+    bytes.get_mut(..w.len())?.copy_from_slice(w.as_bytes());
+    Some(u128::from_le_bytes(key))
 }
 
 /// The word an inline key was made from.
