@@ -117,6 +117,11 @@ pub(crate) struct Spec {
     pub share_across_labels: bool,
     /// Where the pattern is run (see [`Prefilter`]).
     pub prefilter: Prefilter,
+    /// The pattern matches any digit, whatever surrounds it (`reading`: `[0-9]{1,3}…`, no
+    /// assertion), so it can match in every digit window: it is left out of the set that
+    /// says which patterns can match in a window (asking would always say yes, and cost the
+    /// set a match state at every digit).
+    pub matches_every_digit: bool,
 }
 
 /// Where a detector's pattern can match, so that it is not run over text where it cannot.
@@ -159,6 +164,7 @@ impl Spec {
             fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Digits,
+            matches_every_digit: false,
         }
     }
 
@@ -180,6 +186,7 @@ impl Spec {
             fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Digits,
+            matches_every_digit: false,
         }
     }
 
@@ -211,6 +218,12 @@ impl Spec {
     /// Lets this detector's keywords match misspelt (see [`Spec::fuzzy_terms`]).
     pub(crate) fn fuzzy_terms(mut self) -> Spec {
         self.fuzzy_terms = true;
+        self
+    }
+
+    /// Says the pattern matches any digit (see [`Spec::matches_every_digit`]).
+    pub(crate) fn matching_every_digit(mut self) -> Spec {
+        self.matches_every_digit = true;
         self
     }
 
@@ -405,7 +418,9 @@ impl Engine {
             let mut patterns = Vec::new();
             for (spec, _) in &regexes {
                 match specs.get(*spec) {
-                    Some(Spec { prefilter: Prefilter::Digits, pattern: Some(p), .. }) => {
+                    Some(Spec {
+                        prefilter: Prefilter::Digits, pattern: Some(p), matches_every_digit: false, ..
+                    }) => {
                         members.push(Some(patterns.len()));
                         patterns.push(p.as_str());
                     }
@@ -1424,6 +1439,24 @@ mod tests {
         let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
         println!("automaton: {:?} bytes", e.terms.as_ref().map(|(ac, _)| ac.memory_usage()));
         println!("terms looked up by word: {}", e.words.map.len());
+    }
+
+    /// A pattern said to match every digit does, whatever is around it (so leaving it out of
+    /// the window set changes nothing: the set would always have said it can match).
+    #[test]
+    fn patterns_said_to_match_every_digit_do() {
+        for s in builtin_specs().iter().filter(|s| s.matches_every_digit) {
+            let re = compile_regex(s.pattern.as_deref().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.prefilter, Prefilter::Digits, "{}", s.kind);
+            for d in '0'..='9' {
+                for t in [format!("{d}"), format!("a{d}b"), format!("é{d}é"), format!("1234{d}"), format!("-{d}.")] {
+                    let m = re.find(&t).unwrap_or_else(|| panic!("{} on {t:?}", s.kind));
+                    assert!(m.as_str().contains(d) || m.as_str().bytes().any(|b| b.is_ascii_digit()), "{t:?}");
+                }
+            }
+            assert!(!s.pattern.as_deref().unwrap_or_default().contains(['^', '$', '\\']), "{}: no assertion", s.kind);
+        }
+        assert!(builtin_specs().iter().any(|s| s.matches_every_digit));
     }
 
     #[test]
