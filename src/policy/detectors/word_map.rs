@@ -81,6 +81,39 @@ impl<V> WordMap<V> {
     }
 }
 
+/// A list of words with a [`WordMap`] to test membership: iterated in the list's order,
+/// looked up without following a pointer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WordList<S> {
+    list: Vec<S>,
+    set: WordMap<()>,
+}
+
+impl<S: AsRef<str>> WordList<S> {
+    /// Whether `word` is in the list.
+    pub(crate) fn contains(&self, word: &str) -> bool {
+        self.set.get(word).is_some()
+    }
+
+    /// The words, each once, in the order they were first given.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &S> {
+        self.list.iter()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for WordList<S> {
+    fn from_iter<I: IntoIterator<Item = S>>(words: I) -> Self {
+        let mut out = WordList { list: Vec::new(), set: WordMap::default() };
+        for w in words {
+            if !out.contains(w.as_ref()) {
+                out.set.insert(w.as_ref(), ());
+                out.list.push(w);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +133,8 @@ mod tests {
         let mut words: Vec<String> = m.words().map(|w| w.into_owned()).collect();
         words.sort();
         assert_eq!(words, ["", "fifteen-letters", "sixteen-letters!", "sixteen-letters?", "é"]);
+        let list: WordList<&str> = ["b", "a", "b", "a-very-long-word-indeed"].into_iter().collect();
+        assert_eq!(list.iter().copied().collect::<Vec<_>>(), ["b", "a", "a-very-long-word-indeed"]);
+        assert!(list.contains("a-very-long-word-indeed") && list.contains("b") && !list.contains("c"));
     }
 }
