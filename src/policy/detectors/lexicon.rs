@@ -56,7 +56,20 @@ impl Known {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Lexicon {
     words: WordMap<Known>,
+    /// The words of one or two ASCII lower-case letters (`a`, `my`, `de`: a third of a text's
+    /// words), also in a table indexed by their letters: no hashing for them.
+    tiny: Vec<Option<Known>>,
     ids: Vec<usize>,
+}
+
+/// Where a word of one or two ASCII lower-case letters sits in [`Lexicon::tiny`].
+fn tiny_slot(word: &str) -> Option<usize> {
+    let letter = |b: u8| b.is_ascii_lowercase().then(|| usize::from(b - b'a') + 1);
+    match word.as_bytes() {
+        [a] => letter(*a),
+        [a, b] => Some(letter(*a)? * 27 + letter(*b)?),
+        _ => None,
+    }
 }
 
 impl Lexicon {
@@ -102,13 +115,24 @@ impl Lexicon {
             lx.ids.extend_from_slice(&fuzzy_ids);
             lx.ids.extend_from_slice(&misspelt_ids);
             lx.words.insert(w, known);
+            if let Some(slot) = tiny_slot(w) {
+                if lx.tiny.len() <= slot {
+                    lx.tiny.resize(27 * 27, None);
+                }
+                if let Some(entry) = lx.tiny.get_mut(slot) {
+                    *entry = Some(known);
+                }
+            }
         }
         lx
     }
 
     /// What the look-ups give for `word`, if it is in the lexicon.
     pub(crate) fn get(&self, word: &str) -> Option<Known> {
-        self.words.get(word).copied()
+        match tiny_slot(word) {
+            Some(slot) => self.tiny.get(slot).copied().flatten(),
+            None => self.words.get(word).copied(),
+        }
     }
 
     /// The misspelt-context vocabulary words `known` may be.
@@ -127,5 +151,27 @@ impl Lexicon {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.words.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_slots_are_distinct_and_in_the_table() {
+        let words: Vec<String> = (b'a'..=b'z')
+            .map(|a| (a as char).to_string())
+            .chain((b'a'..=b'z').flat_map(|a| (b'a'..=b'z').map(move |b| format!("{}{}", a as char, b as char))))
+            .collect();
+        let mut slots: Vec<usize> = words.iter().filter_map(|w| tiny_slot(w)).collect();
+        assert_eq!(slots.len(), 26 + 26 * 26);
+        assert!(slots.iter().all(|&s| s < 27 * 27));
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), 26 + 26 * 26);
+        for w in ["", "A", "é", "a1", "abc", "ab "] {
+            assert_eq!(tiny_slot(w), None, "{w:?}");
+        }
     }
 }
