@@ -117,10 +117,8 @@ impl<'a> View<'a> {
         }
         let t = plain.text().as_bytes();
         let mut cuts: Vec<(usize, usize)> = Vec::new();
-        for (k, &b) in t.iter().enumerate() {
-            if b != b'\n' {
-                continue;
-            }
+        // Line breaks found by `memchr` (through the char searcher), not byte by byte.
+        for (k, _) in plain.text().match_indices('\n') {
             let mut p = k;
             while p > 0 && matches!(t.get(p - 1), Some(b' ' | b'\t' | b'\r')) {
                 p -= 1;
