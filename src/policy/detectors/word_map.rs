@@ -4,7 +4,9 @@
 //! cache miss more per look-up, for maps of tens of thousands of words looked up for every
 //! word of every text. Nearly every word is at most [`INLINE`] bytes, so such words are keyed
 //! by a number holding their bytes and length (no pointer, compared in one instruction); the
-//! few longer ones are keyed by their text.
+//! few longer ones are keyed by their text. Words of at most [`SMALL`] bytes (most of a
+//! text's) have a `u64` key in a table of their own: half the slot, so more of the table
+//! stays in cache.
 
 use rustc_hash::FxHashMap;
 
@@ -24,6 +26,18 @@ fn inline_key(w: &str) -> Option<u128> {
     Some(u128::from_le_bytes(key))
 }
 
+/// Longest word with a `u64` key (bytes).
+const SMALL: usize = 7;
+
+/// A word of at most [`SMALL`] bytes as one `u64`, laid out as [`inline_key`] lays it out:
+/// the same number, in half the width.
+fn small_key(w: &str) -> Option<u64> {
+    if w.len() > SMALL {
+        return None;
+    }
+    inline_key(w).and_then(|k| u64::try_from(k).ok())
+}
+
 /// The word an inline key was made from.
 fn inline_word(key: u128) -> String {
     let len = (key & 0xFF) as usize;
@@ -34,19 +48,23 @@ fn inline_word(key: u128) -> String {
 /// Words to values.
 #[derive(Clone, Debug)]
 pub(crate) struct WordMap<V> {
+    small: FxHashMap<u64, V>,
     short: FxHashMap<u128, V>,
     long: FxHashMap<Box<str>, V>,
 }
 
 impl<V> Default for WordMap<V> {
     fn default() -> Self {
-        WordMap { short: FxHashMap::default(), long: FxHashMap::default() }
+        WordMap { small: FxHashMap::default(), short: FxHashMap::default(), long: FxHashMap::default() }
     }
 }
 
 impl<V> WordMap<V> {
     /// The value of `word`.
     pub(crate) fn get(&self, word: &str) -> Option<&V> {
+        if let Some(k) = small_key(word) {
+            return self.small.get(&k);
+        }
         match inline_key(word) {
             Some(k) => self.short.get(&k),
             None => self.long.get(word),
@@ -55,6 +73,9 @@ impl<V> WordMap<V> {
 
     /// The value of `word`, inserted by `new` if absent.
     pub(crate) fn entry_or_insert_with(&mut self, word: &str, new: impl FnOnce() -> V) -> &mut V {
+        if let Some(k) = small_key(word) {
+            return self.small.entry(k).or_insert_with(new);
+        }
         match inline_key(word) {
             Some(k) => self.short.entry(k).or_insert_with(new),
             None => self.long.entry(word.into()).or_insert_with(new),
@@ -63,6 +84,10 @@ impl<V> WordMap<V> {
 
     /// Sets the value of `word`.
     pub(crate) fn insert(&mut self, word: &str, value: V) {
+        if let Some(k) = small_key(word) {
+            self.small.insert(k, value);
+            return;
+        }
         match inline_key(word) {
             Some(k) => self.short.insert(k, value),
             None => self.long.insert(word.into(), value),
@@ -71,13 +96,15 @@ impl<V> WordMap<V> {
 
     /// The words (in no particular order).
     pub(crate) fn words(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
-        self.short.keys().map(|&k| inline_word(k).into()).chain(self.long.keys().map(|k| (&**k).into()))
+        let small = self.small.keys().map(|&k| inline_word(u128::from(k)).into());
+        let short = self.short.keys().map(|&k| inline_word(k).into());
+        small.chain(short).chain(self.long.keys().map(|k| (&**k).into()))
     }
 
     /// How many words it holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.short.len() + self.long.len()
+        self.small.len() + self.short.len() + self.long.len()
     }
 }
 
@@ -124,15 +151,20 @@ mod tests {
         assert_ne!(inline_key("ab"), inline_key("ba"));
         assert!(inline_key("fifteen-letters").is_some());
         assert_eq!(inline_key("sixteen-letters!"), None);
+        assert_eq!(small_key("seven77").map(u128::from), inline_key("seven77"));
+        assert_eq!(small_key("eight888"), None);
         let mut m = WordMap::default();
-        for (i, w) in ["", "é", "fifteen-letters", "sixteen-letters!", "sixteen-letters?"].iter().enumerate() {
+        for (i, w) in
+            ["", "é", "fifteen-letters", "sixteen-letters!", "sixteen-letters?", "eight888"].iter().enumerate()
+        {
             m.insert(w, i);
         }
         m.insert("é", 9);
-        assert_eq!((m.get("é"), m.get("sixteen-letters?"), m.get("x"), m.len()), (Some(&9), Some(&4), None, 5));
+        assert_eq!((m.get("é"), m.get("sixteen-letters?"), m.get("x"), m.len()), (Some(&9), Some(&4), None, 6));
+        assert_eq!(m.get("eight888"), Some(&5));
         let mut words: Vec<String> = m.words().map(|w| w.into_owned()).collect();
         words.sort();
-        assert_eq!(words, ["", "fifteen-letters", "sixteen-letters!", "sixteen-letters?", "é"]);
+        assert_eq!(words, ["", "eight888", "fifteen-letters", "sixteen-letters!", "sixteen-letters?", "é"]);
         let list: WordList<&str> = ["b", "a", "b", "a-very-long-word-indeed"].into_iter().collect();
         assert_eq!(list.iter().copied().collect::<Vec<_>>(), ["b", "a", "a-very-long-word-indeed"]);
         assert!(list.contains("a-very-long-word-indeed") && list.contains("b") && !list.contains("c"));
