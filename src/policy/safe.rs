@@ -17,7 +17,7 @@
 
 use super::detectors::fuzzy::Vocabulary;
 use super::detectors::normalize::{View, fold_term};
-use rustc_hash::FxHashSet;
+use super::detectors::word_map::WordList;
 use std::sync::OnceLock;
 
 /// Phrases of front-desk text that are safe whatever their words ("assurance maladie" holds
@@ -74,7 +74,7 @@ fn is_health(word: &str) -> bool {
 
 /// Whether `word` (folded) or a plain inflection of it is an everyday word, and neither it
 /// nor that inflection a health word.
-fn everyday_form(words: &FxHashSet<&'static str>, word: &str) -> bool {
+fn everyday_form(words: &WordList<&'static str>, word: &str) -> bool {
     let health = health();
     if health.contains(word) {
         return false;
@@ -104,8 +104,8 @@ const TITLES: &[&str] = &["dr", "dre", "mr", "mrs", "ms", "mme", "m", "mlle", "p
 
 /// Health words: never everyday, whatever their inflection or parts ("x-ray", "meds",
 /// "règles"): the curated list and every single-word term of the detectors' lists, folded.
-fn health() -> &'static FxHashSet<String> {
-    static SET: OnceLock<FxHashSet<String>> = OnceLock::new();
+fn health() -> &'static WordList<String> {
+    static SET: OnceLock<WordList<String>> = OnceLock::new();
     SET.get_or_init(|| {
         [
             include_str!("detectors/data/health_words.txt"),
@@ -125,8 +125,8 @@ fn health() -> &'static FxHashSet<String> {
     })
 }
 
-fn everyday() -> &'static FxHashSet<&'static str> {
-    static SET: OnceLock<FxHashSet<&'static str>> = OnceLock::new();
+fn everyday() -> &'static WordList<&'static str> {
+    static SET: OnceLock<WordList<&'static str>> = OnceLock::new();
     SET.get_or_init(|| {
         include_str!("detectors/data/everyday.txt")
             .lines()
@@ -134,6 +134,12 @@ fn everyday() -> &'static FxHashSet<&'static str> {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .collect()
     })
+}
+
+/// The everyday words (folded): the words a clinic's texts are mostly made of, which the
+/// detectors' [`super::detectors::lexicon::Lexicon`] knows in advance.
+pub(crate) fn everyday_words() -> impl Iterator<Item = &'static str> {
+    everyday().iter().copied()
 }
 
 /// Whether the folded word `word` (or a plain inflection of it) is an everyday word and no

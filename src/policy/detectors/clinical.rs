@@ -124,7 +124,8 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec::regex("measurement", Class::Clinical, MEASUREMENT, measurement).with_context(MEASUREMENT_CONTEXT),
         Spec::judged("reading", Class::Clinical, "[0-9]{1,3}(?:[.,][0-9]{1,2})?(?: ?%)?", Judge::Fixed(30))
             .with_context(READING_CONTEXT)
-            .requiring_context(),
+            .requiring_context()
+            .matching_every_digit(),
         Spec {
             prefilter: Prefilter::Byte(b'P'),
             ..Spec::regex("sensitive_topic", Class::Sensitive, "PrEP|PREP|PEP|PPrE", |_, _, end| {

@@ -81,6 +81,7 @@ pub(crate) fn assemble(config: &PolicyConfig) -> Vec<Spec> {
             fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Whole,
+            matches_every_digit: false,
         });
     }
     specs

@@ -155,8 +155,13 @@ impl Index {
         self.phrases.is_empty()
     }
 
+    /// The words of the vocabulary (the phrases' words and the phrases written as one).
+    pub(crate) fn words(&self) -> impl Iterator<Item = &str> {
+        self.vocab.iter().map(|w| &*w.text)
+    }
+
     /// The vocabulary words `typed` may be (each at most once, in vocabulary order).
-    fn matches(&self, typed: &str, out: &mut Vec<usize>) {
+    pub(crate) fn matches(&self, typed: &str, out: &mut Vec<usize>) {
         out.clear();
         let Some(lens) = typed.as_bytes().first().and_then(|&f| self.buckets.get(usize::from(f))) else { return };
         // Byte lengths bound character counts from above: a word too short for every
@@ -201,16 +206,33 @@ impl Index {
     /// calls `found(start, end, specs)` with byte offsets of the folded text and the detectors
     /// using the phrase. Words are runs of letters (a number glued to a word,
     /// `healthcard1234567897`, does not hide it).
-    pub(crate) fn find(&self, folded: &str, runs: &[(usize, usize)], mut found: impl FnMut(usize, usize, &[usize])) {
+    #[cfg(test)]
+    pub(crate) fn find(&self, folded: &str, runs: &[(usize, usize)], found: impl FnMut(usize, usize, &[usize])) {
+        let mut buf = Vec::new();
+        let matches_of = |_: usize, word: &str, out: &mut Vec<usize>| {
+            self.matches(word, &mut buf);
+            out.extend_from_slice(&buf);
+        };
+        self.find_with(folded, runs, matches_of, found);
+    }
+
+    /// [`Index::find`], with the vocabulary words each word may be given by `matches_of(k,
+    /// word, out)`, which appends to `out` what [`Index::matches`] gives for run `k`'s `word`
+    /// (from the [`super::lexicon::Lexicon`] when the word is in it).
+    pub(crate) fn find_with(
+        &self,
+        folded: &str,
+        runs: &[(usize, usize)],
+        mut matches_of: impl FnMut(usize, &str, &mut Vec<usize>),
+        mut found: impl FnMut(usize, usize, &[usize]),
+    ) {
         // Each word of the text with the vocabulary words it may be (most have none), all in
         // one vector: word `k`'s are `ids[first[k]..first[k + 1]]`. No allocation per word.
-        let mut buf = Vec::new();
         let mut ids: Vec<usize> = Vec::new();
         let mut first: Vec<usize> = Vec::with_capacity(runs.len() + 1);
-        for &(a, b) in runs {
+        for (k, &(a, b)) in runs.iter().enumerate() {
             first.push(ids.len());
-            self.matches(folded.get(a..b).unwrap_or_default(), &mut buf);
-            ids.extend_from_slice(&buf);
+            matches_of(k, folded.get(a..b).unwrap_or_default(), &mut ids);
         }
         first.push(ids.len());
         let of = |k: usize| match (first.get(k), first.get(k + 1)) {
@@ -260,7 +282,7 @@ const VOCAB_MIN_LETTERS: usize = 7;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Vocabulary {
     /// Term or one-letter deletion of a term -> indices into `terms`.
-    keys: rustc_hash::FxHashMap<Box<str>, Vec<u32>>,
+    keys: super::word_map::WordMap<Vec<u32>>,
     /// (folded term, term id).
     terms: Vec<(Box<str>, usize)>,
     /// Fewest letters of a term (and, less one, of a typed word).
@@ -292,7 +314,7 @@ impl Vocabulary {
             }
             let Ok(index) = u32::try_from(v.terms.len()) else { break };
             for key in std::iter::once(t.to_string()).chain(deletions(t)) {
-                let entry = v.keys.entry(key.into_boxed_str()).or_default();
+                let entry = v.keys.entry_or_insert_with(&key, Vec::new);
                 if entry.last() != Some(&index) {
                     entry.push(index);
                 }

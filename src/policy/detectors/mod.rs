@@ -20,7 +20,11 @@ pub(crate) mod contact;
 pub(crate) mod custom;
 pub(crate) mod fuzzy;
 pub(crate) mod identifiers;
+pub(crate) mod lexicon;
 pub(crate) mod normalize;
+pub(crate) mod odd_terms;
+pub(crate) mod scratch;
+pub(crate) mod word_map;
 
 use super::Class;
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -113,6 +117,11 @@ pub(crate) struct Spec {
     pub share_across_labels: bool,
     /// Where the pattern is run (see [`Prefilter`]).
     pub prefilter: Prefilter,
+    /// The pattern matches any digit, whatever surrounds it (`reading`: `[0-9]{1,3}…`, no
+    /// assertion), so it can match in every digit window: it is left out of the set that
+    /// says which patterns can match in a window (asking would always say yes, and cost the
+    /// set a match state at every digit).
+    pub matches_every_digit: bool,
 }
 
 /// Where a detector's pattern can match, so that it is not run over text where it cannot.
@@ -155,6 +164,7 @@ impl Spec {
             fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Digits,
+            matches_every_digit: false,
         }
     }
 
@@ -176,6 +186,7 @@ impl Spec {
             fuzzy_terms: false,
             share_across_labels: true,
             prefilter: Prefilter::Digits,
+            matches_every_digit: false,
         }
     }
 
@@ -207,6 +218,12 @@ impl Spec {
     /// Lets this detector's keywords match misspelt (see [`Spec::fuzzy_terms`]).
     pub(crate) fn fuzzy_terms(mut self) -> Spec {
         self.fuzzy_terms = true;
+        self
+    }
+
+    /// Says the pattern matches any digit (see [`Spec::matches_every_digit`]).
+    pub(crate) fn matching_every_digit(mut self) -> Spec {
+        self.matches_every_digit = true;
         self
     }
 
@@ -323,8 +340,10 @@ pub(crate) struct Engine {
     /// Keywords and context words that start and end with a letter (nearly all): looked up
     /// by the letter runs of the folded text (see [`WordTerms`]).
     words: WordTerms,
-    /// The other keywords and context words (`file #`, `o2`, `covid-19`), in one automaton,
-    /// with each pattern's term id.
+    /// The other keywords and context words that start with a letter (`file #`, `o2`,
+    /// `covid-19`): tried at the starts of letter runs (see [`odd_terms`]).
+    odd: odd_terms::OddTerms,
+    /// The rest (`# de dossier`), in one automaton, with each pattern's term id.
     terms: Option<(AhoCorasick, Vec<usize>)>,
     /// For each pattern of `terms`: the detectors listing it as a keyword.
     keyword_owners: Vec<Vec<usize>>,
@@ -334,6 +353,9 @@ pub(crate) struct Engine {
     fuzzy: fuzzy::Index,
     /// The keywords of detectors that accept them misspelt, by term id.
     vocabulary: fuzzy::Vocabulary,
+    /// The everyday words and terms with what `words`, `fuzzy` and `vocabulary` give for
+    /// each: one look-up per word of a text instead of three.
+    lexicon: lexicon::Lexicon,
     /// Compacted allow-list values (sorted).
     allow: Vec<String>,
     params: Params,
@@ -370,7 +392,7 @@ impl Engine {
         let vocabulary = fuzzy::Vocabulary::new(all.iter().enumerate().filter_map(|(id, (t, (owners, _)))| {
             owners.iter().any(|&o| specs.get(o).is_some_and(|s| s.fuzzy_terms)).then_some((t.as_str(), id))
         }));
-        let (words, terms, keyword_owners, context_users) = automaton(all)?;
+        let (words, odd, terms, keyword_owners, context_users) = automaton(all)?;
         let fuzzy = fuzzy::Index::new(specs.iter().enumerate().filter(|(_, s)| s.fuzzy).flat_map(|(i, s)| {
             s.context
                 .iter()
@@ -379,12 +401,26 @@ impl Engine {
                 .filter(|t| t.chars().all(|c| c.is_alphanumeric() || matches!(c, ' ' | '\'' | '-' | '.')))
                 .map(move |t| (normalize::fold_term(t), i))
         }));
+        // Every word the lexicon answers for: everyday words, one-word terms and starts of
+        // terms, the misspelt context words' vocabulary. A one-word key of `words` is any key
+        // without a non-letter.
+        let lexicon = {
+            let single: Vec<String> =
+                words.map.words().filter(|k| k.chars().all(char::is_alphabetic)).map(|k| k.into_owned()).collect();
+            let single = single.iter().map(String::as_str);
+            let everyday = crate::policy::safe::everyday_words().map(|w| -> &str { w });
+            let known = everyday.chain(single).chain(fuzzy.words());
+            let odd_starts: Vec<&str> = odd.first_runs().collect();
+            lexicon::Lexicon::new(known, &words, &fuzzy, &vocabulary, &odd_starts)
+        };
         let digit_set = {
             let mut members = Vec::with_capacity(regexes.len());
             let mut patterns = Vec::new();
             for (spec, _) in &regexes {
                 match specs.get(*spec) {
-                    Some(Spec { prefilter: Prefilter::Digits, pattern: Some(p), .. }) => {
+                    Some(Spec {
+                        prefilter: Prefilter::Digits, pattern: Some(p), matches_every_digit: false, ..
+                    }) => {
                         members.push(Some(patterns.len()));
                         patterns.push(p.as_str());
                     }
@@ -407,11 +443,13 @@ impl Engine {
             regexes,
             digit_set,
             words,
+            odd,
             terms,
             keyword_owners,
             context_users,
             fuzzy,
             vocabulary,
+            lexicon,
             allow,
             params,
         })
@@ -441,23 +479,51 @@ impl Engine {
     /// says they can match, and for detectors that need a context word only near one); a
     /// match's context window is computed only when a context word lies within its reach.
     pub(crate) fn detect(&self, text: &str) -> Vec<Hit> {
+        scratch::with(|s| self.detect_in(text, s))
+    }
+
+    /// [`Engine::detect`], in the buffers of `s`.
+    fn detect_in(&self, text: &str, s: &mut scratch::Scratch) -> Vec<Hit> {
         let folded = View::folded(text);
 
         // One pass over the folded text finds keyword matches (candidates) and context words.
-        let mut candidates = Vec::new();
-        let mut ctx = ContextHits { hits: Vec::new(), max_len: 0, first: Vec::new() };
-        let runs = letter_runs(folded.text());
-        let mut found: Vec<(usize, usize, usize)> = Vec::new();
-        let mut unknown: Vec<(usize, usize)> = Vec::new();
-        self.words.find(folded.text(), &runs, |a, b, term| found.push((a, b, term)), |a, b| unknown.push((a, b)));
+        let mut candidates = std::mem::take(&mut s.candidates);
+        candidates.clear();
+        let (mut hits, first) = (std::mem::take(&mut s.ctx_hits), std::mem::take(&mut s.ctx_first));
+        hits.clear();
+        let mut ctx = ContextHits { hits, max_len: 0, first };
+        let runs = &mut s.runs;
+        letter_runs_into(folded.text(), runs);
+        // Each word's answers, when the lexicon has them (most words): looked up once here for
+        // the terms, the misspelt keywords and the misspelt context words.
+        let known = &mut s.known;
+        known.clear();
+        known.extend(runs.iter().map(|&(a, b)| folded.text().get(a..b).and_then(|w| self.lexicon.get(w))));
+        let (found, unknown) = (&mut s.found, &mut s.unknown);
+        found.clear();
+        unknown.clear();
+        self.words.find(
+            folded.text(),
+            runs,
+            known,
+            |a, b, term| found.push((a, b, term)),
+            |k, a, b| unknown.push((k, a, b)),
+        );
         // Words no term starts with: maybe a keyword misspelt.
         if !self.vocabulary.is_empty() {
-            for (a, b) in unknown {
-                if let Some(word) = folded.text().get(a..b) {
-                    self.vocabulary.find(word, |term| found.push((a, b, term)));
+            for &(k, a, b) in unknown.iter() {
+                match known.get(k).copied().flatten() {
+                    Some(w) => found.extend(self.lexicon.misspelt(&w).iter().map(|&term| (a, b, term))),
+                    None => {
+                        if let Some(word) = folded.text().get(a..b) {
+                            self.vocabulary.find(word, |term| found.push((a, b, term)));
+                        }
+                    }
                 }
             }
         }
+        let may_start_odd = |k: usize| known.get(k).copied().flatten().is_none_or(|w| w.starts_odd());
+        self.odd.find(folded.text(), runs, may_start_odd, found);
         if let Some((ac, ids)) = &self.terms
             && let Ok(matches) = ac.try_find_overlapping_iter(folded.text())
         {
@@ -469,7 +535,7 @@ impl Engine {
                 }
             }
         }
-        for (a, b, term) in found {
+        for &(a, b, term) in found.iter() {
             let Some((start, end)) = folded.original(a, b) else { continue };
             for &spec in self.keyword_owners.get(term).into_iter().flatten() {
                 let pct = self.specs.get(spec).map_or(0, |s| s.term_pct);
@@ -482,8 +548,12 @@ impl Engine {
         }
         // Where the patterns can match, worked out once for both what follows and the patterns.
         let plain = View::plain(text);
-        let joined = if self.regexes.is_empty() { None } else { View::joined(text) };
-        let digits = if self.regexes.is_empty() { Vec::new() } else { digit_windows(plain.text()) };
+        let joined = if self.regexes.is_empty() { None } else { View::joined(&plain) };
+        let digits = &mut s.digits;
+        digits.clear();
+        if !self.regexes.is_empty() {
+            digit_windows_into(plain.text(), digits);
+        }
         let possible: Option<Vec<regex::SetMatches>> = self.digit_set.as_ref().map(|(set, _)| {
             let hay = plain.text();
             digits.iter().map(|&(lo, hi)| set.matches_at(hay.get(..hi).unwrap_or_default(), lo)).collect()
@@ -499,7 +569,15 @@ impl Engine {
                     }
             });
         if fuzzy_needed && !self.fuzzy.is_empty() {
-            self.fuzzy.find(folded.text(), &runs, |a, b, specs| {
+            let mut buf = Vec::new();
+            let matches_of = |k: usize, word: &str, out: &mut Vec<usize>| match known.get(k).copied().flatten() {
+                Some(w) => out.extend_from_slice(self.lexicon.fuzzy(&w)),
+                None => {
+                    self.fuzzy.matches(word, &mut buf);
+                    out.extend_from_slice(&buf);
+                }
+            };
+            self.fuzzy.find_with(folded.text(), runs, matches_of, |a, b, specs| {
                 if let Some((start, end)) = folded.original(a, b) {
                     for &spec in specs {
                         ctx.hits.push((spec, start, end));
@@ -511,7 +589,7 @@ impl Engine {
         ctx.sort(self.specs.len());
 
         if !self.regexes.is_empty() {
-            self.run_regexes(text, &plain, &digits, possible.as_deref(), joined, &ctx, &mut candidates);
+            self.run_regexes(text, &plain, digits, possible.as_deref(), joined, &ctx, &mut candidates);
         }
 
         // Several detectors match the same span (a number is a chart number, a reading, a
@@ -522,7 +600,8 @@ impl Engine {
         // one after it only the end: each side is computed only when asked.
         let mut starts: rustc_hash::FxHashMap<usize, usize> = Default::default();
         let mut ends: rustc_hash::FxHashMap<usize, usize> = Default::default();
-        let mut near: Vec<bool> = Vec::with_capacity(candidates.len());
+        let near = &mut s.near;
+        near.clear();
         for h in &candidates {
             let Some(spec) = self.specs.get(h.spec) else {
                 near.push(false);
@@ -543,10 +622,10 @@ impl Engine {
                     }));
             near.push(found);
         }
-        share_context(text, &candidates, &mut near, &self.specs);
+        share_context(text, &candidates, near, &self.specs);
 
         let mut kept = Vec::with_capacity(candidates.len());
-        for (mut h, near) in candidates.into_iter().zip(near) {
+        for (mut h, &near) in candidates.drain(..).zip(near.iter()) {
             let Some(spec) = self.specs.get(h.spec) else { continue };
             if spec.context_required && !near {
                 continue;
@@ -562,6 +641,7 @@ impl Engine {
             }
             kept.push(h);
         }
+        (s.candidates, s.ctx_hits, s.ctx_first) = (candidates, ctx.hits, ctx.first);
         resolve_overlaps(kept, &self.specs)
     }
 
@@ -703,16 +783,19 @@ pub(crate) fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
 }
 
 /// Every folded term, compiled: the ones bounded by letters into a [`WordTerms`], the others
-/// into an automaton; with each term's keyword owners and context users, by term id.
+/// starting with a letter into [`odd_terms::OddTerms`], the rest into an automaton; with each
+/// term's keyword owners and context users, by term id.
 #[allow(clippy::type_complexity)]
 fn automaton(
     terms: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>)>,
-) -> Result<(WordTerms, Option<(AhoCorasick, Vec<usize>)>, Vec<Vec<usize>>, Vec<Vec<usize>>), String> {
+) -> Result<(WordTerms, odd_terms::OddTerms, Option<(AhoCorasick, Vec<usize>)>, Vec<Vec<usize>>, Vec<Vec<usize>>), String>
+{
     let mut words = WordTerms::default();
+    let mut odd_words = odd_terms::OddTerms::default();
     let (mut odd, mut odd_ids) = (Vec::new(), Vec::new());
     let (mut owners, mut users) = (Vec::with_capacity(terms.len()), Vec::with_capacity(terms.len()));
     for (id, (t, (o, u))) in terms.into_iter().enumerate() {
-        if !words.insert(&t, id) {
+        if !words.insert(&t, id) && !odd_words.insert(&t, id) {
             odd.push(t);
             odd_ids.push(id);
         }
@@ -728,7 +811,7 @@ fn automaton(
             .map_err(|e| format!("keyword automaton: {e}"))?;
         Some((ac, odd_ids))
     };
-    Ok((words, ac, owners, users))
+    Ok((words, odd_words, ac, owners, users))
 }
 
 /// Terms that start and end with a letter, found by hash look-ups over the letter runs of a
@@ -738,10 +821,10 @@ fn automaton(
 /// the end of that run, then of the next ones while what was read starts some longer term.
 /// Most words cost one look-up that misses.
 #[derive(Clone, Debug, Default)]
-struct WordTerms {
+pub(crate) struct WordTerms {
     /// Term, or the start of a longer term cut at the end of a letter run -> (its term id if
     /// it is a term, whether longer terms continue it).
-    map: rustc_hash::FxHashMap<Box<str>, (Option<usize>, bool)>,
+    map: word_map::WordMap<(Option<usize>, bool)>,
     /// Most letter runs in one term.
     max_runs: usize,
 }
@@ -758,32 +841,44 @@ impl WordTerms {
         self.max_runs = self.max_runs.max(runs.len());
         for &(_, end) in runs.iter().take(runs.len().saturating_sub(1)) {
             if let Some(prefix) = term.get(..end) {
-                self.map.entry(prefix.into()).or_insert((None, false)).1 = true;
+                self.map.entry_or_insert_with(prefix, || (None, false)).1 = true;
             }
         }
-        self.map.entry(term.into()).or_insert((None, false)).0 = Some(id);
+        self.map.entry_or_insert_with(term, || (None, false)).0 = Some(id);
         true
     }
 
+    /// The entry of `key`: its term id if it is a term, whether longer terms continue it.
+    pub(crate) fn get(&self, key: &str) -> Option<(Option<usize>, bool)> {
+        self.map.get(key).copied()
+    }
+
     /// Calls `found(start, end, term id)` for every occurrence in the folded text `f`, whose
-    /// letter runs are `runs`, and `unknown(start, end)` for each run no term starts with.
+    /// letter runs are `runs`, and `unknown(k, start, end)` for each run (the `k`th) no term
+    /// starts with. `known`: the lexicon's answers by run, where it has them (the look-up of
+    /// the run alone is then not made again; an empty slice makes every look-up).
     fn find(
         &self,
         f: &str,
         runs: &[(usize, usize)],
+        known: &[Option<lexicon::Known>],
         mut found: impl FnMut(usize, usize, usize),
-        mut unknown: impl FnMut(usize, usize),
+        mut unknown: impl FnMut(usize, usize, usize),
     ) {
         for (k, &(start, _)) in runs.iter().enumerate() {
             for (d, &(_, end)) in runs.get(k..).unwrap_or_default().iter().take(self.max_runs.max(1)).enumerate() {
-                let Some((id, more)) = f.get(start..end).and_then(|key| self.map.get(key)) else {
+                let entry = match known.get(k).copied().flatten() {
+                    Some(w) if d == 0 => w.term(),
+                    _ => f.get(start..end).and_then(|key| self.get(key)),
+                };
+                let Some((id, more)) = entry else {
                     if d == 0 {
-                        unknown(start, end);
+                        unknown(k, start, end);
                     }
                     break;
                 };
                 if let Some(id) = id {
-                    found(start, end, *id);
+                    found(start, end, id);
                 }
                 if !more {
                     break;
@@ -796,6 +891,26 @@ impl WordTerms {
 /// The runs of letters of `s` (start, end): its words, for keywords and context words.
 pub(crate) fn letter_runs(s: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::with_capacity(s.len() / 5);
+    letter_runs_into(s, &mut out);
+    out
+}
+
+/// [`letter_runs`], into `out` (cleared first).
+fn letter_runs_into(s: &str, out: &mut Vec<(usize, usize)>) {
+    out.clear();
+    if s.is_ascii() {
+        // Letters are ASCII letters: skip to the next one, then to the end of its run, each
+        // in a loop of its own (the general loop below decides at every byte).
+        let b = s.as_bytes();
+        let mut i = 0;
+        while let Some(skip) = b.get(i..).and_then(|t| t.iter().position(u8::is_ascii_alphabetic)) {
+            let start = i + skip;
+            let len = b.get(start..).map_or(0, |t| t.iter().take_while(|c| c.is_ascii_alphabetic()).count());
+            out.push((start, start + len));
+            i = start + len.max(1);
+        }
+        return;
+    }
     let mut start = None;
     let b = s.as_bytes();
     let mut i = 0;
@@ -817,7 +932,6 @@ pub(crate) fn letter_runs(s: &str) -> Vec<(usize, usize)> {
     if let Some(st) = start {
         out.push((st, s.len()));
     }
-    out
 }
 
 fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
@@ -844,9 +958,31 @@ fn judge(spec: &Spec, hay: &str, start: usize, end: usize) -> Option<Judged> {
     Some(j)
 }
 
+/// Whether `w` is one of [`STOP_WORDS`], ASCII case ignored.
 fn is_stop_word(w: &str) -> bool {
     // Every stop word is at most 5 bytes ("notre", "votre"): most words end the test here.
-    w.len() <= 5 && STOP_WORDS.iter().any(|s| s.len() == w.len() && (s.eq_ignore_ascii_case(w) || *s == w))
+    // The others are packed with their length into a `u64`, ASCII lower-cased as
+    // `eq_ignore_ascii_case` compares them, and searched among the stop words packed alike.
+    w.len() <= 5 && stop_words().binary_search(&pack_short(w)).is_ok()
+}
+
+/// A word of at most 7 bytes as one number: its bytes, ASCII lower-cased, and its length.
+fn pack_short(w: &str) -> u64 {
+    let mut key = w.len() as u64;
+    for (i, b) in w.bytes().take(7).enumerate() {
+        key |= u64::from(b.to_ascii_lowercase()) << (8 * (i + 1));
+    }
+    key
+}
+
+/// [`STOP_WORDS`] packed by [`pack_short`], sorted.
+fn stop_words() -> &'static [u64] {
+    static PACKED: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    PACKED.get_or_init(|| {
+        let mut v: Vec<u64> = STOP_WORDS.iter().map(|w| pack_short(w)).collect();
+        v.sort_unstable();
+        v
+    })
 }
 
 /// Whether `line` (the text between a line break and a match) starts with its own label
@@ -972,8 +1108,15 @@ fn context_reachable(windows: &[(usize, usize)], has_context: impl Fn(usize, usi
 /// merged when they touch. A range whose edge finds no whitespace within 64 more bytes runs
 /// to the text's end (or start) instead.
 fn digit_windows(hay: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    digit_windows_into(hay, &mut out);
+    out
+}
+
+/// [`digit_windows`], into `out` (cleared first).
+fn digit_windows_into(hay: &str, out: &mut Vec<(usize, usize)>) {
+    out.clear();
     let b = hay.as_bytes();
-    let mut out: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < b.len() {
         if !b.get(i).is_some_and(u8::is_ascii_digit) {
@@ -1012,7 +1155,6 @@ fn digit_windows(hay: &str) -> Vec<(usize, usize)> {
         }
         i = j.max(i + 1);
     }
-    out
 }
 
 /// Words in `text` (alphanumeric runs), at most `cap` + 1 counted.
@@ -1094,13 +1236,20 @@ fn resolve_overlaps(mut hits: Vec<Hit>, specs: &[Spec]) -> Vec<Hit> {
             .then_with(|| a.spec.cmp(&b.spec))
     });
     // Accepted spans are disjoint, so the one starting last before `h.end` is the only one
-    // that can overlap `h`.
-    let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut out = Vec::new();
+    // that can overlap `h`. They are kept sorted by start in a vector (a map keyed by start
+    // did the same with an allocation per span): an accepted span replaces one with its
+    // start, as a map's insert would.
+    let mut taken: Vec<(usize, usize)> = Vec::with_capacity(hits.len());
+    let mut out = Vec::with_capacity(hits.len());
     for h in hits {
-        let overlaps = taken.range(..h.end).next_back().is_some_and(|(_, &e)| e > h.start);
+        let before = taken.partition_point(|&(s, _)| s < h.end);
+        let overlaps = before.checked_sub(1).and_then(|i| taken.get(i)).is_some_and(|&(_, e)| e > h.start);
         if !overlaps {
-            taken.insert(h.start, h.end);
+            let at = taken.partition_point(|&(s, _)| s < h.start);
+            match taken.get_mut(at) {
+                Some(slot) if slot.0 == h.start => slot.1 = h.end,
+                _ => taken.insert(at, (h.start, h.end)),
+            }
             out.push(h);
         }
     }
@@ -1198,7 +1347,10 @@ mod tests {
                 .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
                 .collect();
             let mut got = Vec::new();
-            e.words.find(f, &letter_runs(f), |a, b, id| got.push((a, b, id)), |_, _| {});
+            e.words.find(f, &letter_runs(f), &[], |a, b, id| got.push((a, b, id)), |_, _, _| {});
+            let mut odd = Vec::new();
+            e.odd.find(f, &letter_runs(f), |_| true, &mut odd);
+            got.extend(odd);
             if let Some((odd, ids)) = &e.terms {
                 for m in odd.find_overlapping_iter(f).filter(|m| whole_word(f, m.start(), m.end())) {
                     got.push((m.start(), m.end(), ids.get(m.pattern().as_usize()).copied().unwrap_or(usize::MAX)));
@@ -1231,12 +1383,114 @@ mod tests {
         }
     }
 
+    /// The corpus's messages rewritten the ways patients write them (upper case, accents,
+    /// exotic spaces, dashes and digits, zero-width characters, numbers broken across lines,
+    /// glued or far apart), each alone and joined: texts the corpus itself does not exercise
+    /// as much, for diffing a speed change's findings like [`dump_corpus_findings`]
+    /// (`cargo test -p carebridge --lib dump_variant_findings -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "prints every finding over variants of the corpus, for diffing before and after a change"]
+    fn dump_variant_findings() {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let chat: Vec<String> = corpus
+            .split("\n=== ")
+            .skip(1)
+            .map(|b| b.lines().skip(1).filter(|l| !l.starts_with("@ ")).collect::<Vec<_>>().join("\n"))
+            .collect();
+        let variants: [fn(&str) -> String; 8] = [
+            |t| t.to_uppercase(),
+            |t| t.replace(' ', "\u{00A0}").replace('-', "\u{2013}"),
+            |t| t.replace('e', "é").replace('a', "à"),
+            |t| t.replace('1', "\u{FF11}").replace('5', "\u{0665}").replace('\'', "\u{2019}"),
+            |t| t.replace(' ', "  ").replace(", ", ",\n> "),
+            |t| t.replace('4', "4\u{200B}").replace("o", "o\u{00AD}"),
+            |t| t.replace(' ', "\n"),
+            |t| format!("{}{t}{}", "word ".repeat(70), " filler".repeat(50)),
+        ];
+        let mut texts: Vec<String> = Vec::new();
+        for v in variants {
+            let one: Vec<String> = chat.iter().map(|t| v(t)).collect();
+            texts.extend(one.chunks(7).map(|c| c.join(" ")));
+            texts.extend(one);
+        }
+        texts.extend(chat.chunks(2).map(|c| c.concat()));
+        for (n, t) in texts.iter().enumerate() {
+            for h in e.detect(t) {
+                println!("{n} {} {}..{} {}", e.kind(&h), h.start, h.end, h.pct);
+            }
+        }
+    }
+
+    /// The lexicon's answers are the look-ups' answers, for every word it holds.
+    #[test]
+    fn lexicon_answers_like_the_lookups() {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(e.lexicon.len() > 10_000);
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let folded = View::folded(corpus);
+        let f = folded.text();
+        let words = letter_runs(f).into_iter().filter_map(|(a, b)| f.get(a..b)).chain(e.fuzzy.words());
+        let (mut fuzzy, mut misspelt) = (Vec::new(), Vec::new());
+        for w in words {
+            let Some(known) = e.lexicon.get(w) else { continue };
+            assert_eq!(known.term(), e.words.get(w), "{w}");
+            e.fuzzy.matches(w, &mut fuzzy);
+            assert_eq!(e.lexicon.fuzzy(&known), fuzzy, "{w}");
+            misspelt.clear();
+            if known.term().is_none() {
+                e.vocabulary.find(w, |id| misspelt.push(id));
+            }
+            assert_eq!(e.lexicon.misspelt(&known), misspelt, "{w}");
+            assert_eq!(known.starts_odd(), e.odd.first_runs().any(|r| r == w), "{w}");
+        }
+    }
+
     #[test]
     #[ignore = "prints the keyword automaton's size"]
     fn automaton_size() {
         let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
         println!("automaton: {:?} bytes", e.terms.as_ref().map(|(ac, _)| ac.memory_usage()));
         println!("terms looked up by word: {}", e.words.map.len());
+    }
+
+    /// A pattern said to match every digit does, whatever is around it (so leaving it out of
+    /// the window set changes nothing: the set would always have said it can match).
+    #[test]
+    fn patterns_said_to_match_every_digit_do() {
+        for s in builtin_specs().iter().filter(|s| s.matches_every_digit) {
+            let re = compile_regex(s.pattern.as_deref().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.prefilter, Prefilter::Digits, "{}", s.kind);
+            for d in '0'..='9' {
+                for t in [format!("{d}"), format!("a{d}b"), format!("é{d}é"), format!("1234{d}"), format!("-{d}.")] {
+                    let m = re.find(&t).unwrap_or_else(|| panic!("{} on {t:?}", s.kind));
+                    assert!(m.as_str().contains(d) || m.as_str().bytes().any(|b| b.is_ascii_digit()), "{t:?}");
+                }
+            }
+            assert!(!s.pattern.as_deref().unwrap_or_default().contains(['^', '$', '\\']), "{}: no assertion", s.kind);
+        }
+        assert!(builtin_specs().iter().any(|s| s.matches_every_digit));
+    }
+
+    /// The ASCII path of `letter_runs` gives what the general one gives.
+    #[test]
+    fn letter_runs_of_ascii_texts_as_in_general() {
+        for t in ["", "a", "1", "ab cd", " ab1cd-ef ", "x-ray then covid-19, file # 12", "ZZ top9"] {
+            let fast = letter_runs(t);
+            // The same text with a non-ASCII space at the end takes the general path.
+            let slow: Vec<(usize, usize)> = letter_runs(&format!("{t}\u{00A0}"));
+            assert_eq!(fast, slow, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn stop_words_ignore_ascii_case_only() {
+        for w in STOP_WORDS {
+            assert!(is_stop_word(w) && is_stop_word(&w.to_ascii_uppercase()), "{w}");
+        }
+        for w in ["À", "thee", "", "notres", "the\u{0}", "mon ", "éé"] {
+            assert!(!is_stop_word(w), "{w}");
+        }
     }
 
     #[test]

@@ -108,18 +108,17 @@ impl<'a> View<'a> {
     /// "416-555-\n0199", "> 1234\n> 567 897" in a quoted reply): a break, with the spaces and
     /// quote markers around it, between a digit (or a `-` after one) and a digit. `None` when
     /// the text has no such break (the common case: no copy is made).
-    /// Also returns where, in the joined text, a break was removed.
-    pub fn joined(src: &'a str) -> Option<(View<'a>, Vec<usize>)> {
+    /// Also returns where, in the joined text, a break was removed. Built from the plain
+    /// view `plain`, which the scan has made already.
+    pub fn joined(plain: &View<'a>) -> Option<(View<'a>, Vec<usize>)> {
+        let src = plain.src;
         if !src.contains('\n') {
             return None;
         }
-        let plain = View::plain(src);
         let t = plain.text().as_bytes();
         let mut cuts: Vec<(usize, usize)> = Vec::new();
-        for (k, &b) in t.iter().enumerate() {
-            if b != b'\n' {
-                continue;
-            }
+        // Line breaks found by `memchr` (through the char searcher), not byte by byte.
+        for (k, _) in plain.text().match_indices('\n') {
             let mut p = k;
             while p > 0 && matches!(t.get(p - 1), Some(b' ' | b'\t' | b'\r')) {
                 p -= 1;
@@ -148,9 +147,15 @@ impl<'a> View<'a> {
             if b > a {
                 joins.push(text.len());
             }
-            for k in pos..a {
-                let (s, e) = plain.original(k, k + 1)?;
-                map.push(at + (k - pos), s, e, 1);
+            if plain.map.is_none() {
+                // The plain view is the original byte for byte: the segment is one run (a
+                // byte maps to the original character holding it, as byte by byte).
+                map.push(at, pos, a, a - pos);
+            } else {
+                for k in pos..a {
+                    let (s, e) = plain.original(k, k + 1)?;
+                    map.push(at + (k - pos), s, e, 1);
+                }
             }
             pos = b;
         }
@@ -255,24 +260,20 @@ fn build(src: &str, fold: bool) -> View<'_> {
         // becomes one byte, so it is one entry of the byte map at most, as the general path
         // would have made it byte by byte.
         if fold {
+            // Where the run ends is found first, then it is copied and folded in place, in
+            // one go (what byte-by-byte pushes would write).
             let mut j = i;
             while let Some(&b) = bytes.get(j) {
-                if !b.is_ascii() {
+                let space = is_ascii_space(b);
+                if !b.is_ascii() || (space && last_space) {
                     break;
                 }
-                if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
-                    if last_space {
-                        break;
-                    }
-                    out.push(b' ');
-                    last_space = true;
-                } else {
-                    out.push(b.to_ascii_lowercase());
-                    last_space = false;
-                }
+                last_space = space;
                 j += 1;
             }
             if j > i {
+                out.extend_from_slice(bytes.get(i..j).unwrap_or_default());
+                fold_ascii_bytes(out.get_mut(before..).unwrap_or_default());
                 if let Some(m) = &mut map {
                     m.push(before, i, j, j - i);
                 }
@@ -344,38 +345,45 @@ fn build(src: &str, fold: bool) -> View<'_> {
 /// The byte map only records where a collapsed space dropped bytes; everything else is
 /// copied byte for byte. Gives exactly what the general path of [`build`] gives.
 fn fold_ascii(src: &str) -> View<'_> {
-    let bytes = src.as_bytes();
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    // Folded byte for byte in one loop the compiler vectorises (whitespace becomes a space),
+    // then each space after a space is dropped: where, is what the byte map records (most
+    // texts have none, and no map).
+    let mut out = src.as_bytes().to_vec();
+    fold_ascii_bytes(&mut out);
     let mut map: Option<ByteMap> = None;
-    // Start of the bytes copied one for one since the last dropped byte.
-    let mut copied_from = 0;
-    let mut last_space = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        // The ASCII characters `char::is_whitespace` accepts: tab, line feed, vertical tab,
-        // form feed, carriage return, space.
-        if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
-            if last_space {
-                // Dropped: the bytes before it were copied one for one.
-                let m = map.get_or_insert_with(ByteMap::default);
-                let at = out.len() - (i - copied_from);
-                m.push(at, copied_from, i, i - copied_from);
-                copied_from = i + 1;
-                continue;
-            }
-            out.push(b' ');
-            last_space = true;
-        } else {
-            out.push(b.to_ascii_lowercase());
-            last_space = false;
+    // Start of the bytes copied one for one since the last dropped byte; bytes dropped so far.
+    let (mut copied_from, mut dropped) = (0, 0);
+    for (i, pair) in out.windows(2).enumerate() {
+        if pair == b"  " {
+            // Byte `i + 1` is dropped: the bytes before it were copied one for one.
+            let gone = i + 1;
+            let at = (gone - dropped) - (gone - copied_from);
+            map.get_or_insert_with(ByteMap::default).push(at, copied_from, gone, gone - copied_from);
+            copied_from = gone + 1;
+            dropped += 1;
         }
     }
     if let Some(m) = &mut map {
-        let at = out.len() - (bytes.len() - copied_from);
-        m.push(at, copied_from, bytes.len(), bytes.len() - copied_from);
+        let n = out.len();
+        m.push((n - dropped) - (n - copied_from), copied_from, n, n - copied_from);
+        out.dedup_by(|later, kept| *later == b' ' && *kept == b' ');
     }
     match String::from_utf8(out) {
         Ok(text) => View { text: Cow::Owned(text), src, map },
         Err(_) => View { text: Cow::Borrowed(src), src, map: None },
+    }
+}
+
+/// The ASCII characters `char::is_whitespace` accepts: tab, line feed, vertical tab, form
+/// feed, carriage return, space.
+fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+}
+
+/// Folds ASCII bytes in place, byte for byte: lower case, whitespace to a space.
+fn fold_ascii_bytes(bytes: &mut [u8]) {
+    for b in bytes {
+        *b = if is_ascii_space(*b) { b' ' } else { b.to_ascii_lowercase() };
     }
 }
 
@@ -541,14 +549,24 @@ mod tests {
     #[test]
     fn joined_view_removes_breaks_inside_numbers() {
         let src = "OHIP 1234 567\n897 and\n> 416-555-\r\n> 0199\nline 2\n3 items";
-        let (v, joins) = View::joined(src).unwrap_or_else(|| (View::plain(""), Vec::new()));
+        let plain = View::plain(src);
+        let (v, joins) = View::joined(&plain).unwrap_or_else(|| (View::plain(""), Vec::new()));
         assert_eq!(v.text(), "OHIP 1234 567897 and\n> 416-555-0199\nline 23 items");
         assert_eq!(joins, [13, 31, 42]);
         let at = v.text().find("567897").unwrap_or(0);
         let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
         assert_eq!(&src[s..e], "567\n897");
-        assert!(View::joined("no break 123").is_none());
-        assert!(View::joined("line one\nline two 5").is_none());
+        assert!(View::joined(&View::plain("no break 123")).is_none());
+        assert!(View::joined(&View::plain("line one\nline two 5")).is_none());
+        // Through a plain view that rewrote characters, the map still lands on the original's.
+        let src = "OHIP\u{00A0}1234 567\n897 é";
+        let plain = View::plain(src);
+        let (v, _) = View::joined(&plain).unwrap_or_else(|| (View::plain(""), Vec::new()));
+        let at = v.text().find("567897").unwrap_or(0);
+        let (s, e) = v.original(at, at + 6).unwrap_or((0, 0));
+        assert_eq!(&src[s..e], "567\n897");
+        let at = v.text().find('é').unwrap_or(0);
+        assert_eq!(v.original(at, at + 1), Some((src.len() - 2, src.len())));
     }
 
     #[test]
