@@ -1362,19 +1362,25 @@ mod tests {
         }
     }
 
+    /// The default engine and the evaluation corpus's messages (texts without their labels).
+    fn engine_and_corpus_messages() -> (Engine, Vec<String>) {
+        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
+        let chat = corpus
+            .split("\n=== ")
+            .skip(1)
+            .map(|b| b.lines().skip(1).filter(|l| !l.starts_with("@ ")).collect::<Vec<_>>().join("\n"))
+            .collect();
+        (e, chat)
+    }
+
     /// Every finding of the engine over the corpus, chat-sized and email-sized (as the bench
     /// joins them), one line each: run before and after a speed change and diff the output
     /// (`cargo test -p carebridge --lib dump_corpus_findings -- --ignored --nocapture`).
     #[test]
     #[ignore = "prints every finding over the corpus, for diffing before and after a change"]
     fn dump_corpus_findings() {
-        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
-        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
-        let chat: Vec<String> = corpus
-            .split("\n=== ")
-            .skip(1)
-            .map(|b| b.lines().skip(1).filter(|l| !l.starts_with("@ ")).collect::<Vec<_>>().join("\n"))
-            .collect();
+        let (e, chat) = engine_and_corpus_messages();
         let email: Vec<String> = chat.chunks(30).map(|c| c.join("\n\n")).collect();
         for (n, t) in chat.iter().chain(&email).enumerate() {
             for h in e.detect(t) {
@@ -1391,13 +1397,7 @@ mod tests {
     #[test]
     #[ignore = "prints every finding over variants of the corpus, for diffing before and after a change"]
     fn dump_variant_findings() {
-        let e = Engine::build(builtin_specs(), Params::default(), &[]).unwrap_or_else(|e| panic!("{e}"));
-        let corpus = include_str!("../../../tests/policy_corpus/corpus.txt");
-        let chat: Vec<String> = corpus
-            .split("\n=== ")
-            .skip(1)
-            .map(|b| b.lines().skip(1).filter(|l| !l.starts_with("@ ")).collect::<Vec<_>>().join("\n"))
-            .collect();
+        let (e, chat) = engine_and_corpus_messages();
         let variants: [fn(&str) -> String; 8] = [
             |t| t.to_uppercase(),
             |t| t.replace(' ', "\u{00A0}").replace('-', "\u{2013}"),
