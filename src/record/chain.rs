@@ -25,7 +25,7 @@
 //! MAC's, since every hash covers the whole previous hash and the head is stored whole. That is
 //! 128 bytes less per message (its record's entry and its delivery's) than version 1.
 
-use super::engine::{Bytes, Engine, EngineError, Tr, TxTree};
+use super::engine::{Bytes, Engine, EngineError, Tr, TxTree, id_of};
 use super::keys::Keyring;
 use hmac::Mac;
 use sha2::{Digest, Sha256};
@@ -365,7 +365,7 @@ pub fn global_head(heads: &Tr) -> Result<(u64, String), EngineError> {
 pub fn entries(journal: &Tr) -> impl Iterator<Item = Result<Result<Entry, u64>, EngineError>> + '_ {
     journal.iter().map(|r| {
         r.map(|(k, v)| {
-            let seq = k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            let seq = id_of(&k);
             Entry::decode(seq, &v).ok_or(seq)
         })
     })
@@ -538,8 +538,7 @@ pub fn verify(db: &Engine, keys: &Keyring) -> Result<Report, EngineError> {
         if !uncovered.is_empty() {
             for item in journal.range_from((seq0 + 1).to_be_bytes()) {
                 let (k, v) = item?;
-                let seq = k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
-                if let Some(e) = Entry::decode(seq, &v) {
+                if let Some(e) = Entry::decode(id_of(&k), &v) {
                     uncovered.remove(&body_ref(&e.tree, &e.key));
                 }
             }

@@ -27,7 +27,7 @@
 //!
 //! **Compressed values.** Ciphertext does not compress, so the store's JSON values are
 //! compressed *before* sealing ([`Keyring::seal_compressible`]): raw DEFLATE at level 2
-//! ([`DEFLATE_LEVEL`]) with a preset dictionary of the persisted types' JSON
+//! ([`DEFLATE_LEVEL`]; level 1 under [`QUICK_BELOW`] bytes) with a preset dictionary of the persisted types' JSON
 //! ([`super::dictionary`]), kept only when it saves bytes, and marked by [`MAGIC_DICTIONARY`],
 //! whose second byte is also bound into the associated data (a header turned from one kind into
 //! another fails to open). A value's field names are most of what repeats in it, and each
