@@ -281,7 +281,7 @@ async fn answer(AxState(s): AxState<State>, request: Result<Request, OfficerErro
                 return err(StatusCode::SERVICE_UNAVAILABLE, "the record store could not be flushed");
             }
             s.pending.fetch_add(a.queued.len() as u64, Ordering::Relaxed);
-            s.wakers.wake(a.queued);
+            s.wakers.wake(a.queued.into_iter().map(crate::record::flusher::Wake::from));
             Json(a.value).into_response()
         }
         Ok(Err(e)) => refusal(e),

@@ -23,6 +23,7 @@
 //! and (b) ([`crate::outbox_lease`]).
 
 use crate::config::OutboxConfig;
+use crate::record::flusher::Wake;
 use crate::record::schema::{EventKind, OutboxItemV1};
 use crate::record::{Flusher, OutboxKey, OutboxUpdate, Store, StoreError, now_ms};
 use carebridge_contract::{AccountId, ChannelKind, Outbound, SendError};
@@ -42,21 +43,21 @@ use tracing::{error, info, warn};
 /// flusher and the admin API see workers that a reload starts or stops.
 #[derive(Clone, Debug, Default)]
 pub struct Wakers {
-    queues: Arc<RwLock<BTreeMap<AccountId, mpsc::UnboundedSender<OutboxKey>>>>,
+    queues: Arc<RwLock<BTreeMap<AccountId, mpsc::UnboundedSender<Wake>>>>,
 }
 
 impl Wakers {
-    /// Passes each key to its account's worker. Keys of accounts without a worker stay in the
-    /// outbox (they are sent after a restart or reload with that account configured).
-    pub fn wake(&self, keys: Vec<OutboxKey>) {
+    /// Passes each durable row to its account's worker. Rows of accounts without a worker stay
+    /// in the outbox (they are sent after a restart or reload with that account configured).
+    pub fn wake(&self, rows: impl IntoIterator<Item = Wake>) {
         let queues = self.queues.read().unwrap_or_else(PoisonError::into_inner);
-        for k in keys {
-            match queues.get(&k.account) {
+        for w in rows {
+            match queues.get(&w.key.account) {
                 Some(q) => {
-                    let _ = q.send(k);
+                    let _ = q.send(w);
                 }
                 None => {
-                    warn!(account = %k.account, "Delivery queued for an account with no sender; it stays in the outbox.")
+                    warn!(account = %w.key.account, "Delivery queued for an account with no sender; it stays in the outbox.")
                 }
             }
         }
@@ -67,7 +68,7 @@ impl Wakers {
         self.queues.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
     }
 
-    fn register(&self, account: AccountId, queue: mpsc::UnboundedSender<OutboxKey>) {
+    fn register(&self, account: AccountId, queue: mpsc::UnboundedSender<Wake>) {
         self.queues.write().unwrap_or_else(PoisonError::into_inner).insert(account, queue);
     }
 
@@ -339,7 +340,8 @@ fn order_key(item: &OutboxItemV1) -> String {
 /// A queued row, its body loaded lazily.
 ///
 /// Every row of the account's backlog has one, so it is kept small: the account is the worker's
-/// (only the sequence number is held) and the row, read only for the scan window, is boxed. A
+/// (only the sequence number is held) and the row, held only within the scan window (handed
+/// over by the router, or read), is boxed. A
 /// backlog of 100k rows (a destination down for an hour) then holds about 2 MB, not 13.
 struct Queued {
     seq: u64,
@@ -362,13 +364,19 @@ fn shrink_when_drained(queue: &mut VecDeque<Queued>, known: &mut HashSet<u64>) {
     }
 }
 
+/// Queues a woken row once (a key woken twice, registered before the scan or a stale wake, is
+/// held once). The row the writer handed over is kept only while the queue is within the scan
+/// window: a backlog (a destination down for an hour) holds sequence numbers, not bodies, and
+/// its rows are read when the window reaches them.
+fn enqueue(queue: &mut VecDeque<Queued>, known: &mut HashSet<u64>, woken: Wake) {
+    if known.insert(woken.key.seq) {
+        let item = woken.row.filter(|_| queue.len() < SCAN_WINDOW);
+        queue.push_back(Queued { seq: woken.key.seq, item });
+    }
+}
+
 impl Worker {
-    async fn run(
-        self,
-        backlog: VecDeque<OutboxKey>,
-        mut rx: mpsc::UnboundedReceiver<OutboxKey>,
-        stop: CancellationToken,
-    ) {
+    async fn run(self, backlog: VecDeque<OutboxKey>, mut rx: mpsc::UnboundedReceiver<Wake>, stop: CancellationToken) {
         let me = Arc::new(self);
         // Every key queued or in flight: a key woken twice (registered before the scan, or a
         // stale wake) is held once.
@@ -378,10 +386,8 @@ impl Worker {
         let mut running = FuturesUnordered::new();
         let mut rx_open = true;
         loop {
-            while let Ok(key) = rx.try_recv() {
-                if known.insert(key.seq) {
-                    queue.push_back(Queued { seq: key.seq, item: None });
-                }
+            while let Ok(woken) = rx.try_recv() {
+                enqueue(&mut queue, &mut known, woken);
             }
             shrink_when_drained(&mut queue, &mut known);
             let limit = me.config.borrow().max_in_flight.max(1);
@@ -464,8 +470,8 @@ impl Worker {
             if stop.is_cancelled() && running.is_empty() {
                 // What stays unsent is no longer this process's to send (a reload may have
                 // removed the account; the next worker for it counts it again when it scans).
-                while let Ok(key) = rx.try_recv() {
-                    known.insert(key.seq);
+                while let Ok(woken) = rx.try_recv() {
+                    known.insert(woken.key.seq);
                 }
                 let left = known.len() as u64;
                 let _ = me.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(left)));
@@ -498,11 +504,7 @@ impl Worker {
                     }
                 }
                 k = rx.recv(), if rx_open && !stop.is_cancelled() => match k {
-                    Some(key) => {
-                        if known.insert(key.seq) {
-                            queue.push_back(Queued { seq: key.seq, item: None });
-                        }
-                    }
+                    Some(woken) => enqueue(&mut queue, &mut known, woken),
                     None => rx_open = false,
                 },
                 _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))), if sleep.is_some() && !stop.is_cancelled() => {}
@@ -674,5 +676,55 @@ mod tests {
         assert!((300..=500).contains(&b3), "{b3}");
         assert!(backoff(&cfg, 30, None) <= Duration::from_secs(2));
         assert_eq!(backoff(&cfg, 1, Some(Duration::from_secs(7))), Duration::from_secs(7));
+    }
+
+    fn row(seq: u64) -> Box<OutboxItemV1> {
+        use carebridge_contract::{Delivery, DeliveryId, DeliveryKind, RecordId, Redacted};
+        let delivery = Delivery {
+            id: DeliveryId(seq),
+            record_id: RecordId(seq),
+            account: "webhook.ehr".parse().unwrap(),
+            kind: DeliveryKind::Forward,
+            to: None,
+            conversation: Redacted::new("0011".into()),
+            patient_id: None,
+            sender_label: None,
+            subject: None,
+            body: Redacted::new("Synthetic text.".into()),
+            attachments: Vec::new(),
+            in_reply_to: Vec::new(),
+            rerouted_from: None,
+            filed_as: None,
+        };
+        Box::new(OutboxItemV1 {
+            v: 1,
+            delivery: delivery.into(),
+            attempts: 0,
+            not_before_ms: 0,
+            patient_id: None,
+            requires_consent: false,
+        })
+    }
+
+    fn woken(seq: u64, with_row: bool) -> Wake {
+        let key = OutboxKey { account: "webhook.ehr".parse().unwrap(), seq };
+        Wake { key, row: with_row.then(|| row(seq)) }
+    }
+
+    #[test]
+    fn a_woken_row_is_kept_within_the_scan_window_and_read_back_beyond_it() {
+        let (mut queue, mut known) = (VecDeque::new(), HashSet::new());
+        for seq in 0..SCAN_WINDOW as u64 + 10 {
+            enqueue(&mut queue, &mut known, woken(seq, true));
+        }
+        // Woken again (a stale wake, or registered before the start's scan): held once.
+        enqueue(&mut queue, &mut known, woken(3, false));
+        assert_eq!(queue.len(), SCAN_WINDOW + 10);
+        assert!(queue.iter().take(SCAN_WINDOW).all(|q| q.item.as_ref().is_some_and(|i| i.delivery.id.0 == q.seq)));
+        // A backlog holds sequence numbers only; those rows are read when the window reaches them.
+        assert!(queue.iter().skip(SCAN_WINDOW).all(|q| q.item.is_none()));
+        // A key woken without its row (the admin API, a shared store's feed) is read back.
+        enqueue(&mut queue, &mut known, woken(10_000, false));
+        assert!(queue.back().is_some_and(|q| q.seq == 10_000 && q.item.is_none()));
     }
 }

@@ -20,7 +20,8 @@
 //! or dead-letters a row another instance sent (`Store::apply_outbox`).
 
 use crate::lease::Leases;
-use crate::record::{OutboxKey, Store};
+use crate::record::Store;
+use crate::record::flusher::Wake;
 use carebridge_contract::AccountId;
 use std::future::Future;
 use std::sync::Arc;
@@ -49,12 +50,12 @@ pub async fn deliver<F, Fut>(
     leases: Arc<Leases>,
     account: AccountId,
     store: Store,
-    mut wakes: mpsc::UnboundedReceiver<OutboxKey>,
+    mut wakes: mpsc::UnboundedReceiver<Wake>,
     pending: Arc<AtomicU64>,
     stop: CancellationToken,
     mut send: F,
 ) where
-    F: FnMut(mpsc::UnboundedReceiver<OutboxKey>, CancellationToken) -> Fut,
+    F: FnMut(mpsc::UnboundedReceiver<Wake>, CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
 {
     let name = format!("outbox.{account}");
@@ -83,7 +84,7 @@ pub async fn deliver<F, Fut>(
 
 /// While standing by: the wakes go nowhere (another instance sends the rows). Ends only when
 /// the channel closes (the worker was stopped or replaced).
-async fn discard(wakes: &mut mpsc::UnboundedReceiver<OutboxKey>, pending: &AtomicU64) {
+async fn discard(wakes: &mut mpsc::UnboundedReceiver<Wake>, pending: &AtomicU64) {
     while wakes.recv().await.is_some() {
         uncount(pending, 1);
     }
@@ -94,8 +95,8 @@ async fn discard(wakes: &mut mpsc::UnboundedReceiver<OutboxKey>, pending: &Atomi
 async fn feed(
     store: &Store,
     account: &AccountId,
-    wakes: &mut mpsc::UnboundedReceiver<OutboxKey>,
-    queue: mpsc::UnboundedSender<OutboxKey>,
+    wakes: &mut mpsc::UnboundedReceiver<Wake>,
+    queue: mpsc::UnboundedSender<Wake>,
     pending: &AtomicU64,
     tenure: &CancellationToken,
 ) {
@@ -113,7 +114,7 @@ async fn feed(
                 first = false;
                 pending.fetch_add(keys.len() as u64, Ordering::Relaxed);
                 for key in keys {
-                    if queue.send(key).is_err() {
+                    if queue.send(Wake::from(key)).is_err() {
                         return;
                     }
                 }

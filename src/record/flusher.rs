@@ -20,6 +20,7 @@
 //! `daemon::run` shuts down in its usual order and returns the error, which `cli::main` turns
 //! into the exit code.
 
+use super::schema::OutboxItemV1;
 use super::{OutboxKey, Store, now_ms};
 use carebridge_contract::Receipt;
 use std::sync::Arc;
@@ -44,13 +45,31 @@ pub const EXIT_NO_DESCRIPTORS: i32 = 71;
 /// A flush with nothing new to write returns at once.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// An outbox row that a flush made durable, handed to its account's worker: its key and, when
+/// the writer still had it in hand, the row itself. The router commits a delivery and its
+/// worker sends it moments later; reading back (and unsealing, and decoding) what was just
+/// written cost the outbox a store read and a hop to a blocking thread per message.
+#[derive(Debug)]
+pub struct Wake {
+    /// The row's key.
+    pub key: OutboxKey,
+    /// The row as it was committed, if the writer had it (the worker reads it otherwise).
+    pub row: Option<Box<OutboxItemV1>>,
+}
+
+impl From<OutboxKey> for Wake {
+    fn from(key: OutboxKey) -> Wake {
+        Wake { key, row: None }
+    }
+}
+
 /// What to do once a flush has completed.
 #[derive(Debug, Default)]
 pub struct FlushJob {
     /// Receipts to send to adapters (they may ack their sources after this).
     pub receipts: Vec<(oneshot::Sender<Receipt>, Receipt)>,
     /// Outbox rows that may now be sent (record before forward).
-    pub wake: Vec<OutboxKey>,
+    pub wake: Vec<Wake>,
     /// Someone waiting for durability (admin API, shutdown).
     pub done: Option<oneshot::Sender<bool>>,
 }
@@ -93,12 +112,12 @@ pub struct FlushStatus {
 
 impl Flusher {
     /// Starts the flusher on its own thread (it spends its life in fsync; on a thread of its own
-    /// it never occupies an async worker). `wake` receives outbox keys after their rows are
-    /// durable. The thread ends when every handle is dropped and the last jobs are done.
+    /// it never occupies an async worker). `wake` receives outbox rows once they are
+    /// durable (with the rows the writers still had). The thread ends when every handle is dropped and the last jobs are done.
     /// `fatal` is cancelled when the store stops taking writes.
     pub fn spawn(
         store: Store,
-        wake: impl Fn(Vec<OutboxKey>) + Send + 'static,
+        wake: impl Fn(Vec<Wake>) + Send + 'static,
         fatal: CancellationToken,
     ) -> std::io::Result<(Flusher, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<FlushJob>();

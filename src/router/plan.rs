@@ -8,6 +8,7 @@ use super::identify::Directory;
 use super::notices::{LinkNotice, link_notice, unverified_notice};
 use crate::config::{UnknownSender, ValidConfig};
 use crate::policy::{Action, Audience, CheckInput, Class, ConsentGrant, Decision, Direction, NoticeTarget, Scan};
+use crate::record::flusher::Wake;
 use crate::record::schema::*;
 use crate::record::{Committed, Exchange, OutboxKey, Store, StoreError, now_ms};
 use carebridge_contract::{
@@ -92,7 +93,7 @@ impl Planner {
     }
 
     /// After the batch's transaction: the receipt and the outbox rows to wake after the flush.
-    pub fn finish(&self, ex: Exchange, committed: Committed) -> (Receipt, Vec<OutboxKey>) {
+    pub fn finish(&self, ex: Exchange, committed: Committed) -> (Receipt, Vec<Wake>) {
         match committed {
             Committed::Duplicate(prev) => {
                 info!(record_id = %prev, account = %ex.record.source.account, "Redelivered message de-duplicated.");
@@ -116,7 +117,9 @@ impl Planner {
                     held = ex.review.len(),
                     "Message recorded."
                 );
-                (Receipt::Recorded(ex.record.id), ex.outbox.into_iter().map(|(k, _)| k).collect())
+                // The rows go to their workers as committed: they need not read them back.
+                let wake = ex.outbox.into_iter().map(|(key, row)| Wake { key, row: Some(Box::new(row)) }).collect();
+                (Receipt::Recorded(ex.record.id), wake)
             }
         }
     }
