@@ -32,6 +32,8 @@ pub(crate) struct Scratch {
     pub ctx_first: Vec<usize>,
     /// The plain view's digit windows.
     pub digits: Vec<(usize, usize)>,
+    /// The digit patterns' match starts in them: (offset, pattern), sorted.
+    pub starts: Vec<(u32, u32)>,
     /// Candidates before scoring.
     pub candidates: Vec<Hit>,
     /// For each candidate, whether a context word is near.
@@ -54,6 +56,7 @@ impl Scratch {
         keep(&mut self.ctx_hits);
         keep(&mut self.ctx_first);
         keep(&mut self.digits);
+        keep(&mut self.starts);
         keep(&mut self.candidates);
         keep(&mut self.near);
     }
