@@ -39,6 +39,54 @@ pub(crate) struct Caches {
     ends: Cache,
 }
 
+/// Every digit pattern's match starts in the digit windows of a view (see
+/// [`DigitPatterns::find_starts`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Starts {
+    /// `(offset, pattern)`, sorted by offset (see [`candidates`]).
+    all: Vec<(u32, u32)>,
+    /// For each window: where its entries are in `all`, and which patterns have any (bit
+    /// `p % 64` for pattern `p`: a set bit may be another pattern's, a clear one says none).
+    windows: Vec<(usize, usize, u64)>,
+}
+
+/// A pattern's bit in [`Starts::windows`].
+fn bit(p: u32) -> u64 {
+    1 << (p % 64)
+}
+
+impl Starts {
+    /// Whether pattern `m` has a start in any window.
+    pub(crate) fn has_pattern(&self, m: u32) -> bool {
+        self.windows.iter().any(|w| w.2 & bit(m) != 0) && self.all.iter().any(|&(_, p)| p == m)
+    }
+
+    /// Pattern `m`'s candidates in window `k`, in order (see [`candidates`]); `None` when it
+    /// has no start there, so its loop is not run at all.
+    pub(crate) fn in_window(&self, k: usize, m: u32) -> Option<impl Iterator<Item = usize> + '_> {
+        let &(from, to, mask) = self.windows.get(k)?;
+        if mask & bit(m) == 0 {
+            return None;
+        }
+        let mut mine =
+            self.all.get(from..to)?.iter().filter(move |&&(_, p)| p == m).map(|&(s, _)| s as usize).peekable();
+        mine.peek()?;
+        Some(candidates(mine))
+    }
+
+    /// Shrinks back what a long text grew (see [`super::scratch`]).
+    pub(crate) fn trim(&mut self, keep: usize) {
+        if self.all.capacity() > keep {
+            self.all.clear();
+            self.all.shrink_to(keep);
+        }
+        if self.windows.capacity() > keep {
+            self.windows.clear();
+            self.windows.shrink_to(keep);
+        }
+    }
+}
+
 /// Makes a thread's [`Caches`] (the pool calls it once per thread that scans at once).
 type MakeCaches = Box<dyn Fn() -> Caches + Send + Sync>;
 
@@ -86,10 +134,26 @@ impl DigitPatterns {
         Some(DigitPatterns { starts, ends, caches: Pool::new(make) })
     }
 
-    /// Runs `f` with this thread's caches.
-    pub(crate) fn with_caches<R>(&self, f: impl FnOnce(&mut Caches) -> R) -> R {
-        let mut guard = self.caches.get();
-        f(&mut guard)
+    /// This thread's caches, until the guard is dropped (taken once per scan).
+    pub(crate) fn caches(&self) -> impl std::ops::DerefMut<Target = Caches> + '_ {
+        self.caches.get()
+    }
+
+    /// Every pattern's starts in each of `windows` of `hay`, into `out` (cleared first);
+    /// `false` if a search failed (then nothing can be said: every pattern is run alone).
+    pub(crate) fn find_starts(&self, c: &mut Caches, hay: &str, windows: &[(usize, usize)], out: &mut Starts) -> bool {
+        out.all.clear();
+        out.windows.clear();
+        windows.iter().all(|&(lo, hi)| {
+            let from = out.all.len();
+            let ok = self.starts(c, hay, lo, hi, &mut out.all);
+            // A window's starts come from its end back: reversed, all are sorted.
+            let new = out.all.get_mut(from..).unwrap_or_default();
+            new.reverse();
+            let mask = new.iter().fold(0, |mask, &(_, p)| mask | bit(p));
+            out.windows.push((from, out.all.len(), mask));
+            ok
+        })
     }
 
     /// Appends `(offset, pattern)` for every start in `lo..hi` of `hay` from which a pattern
@@ -214,7 +278,7 @@ mod tests {
         for t in texts() {
             for (lo, hi) in digit_windows(&t) {
                 let mut starts = Vec::new();
-                assert!(dp.with_caches(|c| dp.starts(c, &t, lo, hi, &mut starts)));
+                assert!(dp.starts(&mut dp.caches(), &t, lo, hi, &mut starts));
                 starts.reverse();
                 assert!(starts.windows(2).all(|w| w[0].0 <= w[1].0), "reported from the last start");
                 let hay = &t[..hi];
@@ -224,11 +288,11 @@ mod tests {
                     let mut all = candidates(mine()).peekable();
                     for pos in (lo..=hi).filter(|&p| t.is_char_boundary(p)) {
                         let want = re.find_at(hay, pos).map(|m| (m.start(), m.end()));
-                        let got = dp.with_caches(|c| dp.leftmost(c, &t, pi as u32, hi, &mut all, pos));
+                        let got = dp.leftmost(&mut dp.caches(), &t, pi as u32, hi, &mut all, pos);
                         assert_eq!(got, want, "pattern {pi} at {pos} in {:?}", &t[lo..hi]);
                         // ... and afresh.
                         let mut fresh = candidates(mine()).peekable();
-                        let again = dp.with_caches(|c| dp.leftmost(c, &t, pi as u32, hi, &mut fresh, pos));
+                        let again = dp.leftmost(&mut dp.caches(), &t, pi as u32, hi, &mut fresh, pos);
                         assert_eq!(again, want, "pattern {pi} at {pos} in {:?}", &t[lo..hi]);
                         checked += 1;
                     }

@@ -560,14 +560,19 @@ impl Engine {
         }
         // Every match start of the automaton's patterns in the digit windows, sorted (`None`
         // if a search failed: every pattern is then run alone).
-        let starts = self.digit_starts_into(plain.text(), digits, &mut s.starts).then_some(s.starts.as_slice());
+        // The automaton's search caches, taken once for the whole scan.
+        let mut caches = self.digit_patterns.as_ref().map(|(dp, _)| dp.caches());
+        let starts = match (&self.digit_patterns, caches.as_deref_mut()) {
+            (Some((dp, _)), Some(c)) => dp.find_starts(c, plain.text(), digits, &mut s.starts).then_some(&s.starts),
+            _ => None,
+        };
         // Misspelt context words only serve detectors that accept them (identifiers, run
         // around digits): not looked for when none of their patterns can match anywhere.
         let fuzzy_needed = joined.is_some()
             || self.regexes.iter().enumerate().any(|(ri, (spec, _))| {
                 self.specs.get(*spec).is_some_and(|s| s.fuzzy)
                     && match (starts, self.member(ri)) {
-                        (Some(st), Some(m)) => st.iter().any(|&(_, p)| p == m),
+                        (Some(st), Some(m)) => st.has_pattern(m),
                         _ => true,
                     }
             });
@@ -592,7 +597,7 @@ impl Engine {
         ctx.sort(self.specs.len());
 
         if !self.regexes.is_empty() {
-            self.run_regexes(text, &plain, digits, starts, joined, &ctx, &mut candidates);
+            self.run_regexes(text, &plain, digits, starts, caches.as_deref_mut(), joined, &ctx, &mut candidates);
         }
 
         // Several detectors match the same span (a number is a chart number, a reading, a
@@ -651,14 +656,15 @@ impl Engine {
     /// Runs the detectors' patterns over the plain view (and the joined view, for numbers
     /// broken across lines), adding their judged matches to `out`.
     /// `digits`: the plain view's digit windows; `starts`: the automaton's match starts in
-    /// them (by pattern, then start); `joined`: the joined view and where it joined lines.
+    /// them, and `caches` the automaton's; `joined`: the joined view and where it joined lines.
     #[allow(clippy::too_many_arguments)]
     fn run_regexes(
         &self,
         text: &str,
         plain: &View<'_>,
         digits: &[(usize, usize)],
-        starts: Option<&[(u32, u32)]>,
+        starts: Option<&digit_patterns::Starts>,
+        mut caches: Option<&mut digit_patterns::Caches>,
         joined: Option<(View<'_>, Vec<usize>)>,
         ctx: &ContextHits,
         out: &mut Vec<Hit>,
@@ -677,9 +683,9 @@ impl Engine {
                         None
                     };
                     let reached = |k: usize| reachable.as_ref().is_none_or(|r| r.get(k).copied().unwrap_or(true));
-                    match (starts, self.member(ri)) {
-                        (Some(st), Some(m)) => {
-                            self.run_digit_pattern(*spec_index, m, plain, digits, st, reached, text, false, out);
+                    match (starts, self.member(ri), caches.as_deref_mut()) {
+                        (Some(st), Some(m), Some(c)) => {
+                            self.run_digit_pattern(*spec_index, m, c, plain, digits, st, reached, text, false, out);
                         }
                         _ => {
                             for (k, &(lo, hi)) in digits.iter().enumerate() {
@@ -705,7 +711,13 @@ impl Engine {
                 .into_iter()
                 .filter(|&(lo, hi)| joins.iter().any(|&j| lo <= j && j <= hi))
                 .collect();
-            let starts = self.digit_starts(joined.text(), &windows);
+            let starts = match (&self.digit_patterns, caches.as_deref_mut()) {
+                (Some((dp, _)), Some(c)) => {
+                    let mut starts = digit_patterns::Starts::default();
+                    dp.find_starts(c, joined.text(), &windows, &mut starts).then_some(starts)
+                }
+                _ => None,
+            };
             for (ri, (spec_index, re)) in self.regexes.iter().enumerate() {
                 let Some(spec) = self.specs.get(*spec_index) else { continue };
                 // Built-in patterns only: the clinic's own are matched once, as written. A
@@ -714,9 +726,9 @@ impl Engine {
                     && !matches!(spec.prefilter, Prefilter::Byte(_))
                     && !(spec.context_required && ctx.of(*spec_index).is_empty())
                 {
-                    match (&starts, self.member(ri)) {
-                        (Some(st), Some(m)) => {
-                            self.run_digit_pattern(*spec_index, m, &joined, &windows, st, |_| true, text, true, out);
+                    match (&starts, self.member(ri), caches.as_deref_mut()) {
+                        (Some(st), Some(m), Some(c)) => {
+                            self.run_digit_pattern(*spec_index, m, c, &joined, &windows, st, |_| true, text, true, out);
                         }
                         _ => {
                             for &(lo, hi) in &windows {
@@ -729,43 +741,19 @@ impl Engine {
         }
     }
 
-    /// The digit automaton's match starts in `windows` of `hay` as `(offset, pattern)`, sorted
-    /// by offset (see [`digit_patterns::candidates`]); `None` without the automaton or if a
-    /// search failed (every pattern is then run alone).
-    fn digit_starts(&self, hay: &str, windows: &[(usize, usize)]) -> Option<Vec<(u32, u32)>> {
-        let mut starts = Vec::new();
-        self.digit_starts_into(hay, windows, &mut starts).then_some(starts)
-    }
-
-    /// [`Engine::digit_starts`], into `out` (cleared first); `false` for `None`.
-    fn digit_starts_into(&self, hay: &str, windows: &[(usize, usize)], out: &mut Vec<(u32, u32)>) -> bool {
-        out.clear();
-        let Some((dp, _)) = &self.digit_patterns else { return false };
-        dp.with_caches(|c| {
-            windows.iter().all(|&(lo, hi)| {
-                // Each window's starts come from its end back: reversed, all are sorted.
-                let from = out.len();
-                let ok = dp.starts(c, hay, lo, hi, out);
-                if let Some(new) = out.get_mut(from..) {
-                    new.reverse();
-                }
-                ok
-            })
-        })
-    }
-
     /// Runs pattern `m` of the digit automaton, detector `spec_index`'s, over the `windows` of
-    /// a view where it has starts (`starts`: every pattern's, as [`Engine::digit_starts`]
-    /// gives them) and `reached(k)` says the `k`th window can matter; as
+    /// a view where it has starts (`starts`: every pattern's there) and `reached(k)` says the
+    /// `k`th window can matter, with the automaton's caches `c`; as
     /// [`Engine::run_regex`] runs a pattern, without its searches.
     #[allow(clippy::too_many_arguments)]
     fn run_digit_pattern(
         &self,
         spec_index: usize,
         m: u32,
+        c: &mut digit_patterns::Caches,
         view: &View<'_>,
         windows: &[(usize, usize)],
-        starts: &[(u32, u32)],
+        starts: &digit_patterns::Starts,
         reached: impl Fn(usize) -> bool,
         text: &str,
         spanning_breaks: bool,
@@ -773,20 +761,15 @@ impl Engine {
     ) {
         let Some((dp, _)) = &self.digit_patterns else { return };
         let hay = view.text();
-        dp.with_caches(|c| {
-            for (k, &(lo, hi)) in windows.iter().enumerate() {
-                let from = starts.partition_point(|&(s, _)| (s as usize) < lo);
-                let to = starts.partition_point(|&(s, _)| (s as usize) < hi);
-                let here = starts.get(from..to).unwrap_or_default();
-                if !here.iter().any(|&(_, p)| p == m) || !reached(k) {
-                    continue;
-                }
-                let mine = here.iter().filter(|&&(_, p)| p == m).map(|&(s, _)| s as usize);
-                let mut candidates = digit_patterns::candidates(mine).peekable();
-                let leftmost = |pos: usize| dp.leftmost(c, hay, m, hi, &mut candidates, pos);
-                self.judge_leftmost(spec_index, view, lo, hi, text, spanning_breaks, out, leftmost);
+        for (k, &(lo, hi)) in windows.iter().enumerate() {
+            let Some(mine) = starts.in_window(k, m) else { continue };
+            if !reached(k) {
+                continue;
             }
-        });
+            let mut candidates = mine.peekable();
+            let leftmost = |pos: usize| dp.leftmost(c, hay, m, hi, &mut candidates, pos);
+            self.judge_leftmost(spec_index, view, lo, hi, text, spanning_breaks, out, leftmost);
+        }
     }
 
     /// Runs one detector's regex over `lo..hi` of a view (matches start at `lo` or later and end
