@@ -162,6 +162,7 @@ impl DigitPatterns {
     /// can be said).
     pub(crate) fn starts(&self, c: &mut Caches, hay: &str, lo: usize, hi: usize, out: &mut Vec<(u32, u32)>) -> bool {
         let Some(text) = hay.get(..hi) else { return false };
+        // `Input::range` panics on a range outside the haystack.
         if lo > hi {
             return false;
         }
@@ -208,6 +209,10 @@ impl DigitPatterns {
     /// cut at `hi`; `None` if it has none there (or the search failed).
     pub(crate) fn end(&self, c: &mut Caches, hay: &str, pattern: u32, start: usize, hi: usize) -> Option<usize> {
         let text = hay.get(..hi)?;
+        // `Input::range` panics on a range outside the haystack.
+        if start > text.len() {
+            return None;
+        }
         let pid = PatternID::new(usize::try_from(pattern).ok()?).ok()?;
         let input = Input::new(text).range(start..).anchored(Anchored::Pattern(pid));
         self.ends.try_search_fwd(&mut c.ends, &input).ok()?.map(|m| m.offset())
@@ -307,5 +312,20 @@ mod tests {
         assert!(DigitPatterns::new(&["[0-9]+", r"\b[0-9]{5}\b"], 1 << 20).is_none());
         assert!(DigitPatterns::new(&[], 1 << 20).is_none());
         assert!(DigitPatterns::new(&["[0-9]+"], 1 << 20).is_some());
+    }
+
+    /// Positions and ids outside the text or the automaton give no answer, not a panic.
+    #[test]
+    fn out_of_range_asks_are_answered_none() {
+        let dp = DigitPatterns::new(&["[0-9]+"], 1 << 20).unwrap_or_else(|| panic!("no automata"));
+        let mut c = dp.caches();
+        let mut out = Vec::new();
+        assert!(!dp.starts(&mut c, "12 34", 4, 2, &mut out));
+        assert!(!dp.starts(&mut c, "12 34", 0, 9, &mut out));
+        assert!(!dp.starts(&mut c, "é1", 0, 1, &mut out));
+        assert_eq!(dp.end(&mut c, "12 34", 0, 7, 5), None);
+        assert_eq!(dp.end(&mut c, "12 34", 0, 0, 9), None);
+        assert_eq!(dp.end(&mut c, "12 34", 5, 0, 5), None);
+        assert_eq!(dp.end(&mut c, "12 34", 0, 3, 5), Some(5));
     }
 }

@@ -479,9 +479,10 @@ impl Engine {
     ///
     /// Order of work, cheapest first: one automaton pass over the folded view finds keyword
     /// matches and context words, and the misspelt context words are looked up once; then
-    /// the patterns run only where they can matter (around digits, where the pattern set
-    /// says they can match, and for detectors that need a context word only near one); a
-    /// match's context window is computed only when a context word lies within its reach.
+    /// the patterns run only where they can matter (around digits, where the digit
+    /// automaton found them a start, and for detectors that need a context word only near
+    /// one); a match's context window is computed only when a context word lies within its
+    /// reach.
     pub(crate) fn detect(&self, text: &str) -> Vec<Hit> {
         scratch::with(|s| self.detect_in(text, s))
     }
