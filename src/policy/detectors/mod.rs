@@ -18,6 +18,7 @@
 pub(crate) mod clinical;
 pub(crate) mod contact;
 pub(crate) mod custom;
+pub(crate) mod digit_patterns;
 pub(crate) mod fuzzy;
 pub(crate) mod identifiers;
 pub(crate) mod lexicon;
@@ -29,8 +30,9 @@ pub(crate) mod word_map;
 use super::Class;
 use aho_corasick::{AhoCorasick, MatchKind};
 use normalize::{View, isolated, next_boundary, whole_word};
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::{Regex, RegexBuilder};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Compiled-size cap for one pattern (user patterns included): large enough for any sane
 /// detector, small enough that a pathological one fails validation instead of eating memory.
@@ -333,10 +335,11 @@ pub(crate) struct Engine {
     specs: Vec<Spec>,
     /// (detector index, its regex).
     regexes: Vec<(usize, Regex)>,
-    /// The patterns of the detectors run around digits, in one set: run once over each digit
-    /// window, it says which of them can match there, so the others are not run at all.
-    /// With it, for each entry of `regexes`, its index in the set.
-    digit_set: Option<(RegexSet, Vec<Option<usize>>)>,
+    /// The patterns of the detectors run around digits, in one automaton run once over each
+    /// digit window (see [`digit_patterns`]): where each can match there, so the others are
+    /// not run at all, and each match without a search of its own. With it, for each entry of
+    /// `regexes`, its pattern id in the automaton (`None`: run alone, as written).
+    digit_patterns: Option<(Arc<digit_patterns::DigitPatterns>, Vec<Option<u32>>)>,
     /// Keywords and context words that start and end with a letter (nearly all): looked up
     /// by the letter runs of the folded text (see [`WordTerms`]).
     words: WordTerms,
@@ -413,27 +416,28 @@ impl Engine {
             let odd_starts: Vec<&str> = odd.first_runs().collect();
             lexicon::Lexicon::new(known, &words, &fuzzy, &vocabulary, &odd_starts)
         };
-        let digit_set = {
+        let digit_patterns = {
             let mut members = Vec::with_capacity(regexes.len());
             let mut patterns = Vec::new();
             for (spec, _) in &regexes {
                 match specs.get(*spec) {
+                    // A pattern matching every digit (`reading`) would report a start at
+                    // every digit; a custom one that is not bounded is matched once, as written.
                     Some(Spec {
-                        prefilter: Prefilter::Digits, pattern: Some(p), matches_every_digit: false, ..
+                        prefilter: Prefilter::Digits,
+                        pattern: Some(p),
+                        matches_every_digit: false,
+                        bounded: true,
+                        ..
                     }) => {
-                        members.push(Some(patterns.len()));
+                        members.push(u32::try_from(patterns.len()).ok());
                         patterns.push(p.as_str());
                     }
                     _ => members.push(None),
                 }
             }
-            // A set too large to compile only costs speed: every pattern is then run.
-            RegexSetBuilder::new(&patterns)
-                .size_limit(REGEX_SIZE_LIMIT.saturating_mul(patterns.len().max(1)))
-                .build()
-                .ok()
-                .filter(|_| !patterns.is_empty())
-                .map(|set| (set, members))
+            // Patterns the automaton cannot take only cost speed: every pattern is then run alone.
+            digit_patterns::DigitPatterns::new(&patterns, REGEX_SIZE_LIMIT).map(|dp| (Arc::new(dp), members))
         };
         let mut allow: Vec<String> = allow.iter().map(|a| normalize::compact(a)).filter(|a| !a.is_empty()).collect();
         allow.sort();
@@ -441,7 +445,7 @@ impl Engine {
         Ok(Engine {
             specs,
             regexes,
-            digit_set,
+            digit_patterns,
             words,
             odd,
             terms,
@@ -475,9 +479,10 @@ impl Engine {
     ///
     /// Order of work, cheapest first: one automaton pass over the folded view finds keyword
     /// matches and context words, and the misspelt context words are looked up once; then
-    /// the patterns run only where they can matter (around digits, where the pattern set
-    /// says they can match, and for detectors that need a context word only near one); a
-    /// match's context window is computed only when a context word lies within its reach.
+    /// the patterns run only where they can matter (around digits, where the digit
+    /// automaton found them a start, and for detectors that need a context word only near
+    /// one); a match's context window is computed only when a context word lies within its
+    /// reach.
     pub(crate) fn detect(&self, text: &str) -> Vec<Hit> {
         scratch::with(|s| self.detect_in(text, s))
     }
@@ -554,17 +559,21 @@ impl Engine {
         if !self.regexes.is_empty() {
             digit_windows_into(plain.text(), digits);
         }
-        let possible: Option<Vec<regex::SetMatches>> = self.digit_set.as_ref().map(|(set, _)| {
-            let hay = plain.text();
-            digits.iter().map(|&(lo, hi)| set.matches_at(hay.get(..hi).unwrap_or_default(), lo)).collect()
-        });
+        // Every match start of the automaton's patterns in the digit windows, sorted (`None`
+        // if a search failed: every pattern is then run alone).
+        // The automaton's search caches, taken once for the whole scan.
+        let mut caches = self.digit_patterns.as_ref().map(|(dp, _)| dp.caches());
+        let starts = match (&self.digit_patterns, caches.as_deref_mut()) {
+            (Some((dp, _)), Some(c)) => dp.find_starts(c, plain.text(), digits, &mut s.starts).then_some(&s.starts),
+            _ => None,
+        };
         // Misspelt context words only serve detectors that accept them (identifiers, run
         // around digits): not looked for when none of their patterns can match anywhere.
         let fuzzy_needed = joined.is_some()
             || self.regexes.iter().enumerate().any(|(ri, (spec, _))| {
                 self.specs.get(*spec).is_some_and(|s| s.fuzzy)
-                    && match (&possible, self.digit_set.as_ref().and_then(|(_, m)| m.get(ri).copied().flatten())) {
-                        (Some(p), Some(m)) => p.iter().any(|sm| sm.matched(m)),
+                    && match (starts, self.member(ri)) {
+                        (Some(st), Some(m)) => st.has_pattern(m),
                         _ => true,
                     }
             });
@@ -589,7 +598,7 @@ impl Engine {
         ctx.sort(self.specs.len());
 
         if !self.regexes.is_empty() {
-            self.run_regexes(text, &plain, digits, possible.as_deref(), joined, &ctx, &mut candidates);
+            self.run_regexes(text, &plain, digits, starts, caches.as_deref_mut(), joined, &ctx, &mut candidates);
         }
 
         // Several detectors match the same span (a number is a chart number, a reading, a
@@ -647,15 +656,16 @@ impl Engine {
 
     /// Runs the detectors' patterns over the plain view (and the joined view, for numbers
     /// broken across lines), adding their judged matches to `out`.
-    /// `digits`: the plain view's digit windows; `possible`: which patterns of the set can
-    /// match in each; `joined`: the joined view and where it joined lines.
+    /// `digits`: the plain view's digit windows; `starts`: the automaton's match starts in
+    /// them, and `caches` the automaton's; `joined`: the joined view and where it joined lines.
     #[allow(clippy::too_many_arguments)]
     fn run_regexes(
         &self,
         text: &str,
         plain: &View<'_>,
         digits: &[(usize, usize)],
-        possible: Option<&[regex::SetMatches]>,
+        starts: Option<&digit_patterns::Starts>,
+        mut caches: Option<&mut digit_patterns::Caches>,
         joined: Option<(View<'_>, Vec<usize>)>,
         ctx: &ContextHits,
         out: &mut Vec<Hit>,
@@ -666,7 +676,6 @@ impl Engine {
             let Some(spec) = self.specs.get(*spec_index) else { continue };
             match spec.prefilter {
                 Prefilter::Digits => {
-                    let member = self.digit_set.as_ref().and_then(|(_, m)| m.get(ri).copied().flatten());
                     let reachable = if spec.context_required {
                         Some(context_reachable(digits, |lo, hi| {
                             ctx.near(*spec_index, lo.saturating_sub(REACH), hi + REACH)
@@ -674,13 +683,17 @@ impl Engine {
                     } else {
                         None
                     };
-                    for (k, &(lo, hi)) in digits.iter().enumerate() {
-                        let can_match = match (possible, member) {
-                            (Some(p), Some(m)) => p.get(k).is_some_and(|sm| sm.matched(m)),
-                            _ => true,
-                        };
-                        if can_match && reachable.as_ref().is_none_or(|r| r.get(k).copied().unwrap_or(true)) {
-                            self.run_regex(*spec_index, re, plain, lo, hi, text, false, out);
+                    let reached = |k: usize| reachable.as_ref().is_none_or(|r| r.get(k).copied().unwrap_or(true));
+                    match (starts, self.member(ri), caches.as_deref_mut()) {
+                        (Some(st), Some(m), Some(c)) => {
+                            self.run_digit_pattern(*spec_index, m, c, plain, digits, st, reached, text, false, out);
+                        }
+                        _ => {
+                            for (k, &(lo, hi)) in digits.iter().enumerate() {
+                                if reached(k) {
+                                    self.run_regex(*spec_index, re, plain, lo, hi, text, false, out);
+                                }
+                            }
                         }
                     }
                 }
@@ -699,7 +712,14 @@ impl Engine {
                 .into_iter()
                 .filter(|&(lo, hi)| joins.iter().any(|&j| lo <= j && j <= hi))
                 .collect();
-            for (spec_index, re) in &self.regexes {
+            let starts = match (&self.digit_patterns, caches.as_deref_mut()) {
+                (Some((dp, _)), Some(c)) => {
+                    let mut starts = digit_patterns::Starts::default();
+                    dp.find_starts(c, joined.text(), &windows, &mut starts).then_some(starts)
+                }
+                _ => None,
+            };
+            for (ri, (spec_index, re)) in self.regexes.iter().enumerate() {
                 let Some(spec) = self.specs.get(*spec_index) else { continue };
                 // Built-in patterns only: the clinic's own are matched once, as written. A
                 // detector that needs a context word is skipped when the text has none of its.
@@ -707,11 +727,49 @@ impl Engine {
                     && !matches!(spec.prefilter, Prefilter::Byte(_))
                     && !(spec.context_required && ctx.of(*spec_index).is_empty())
                 {
-                    for &(lo, hi) in &windows {
-                        self.run_regex(*spec_index, re, &joined, lo, hi, text, true, out);
+                    match (&starts, self.member(ri), caches.as_deref_mut()) {
+                        (Some(st), Some(m), Some(c)) => {
+                            self.run_digit_pattern(*spec_index, m, c, &joined, &windows, st, |_| true, text, true, out);
+                        }
+                        _ => {
+                            for &(lo, hi) in &windows {
+                                self.run_regex(*spec_index, re, &joined, lo, hi, text, true, out);
+                            }
+                        }
                     }
                 }
             }
+        }
+    }
+
+    /// Runs pattern `m` of the digit automaton, detector `spec_index`'s, over the `windows` of
+    /// a view where it has starts (`starts`: every pattern's there) and `reached(k)` says the
+    /// `k`th window can matter, with the automaton's caches `c`; as
+    /// [`Engine::run_regex`] runs a pattern, without its searches.
+    #[allow(clippy::too_many_arguments)]
+    fn run_digit_pattern(
+        &self,
+        spec_index: usize,
+        m: u32,
+        c: &mut digit_patterns::Caches,
+        view: &View<'_>,
+        windows: &[(usize, usize)],
+        starts: &digit_patterns::Starts,
+        reached: impl Fn(usize) -> bool,
+        text: &str,
+        spanning_breaks: bool,
+        out: &mut Vec<Hit>,
+    ) {
+        let Some((dp, _)) = &self.digit_patterns else { return };
+        let hay = view.text();
+        for (k, &(lo, hi)) in windows.iter().enumerate() {
+            let Some(mine) = starts.in_window(k, m) else { continue };
+            if !reached(k) {
+                continue;
+            }
+            let mut candidates = mine.peekable();
+            let leftmost = |pos: usize| dp.leftmost(c, hay, m, hi, &mut candidates, pos);
+            self.judge_leftmost(spec_index, view, lo, hi, text, spanning_breaks, out, leftmost);
         }
     }
 
@@ -733,39 +791,67 @@ impl Engine {
     ) {
         let Some(spec) = self.specs.get(spec_index) else { return };
         let Some(hay) = view.text().get(..hi) else { return };
-        let mut push = |m_start: usize, j: Judged| {
-            if let Some((start, end)) = view.original(m_start, j.end)
-                && (!spanning_breaks || text.get(start..end).is_some_and(|t| t.contains('\n')))
-            {
-                out.push(Hit { spec: spec_index, start, end, pct: j.pct });
-            }
-        };
         if spec.bounded {
-            let mut pos = lo;
-            while pos <= hay.len() {
-                let Some(m) = re.find_at(hay, pos) else { break };
-                let next = next_boundary(hay, m.start());
-                match judge(spec, hay, m.start(), m.end()) {
-                    Some(j) => {
-                        push(m.start(), j);
-                        pos = j.end.max(next);
-                    }
-                    // A match of an isolated pattern starting inside a run of digits is glued
-                    // to the digit before it: skip the rest of the run.
-                    None if spec.isolated && hay.as_bytes().get(m.start()).is_some_and(u8::is_ascii_digit) => {
-                        let run = hay.as_bytes().get(m.start()..).unwrap_or_default();
-                        pos = m.start() + run.iter().take_while(|b| b.is_ascii_digit()).count().max(1);
-                    }
-                    None => pos = next,
-                }
-            }
+            let leftmost = |pos: usize| re.find_at(hay, pos).map(|m| (m.start(), m.end()));
+            self.judge_leftmost(spec_index, view, lo, hi, text, spanning_breaks, out, leftmost);
         } else {
             for m in re.find_iter(hay) {
-                if let Some(j) = judge(spec, hay, m.start(), m.end()) {
-                    push(m.start(), j);
+                if let Some(j) = judge(spec, hay, m.start(), m.end())
+                    && let Some((start, end)) = view.original(m.start(), j.end)
+                    && (!spanning_breaks || text.get(start..end).is_some_and(|t| t.contains('\n')))
+                {
+                    out.push(Hit { spec: spec_index, start, end, pct: j.pct });
                 }
             }
         }
+    }
+
+    /// The matching loop of a bounded pattern over `lo..hi` of a view (see [`Engine::run_regex`]):
+    /// `leftmost(pos)` is the pattern's leftmost match starting at or after `pos` in the view
+    /// cut at `hi` (asked for increasing positions only); a match the judge accepts is kept and
+    /// the search goes on after it, a rejected one is retried one character later (or after
+    /// the run of digits it starts in, when the pattern must be isolated).
+    #[allow(clippy::too_many_arguments)]
+    fn judge_leftmost(
+        &self,
+        spec_index: usize,
+        view: &View<'_>,
+        lo: usize,
+        hi: usize,
+        text: &str,
+        spanning_breaks: bool,
+        out: &mut Vec<Hit>,
+        mut leftmost: impl FnMut(usize) -> Option<(usize, usize)>,
+    ) {
+        let Some(spec) = self.specs.get(spec_index) else { return };
+        let Some(hay) = view.text().get(..hi) else { return };
+        let mut pos = lo;
+        while pos <= hay.len() {
+            let Some((m_start, m_end)) = leftmost(pos) else { break };
+            let next = next_boundary(hay, m_start);
+            match judge(spec, hay, m_start, m_end) {
+                Some(j) => {
+                    if let Some((start, end)) = view.original(m_start, j.end)
+                        && (!spanning_breaks || text.get(start..end).is_some_and(|t| t.contains('\n')))
+                    {
+                        out.push(Hit { spec: spec_index, start, end, pct: j.pct });
+                    }
+                    pos = j.end.max(next);
+                }
+                // A match of an isolated pattern starting inside a run of digits is glued
+                // to the digit before it: skip the rest of the run.
+                None if spec.isolated && hay.as_bytes().get(m_start).is_some_and(u8::is_ascii_digit) => {
+                    let run = hay.as_bytes().get(m_start..).unwrap_or_default();
+                    pos = m_start + run.iter().take_while(|b| b.is_ascii_digit()).count().max(1);
+                }
+                None => pos = next,
+            }
+        }
+    }
+
+    /// The automaton's pattern id of `regexes[ri]`, if it holds it.
+    fn member(&self, ri: usize) -> Option<u32> {
+        self.digit_patterns.as_ref().and_then(|(_, m)| m.get(ri).copied().flatten())
     }
 
     fn allowed(&self, text: &str, h: &Hit) -> bool {

@@ -9,6 +9,7 @@
 //! megabytes for the rest of its life.
 
 use super::Hit;
+use super::digit_patterns::Starts;
 use super::lexicon::Known;
 use std::cell::RefCell;
 
@@ -32,6 +33,8 @@ pub(crate) struct Scratch {
     pub ctx_first: Vec<usize>,
     /// The plain view's digit windows.
     pub digits: Vec<(usize, usize)>,
+    /// The digit patterns' match starts in them.
+    pub starts: Starts,
     /// Candidates before scoring.
     pub candidates: Vec<Hit>,
     /// For each candidate, whether a context word is near.
@@ -54,6 +57,7 @@ impl Scratch {
         keep(&mut self.ctx_hits);
         keep(&mut self.ctx_first);
         keep(&mut self.digits);
+        self.starts.trim(KEEP);
         keep(&mut self.candidates);
         keep(&mut self.near);
     }
