@@ -677,7 +677,11 @@ impl Engine {
             match spec.prefilter {
                 Prefilter::Digits => {
                     let reachable = if spec.context_required {
+                        // The windows are in the plain view, the context words in the
+                        // original: where the plain view dropped characters (exotic spaces,
+                        // zero-width ones) a word after the number lies further on there.
                         Some(context_reachable(digits, |lo, hi| {
+                            let (lo, hi) = plain.original(lo, hi).unwrap_or((lo, hi));
                             ctx.near(*spec_index, lo.saturating_sub(REACH), hi + REACH)
                         }))
                     } else {
@@ -1392,6 +1396,12 @@ mod tests {
             ]
             .map(|t| t.to_string()),
         );
+        // Characters the plain view drops (here zero-width spaces pasted from a web form)
+        // before a number whose context word follows it: the digit windows are in the plain
+        // view, the context words in the original, so the window must be mapped before asking.
+        let pasted = format!("Hello{} September 7, 1984 is my date of birth", "\u{200B}".repeat(200));
+        assert!(fast.detect(&pasted).iter().any(|h| fast.kind(h) == "date_of_birth"), "{pasted:?}");
+        texts.push(pasted);
         for t in &texts {
             assert_eq!(fast.detect(t), slow.detect(t), "{t:?}");
         }
