@@ -18,6 +18,7 @@
 use super::detectors::fuzzy::Vocabulary;
 use super::detectors::normalize::{View, fold_term};
 use super::detectors::word_map::WordList;
+use aho_corasick::{AhoCorasick, MatchKind};
 use std::sync::OnceLock;
 
 /// Phrases of front-desk text that are safe whatever their words ("assurance maladie" holds
@@ -53,13 +54,13 @@ const ENDINGS: &[(&str, &[&str])] = &[
     ("e", &["", "er"]),
 ];
 
-/// Whether `word` (folded) or a plain inflection of it is a health word.
-fn is_health(word: &str) -> bool {
+/// Whether `word` (folded) or a plain inflection of it is a health word. `buf`: scratch
+/// space for the inflections.
+fn is_health(word: &str, buf: &mut String) -> bool {
     let health = health();
     if health.contains(word) {
         return true;
     }
-    let mut buf = String::with_capacity(word.len() + 2);
     ENDINGS.iter().any(|(end, subs)| {
         word.strip_suffix(end).filter(|stem| stem.len() >= 3).is_some_and(|stem| {
             subs.iter().any(|sub| {
@@ -93,6 +94,56 @@ fn everyday_form(words: &WordList<&'static str>, word: &str) -> bool {
             })
         })
     })
+}
+
+/// [`everyday_form`] for a word [`is_health`] said no to: neither it nor any of its
+/// inflections is then a health word (the same endings, the same replacements), so only the
+/// everyday list is asked. `buf`: scratch space for the inflections.
+fn everyday_inflection(words: &WordList<&'static str>, word: &str, buf: &mut String) -> bool {
+    if words.contains(word) {
+        return true;
+    }
+    ENDINGS.iter().any(|(end, subs)| {
+        word.strip_suffix(end).filter(|stem| stem.len() >= 3).is_some_and(|stem| {
+            subs.iter().any(|sub| {
+                buf.clear();
+                buf.push_str(stem);
+                buf.push_str(sub);
+                words.contains(buf.as_str())
+            })
+        })
+    })
+}
+
+/// Where the [`SAFE_PHRASES`] occur in the folded text `f`, into `out`: for each phrase, its
+/// occurrences from left to right, each searched after the end of the one before (as
+/// `str::find` from there would give them). One automaton reads the text once for all of
+/// them; the phrases' order in `out` does not matter (only whether a word overlaps one).
+fn safe_phrases_in(f: &str, out: &mut Vec<(usize, usize)>) {
+    static AC: OnceLock<Option<AhoCorasick>> = OnceLock::new();
+    let ac = AC.get_or_init(|| AhoCorasick::builder().match_kind(MatchKind::Standard).build(SAFE_PHRASES).ok());
+    if let Some(matches) = ac.as_ref().and_then(|ac| ac.try_find_overlapping_iter(f).ok()) {
+        // Every occurrence of every phrase, by where it ends: one phrase's occurrences are then
+        // by where they start too, so keeping the first at or after the end of the last kept
+        // one is what a search from there finds.
+        let mut from = [0usize; SAFE_PHRASES.len()];
+        for m in matches {
+            if let Some(after) = from.get_mut(m.pattern().as_usize())
+                && m.start() >= *after
+            {
+                out.push((m.start(), m.end()));
+                *after = m.end();
+            }
+        }
+        return;
+    }
+    for p in SAFE_PHRASES {
+        let mut from = 0;
+        while let Some(at) = f.get(from..).and_then(|t| t.find(p)) {
+            out.push((from + at, from + at + p.len()));
+            from += at + p.len();
+        }
+    }
 }
 
 /// What may follow the digits of a neutral number ("3pm", "9h45", "2e", "22nd").
@@ -181,6 +232,14 @@ pub(crate) fn reads_safe(text: &str, neutral: &[(usize, usize)]) -> bool {
     blocking_word(text, neutral).is_none()
 }
 
+/// The character at byte `i` of `s`: an ASCII byte is its own character, without decoding.
+fn char_at(s: &str, i: usize) -> Option<char> {
+    match s.as_bytes().get(i) {
+        Some(&b) if b.is_ascii() => Some(char::from(b)),
+        _ => s.get(i..).and_then(|t| t.chars().next()),
+    }
+}
+
 /// The first word that keeps `text` from reading safe (`Some("")` for too many names).
 fn blocking_word(text: &str, neutral: &[(usize, usize)]) -> Option<String> {
     let words = everyday();
@@ -188,16 +247,11 @@ fn blocking_word(text: &str, neutral: &[(usize, usize)]) -> Option<String> {
     let f = folded.text();
     let (mut total, mut names) = (0usize, 0usize);
     let mut phrases: Vec<(usize, usize)> = Vec::new();
-    for p in SAFE_PHRASES {
-        let mut from = 0;
-        while let Some(at) = f.get(from..).and_then(|t| t.find(p)) {
-            phrases.push((from + at, from + at + p.len()));
-            from += at + p.len();
-        }
-    }
+    safe_phrases_in(f, &mut phrases);
+    let mut buf = String::new();
     let mut i = 0;
     while i < f.len() {
-        let Some(c) = f.get(i..).and_then(|t| t.chars().next()) else { break };
+        let Some(c) = char_at(f, i) else { break };
         if !c.is_alphanumeric() {
             i += c.len_utf8();
             continue;
@@ -205,9 +259,8 @@ fn blocking_word(text: &str, neutral: &[(usize, usize)]) -> Option<String> {
         // A word: letters and digits, with inner apostrophes and hyphens.
         let start = i;
         let mut end = i;
-        while let Some(ch) = f.get(end..).and_then(|t| t.chars().next()) {
-            let inner = matches!(ch, '\'' | '-')
-                && f.get(end + 1..).and_then(|t| t.chars().next()).is_some_and(char::is_alphanumeric);
+        while let Some(ch) = char_at(f, end) {
+            let inner = matches!(ch, '\'' | '-') && char_at(f, end + 1).is_some_and(char::is_alphanumeric);
             if ch.is_alphanumeric() || inner {
                 end += ch.len_utf8();
             } else {
@@ -236,11 +289,14 @@ fn blocking_word(text: &str, neutral: &[(usize, usize)]) -> Option<String> {
         total += 1;
         let parts = || word.split(['\'', '-']).filter(|p| !p.is_empty());
         // A health word blocks even when written like a name ("PrEP", "STIs").
-        if is_health(word) || parts().any(is_health) {
+        if is_health(word, &mut buf) || parts().any(|p| is_health(p, &mut buf)) {
             return Some(word.to_string());
         }
-        let everyday_or_typo = |p: &str| everyday_form(words, p) || everyday_typo(p);
-        let known = everyday_form(words, word) || parts().all(everyday_or_typo) || everyday_typo(word);
+        // Neither the word nor its parts are health words in any inflection: only the
+        // everyday list is left to ask.
+        let known = everyday_inflection(words, word, &mut buf)
+            || parts().all(|p| everyday_inflection(words, p, &mut buf) || everyday_typo(p))
+            || everyday_typo(word);
         if known {
             continue;
         }
@@ -274,6 +330,33 @@ fn is_name(text: &str, start: usize, end: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The phrases found by one automaton are those a search per phrase finds, overlapping
+    /// and repeated ones included.
+    #[test]
+    fn safe_phrases_as_searched_one_by_one() {
+        let corpus = include_str!("../../tests/policy_corpus/corpus.txt");
+        let mut texts: Vec<String> = corpus.split("\n=== ").map(|m| View::folded(m).text().to_string()).collect();
+        texts.push(SAFE_PHRASES.concat());
+        texts.push(SAFE_PHRASES.join(" "));
+        texts.push("en cas d'urgencen cas d'urgence, assurance maladieassurance maladie-".into());
+        texts.push("health cardhealth card sick notesick note info-santeinfo-sante".into());
+        for f in &texts {
+            let mut found = Vec::new();
+            safe_phrases_in(f, &mut found);
+            found.sort_unstable();
+            let mut each = Vec::new();
+            for p in SAFE_PHRASES {
+                let mut from = 0;
+                while let Some(at) = f.get(from..).and_then(|t| t.find(p)) {
+                    each.push((from + at, from + at + p.len()));
+                    from += at + p.len();
+                }
+            }
+            each.sort_unstable();
+            assert_eq!(found, each, "{f}");
+        }
+    }
 
     #[test]
     #[ignore = "a tuning aid: prints what blocks each safe message of the evaluation corpus"]
