@@ -54,23 +54,26 @@ const ENDINGS: &[(&str, &[&str])] = &[
     ("e", &["", "er"]),
 ];
 
-/// Whether `word` (folded) or a plain inflection of it is a health word. `buf`: scratch
-/// space for the inflections.
-fn is_health(word: &str, buf: &mut String) -> bool {
-    let health = health();
-    if health.contains(word) {
-        return true;
-    }
+/// Whether some plain inflection of `word` (an ending of [`ENDINGS`] replaced, the stem at
+/// least 3 bytes) satisfies `found`. `buf`: scratch space for the inflections.
+fn any_inflection(word: &str, buf: &mut String, mut found: impl FnMut(&str) -> bool) -> bool {
     ENDINGS.iter().any(|(end, subs)| {
         word.strip_suffix(end).filter(|stem| stem.len() >= 3).is_some_and(|stem| {
             subs.iter().any(|sub| {
                 buf.clear();
                 buf.push_str(stem);
                 buf.push_str(sub);
-                health.contains(buf.as_str())
+                found(buf.as_str())
             })
         })
     })
+}
+
+/// Whether `word` (folded) or a plain inflection of it is a health word. `buf`: scratch
+/// space for the inflections.
+fn is_health(word: &str, buf: &mut String) -> bool {
+    let health = health();
+    health.contains(word) || any_inflection(word, buf, |w| health.contains(w))
 }
 
 /// Whether `word` (folded) or a plain inflection of it is an everyday word, and neither it
@@ -80,39 +83,15 @@ fn everyday_form(words: &WordList<&'static str>, word: &str) -> bool {
     if health.contains(word) {
         return false;
     }
-    if words.contains(word) {
-        return true;
-    }
     let mut buf = String::with_capacity(word.len() + 2);
-    ENDINGS.iter().any(|(end, subs)| {
-        word.strip_suffix(end).filter(|stem| stem.len() >= 3).is_some_and(|stem| {
-            subs.iter().any(|sub| {
-                buf.clear();
-                buf.push_str(stem);
-                buf.push_str(sub);
-                !health.contains(buf.as_str()) && words.contains(buf.as_str())
-            })
-        })
-    })
+    words.contains(word) || any_inflection(word, &mut buf, |w| !health.contains(w) && words.contains(w))
 }
 
 /// [`everyday_form`] for a word [`is_health`] said no to: neither it nor any of its
 /// inflections is then a health word (the same endings, the same replacements), so only the
 /// everyday list is asked. `buf`: scratch space for the inflections.
 fn everyday_inflection(words: &WordList<&'static str>, word: &str, buf: &mut String) -> bool {
-    if words.contains(word) {
-        return true;
-    }
-    ENDINGS.iter().any(|(end, subs)| {
-        word.strip_suffix(end).filter(|stem| stem.len() >= 3).is_some_and(|stem| {
-            subs.iter().any(|sub| {
-                buf.clear();
-                buf.push_str(stem);
-                buf.push_str(sub);
-                words.contains(buf.as_str())
-            })
-        })
-    })
+    words.contains(word) || any_inflection(word, buf, |w| words.contains(w))
 }
 
 /// Where the [`SAFE_PHRASES`] occur in the folded text `f`, into `out`: for each phrase, its
